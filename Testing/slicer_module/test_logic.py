@@ -1,0 +1,267 @@
+"""The Logic end to end on real slicer-core: engine outputs as MRML nodes, caching, cancel, errors.
+
+Volumes are small synthetic CT phantoms built in code (40x48x48 fixed, 44x40x52 moving), oblique,
+anisotropic and LPS-stored, with different fixed and moving grids; the "fast" preset with 2 levels
+keeps each registration to about 2 s on 2 CPU cores.
+"""
+
+import numpy as np
+import pytest
+
+import slicer
+from slicer_test_helpers import requires_engine
+from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, synthetic, volumes
+from VoxelOptRegistrationLib.errors import InputNodeError
+
+pytestmark = requires_engine
+
+MOVING_GEOMETRY = ((44, 40, 52), (1.8, 1.4, 1.7), 35.0)
+
+
+def fast_config(**changes):
+    import voxelopt
+
+    return voxelopt.RegistrationConfig.preset("fast", **{"levels": 2, "feature_spacing": 2.0, "device": "cpu", **changes})
+
+
+def scene_snapshot(scene):
+    """Everything Apply could change: the nodes, the moving volume's parent, output contents."""
+    nodes = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        content = None
+        if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+            content = node.GetImageData().GetMTime()
+        elif node.IsA("vtkMRMLTransformNode") and node.GetTransformFromParent() is not None:
+            content = node.GetTransformFromParent().GetMTime()
+        parent = node.GetTransformNodeID() if node.IsA("vtkMRMLTransformableNode") else None
+        nodes.append((node.GetID(), node.GetClassName(), node.GetName(), content, parent))
+    return sorted(nodes, key=lambda item: item[0])
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """One registration with segmentations, shared by the tests that only read its results."""
+    scene = slicer.vtkMRMLScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    nodes = synthetic.add_phantom_volumes(scene, with_segmentations=True, moving_geometry=MOVING_GEOMETRY)
+    logic = RegistrationLogic(scene)
+    messages = []
+    run = logic.process(
+        nodes["fixed"],
+        nodes["moving"],
+        fast_config(),
+        fixedSegmentation=nodes["fixed_segmentation"],
+        movingSegmentation=nodes["moving_segmentation"],
+        progress=lambda fraction, message: messages.append((fraction, message)),
+    )
+    yield {"scene": scene, "nodes": nodes, "logic": logic, "run": run, "progress": messages}
+    scene.Clear(1)
+    slicer.mrmlScene = previous
+
+
+def test_transform_node_warps_moving_live_with_references(registered):
+    run, nodes = registered["run"], registered["nodes"]
+    transform = run.transform
+    assert transform.IsA("vtkMRMLGridTransformNode")
+    assert isinstance(transform.GetTransformFromParent(), slicer.vtkOrientedGridTransform)
+    assert transform.GetTransformFromParent().GetInverseFlag() == 0  # stored as FromParent (resampling)
+    assert transform.GetNodeReference(transform.GetMovingNodeReferenceRole()) is nodes["moving"]
+    assert transform.GetNodeReference(transform.GetFixedNodeReferenceRole()) is nodes["fixed"]
+    assert nodes["moving"].GetParentTransformNode() is transform  # showResult: live warp
+    assert nodes["fixed"].GetParentTransformNode() is None
+
+
+def test_slicer_resampling_through_transform_gives_engine_warped_image(registered):
+    """Slicer's own volumes logic resampling the moving volume through the transform node
+    reproduces the engine's warped image (tolerance: 1e-4 of the intensity range), wherever the
+    warped point lies inside the moving image (outside, Slicer pads with 0, the engine with the
+    moving image's minimum)."""
+    scene, run, nodes = registered["scene"], registered["run"], registered["nodes"]
+    fixed, moving = nodes["fixed"], nodes["moving"]
+    resampled = slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed)
+    ones = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ones")
+    volumes.set_volume_array(ones, np.ones(MOVING_GEOMETRY[0], np.float32), *volumes.node_geometry_ras(moving))
+    ones.SetAndObserveTransformNodeID(run.transform.GetID())
+    inside = volumes.array_from_volume_node(slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(ones, fixed)) > 0.999
+    try:
+        got = volumes.array_from_volume_node(resampled).astype(np.float64)
+        engine = volumes.array_from_volume_node(run.warpedVolume).astype(np.float64)
+        value_range = np.ptp(volumes.array_from_volume_node(moving))
+        assert inside.mean() > 0.5
+        error = np.abs(got - engine)[inside].max() / value_range
+        assert error < 1e-4, f"max difference {error:.2e} of the intensity range"
+        # and the warp is not the identity: the unwarped moving volume on the fixed grid differs
+        moving.SetAndObserveTransformNodeID(None)
+        plain = volumes.array_from_volume_node(slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed))
+        both_inside = inside & (plain > -999)
+        assert np.abs(plain - engine)[both_inside].mean() > 5.0
+    finally:
+        moving.SetAndObserveTransformNodeID(run.transform.GetID())
+        for node in (resampled, ones):
+            scene.RemoveNode(node)
+
+
+def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
+    run, fixed = registered["run"], registered["nodes"]["fixed"]
+    for node in (run.warpedVolume, run.entropyVolume, run.jacobianVolume):
+        assert node.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
+        np.testing.assert_allclose(volumes.ijk_to_ras_matrix(node), volumes.ijk_to_ras_matrix(fixed), rtol=0, atol=1e-9)
+    entropy_display = run.entropyVolume.GetDisplayNode()
+    entropy_color = entropy_display.GetColorNode()
+    assert entropy_color.GetAttribute(colors.COLOR_ROLE_ATTRIBUTE) == "entropy"
+    assert entropy_color.GetNumberOfColors() == 256
+    entropy = volumes.array_from_volume_node(run.entropyVolume)
+    assert entropy.min() >= 0 and entropy.max() > 0  # nats
+    assert entropy_display.GetWindowLevelMin() == pytest.approx(float(entropy.min()), rel=1e-5)
+    assert entropy_display.GetWindowLevelMax() == pytest.approx(float(entropy.max()), rel=1e-5)
+
+    jac_display = run.jacobianVolume.GetDisplayNode()
+    jac_color = jac_display.GetColorNode()
+    assert jac_color.GetAttribute(colors.COLOR_ROLE_ATTRIBUTE) == "jacobian"
+    low, high = jac_display.GetWindowLevelMin(), jac_display.GetWindowLevelMax()
+    assert (low + high) / 2 == pytest.approx(1.0)  # centred at 1
+    # Table entries: white at 1, blue below, red above, green for det J <= 0.
+    rgba = [0.0] * 4
+
+    def colour_at(value):
+        index = int((value - low) / (high - low) * jac_color.GetNumberOfColors())
+        jac_color.GetColor(index, rgba)
+        return np.array(rgba[:3])
+
+    assert np.all(colour_at(1.0) > 0.95)
+    assert colour_at(0.5)[2] > colour_at(0.5)[0] + 0.2  # blue
+    assert colour_at(2.0)[0] > colour_at(2.0)[2] + 0.2  # red
+    folding = colour_at(-0.1)
+    assert folding[1] > 0.8 and folding[0] < 0.1 and folding[2] < 0.1  # green: folding stands out
+    jac = volumes.array_from_volume_node(run.jacobianVolume)
+    folding_percent = 100.0 * np.mean(jac <= 0)
+    assert run.metrics["folding_percent"] == pytest.approx(folding_percent, abs=1e-6)
+
+
+def test_warped_segmentation_and_dice_table(registered):
+    run, nodes = registered["run"], registered["nodes"]
+    seg = run.warpedSegmentation
+    assert seg is not None and seg.IsA("vtkMRMLSegmentationNode")
+    names = [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+    assert sorted(names) == sorted(synthetic.ORGANS)
+    table = run.diceTable.GetTable()
+    rows = {table.GetValueByName(r, "Segment").ToString(): table.GetValueByName(r, "Dice").ToDouble() for r in range(table.GetNumberOfRows())}
+    assert rows == pytest.approx(run.dice)
+    assert set(rows) == set(synthetic.ORGANS)
+    assert all(0.0 <= v <= 1.0 for v in rows.values())
+    # Recompute the Dice of one segment from the nodes themselves (fixed grid, label maps).
+    from VoxelOptRegistrationLib import segmentations
+
+    fixed_seg = nodes["fixed_segmentation"]
+    liver_fixed = segmentations.export_labelmap(
+        fixed_seg, [fixed_seg.GetSegmentation().GetSegmentIdBySegmentName("liver")], nodes["fixed"], "fixed"
+    )
+    liver_warped = segmentations.export_labelmap(seg, [seg.GetSegmentation().GetSegmentIdBySegmentName("liver")], nodes["fixed"], "w")
+    import SimpleITK as sitk
+
+    a, b = sitk.GetArrayFromImage(liver_fixed) > 0, sitk.GetArrayFromImage(liver_warped) > 0
+    assert rows["liver"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()), abs=1e-6)
+    # The registration improved the mean overlap over no registration at all.
+    fixed_labels, moving_labels, names, _ = segmentations.labelmaps_for_registration(
+        fixed_seg, nodes["moving_segmentation"], nodes["fixed"], nodes["moving"]
+    )
+    f = sitk.GetArrayFromImage(fixed_labels)
+    m = sitk.GetArrayFromImage(sitk.Resample(moving_labels, fixed_labels, sitk.Transform(), sitk.sitkNearestNeighbor))
+    identity = np.mean([2 * ((f == l) & (m == l)).sum() / ((f == l).sum() + (m == l).sum()) for l in names])
+    assert np.mean(list(rows.values())) > identity + 0.1
+
+
+def test_progress_reports_each_pyramid_level(registered):
+    fractions = [f for f, _ in registered["progress"]]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert sum("level" in message for _, message in registered["progress"]) == 2
+    assert "level_1" in registered["run"].timings and "slicer_output" in registered["run"].timings
+    text = registered["run"].summary()
+    assert "SDlogJ" in text and "Folding" in text and "liver" in text
+
+
+def test_solver_only_change_reuses_features_and_output_nodes(scene):
+    nodes = synthetic.add_phantom_volumes(scene)
+    logic = RegistrationLogic(scene)
+    first = logic.process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
+    cache = logic.featureCache
+    assert not first.featureCacheHit and (cache.hits, cache.misses) == (0, 2)
+    count = scene.GetNumberOfNodes()
+    outputs = RegistrationOutputs(first.transform, first.warpedVolume, first.entropyVolume, first.jacobianVolume)
+    second = logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0, thetas=(20.0, 2.0)), outputs=outputs, showResult=False)
+    assert second.featureCacheHit and (cache.hits, cache.misses) == (2, 2)
+    assert "features_fixed" in second.timings
+    assert scene.GetNumberOfNodes() == count and second.transform is first.transform and second.createdNodeIDs == []
+    # A feature parameter (the intensity window) changes the features: recomputed.
+    third = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
+    assert not third.featureCacheHit and cache.misses == 4
+    # The moving volume's voxels changing also means new features.
+    arr = volumes.array_from_volume_node(nodes["moving"]) + 10.0
+    volumes.set_volume_array(nodes["moving"], arr, *volumes.node_geometry_ras(nodes["moving"]))
+    fourth = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
+    assert not fourth.featureCacheHit and cache.misses == 5  # the fixed features still come from the cache
+
+
+def test_cancel_leaves_the_scene_as_before(scene):
+    import voxelopt
+
+    nodes = synthetic.add_phantom_volumes(scene, with_segmentations=True)
+    logic = RegistrationLogic(scene)
+    before = scene_snapshot(scene)
+    with pytest.raises(voxelopt.RegistrationCancelled):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(), nodes["fixed_segmentation"], nodes["moving_segmentation"], cancel=lambda: True)
+    assert scene_snapshot(scene) == before  # no output node, moving not under a transform
+
+    # After a successful run, a cancelled re-run must not touch the existing outputs either.
+    run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), nodes["fixed_segmentation"], nodes["moving_segmentation"])
+    outputs = RegistrationOutputs(run.transform, run.warpedVolume, run.entropyVolume, run.jacobianVolume, run.warpedSegmentation, run.diceTable)
+    before = scene_snapshot(scene)
+    warped_before = volumes.array_from_volume_node(run.warpedVolume).copy()
+    calls = []
+
+    def cancel_in_pyramid():
+        calls.append(1)
+        return len(calls) > 3  # let the features through, stop in the solver
+
+    with pytest.raises(voxelopt.RegistrationCancelled):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=2.5), nodes["fixed_segmentation"], nodes["moving_segmentation"],
+                      outputs=outputs, cancel=cancel_in_pyramid)
+    assert len(calls) > 3
+    assert scene_snapshot(scene) == before
+    np.testing.assert_array_equal(volumes.array_from_volume_node(run.warpedVolume), warped_before)
+
+
+@pytest.mark.parametrize("problem", ["nan", "geometry", "engine"])
+def test_bad_input_gives_clear_error_and_no_new_nodes(scene, problem):
+    import voxelopt
+
+    nodes = synthetic.add_phantom_volumes(scene)
+    logic = RegistrationLogic(scene)
+    config = fast_config()
+    if problem == "nan":
+        arr = volumes.array_from_volume_node(nodes["moving"])
+        arr[10, 10, 10] = np.nan
+        volumes.set_volume_array(nodes["moving"], arr, *volumes.node_geometry_ras(nodes["moving"]))
+        expected, match = InputNodeError, "moving volume 'moving' contains 1 NaN"
+    elif problem == "geometry":
+        nodes["fixed"].SetIJKToRASDirections(1, 0, 0, 0, 1, 0, 0, 1, 0)  # two identical axes
+        expected, match = InputNodeError, "fixed volume 'fixed' has bad geometry"
+    else:
+        config = fast_config(levels=7)  # too many levels for a 40-voxel image: the engine refuses
+        expected, match = voxelopt.InputError, "too small for 7 pyramid levels"
+    before = scene_snapshot(scene)
+    with pytest.raises(expected, match=match):
+        logic.process(nodes["fixed"], nodes["moving"], config)
+    assert scene_snapshot(scene) == before
+
+
+def test_views_are_set_up_when_the_scene_has_slice_views(scene):
+    nodes = synthetic.add_phantom_volumes(scene)
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    logic = RegistrationLogic(scene)
+    run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), overlay="jacobian", overlayOpacity=0.6)
+    assert composite.GetBackgroundVolumeID() == nodes["fixed"].GetID()
+    assert composite.GetForegroundVolumeID() == run.jacobianVolume.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.6)

@@ -1,0 +1,133 @@
+"""The parameter node: typed values, presets, engine defaults, and a save/reload through an .mrml file."""
+
+import os
+
+import numpy as np
+import pytest
+
+import slicer
+from slicer_test_helpers import requires_engine
+from VoxelOptRegistrationLib import RegistrationLogic, parameters, synthetic, volumes
+
+
+def test_values_are_typed_and_round_trip(scene):
+    node = RegistrationLogic(scene).getParameterNode()
+    assert parameters.get_values(node) == {p.name: p.default for p in parameters.VALUE_PARAMETERS}
+    parameters.set_values(node, {"alpha": 2.25, "levels": 3, "adaptive": False, "thetas": "50, 5", "device": "cpu"})
+    values = parameters.get_values(node)
+    assert values["alpha"] == 2.25 and isinstance(values["alpha"], float)
+    assert values["levels"] == 3 and isinstance(values["levels"], int)
+    assert values["adaptive"] is False
+    assert values["thetas"] == "50, 5" and values["device"] == "cpu"
+    with pytest.raises(TypeError, match="levels must be an integer"):
+        parameters.set_value(node, "levels", 2.5)
+    with pytest.raises(TypeError, match="adaptive must be True or False"):
+        parameters.set_value(node, "adaptive", 1)
+    with pytest.raises(KeyError):
+        parameters.set_values(node, {"alpah": 1.0})
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    with pytest.raises(TypeError, match="vtkMRMLScalarVolumeNode"):
+        parameters.set_node(node, "fixedVolume", transform)
+
+
+def test_parameter_node_is_a_scene_singleton(scene):
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    assert node is RegistrationLogic(scene).getParameterNode()
+    assert node.GetAttribute("ModuleName") == parameters.MODULE_NAME
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
+
+
+@requires_engine
+def test_defaults_are_the_engine_paper_preset_and_presets_round_trip(scene):
+    import voxelopt
+
+    paper = parameters.values_from_config_dict(voxelopt.RegistrationConfig.preset("paper").to_dict())
+    defaults = {p.name: p.default for p in parameters.VALUE_PARAMETERS}
+    assert paper == {name: defaults[name] for name in paper}
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    assert set(parameters.PRESET_CHOICES) <= set(voxelopt.PRESETS)
+    for name in parameters.PRESET_CHOICES:
+        logic.applyPreset(node, name)
+        assert logic.configFromParameterNode(node) == voxelopt.RegistrationConfig.preset(name)
+        assert parameters.get_value(node, "preset") == name
+    # Every engine parameter can be set from the parameter node (except the weights path).
+    mapped = {p.config_field for p in parameters.VALUE_PARAMETERS if p.config_field} | {"sigma_range", "hu_window"}
+    assert set(voxelopt.RegistrationConfig().to_dict()) - mapped == {"weights"}
+
+
+@requires_engine
+def test_invalid_values_give_a_config_error_naming_the_parameter(scene):
+    import voxelopt
+
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_value(node, "thetas", "150, fifty")
+    with pytest.raises(voxelopt.ConfigError, match="theta schedule"):
+        logic.configFromParameterNode(node)
+    parameters.set_value(node, "thetas", "150, 50")
+    parameters.set_value(node, "k", 9)
+    with pytest.raises(voxelopt.ConfigError, match="k \\(search radius\\)"):
+        logic.configFromParameterNode(node)
+
+
+def test_registration_key_ignores_display_parameters(scene):
+    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(8, 9, 10))
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    key = logic.registrationInputsKey(node)
+    parameters.set_values(node, {"overlay": "jacobian", "overlayOpacity": 0.9, "autoUpdate": True})
+    assert logic.registrationInputsKey(node) == key
+    parameters.set_value(node, "alpha", 3.0)
+    key_alpha = logic.registrationInputsKey(node)
+    assert key_alpha != key
+    arr = volumes.array_from_volume_node(nodes["moving"])
+    volumes.set_volume_array(nodes["moving"], arr + 1, *volumes.node_geometry_ras(nodes["moving"]))
+    assert logic.registrationInputsKey(node) != key_alpha
+
+
+def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):
+    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(10, 12, 14), with_segmentations=True)
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    values = {"preset": "fast", "features": "raw", "alpha": 2.75, "levels": 3, "adaptive": False, "filterCost": False,
+              "thetas": "50, 5, 0.5", "k": 2, "ssSteps": 4, "device": "cpu", "overlay": "jacobian", "overlayOpacity": 0.35,
+              "autoUpdate": True, "featureSpacing": 3.0}
+    parameters.set_values(node, values)
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    parameters.set_node(node, "movingSegmentation", nodes["moving_segmentation"])
+    for name in ("fixed", "moving"):  # volumes with their data, as "Save scene" writes them
+        storage = nodes[name].CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        storage.SetFileName(str(tmp_path / f"{name}.nrrd"))
+        assert storage.WriteData(nodes[name])
+        nodes[name].SetAndObserveStorageNodeID(storage.GetID())
+    storage = nodes["moving_segmentation"].CreateDefaultStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "moving_seg.seg.nrrd"))
+    assert storage.WriteData(nodes["moving_segmentation"])
+    nodes["moving_segmentation"].SetAndObserveStorageNodeID(storage.GetID())
+    scene_file = str(tmp_path / "scene.mrml")
+    scene.SetURL(scene_file)
+    assert scene.Commit()
+
+    reloaded = slicer.vtkMRMLScene()
+    reloaded.SetURL(scene_file)
+    assert reloaded.Import()
+    reloaded_node = RegistrationLogic(reloaded).getParameterNode()  # found, not created
+    assert reloaded.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
+    restored = parameters.get_values(reloaded_node)
+    assert {k: restored[k] for k in values} == values
+    fixed = parameters.get_node(reloaded_node, "fixedVolume")
+    moving = parameters.get_node(reloaded_node, "movingVolume")
+    assert fixed.GetName() == "fixed" and moving.GetName() == "moving"
+    assert parameters.get_node(reloaded_node, "movingSegmentation").GetName() == "moving segmentation"
+    assert parameters.get_node(reloaded_node, "fixedSegmentation") is None
+    np.testing.assert_array_equal(volumes.array_from_volume_node(moving), volumes.array_from_volume_node(nodes["moving"]))
+    np.testing.assert_allclose(volumes.ijk_to_ras_matrix(fixed), volumes.ijk_to_ras_matrix(nodes["fixed"]), atol=1e-6)
+    reloaded.Clear(1)
+    assert os.path.exists(scene_file)

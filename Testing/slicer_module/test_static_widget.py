@@ -1,0 +1,200 @@
+"""Static checks of what needs desktop Slicer (the Qt widget, the CMake packaging).
+
+Desktop Slicer cannot run here, so the widget is kept thin and checked without running it: the
+.ui parses and binds only existing parameters, every control the issue asks for is there, the
+module files compile for Python 3.9 (Slicer 5.8) and CMake packages every file.
+"""
+
+import ast
+import os
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from VoxelOptRegistrationLib import parameters
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
+UI_FILE = os.path.join(MODULE_DIR, "Resources", "UI", "VoxelOptRegistration.ui")
+
+
+def ui_widgets():
+    """{objectName: (class, SlicerParameterName or None, element)} of every widget in the .ui."""
+    root = ET.parse(UI_FILE).getroot()
+    out = {}
+    for widget in root.iter("widget"):
+        name = None
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.find("string").text
+        out[widget.get("name")] = (widget.get("class"), name, widget)
+    return root, out
+
+
+def prop_value(widget, name):
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            child = list(prop)[0]
+            if child.tag == "stringlist":
+                return [s.text for s in child]
+            return child.text
+    return None
+
+
+def test_ui_parses_and_every_bound_name_is_a_parameter():
+    root, widgets = ui_widgets()
+    assert root.tag == "ui" and root.find("class").text == "VoxelOptRegistration"
+    bound = {param: name for name, (_, param, _) in widgets.items() if param}
+    unknown = sorted(set(bound) - set(parameters.PARAMETER_NAMES))
+    assert not unknown, f"widgets bound to parameters that do not exist: {unknown}"
+    # and the reverse: every parameter is reachable from the GUI, exactly once
+    assert sorted(bound) == sorted(parameters.PARAMETER_NAMES)
+    params = [param for _, (_, param, _) in widgets.items() if param]
+    assert len(params) == len(set(params))
+
+
+def test_ui_has_every_control_the_issue_lists():
+    _, widgets = ui_widgets()
+    by_param = {param: cls for _, (cls, param, _) in widgets.items() if param}
+    required = {
+        "fixedVolume": "qMRMLNodeComboBox", "movingVolume": "qMRMLNodeComboBox",
+        "fixedSegmentation": "qMRMLNodeComboBox", "movingSegmentation": "qMRMLNodeComboBox",
+        "preset": "QComboBox", "features": "QComboBox", "levels": "QSpinBox", "alpha": "QDoubleSpinBox",
+        "beta": "QDoubleSpinBox", "thetas": "QLineEdit", "k": "QSpinBox", "adaptive": "QCheckBox",
+        "filterCost": "QCheckBox", "ssSteps": "QSpinBox", "device": "QComboBox",
+        "outputTransform": "qMRMLNodeComboBox", "outputVolume": "qMRMLNodeComboBox",
+        "outputEntropy": "qMRMLNodeComboBox", "outputJacobian": "qMRMLNodeComboBox", "autoUpdate": "QCheckBox",
+    }
+    for param, cls in required.items():
+        assert by_param.get(param) == cls, f"{param}: expected a {cls}, found {by_param.get(param)}"
+    for name in ("applyButton", "progressBar", "resultsTextEdit", "deviceLabel"):
+        assert name in widgets
+    # Advanced parameters in a collapsed section
+    advanced = widgets["advancedCollapsibleButton"][2]
+    assert prop_value(advanced, "collapsed") == "true"
+    inside = {w.get("name") for w in advanced.iter("widget")}
+    for name in ("levelsSpinBox", "alphaSpinBox", "betaSpinBox", "thetasLineEdit", "kSpinBox", "adaptiveCheckBox",
+                 "filterCostCheckBox", "ssStepsSpinBox"):
+        assert name in inside, f"{name} should be in the Advanced section"
+
+
+def test_ui_choices_and_ranges_match_the_parameter_schema():
+    _, widgets = ui_widgets()
+    for _, (cls, param, element) in widgets.items():
+        if not param:
+            continue
+        if cls == "qMRMLNodeComboBox":
+            spec = parameters.NODE_BY_NAME[param]
+            assert set(prop_value(element, "nodeTypes")) <= set(spec.classes) | {"vtkMRMLTransformNode"}
+            if spec.output:
+                assert prop_value(element, "noneEnabled") == "true" and prop_value(element, "addEnabled") == "true"
+        elif cls == "QComboBox":
+            spec = parameters.VALUE_BY_NAME[param]
+            items = [item.find("property/string").text for item in element.findall("item")]
+            assert spec.default in items, f"{param}: default {spec.default!r} not offered"
+            if spec.choices:
+                assert set(items) == set(spec.choices), f"{param}: {items} vs {spec.choices}"
+        elif cls in ("QSpinBox", "QDoubleSpinBox"):
+            spec = parameters.VALUE_BY_NAME[param]
+            low, high = float(prop_value(element, "minimum")), float(prop_value(element, "maximum"))
+            assert low <= spec.default <= high, f"{param}: default {spec.default} outside [{low}, {high}]"
+    # The engine's limits: 1-7 levels, k 1-3
+    assert prop_value(widgets["levelsSpinBox"][2], "maximum") == "7"
+    assert prop_value(widgets["kSpinBox"][2], "maximum") == "3"
+
+
+def test_every_node_selector_gets_the_scene():
+    root, widgets = ui_widgets()
+    receivers = {c.find("receiver").text for c in root.iter("connection") if c.find("slot").text == "setMRMLScene(vtkMRMLScene*)"}
+    selectors = {name for name, (cls, _, _) in widgets.items() if cls == "qMRMLNodeComboBox"}
+    assert selectors == receivers
+
+
+def module_python_files():
+    out = []
+    for folder, dirs, files in os.walk(MODULE_DIR):
+        dirs[:] = [d for d in dirs if d not in ("__pycache__", "Testing")]
+        out += [os.path.relpath(os.path.join(folder, f), MODULE_DIR) for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("relative", module_python_files())
+def test_module_files_compile_for_python_3_9(relative):
+    path = os.path.join(MODULE_DIR, relative)
+    source = open(path, encoding="utf-8").read()
+    tree = ast.parse(source, filename=path, feature_version=(3, 9))  # no match, no 3.10+ syntax
+    compile(source, path, "exec")
+    # No PEP 604 unions (X | Y) in annotations: they fail at runtime on 3.9.
+    for node in ast.walk(tree):
+        annotations = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            annotations = [a.annotation for a in node.args.args + node.args.kwonlyargs if a.annotation] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            annotations = [node.annotation]
+        for annotation in annotations:
+            if annotation is not None:
+                assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(annotation)), (
+                    f"{relative}:{node.lineno}: X | Y annotation"
+                )
+
+
+def test_module_file_defines_slicer_classes_and_imports_no_torch_at_top_level():
+    path = os.path.join(MODULE_DIR, "VoxelOptRegistration.py")
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    classes = {node.name: [ast.unparse(b) for b in node.bases] for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert classes["VoxelOptRegistration"] == ["ScriptedLoadableModule"]
+    assert "ScriptedLoadableModuleWidget" in classes["VoxelOptRegistrationWidget"]
+    assert classes["VoxelOptRegistrationLogic"] == ["RegistrationLogic", "ScriptedLoadableModuleLogic"]
+    assert classes["VoxelOptRegistrationTest"] == ["ScriptedLoadableModuleTest"]
+    for relative in module_python_files():
+        tree = ast.parse(open(os.path.join(MODULE_DIR, relative), encoding="utf-8").read())
+        for node in tree.body:  # module level only: torch/voxelopt must be imported lazily
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] in ("torch", "voxelopt") for a in node.names), relative
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in ("torch", "voxelopt"), relative
+
+
+def test_bridge_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path[:0] = [%r, %r]; import VoxelOptRegistrationLib, VoxelOptRegistrationLib.synthetic; "
+        "print('torch' in sys.modules)" % (MODULE_DIR, os.path.join(REPO, "VoxelOptLib", "src"))
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_cmake_lists_every_module_file_and_resource():
+    text = open(os.path.join(MODULE_DIR, "CMakeLists.txt"), encoding="utf-8").read().replace("${MODULE_NAME}", "VoxelOptRegistration")
+    listed_scripts = {f for f in re.findall(r"^\s+(\S+\.py)\s*$", text, re.M) if "${" not in f}
+    assert listed_scripts == set(module_python_files())
+    resources = []
+    for folder, _, files in os.walk(os.path.join(MODULE_DIR, "Resources")):
+        resources += [os.path.relpath(os.path.join(folder, f), MODULE_DIR) for f in files]
+    listed_resources = set(re.findall(r"^\s+(Resources/\S+)\s*$", text, re.M))
+    assert listed_resources == set(resources)
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    # The engine is embedded from VoxelOptLib/src into the same scripted-modules directory.
+    assert "VoxelOptLib/src" in text and "ctkMacroCompilePythonScript" in text and "Slicer_QTSCRIPTEDMODULES_LIB_DIR" in text
+    assert os.path.isfile(os.path.join(REPO, "VoxelOptLib", "src", "voxelopt", "__init__.py"))
+
+
+def test_extension_cmake_metadata():
+    text = open(os.path.join(REPO, "CMakeLists.txt"), encoding="utf-8").read()
+    meta = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', text))
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert meta.get(key), f"{key} missing"
+    assert meta["EXTENSION_CATEGORY"] == "Registration"
+    assert meta["EXTENSION_DEPENDS"] == "PyTorch"
+    assert "add_subdirectory(VoxelOptSlicer)" in text
+    assert "find_package(Slicer REQUIRED)" in text and "Slicer_EXTENSION_CPACK" in text
+    # The icon and screenshots the metadata points at exist in the repository.
+    for url in [meta["EXTENSION_ICONURL"]] + meta["EXTENSION_SCREENSHOTURLS"].split():
+        relative = url.split("/main/", 1)[1]
+        assert os.path.isfile(os.path.join(REPO, relative)), relative

@@ -1,0 +1,180 @@
+"""The ``voxelopt`` command end to end, including every bad input of issue 2 section 5."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from testdata import make_image, smooth_random_volume
+from voxelopt.cli import main
+from voxelopt.phantom import phantom_pair
+
+FAST = ["--levels", "3", "--feature-spacing", "none", "--quiet"]
+OUTPUT_NAMES = {"field.nii.gz", "warped.nii.gz", "warped_labels.nii.gz", "entropy.nii.gz", "jacobian.nii.gz", "metrics.json"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    pair = phantom_pair(size=(60, 52, 44), spacing=(3.0, 3.0, 3.0), max_displacement_mm=8.0, seed=5)
+    paths = {}
+    for name in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        paths[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(getattr(pair, name), str(paths[name]))
+    return paths
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out,
+                           "--fixed-labels", files["fixed_labels"], "--moving-labels", files["moving_labels"],
+                           "--levels", "3", "--alpha", "2.0", "--thetas", "150,15,1.5,0.5"], capsys)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == OUTPUT_NAMES
+    assert [line for line in stdout.splitlines() if "pyramid level" in line][-1].endswith("pyramid level 3/3")
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["config"]["alpha"] == 2.0 and summary["config"]["thetas"] == [150.0, 15.0, 1.5, 0.5]
+    assert summary["metrics"]["dice_mean"] > summary["metrics"]["dice_initial_mean"]
+    assert set(summary["timings_s"]) >= {"features_fixed", "features_moving", "level_1", "level_3", "outputs", "total"}
+    # the written field reproduces the written warped image through SimpleITK
+    fixed, moving = sitk.ReadImage(str(files["fixed"])), sitk.ReadImage(str(files["moving"]))
+    field = sitk.ReadImage(str(out / "field.nii.gz"))
+    assert field.GetPixelID() == sitk.sitkVectorFloat64
+    default = float(sitk.GetArrayViewFromImage(moving).min())
+    again = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, default, sitk.sitkFloat32)
+    assert np.abs(sitk.GetArrayFromImage(again) - sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))).max() < 0.05
+
+    # evaluate agrees with the registration's own metrics, from the field and from warped labels
+    code, stdout, _ = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--field", out / "field.nii.gz",
+                           "--moving-labels", files["moving_labels"], "--out", tmp_path / "eval.json"], capsys)
+    assert code == 0
+    from_field = json.loads(stdout)
+    assert from_field["dice_mean"] == pytest.approx(summary["metrics"]["dice_mean"], abs=0.01)
+    assert from_field["sdlogj"] == pytest.approx(summary["metrics"]["sdlogj"], abs=1e-4)
+    assert json.loads((tmp_path / "eval.json").read_text()) == from_field
+    code, stdout, _ = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--warped-labels", out / "warped_labels.nii.gz"], capsys)
+    assert json.loads(stdout)["dice"] == summary["metrics"]["dice"]
+
+
+def test_other_output_formats(files, tmp_path, capsys):
+    out = tmp_path / "formats"
+    code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--image-format", "nrrd",
+                      "--field-format", "h5", *FAST], capsys)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"field.h5", "warped.nrrd", "entropy.nrrd", "jacobian.nrrd", "metrics.json"}
+    transform = sitk.ReadTransform(str(out / "field.h5"))
+    assert "DisplacementField" in transform.GetName() or "DisplacementField" in str(transform)
+
+
+def test_demo_writes_outputs_and_overview(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, _, _ = run(["demo", "--out-dir", out, "--levels", "4", "--quiet"], capsys)
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert OUTPUT_NAMES <= names and {"overview.png", "fixed.nii.gz", "true_field.nii.gz"} <= names
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "voxelopt.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("voxelopt ")
+
+
+def _bad_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.mha"  # MetaImage keeps NaN/inf voxels as they are
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+    elif kind == "2d":
+        sitk.WriteImage(sitk.Image([30, 30], sitk.sitkFloat32), str(path))
+    elif kind == "vector":
+        sitk.WriteImage(sitk.Image([30, 30, 30], sitk.sitkVectorFloat32, 2), str(path))
+    elif kind == "nan":
+        volume = smooth_random_volume((30, 30, 30))
+        volume[5, 5, 5] = np.inf
+        volume[6, 6, 6] = np.nan
+        sitk.WriteImage(make_image(volume, (2.0, 2.0, 2.0)), str(path))
+    elif kind == "tiny":
+        sitk.WriteImage(make_image(smooth_random_volume((6, 6, 6)), (2.0, 2.0, 2.0)), str(path))
+    elif kind == "far":
+        sitk.WriteImage(make_image(smooth_random_volume((30, 30, 30)), (4.0, 4.0, 4.0), (900.0, 0.0, 0.0)), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "moving_kind, extra, message",
+    [
+        ("missing", [], "moving image file not found"),
+        ("garbage", [], "cannot read moving image"),
+        ("2d", [], "must be a 3-D image"),
+        ("vector", [], "must be a scalar image"),
+        ("nan", [], "NaN or infinite"),
+        ("tiny", ["--preset", "paper"], "too small"),
+        ("far", [], "do not overlap"),
+        (None, ["--alpha", "-1"], "alpha must be > 0"),
+        (None, ["--beta", "-1"], "beta must be > 0"),
+        (None, ["--thetas", ""], "thetas .* must not be empty"),
+        (None, ["--k", "0"], "k \\(search radius\\)"),
+        (None, ["--levels", "0"], "levels must be"),
+        (None, ["--preset", "nope"], "unknown preset 'nope'"),
+        (None, ["--device", "tpu"], "device must be"),
+        (None, ["--features", "sift"], "unknown feature type sift"),
+        (None, ["--field-format", "png"], "unknown field format"),
+    ],
+)
+def test_bad_input_gives_a_clear_error_and_no_output(files, tmp_path, capsys, moving_kind, extra, message):
+    moving = files["moving"] if moving_kind is None else _bad_file(tmp_path, moving_kind)
+    out = tmp_path / "out"
+    args = ["register", files["fixed"], moving, "--out-dir", out, "--quiet", "--levels", "3"]
+    if "--preset" in extra:
+        args.remove("--levels"), args.remove("3")
+    code, stdout, stderr = run(args + extra, capsys)
+    assert code == 2
+    assert stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1
+    import re
+    assert re.search(message, stderr), stderr
+    assert not out.exists()
+
+
+def test_unwritable_output_path(files, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", blocker / "out", *FAST], capsys)
+    assert code == 2 and "not a directory" in stderr
+    assert blocker.read_text() == "x"
+
+
+def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeypatch):
+    import voxelopt.result as result_module
+    from voxelopt import InputError, RegistrationConfig, register
+
+    result = register(str(files["fixed"]), str(files["moving"]), RegistrationConfig.preset("paper", levels=3))
+    calls = []
+
+    def failing_write(image, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        sitk.WriteImage(image, str(path))
+
+    monkeypatch.setattr(result_module, "write_image", failing_write)
+    out = tmp_path / "partial"
+    with pytest.raises(OSError, match="disk full"):
+        result.save(out)
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    calls.clear()
+    with pytest.raises(OSError):
+        result.save(existing)
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+    assert InputError  # imported for symmetry with the CLI errors

@@ -1,0 +1,45 @@
+"""Shared test helpers: small synthetic images and the location of ../shared (import as `testdata`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, skipping the test with a clear reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the project's ../shared data folder), which is absent here")
+    return path
+
+
+def oblique_direction(angles_deg=(20.0, -10.0, 30.0)) -> tuple:
+    """A proper rotation matrix (row-major tuple) from three Euler angles in degrees."""
+    transform = sitk.Euler3DTransform()
+    transform.SetRotation(*np.deg2rad(angles_deg))
+    return tuple(transform.GetMatrix())
+
+
+def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.asarray(array))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def smooth_random_volume(shape, seed=0, smooth=2.0) -> np.ndarray:
+    """Smooth random texture in roughly [-300, 300] HU (structure everywhere, for shift tests)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    volume = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), smooth)
+    return (volume / volume.std() * 150.0).astype(np.float32)

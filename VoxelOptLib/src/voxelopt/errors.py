@@ -1,0 +1,22 @@
+"""Exceptions raised by voxelopt.
+
+Every error a user can cause (bad files, bad geometry, bad parameters) is a
+:class:`VoxelOptError` with a message that names the offending input, so callers
+(the CLI, the Slicer module, batch scripts) can show it as is.
+"""
+
+
+class VoxelOptError(Exception):
+    """Base class of every error voxelopt raises on purpose."""
+
+
+class InputError(VoxelOptError, ValueError):
+    """An input image, label map or path is unusable (unreadable, not 3-D, NaN, no overlap...)."""
+
+
+class ConfigError(VoxelOptError, ValueError):
+    """A registration parameter is invalid (negative alpha, empty theta schedule, unknown preset...)."""
+
+
+class RegistrationCancelled(VoxelOptError):
+    """Raised between steps when the caller's cancel callback returns True."""

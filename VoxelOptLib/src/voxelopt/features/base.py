@@ -1,0 +1,99 @@
+"""The feature-extractor interface every feature type implements.
+
+A feature extractor turns one scalar CT image (HU, any geometry) into a multi-channel feature
+map *on that image's voxel grid*. The registration pipeline resamples both images onto the
+feature grid first, so an extractor never has to resample to the other image; a network
+extractor that needs its own input grid (orientation, spacing, crop) does that internally and
+maps its output back to the grid of the image it was given.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable, Dict, List
+
+import SimpleITK as sitk
+import torch
+
+from ..errors import ConfigError
+
+
+class FeatureExtractor(abc.ABC):
+    """Computes features of one image.
+
+    Subclasses set :attr:`name` and implement :meth:`extract` and :meth:`cache_key`.
+    """
+
+    #: Short name used on the command line (``--features NAME``).
+    name: str = ""
+
+    @abc.abstractmethod
+    def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
+        """Features of ``image``.
+
+        Args:
+            image: scalar 3-D image, intensities in HU, with its spacing/origin/direction.
+            device: torch device to compute on.
+
+        Returns:
+            float32 tensor (C, Z, Y, X) on ``device``, on the voxel grid of ``image`` (array
+            order z, y, x as ``sitk.GetArrayFromImage``). Channels should have comparable
+            scales (the cost is the mean L1 distance over channels).
+        """
+
+    @abc.abstractmethod
+    def cache_key(self) -> str:
+        """A string that changes whenever the extractor's output could change (settings, weights)."""
+
+
+class CombinedExtractor(FeatureExtractor):
+    """Concatenates the channels of several extractors (``--features mind+obelisk``).
+
+    Each part's channels are scaled by ``1 / mean absolute value`` over the image, so that a part
+    with large activations does not drown the others in the mean-L1 cost.
+    """
+
+    def __init__(self, parts: List[FeatureExtractor]):
+        if len(parts) < 2:
+            raise ConfigError("a feature combination needs at least two feature types")
+        self.parts = parts
+        self.name = "+".join(p.name for p in parts)
+
+    def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
+        maps = []
+        for part in self.parts:
+            f = part.extract(image, device)
+            maps.append(f / f.abs().mean().clamp_min(1e-6))
+        return torch.cat(maps, dim=0)
+
+    def cache_key(self) -> str:
+        return "+".join(p.cache_key() for p in self.parts)
+
+
+ExtractorFactory = Callable[..., FeatureExtractor]
+_REGISTRY: Dict[str, ExtractorFactory] = {}
+
+
+def register_extractor(name: str, factory: ExtractorFactory) -> None:
+    """Make ``factory(config)`` available as feature type ``name``.
+
+    ``factory`` receives the :class:`voxelopt.config.RegistrationConfig` and returns an extractor.
+    """
+    _REGISTRY[name] = factory
+
+
+def available_extractors() -> List[str]:
+    """Names accepted by ``RegistrationConfig.features`` (joinable with ``+``)."""
+    return sorted(_REGISTRY)
+
+
+def make_extractor(config) -> FeatureExtractor:
+    """The extractor named by ``config.features`` (``"a+b"`` combines several)."""
+    names = [n.strip() for n in config.features.split("+")]
+    unknown = [n for n in names if n not in _REGISTRY]
+    if unknown:
+        raise ConfigError(
+            f"unknown feature type {', '.join(unknown)}; available: {', '.join(available_extractors())}"
+        )
+    parts = [_REGISTRY[n](config) for n in names]
+    return parts[0] if len(parts) == 1 else CombinedExtractor(parts)

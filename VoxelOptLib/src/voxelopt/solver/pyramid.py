@@ -1,0 +1,140 @@
+"""The multi-level solver: pyramid, per-level solve, scaling and squaring, composition.
+
+All fields here are voxel fields (1, 3, Z, Y, X) of the level's grid (see :mod:`voxelopt.geometry`):
+``warped_moving(p) = moving(p + U(p))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..config import RegistrationConfig
+from ..errors import InputError
+from ..geometry import resize_volume, resize_voxel_field, warp
+from .cost import cost_volume, label_offsets
+from .descent import coordinate_descent
+from .entropy import displacement_entropy, neighbour_weight, sigma_from_entropy
+from .message_passing import smooth_
+
+#: An axis is halved for the next level only while it keeps at least this many voxels.
+MIN_LEVEL_SIZE = 4
+
+Shape = Tuple[int, int, int]
+
+
+def level_shapes(shape: Sequence[int], levels: int) -> List[Shape]:
+    """Array shapes of the pyramid, finest first.
+
+    Each level halves (rounding down) every axis that keeps at least ``MIN_LEVEL_SIZE`` voxels;
+    thin axes stay as they are. Raises :class:`InputError` when the image is too small for
+    ``levels`` distinct levels.
+    """
+    shapes = [tuple(int(n) for n in shape)]
+    if min(shapes[0]) < 2:
+        raise InputError(f"the working grid {shapes[0]} (z, y, x) is too small: every axis needs at least 2 voxels")
+    for level in range(1, levels):
+        previous = shapes[-1]
+        nxt = tuple(n // 2 if n // 2 >= MIN_LEVEL_SIZE else n for n in previous)
+        if nxt == previous:
+            raise InputError(
+                f"the image is too small for {levels} pyramid levels: the working grid {shapes[0]} (z, y, x) "
+                f"allows at most {level} (no axis of {previous} can be halved and keep {MIN_LEVEL_SIZE} voxels); "
+                "use fewer levels or a finer working resolution"
+            )
+        shapes.append(nxt)
+    return shapes
+
+
+def scaling_and_squaring(r: torch.Tensor, steps: int) -> torch.Tensor:
+    """Integrate the stationary velocity r: ``v = r / 2^steps``, then ``v <- v + v(p + v)`` steps times."""
+    if steps == 0:
+        return r
+    v = r / (2.0**steps)
+    for _ in range(steps):
+        v = v + warp(v, v)
+    return v
+
+
+def compose(prior: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Total field of warping with ``prior`` then ``residual``: ``r(p) + prior(p + r(p))``."""
+    return residual + warp(prior, residual)
+
+
+@dataclasses.dataclass
+class LevelOutput:
+    residual: torch.Tensor  # (1, 3, Z, Y, X) integrated residual, voxels of the level
+    entropy: torch.Tensor  # (Z, Y, X) nats
+    sigma: torch.Tensor  # (Z, Y, X) voxels
+
+
+def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationConfig,
+                check_cancel: Optional[Callable[[], None]] = None) -> LevelOutput:
+    """One level: cost volume, entropy, sigma, optional cost filtering, coordinate descent, SS."""
+    offsets = label_offsets(config.k, fixed.device)
+    cost = cost_volume(moving, fixed, offsets)
+    entropy = displacement_entropy(cost, config.beta)
+    if config.adaptive:
+        sigma = sigma_from_entropy(entropy, config.sigma_mode, config.sigma_range, config.alpha)
+    else:
+        sigma = torch.full_like(entropy, config.fixed_sigma)
+    w1 = neighbour_weight(sigma)
+    if check_cancel is not None:
+        check_cancel()
+    if config.filter_cost:
+        smooth_(cost, w1, config.smoothing_passes)
+    u = coordinate_descent(cost, offsets, config.thetas, w1, config.smoothing_passes, check_cancel)
+    del cost
+    residual = scaling_and_squaring(u[None], config.ss_steps)
+    return LevelOutput(residual, entropy, sigma)
+
+
+@dataclasses.dataclass
+class PyramidOutput:
+    field: torch.Tensor  # (1, 3, Z, Y, X) voxels of the finest level
+    entropy: torch.Tensor  # (Z, Y, X) finest-level entropy, nats
+    sigma: torch.Tensor  # (Z, Y, X) finest-level sigma, voxels
+    level_seconds: List[float]
+
+
+def solve_pyramid(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    config: RegistrationConfig,
+    on_level: Optional[Callable[[int, int], None]] = None,
+    check_cancel: Optional[Callable[[], None]] = None,
+    clock: Optional[Callable[[], float]] = None,
+) -> PyramidOutput:
+    """Coarse-to-fine registration of (1, C, Z, Y, X) feature maps on the same grid.
+
+    Args:
+        on_level: called as ``on_level(done, total)`` after each level.
+        check_cancel: called between steps; raises to cancel.
+        clock: a timer (e.g. one that synchronises CUDA) for per-level seconds.
+    """
+    shapes = level_shapes(fixed.shape[2:], config.levels)
+    fixed_levels, moving_levels = [fixed], [moving]
+    for shape in shapes[1:]:
+        fixed_levels.append(resize_volume(fixed_levels[-1], shape))
+        moving_levels.append(resize_volume(moving_levels[-1], shape))
+
+    field: Optional[torch.Tensor] = None
+    seconds: List[float] = []
+    out: Optional[LevelOutput] = None
+    for done, level in enumerate(reversed(range(len(shapes))), start=1):
+        start = clock() if clock else 0.0
+        if check_cancel is not None:
+            check_cancel()
+        mov = moving_levels[level]
+        if field is not None:
+            field = resize_voxel_field(field, shapes[level])
+            mov = warp(mov, field)
+        out = solve_level(mov, fixed_levels[level], config, check_cancel)
+        field = out.residual if field is None else compose(field, out.residual)
+        seconds.append((clock() - start) if clock else 0.0)
+        if on_level is not None:
+            on_level(done, len(shapes))
+    assert field is not None and out is not None
+    return PyramidOutput(field, out.entropy, out.sigma, seconds)

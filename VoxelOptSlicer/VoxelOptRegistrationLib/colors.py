@@ -1,0 +1,121 @@
+"""Colour tables of the VoxelOpt result maps, and how the maps are displayed.
+
+* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
+  entropy of the displacement distribution) to light yellow (uncertain).
+* Jacobian determinant (no unit): a diverging blue - white - red map centred at 1 (volume
+  preserved), blue for compression (0 < det J < 1), red for expansion (det J > 1), and a
+  saturated **green** band for folding (det J <= 0), which appears in no other part of the map.
+
+Both are ``vtkMRMLColorTableNode`` s (256 entries, no matplotlib needed). A scalar volume display
+maps its window [min, max] linearly onto the table, so the display's window must be the one the
+table was designed for (:data:`JACOBIAN_WINDOW`); :func:`show_jacobian` and :func:`show_entropy`
+set it.
+"""
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+#: The inferno colour map (matplotlib, CC0) at 17 equally spaced points from 0 to 1.
+INFERNO_ANCHORS = (
+    (0.0015, 0.0005, 0.0139), (0.0423, 0.0281, 0.1411), (0.1293, 0.0473, 0.2908), (0.2383, 0.0366, 0.3964),
+    (0.3415, 0.0623, 0.4294), (0.4412, 0.0993, 0.4316), (0.5409, 0.1347, 0.4151), (0.6401, 0.1714, 0.3811),
+    (0.7357, 0.2159, 0.3302), (0.8224, 0.2752, 0.2661), (0.8943, 0.3534, 0.1936), (0.9470, 0.4492, 0.1153),
+    (0.9784, 0.5579, 0.0349), (0.9879, 0.6753, 0.0653), (0.9746, 0.7977, 0.2063), (0.9476, 0.9174, 0.4107),
+    (0.9884, 0.9984, 0.6449),
+)
+
+#: Display window of the Jacobian map: symmetric about 1, with room below 0 for the folding band.
+JACOBIAN_WINDOW = (-0.5, 2.5)
+#: Colour of folding voxels (det J <= 0).
+FOLDING_RGB = (0.0, 0.9, 0.0)
+COMPRESSION_RGB = (0.02, 0.19, 0.65)  # det J -> 0+
+NEUTRAL_RGB = (1.0, 1.0, 1.0)  # det J = 1
+EXPANSION_RGB = (0.65, 0.0, 0.05)  # det J = 2.5
+
+ENTROPY_COLOR_NAME = "VoxelOpt entropy (inferno)"
+JACOBIAN_COLOR_NAME = "VoxelOpt Jacobian (diverging at 1, folding green)"
+COLOR_ROLE_ATTRIBUTE = "VoxelOpt.ColorRole"
+TABLE_SIZE = 256
+
+
+def inferno(n: int = TABLE_SIZE) -> np.ndarray:
+    """(n, 3) RGB of the inferno map, linearly interpolated between :data:`INFERNO_ANCHORS`."""
+    anchors = np.array(INFERNO_ANCHORS)
+    t = np.linspace(0.0, 1.0, n)
+    xs = np.linspace(0.0, 1.0, len(anchors))
+    return np.stack([np.interp(t, xs, anchors[:, c]) for c in range(3)], axis=1)
+
+
+def jacobian_table_value(index: int, n: int = TABLE_SIZE, window: Tuple[float, float] = JACOBIAN_WINDOW) -> float:
+    """The det J value at the centre of table entry ``index`` (the window spread over ``n`` entries)."""
+    low, high = window
+    return low + (index + 0.5) * (high - low) / n
+
+
+def jacobian_rgb(value: float) -> Tuple[float, float, float]:
+    """Colour of a det J value in the diverging map (folding green, blue < 1 < red)."""
+    if value <= 0.0:
+        return FOLDING_RGB
+    high = JACOBIAN_WINDOW[1]
+    if value < 1.0:
+        t = value  # 0..1
+        return tuple(float(c0 + (c1 - c0) * t) for c0, c1 in zip(COMPRESSION_RGB, NEUTRAL_RGB))
+    t = min((value - 1.0) / (high - 1.0), 1.0)
+    return tuple(float(c0 + (c1 - c0) * t) for c0, c1 in zip(NEUTRAL_RGB, EXPANSION_RGB))
+
+
+def _find_color_node(scene, role: str):
+    nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetAttribute(COLOR_ROLE_ATTRIBUTE) == role:
+            return node
+    return None
+
+
+def _table_node(scene, role: str, name: str, rgb: Sequence[Sequence[float]]):
+    node = _find_color_node(scene, role)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+        node.SetAttribute(COLOR_ROLE_ATTRIBUTE, role)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(len(rgb))
+    for i, (r, g, b) in enumerate(rgb):
+        node.SetColor(i, f"{role} {i}", float(r), float(g), float(b), 1.0)
+    return node
+
+
+def entropy_color_node(scene):
+    """The scene's VoxelOpt entropy colour table (created once, then reused)."""
+    return _table_node(scene, "entropy", ENTROPY_COLOR_NAME, inferno())
+
+
+def jacobian_color_node(scene):
+    """The scene's VoxelOpt Jacobian colour table over :data:`JACOBIAN_WINDOW` (created once, then reused)."""
+    rgb = [jacobian_rgb(jacobian_table_value(i)) for i in range(TABLE_SIZE)]
+    return _table_node(scene, "jacobian", JACOBIAN_COLOR_NAME, rgb)
+
+
+def _display(volume_node, color_node, window_min: float, window_max: float) -> None:
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        volume_node.CreateDefaultDisplayNodes()
+        display = volume_node.GetDisplayNode()
+    was_modifying = display.StartModify()
+    display.SetAndObserveColorNodeID(color_node.GetID())
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevelMinMax(float(window_min), float(window_max))
+    display.SetInterpolate(True)
+    display.EndModify(was_modifying)
+
+
+def show_jacobian(volume_node) -> None:
+    """Display a det J volume with the diverging table and :data:`JACOBIAN_WINDOW`."""
+    _display(volume_node, jacobian_color_node(volume_node.GetScene()), *JACOBIAN_WINDOW)
+
+
+def show_entropy(volume_node, min_entropy: float, max_entropy: float) -> None:
+    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``]."""
+    high = max(float(max_entropy), float(min_entropy) + 1e-6)
+    _display(volume_node, entropy_color_node(volume_node.GetScene()), float(min_entropy), high)

@@ -1,0 +1,230 @@
+"""Segmentation nodes <-> label maps for the registration, and the Dice table.
+
+The engine works on integer label maps. Segments of the fixed and moving segmentations are
+matched **by name** (case and surrounding spaces ignored): the moving segmentation's segments get
+the labels 1..n in their order, and a fixed segment with the same name gets the same label.
+Where segments overlap, the later segment wins in the label map.
+"""
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+import slicer
+
+from .errors import InputNodeError
+from .volumes import TemporaryNodes, add_volume_node_from_sitk, node_geometry_ras, set_volume_array, sitk_from_volume_node
+
+RGB = Tuple[float, float, float]
+
+
+def _segment_ids(segmentation_node) -> List[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
+def segment_names(segmentation_node) -> List[str]:
+    """Names of the segments of a segmentation node, in order."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetSegment(sid).GetName() for sid in _segment_ids(segmentation_node)]
+
+
+def export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str) -> sitk.Image:
+    """The given segments as a label map (labels 1..n in the given order) on the reference volume's grid (LPS)."""
+    ids = vtk.vtkStringArray()
+    for sid in segment_ids:
+        ids.InsertNextValue(sid)
+    scene = segmentation_node.GetScene()
+    with TemporaryNodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{role} labels (temporary)")
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, reference_volume
+        ):
+            raise InputNodeError(f"could not convert {role} segmentation '{segmentation_node.GetName()}' to a label map")
+        image = sitk_from_volume_node(labelmap, role=f"{role} segmentation", pixel_type=sitk.sitkUInt16)
+    return image
+
+
+def labelmaps_for_registration(
+    fixed_segmentation,
+    moving_segmentation,
+    fixed_volume,
+    moving_volume,
+) -> Tuple[Optional[sitk.Image], Optional[sitk.Image], Dict[int, str], Dict[int, RGB]]:
+    """Label maps of the two segmentations, matched by segment name.
+
+    Returns:
+        (fixed_labels or None, moving_labels or None, names {label: segment name},
+        colours {label: (r, g, b)}). Labels come from the moving segmentation's segment order; a
+        fixed segment whose name is not in the moving segmentation is left out. The fixed labels
+        are on the fixed volume's grid, the moving labels on the moving volume's grid.
+
+    Raises:
+        InputNodeError: empty segmentations, or two segmentations with no segment name in common.
+    """
+    names: Dict[int, str] = {}
+    colors: Dict[int, RGB] = {}
+    moving_labels = fixed_labels = None
+    label_of_name: Dict[str, int] = {}
+    if moving_segmentation is not None:
+        ids = _segment_ids(moving_segmentation)
+        if not ids:
+            raise InputNodeError(f"moving segmentation '{moving_segmentation.GetName()}' has no segments")
+        segmentation = moving_segmentation.GetSegmentation()
+        for label, sid in enumerate(ids, start=1):
+            segment = segmentation.GetSegment(sid)
+            names[label] = segment.GetName()
+            colors[label] = tuple(segment.GetColor())
+            label_of_name.setdefault(_key(segment.GetName()), label)
+        moving_labels = export_labelmap(moving_segmentation, ids, moving_volume, "moving")
+    if fixed_segmentation is not None:
+        segmentation = fixed_segmentation.GetSegmentation()
+        ids = _segment_ids(fixed_segmentation)
+        if not ids:
+            raise InputNodeError(f"fixed segmentation '{fixed_segmentation.GetName()}' has no segments")
+        if moving_segmentation is None:
+            # Without a moving segmentation there is nothing to compare with: just name the labels.
+            for label, sid in enumerate(ids, start=1):
+                names[label] = segmentation.GetSegment(sid).GetName()
+                colors[label] = tuple(segmentation.GetSegment(sid).GetColor())
+            ordered = ids
+        else:
+            by_label = {}
+            for sid in ids:
+                label = label_of_name.get(_key(segmentation.GetSegment(sid).GetName()))
+                if label is not None and label not in by_label:
+                    by_label[label] = sid
+            if not by_label:
+                raise InputNodeError(
+                    f"fixed segmentation '{fixed_segmentation.GetName()}' and moving segmentation "
+                    f"'{moving_segmentation.GetName()}' have no segment name in common (fixed: "
+                    f"{', '.join(segment_names(fixed_segmentation))}; moving: {', '.join(segment_names(moving_segmentation))})"
+                )
+            # Export the matched segments in label order; a gap in labels keeps the label values.
+            ordered = [by_label.get(label) for label in range(1, max(by_label) + 1)]
+        fixed_labels = _export_with_gaps(fixed_segmentation, ordered, fixed_volume)
+    return fixed_labels, moving_labels, names, colors
+
+
+def _export_with_gaps(segmentation_node, ordered_ids: Sequence[Optional[str]], reference_volume) -> sitk.Image:
+    """Export segments so that ``ordered_ids[i]`` gets label i+1; None entries leave label i+1 unused."""
+    present = [sid for sid in ordered_ids if sid is not None]
+    image = export_labelmap(segmentation_node, present, reference_volume, "fixed")
+    if len(present) == len(ordered_ids):
+        return image
+    lut = np.zeros(len(present) + 1, np.uint16)
+    for new_index, sid in enumerate(present, start=1):
+        lut[new_index] = ordered_ids.index(sid) + 1
+    remapped = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(image)])
+    remapped.CopyInformation(image)
+    return remapped
+
+
+def update_segmentation_from_labels(
+    segmentation_node,
+    labels: sitk.Image,
+    names: Mapping[int, str],
+    colors: Optional[Mapping[int, RGB]] = None,
+    reference_volume=None,
+) -> None:
+    """Replace the segments of ``segmentation_node`` by one segment per label of ``labels`` (LPS image).
+
+    Segments are named ``names[label]`` (or "Label N") and coloured ``colors[label]``.
+    """
+    scene = segmentation_node.GetScene()
+    with TemporaryNodes(scene):
+        labelmap = add_volume_node_from_sitk(scene, sitk.Cast(labels, sitk.sitkInt16), "labels (temporary)", "vtkMRMLLabelMapVolumeNode")
+        _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume)
+
+
+def add_segmentation_from_array(
+    scene,
+    name: str,
+    labels_kji: np.ndarray,
+    reference_volume,
+    names: Mapping[int, str],
+    colors: Optional[Mapping[int, RGB]] = None,
+):
+    """A new segmentation node from a (K, J, I) label array on ``reference_volume``'s grid."""
+    origin, spacing, direction = node_geometry_ras(reference_volume)
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation_node.CreateDefaultDisplayNodes()
+    with TemporaryNodes(scene):
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} (temporary)")
+        set_volume_array(labelmap, labels_kji.astype(np.int16), origin, spacing, direction)
+        _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume)
+    return segmentation_node
+
+
+def _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume) -> None:
+    segmentation = segmentation_node.GetSegmentation()
+    was_modifying = segmentation_node.StartModify()
+    try:
+        segmentation.RemoveAllSegments()
+        if reference_volume is not None:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node):
+            raise RuntimeError(f"could not import label map into segmentation '{segmentation_node.GetName()}'")
+        for sid in _segment_ids(segmentation_node):
+            segment = segmentation.GetSegment(sid)
+            label = int(segment.GetLabelValue())
+            segment.SetName(names.get(label, f"Label {label}"))
+            if colors and label in colors:
+                segment.SetColor(*colors[label])
+    finally:
+        segmentation_node.EndModify(was_modifying)
+
+
+def label_counts(labels: sitk.Image) -> Dict[int, int]:
+    """Voxel count of every non-zero label of a label map."""
+    values, counts = np.unique(sitk.GetArrayViewFromImage(labels), return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts) if v != 0}
+
+
+def update_dice_table(
+    table_node,
+    dice: Mapping[int, float],
+    names: Mapping[int, str],
+    hd95_mm: Optional[Mapping[int, float]] = None,
+) -> None:
+    """Fill a ``vtkMRMLTableNode`` with one row per label: Segment, Label, Dice (0-1), HD95 (mm).
+
+    Rows are in label order; the table is replaced, not appended to.
+    """
+    table = vtk.vtkTable()
+    segment_col = vtk.vtkStringArray()
+    segment_col.SetName("Segment")
+    label_col = vtk.vtkIntArray()
+    label_col.SetName("Label")
+    dice_col = vtk.vtkDoubleArray()
+    dice_col.SetName("Dice")
+    columns = [segment_col, label_col, dice_col]
+    hd_col = None
+    if hd95_mm:
+        hd_col = vtk.vtkDoubleArray()
+        hd_col.SetName("HD95 (mm)")
+        columns.append(hd_col)
+    for label in sorted(dice):
+        segment_col.InsertNextValue(names.get(label, f"Label {label}"))
+        label_col.InsertNextValue(int(label))
+        dice_col.InsertNextValue(float(dice[label]))
+        if hd_col is not None:
+            hd_col.InsertNextValue(float(hd95_mm.get(label, float("nan"))))
+    for column in columns:
+        table.AddColumn(column)
+    table_node.SetAndObserveTable(table)
+    table_node.SetUseFirstColumnAsRowHeader(False)
+
+
+def read_dice_table(table_node) -> Dict[str, float]:
+    """{segment name: Dice} read back from a table written by :func:`update_dice_table`."""
+    table = table_node.GetTable()
+    names = table.GetColumnByName("Segment")
+    dice = table.GetColumnByName("Dice")
+    return {names.GetValue(r): dice.GetValue(r) for r in range(table.GetNumberOfRows())}

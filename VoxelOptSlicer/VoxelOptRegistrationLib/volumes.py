@@ -1,0 +1,240 @@
+"""Conversion between MRML volume nodes (RAS) and SimpleITK images (LPS), with input validation.
+
+Conventions:
+
+* Slicer stores a volume's geometry as an IJK -> RAS matrix, millimetres (RAS: x points to the
+  patient's *Right*, y *Anterior*, z *Superior*).
+* SimpleITK/ITK images (and so the ``voxelopt`` engine) use LPS physical space, millimetres:
+  x points *Left*, y *Posterior*, z *Superior*.
+* The two are related by ``p_LPS = F p_RAS`` with ``F = diag(-1, -1, 1)``; so an image's origin is
+  ``F o_RAS`` and its direction matrix (columns = the i, j, k axis directions) is ``F D_RAS``.
+* Voxel arrays are (k, j, i) in both ``slicer.util.arrayFromVolume`` and
+  ``SimpleITK.GetArrayFromImage``, so the array itself is never reordered.
+
+Only APIs of the ``slicer-core`` PyPI package are used, so this module runs (and is tested)
+headless as well as inside Slicer.
+"""
+
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+from vtkmodules.util import numpy_support
+
+import slicer
+
+from .errors import InputNodeError
+
+#: LPS <-> RAS flip (its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+#: Node attribute naming the role of a node produced by VoxelOpt ("transform", "warped", ...).
+ROLE_ATTRIBUTE = "VoxelOpt.Role"
+
+
+def node_geometry_ras(node) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin (3,), spacing (3,), direction (3, 3)) of a volume node, in RAS millimetres.
+
+    The direction's columns are the unit vectors of the i, j, k voxel axes.
+    """
+    direction = np.zeros((3, 3))
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASDirectionMatrix(m)
+    for r in range(3):
+        for c in range(3):
+            direction[r, c] = m.GetElement(r, c)
+    return np.array(node.GetOrigin(), float), np.array(node.GetSpacing(), float), direction
+
+
+def ijk_to_ras_matrix(node) -> np.ndarray:
+    """The 4x4 IJK -> RAS matrix of a volume node as a numpy array."""
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _node_label(node) -> str:
+    return f"volume '{node.GetName()}'" if node is not None else "volume"
+
+
+def parent_transform_check(node, ignore_roles: Iterable[str] = ("transform",)) -> None:
+    """Raise :class:`InputNodeError` when ``node`` sits under a transform the registration would ignore.
+
+    The engine registers the voxels with the volume's own geometry. A parent transform made by a
+    previous VoxelOpt run (attribute ``VoxelOpt.Role`` in ``ignore_roles``) is expected on the moving
+    volume and is ignored; any other transform must be hardened or removed first, or the result
+    would not match what the user sees.
+    """
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return
+    if parent.GetAttribute(ROLE_ATTRIBUTE) in tuple(ignore_roles):
+        return
+    raise InputNodeError(
+        f"{_node_label(node)} is under transform '{parent.GetName()}'. VoxelOpt registers the volume's "
+        "own voxels: harden the transform (Data module: right-click > Harden transform) or remove it, "
+        "then run again."
+    )
+
+
+def validate_volume_node(node, role: str = "input", check_values: bool = True) -> None:
+    """Check that ``node`` is a usable scalar 3-D volume; raise :class:`InputNodeError` if not.
+
+    Checks: a scalar volume node with image data, a single component, at least 2 voxels along
+    every axis (3-D), finite positive spacing, an orthonormal IJK -> RAS direction matrix, and
+    (``check_values``) no NaN or infinite voxel.
+    """
+    if node is None:
+        raise InputNodeError(f"no {role} volume selected")
+    if not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputNodeError(f"{role} node '{node.GetName()}' is a {node.GetClassName()}, not a scalar volume")
+    label = f"{role} {_node_label(node)}"
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
+        raise InputNodeError(f"{label} has no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise InputNodeError(f"{label} has {image.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed")
+    dims = image.GetDimensions()
+    if min(dims) < 2:
+        raise InputNodeError(f"{label} is not 3-D: its size is {dims[0]}x{dims[1]}x{dims[2]} voxels")
+    _, spacing, direction = node_geometry_ras(node)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputNodeError(f"{label} has bad geometry: spacing {tuple(spacing)} mm must be finite and > 0")
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise InputNodeError(
+            f"{label} has bad geometry: its IJK->RAS direction matrix is not orthonormal "
+            f"(columns {np.round(direction, 4).T.tolist()}); fix the volume's orientation (Volumes module) first"
+        )
+    if not np.all(np.isfinite(node.GetOrigin())):
+        raise InputNodeError(f"{label} has bad geometry: origin {node.GetOrigin()} is not finite")
+    if check_values:
+        values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        if values.dtype.kind == "f":
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            if bad:
+                raise InputNodeError(
+                    f"{label} contains {bad} NaN or infinite voxel(s); replace them (e.g. with the "
+                    "background value) before registering"
+                )
+
+
+def array_from_volume_node(node) -> np.ndarray:
+    """A copy of the voxels of a scalar volume node, shape (K, J, I) (numpy order k, j, i)."""
+    image = node.GetImageData()
+    dims = image.GetDimensions()
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return np.array(values).reshape(dims[2], dims[1], dims[0])
+
+
+def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] = None) -> sitk.Image:
+    """A SimpleITK image (LPS) with the voxels and geometry of a volume node (RAS), validated.
+
+    Args:
+        node: a scalar (or label map) volume node. Its parent transform is *not* applied.
+        role: how the node is named in error messages ("fixed", "moving", ...).
+        pixel_type: optional SimpleITK pixel type to cast to (e.g. ``sitk.sitkFloat32``).
+
+    Raises:
+        InputNodeError: see :func:`validate_volume_node`.
+    """
+    validate_volume_node(node, role)
+    origin, spacing, direction = node_geometry_ras(node)
+    image = sitk.GetImageFromArray(array_from_volume_node(node))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ origin))
+    image.SetDirection(tuple(float(v) for v in (LPS_TO_RAS @ direction).ravel()))
+    if pixel_type is not None:
+        image = sitk.Cast(image, pixel_type)
+    return image
+
+
+def sitk_geometry_ras(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(origin, spacing, direction) of a SimpleITK image converted to RAS (see module docstring)."""
+    if image.GetDimension() != 3:
+        raise ValueError(f"a 3-D image is needed, got {image.GetDimension()}-D")
+    direction_lps = np.array(image.GetDirection(), float).reshape(3, 3)
+    origin_ras = LPS_TO_RAS @ np.array(image.GetOrigin(), float)
+    return origin_ras, np.array(image.GetSpacing(), float), LPS_TO_RAS @ direction_lps
+
+
+def set_node_geometry(node, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> None:
+    """Set a volume node's RAS origin, spacing (mm) and direction (columns = i, j, k axes)."""
+    node.SetOrigin(*[float(v) for v in origin])
+    node.SetSpacing(*[float(v) for v in spacing])
+    m = vtk.vtkMatrix4x4()
+    for r in range(3):
+        for c in range(3):
+            m.SetElement(r, c, float(direction[r, c]))
+    node.SetIJKToRASDirectionMatrix(m)
+
+
+def update_volume_node_from_sitk(node, image: sitk.Image) -> None:
+    """Replace the voxels and geometry of ``node`` by those of a scalar SimpleITK image (LPS -> RAS)."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError("only scalar images can be stored in a scalar volume node")
+    origin, spacing, direction = sitk_geometry_ras(image)
+    set_volume_array(node, sitk.GetArrayFromImage(image), origin, spacing, direction)
+
+
+def add_volume_node_from_sitk(scene, image: sitk.Image, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node in ``scene`` holding a SimpleITK image, with default display nodes."""
+    node = scene.AddNewNodeByClass(class_name, name)
+    update_volume_node_from_sitk(node, image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def same_geometry(node_a, node_b, atol: float = 1e-4) -> bool:
+    """True when two volume nodes have the same dimensions and IJK -> RAS matrix (within ``atol`` mm)."""
+    dims_a = node_a.GetImageData().GetDimensions()
+    dims_b = node_b.GetImageData().GetDimensions()
+    return tuple(dims_a) == tuple(dims_b) and np.allclose(ijk_to_ras_matrix(node_a), ijk_to_ras_matrix(node_b), atol=atol)
+
+
+def set_volume_array(node, array: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> None:
+    """Set a volume node's voxels from a (K, J, I) array and its RAS geometry (see :func:`set_node_geometry`)."""
+    array = np.ascontiguousarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"a (K, J, I) array is needed, got shape {array.shape}")
+    vtk_image = vtk.vtkImageData()
+    vtk_image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    scalars.SetName("ImageScalars")
+    vtk_image.GetPointData().SetScalars(scalars)
+    was_modifying = node.StartModify()
+    set_node_geometry(node, origin, spacing, direction)
+    node.SetAndObserveImageData(vtk_image)
+    node.EndModify(was_modifying)
+
+
+class TemporaryNodes:
+    """Context manager removing every node added to ``scene`` inside the block (temporary label
+    maps and the display, colour-table and subject-hierarchy nodes Slicer adds with them), so that
+    helper conversions leave no trace in the scene."""
+
+    def __init__(self, scene, keep: Iterable[object] = ()) -> None:
+        self.scene = scene
+        self.keep_ids = set()
+        self._keep = list(keep)
+
+    def _ids(self) -> List[str]:
+        return [self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())]
+
+    def keep(self, node) -> None:
+        """Do not remove ``node`` (created inside the block) on exit."""
+        self.keep_ids.add(node.GetID())
+
+    def __enter__(self) -> "TemporaryNodes":
+        self.before = set(self._ids())
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for node in self._keep:
+            self.keep_ids.add(node.GetID())
+        for node_id in reversed(self._ids()):
+            if node_id in self.before or node_id in self.keep_ids:
+                continue
+            node = self.scene.GetNodeByID(node_id)
+            if node is not None:
+                self.scene.RemoveNode(node)
