@@ -178,3 +178,26 @@ def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeyp
         result.save(existing)
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     assert InputError  # imported for symmetry with the CLI errors
+
+
+def test_features_command_reports_entropy_per_feature_type(files, tmp_path, capsys):
+    out = tmp_path / "features"
+    code, stdout, _ = run(["features", files["fixed"], files["moving"], "--types", "raw,mind", "--levels", "3", "--out-dir", out], capsys)
+    assert code == 0
+    results = json.loads((out / "entropy.json").read_text())
+    assert set(results) == {"raw", "mind"}
+    for stats in results.values():
+        assert 0.0 <= stats["p10"] <= stats["median"] <= stats["p90"] <= stats["max_entropy"] == pytest.approx(np.log(27))
+        assert sum(d * (b - a) for d, a, b in zip(stats["density"], stats["bin_edges"], stats["bin_edges"][1:])) == pytest.approx(1.0)
+    assert (out / "entropy.png").read_bytes()[:4] == b"\x89PNG"
+    assert "mind: mean" in stdout
+
+
+def test_features_of_a_featureless_pair_have_maximal_entropy(tmp_path, capsys):
+    flat = make_image(np.full((24, 24, 24), 40.0, np.float32), (2.0, 2.0, 2.0))
+    path = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(flat, str(path))
+    code, _, _ = run(["features", path, path, "--types", "raw", "--levels", "2", "--out-dir", tmp_path / "f"], capsys)
+    assert code == 0
+    stats = json.loads((tmp_path / "f" / "entropy.json").read_text())["raw"]
+    assert stats["relative_mean"] == pytest.approx(1.0, abs=1e-5)

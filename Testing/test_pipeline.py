@@ -169,3 +169,19 @@ def test_image_too_small_for_the_pyramid():
     image = make_image(smooth_random_volume((16, 16, 16)), (2.0, 2.0, 2.0))
     with pytest.raises(InputError, match="too small for 5 pyramid levels.*at most 2"):
         register(image, image, RegistrationConfig.preset("paper"))
+
+
+def test_disk_cache_survives_a_new_process_and_replaces_bad_files(pair, tmp_path):
+    first = FeatureCache(directory=tmp_path)
+    reference = register(pair.fixed, pair.moving, SMALL, cache=first)
+    files = sorted(tmp_path.glob("*.pt"))
+    assert len(files) == 2 and first.misses == 2
+    second = FeatureCache(directory=tmp_path)  # a fresh cache, as in another process
+    again = register(pair.fixed, pair.moving, SMALL, cache=second)
+    assert (second.disk_hits, second.misses) == (2, 0)
+    assert np.array_equal(sitk.GetArrayFromImage(again.field), sitk.GetArrayFromImage(reference.field))
+    files[0].write_bytes(b"not a tensor")
+    third = FeatureCache(directory=tmp_path)
+    register(pair.fixed, pair.moving, SMALL, cache=third)
+    assert (third.disk_hits, third.misses) == (1, 1)
+    assert not list(tmp_path.glob("*.part"))

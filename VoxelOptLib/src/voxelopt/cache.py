@@ -1,15 +1,20 @@
-"""An in-memory cache of working-grid features, so solver-only re-runs skip feature extraction.
+"""A cache of working-grid features, so solver-only re-runs skip feature extraction.
 
 Entries are keyed by a digest of the image content and geometry, the grid, the initial
 translation, the feature extractor's cache key and the device, so a key can only match when the
-features would be identical. Least recently used entries are dropped beyond ``max_items``.
+features would be identical. In memory, least recently used entries are dropped beyond
+``max_items``. With a ``directory`` every entry is also kept on disk (one ``.pt`` file holding a
+plain tensor, read back with ``weights_only=True``), so features survive between processes.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-from typing import Callable, Hashable, Optional
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Hashable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,37 +30,70 @@ def image_digest(image: sitk.Image) -> str:
 
 
 class FeatureCache:
-    """Least-recently-used cache of feature tensors.
+    """Least-recently-used cache of feature tensors, optionally backed by a directory.
 
-    Pass the same instance to successive :func:`voxelopt.register` calls. ``hits`` and
-    ``misses`` count lookups.
+    Pass the same instance to successive :func:`voxelopt.register` calls. ``hits`` counts
+    lookups answered from memory or disk (``disk_hits`` those from disk), ``misses`` the
+    computations.
     """
 
-    def __init__(self, max_items: int = 4):
+    def __init__(self, max_items: int = 4, directory: Optional[Union[str, "os.PathLike[str]"]] = None):
         self.max_items = int(max_items)
+        self.directory = Path(directory) if directory is not None else None
         self._items: "collections.OrderedDict[Hashable, torch.Tensor]" = collections.OrderedDict()
         self.hits = 0
+        self.disk_hits = 0
         self.misses = 0
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor],
+                       device: Optional[torch.device] = None) -> torch.Tensor:
+        """The cached tensor for ``key`` (moved to ``device`` when read from disk), or ``compute()``."""
         if key in self._items:
             self.hits += 1
             self._items.move_to_end(key)
             return self._items[key]
+        path = self._path(key)
+        if path is not None and path.is_file():
+            try:
+                value = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # an unreadable or foreign file is recomputed and replaced
+                value = None
+            if isinstance(value, torch.Tensor):
+                self.hits += 1
+                self.disk_hits += 1
+                return self._remember(key, value.to(device) if device is not None else value)
         self.misses += 1
         value = compute()
+        if path is not None:
+            self._write(path, value)
+        return self._remember(key, value)
+
+    def _remember(self, key: Hashable, value: torch.Tensor) -> torch.Tensor:
         self._items[key] = value
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
         return value
 
+    def _path(self, key: Hashable) -> Optional[Path]:
+        if self.directory is None:
+            return None
+        return self.directory / (hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest() + ".pt")
+
+    @staticmethod
+    def _write(path: Path, value: torch.Tensor) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        os.close(handle)
+        try:
+            torch.save(value.detach().cpu().contiguous(), temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
     def clear(self) -> None:
+        """Forget the in-memory entries (files on disk are kept)."""
         self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-def cached(cache: Optional[FeatureCache], key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``compute()`` through ``cache`` when one is given."""
-    return compute() if cache is None else cache.get_or_compute(key, compute)

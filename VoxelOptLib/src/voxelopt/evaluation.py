@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 

@@ -76,19 +76,18 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     """95th-percentile symmetric surface distance (mm) between two binary masks.
 
     ``spacing_zyx`` is the voxel size along the array axes (z, y, x). Returns NaN when a mask is
-    empty.
+    empty. Work is confined to the bounding box of both masks plus a one-voxel margin.
     """
     if not a.any() or not b.any():
         return float("nan")
-    surface_a, surface_b = _surface(a), _surface(b)
-    # Distances to the other surface, on a bounding box of both masks (margin 1) for speed.
     box = np.argwhere(a | b)
     lo = np.maximum(box.min(0) - 1, 0)
     hi = box.max(0) + 2
     window = tuple(slice(l, h) for l, h in zip(lo, hi))
-    dist_to_b = ndimage.distance_transform_edt(~surface_b[window], sampling=spacing_zyx)
-    dist_to_a = ndimage.distance_transform_edt(~surface_a[window], sampling=spacing_zyx)
-    distances = np.concatenate([dist_to_b[surface_a[window]], dist_to_a[surface_b[window]]])
+    surface_a, surface_b = _surface(a[window]), _surface(b[window])
+    dist_to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_zyx)
+    dist_to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_zyx)
+    distances = np.concatenate([dist_to_b[surface_a], dist_to_a[surface_b]])
     return float(np.percentile(distances, 95))
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-import numpy as np
 import SimpleITK as sitk
 
 from .geometry import Grid, resample_image

@@ -14,13 +14,14 @@ Steps and grids (all share the fixed image's box and direction; see :mod:`voxelo
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+import dataclasses
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cache import FeatureCache, cached, image_digest
+from .cache import FeatureCache, image_digest
 from .config import RegistrationConfig
 from .device import make_clock, resolve_device
 from .errors import InputError, RegistrationCancelled
@@ -100,33 +101,19 @@ def register(
             raise RegistrationCancelled("registration cancelled")
 
     with timer.stage("prepare"):
-        fixed_image = _checked_image(fixed, "fixed image")
-        moving_image = _checked_image(moving, "moving image")
-        fixed_lab = _checked_labels(fixed_labels, fixed_image, "fixed labels")
-        moving_lab = _checked_labels(moving_labels, moving_image, "moving labels")
-        fixed_grid = Grid.from_image(fixed_image)
-        moving_grid = Grid.from_image(moving_image)
-        feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
-        working_grid = feature_grid.scaled(config.working_scale)
-        level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
-        translation = initial_translation(fixed_image, moving_image, config.init, config.hu_window)
-        overlap = overlap_fraction(fixed_grid, moving_image, translation)
-        if overlap < MIN_OVERLAP:
-            raise InputError(
-                f"the fixed and moving images do not overlap after '{config.init}' alignment "
-                f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
-                "try init='centers' or 'com', or check the image headers"
-            )
+        prepared = prepare(fixed, moving, config)
+        fixed_lab = _checked_labels(fixed_labels, prepared.fixed, "fixed labels")
+        moving_lab = _checked_labels(moving_labels, prepared.moving, "moving labels")
         extractor = make_extractor(config)
     check_cancel()
 
     report(0.0, "features")
     with timer.stage("features_fixed"):
-        fixed_features = _features(fixed_image, feature_grid, working_grid, None, extractor, device, cache)
+        fixed_features = working_features(prepared, "fixed", extractor, device, cache)
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):
-        moving_features = _features(moving_image, feature_grid, working_grid, translation, extractor, device, cache)
+        moving_features = working_features(prepared, "moving", extractor, device, cache)
     check_cancel()
     report(_FEATURES_DONE, "features done")
 
@@ -140,14 +127,13 @@ def register(
     check_cancel()
 
     with timer.stage("outputs"):
-        outputs = _outputs(solved, translation, fixed_grid, working_grid, moving_image, moving_grid,
-                           fixed_lab, moving_lab, device, config)
+        outputs = _outputs(solved, prepared, fixed_lab, moving_lab, device)
     timer.seconds["total"] = sum(v for k, v in timer.seconds.items() if not k.startswith("level_"))
     report(1.0, "done")
     return RegistrationResult(
         config=config,
         device=str(device),
-        initial_translation_mm=tuple(float(v) for v in translation),
+        initial_translation_mm=tuple(float(v) for v in prepared.translation),
         timings=dict(timer.seconds),
         **outputs,
     )
@@ -208,25 +194,71 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
     return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
 
 
-def _features(image: sitk.Image, feature_grid: Grid, working_grid: Grid, translation: Optional[np.ndarray],
-              extractor: FeatureExtractor, device: torch.device, cache: Optional[FeatureCache]) -> torch.Tensor:
-    """(1, C, Z, Y, X) features of ``image`` on the working grid (cached)."""
-    t = None if translation is None or not np.any(translation) else tuple(float(v) for v in translation)
+@dataclasses.dataclass(frozen=True)
+class PreparedPair:
+    """Checked float32 images and the grids of one registration (see the module docstring).
+
+    ``translation`` (mm) is the initial alignment: fixed point x corresponds to moving point x + t.
+    """
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_grid: Grid
+    moving_grid: Grid
+    feature_grid: Grid
+    working_grid: Grid
+    translation: np.ndarray
+
+
+def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> PreparedPair:
+    """Check the images, build the grids, find the initial alignment and check the overlap."""
+    fixed_image = _checked_image(fixed, "fixed image")
+    moving_image = _checked_image(moving, "moving image")
+    fixed_grid = Grid.from_image(fixed_image)
+    feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
+    working_grid = feature_grid.scaled(config.working_scale)
+    level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
+    translation = initial_translation(fixed_image, moving_image, config.init, config.hu_window)
+    overlap = overlap_fraction(fixed_grid, moving_image, translation)
+    if overlap < MIN_OVERLAP:
+        raise InputError(
+            f"the fixed and moving images do not overlap after '{config.init}' alignment "
+            f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
+            "try init='centers' or 'com', or check the image headers"
+        )
+    return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
+                        working_grid, translation)
+
+
+def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtractor, device: torch.device,
+                     cache: Optional[FeatureCache] = None) -> torch.Tensor:
+    """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid.
+
+    The image is resampled onto the feature grid (the moving one through the initial
+    translation; outside the image: its darkest value, i.e. air), the extractor runs there, and
+    the result is resized to the working grid. Cached in ``cache`` when one is given.
+    """
+    image = prepared.fixed if which == "fixed" else prepared.moving
+    t = None if which == "fixed" or not np.any(prepared.translation) else tuple(float(v) for v in prepared.translation)
+    feature_grid, working_grid = prepared.feature_grid, prepared.working_grid
 
     def compute() -> torch.Tensor:
-        default = float(sitk.GetArrayViewFromImage(image).min())  # outside the image: its darkest value (air)
+        default = float(sitk.GetArrayViewFromImage(image).min())
         on_grid = resample_image(image, feature_grid, t, sitk.sitkLinear, default)
         features = extractor.extract(on_grid, device)[None]
         return resize_volume(features, working_grid.shape).contiguous()
 
+    if cache is None:
+        return compute()
     key = ("features", image_digest(image), feature_grid, working_grid, t, extractor.cache_key(), str(device))
-    return cached(cache, key, compute)
+    return cache.get_or_compute(key, compute, device)
 
 
 # ====================================================================== outputs
-def _outputs(solved, translation: np.ndarray, fixed_grid: Grid, working_grid: Grid, moving_image: sitk.Image,
-             moving_grid: Grid, fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image],
-             device: torch.device, config: RegistrationConfig) -> Dict[str, object]:
+def _outputs(solved, prepared: PreparedPair, fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image],
+             device: torch.device) -> Dict[str, object]:
+    fixed_grid, moving_grid, working_grid = prepared.fixed_grid, prepared.moving_grid, prepared.working_grid
+    translation, moving_image = prepared.translation, prepared.moving
     d_work = voxel_to_mm_field(solved.field, working_grid)
     d_work += torch.as_tensor(translation, dtype=d_work.dtype, device=device).view(1, 3, 1, 1, 1)
     d_full = resize_volume(d_work, fixed_grid.shape)

@@ -70,7 +70,6 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
     dist = torch.empty((len(pairs), Z, Y, X), dtype=torch.float32, device=image.device)
     for c, (a, b) in enumerate(pairs):
         torch.sub(shifted(a), shifted(b), out=dist[c]).square_()
-    del padded
     if radius > 0:
         scratch = torch.empty_like(dist)
         for dim in (1, 2, 3):

@@ -4,7 +4,7 @@ One filtering pass replaces every voxel by ``w(-1) X(x - e) + w(0) X(x) + w(+1) 
 z, then y, then x, with the weights of the *centre* voxel x (a gather filter; w(-1) = w(+1)).
 Neighbours beyond the border repeat the border voxel, so a constant field stays constant.
 The same weights apply to every channel (27 cost labels, or 3 flow components). It runs in
-place with one scratch buffer, the cost of four element-wise passes per axis.
+place with one scratch buffer, the cost of three element-wise passes per axis.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ def _smooth_axis_(x: torch.Tensor, w1: torch.Tensor, dim: int, scratch: torch.Te
     if n == 1:
         return
     # scratch = X(x - e) + X(x + e) - 2 X(x), with replicated borders
-    torch.mul(x, -2.0, out=scratch)
-    scratch.narrow(dim, 1, n - 1).add_(x.narrow(dim, 0, n - 1))
-    scratch.narrow(dim, 0, n - 1).add_(x.narrow(dim, 1, n - 1))
-    scratch.narrow(dim, 0, 1).add_(x.narrow(dim, 0, 1))
-    scratch.narrow(dim, n - 1, 1).add_(x.narrow(dim, n - 1, 1))
+    if n > 2:
+        torch.add(x.narrow(dim, 0, n - 2), x.narrow(dim, 2, n - 2), out=scratch.narrow(dim, 1, n - 2))
+    torch.add(x.narrow(dim, 0, 1), x.narrow(dim, 1, 1), out=scratch.narrow(dim, 0, 1))
+    torch.add(x.narrow(dim, n - 2, 1), x.narrow(dim, n - 1, 1), out=scratch.narrow(dim, n - 1, 1))
+    scratch.add_(x, alpha=-2.0)
     x.addcmul_(scratch, w1)
 
 
