@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..features.base import FeatureExtractor
+from .base import NetworkExtractor
 from . import geometry
 from .layers import lattice, obelisk_sample
 from .weights import load_checkpoint, resolve_weights, strict_load
@@ -115,7 +115,7 @@ OBELISK_MODES = ("logits", "softmax", "d144", "logits+d72")
 LOGIT_SCALE = 10.0
 
 
-class ObeliskExtractor(FeatureExtractor):
+class ObeliskExtractor(NetworkExtractor):
     """OBELISK-hybrid TCIA features of an abdominal CT, on the image's own grid.
 
     Preprocessing (inside :meth:`extract`): orient to LAI; split the craniocaudal extent into
@@ -141,17 +141,12 @@ class ObeliskExtractor(FeatureExtractor):
         self.mode = mode
         self.window_mm = float(window_mm)
         self.weights_path, self.sha256 = resolve_weights("obelisk", weights, self.default_weights, allow_download)
-        self._nets: Dict[str, ObeliskHybridTCIA] = {}
 
     def cache_key(self) -> str:
         return f"obelisk:{self.sha256[:16]}:{self.mode}:s{LOGIT_SCALE:g}:w{self.window_mm:g}"
 
-    def network(self, device: torch.device) -> ObeliskHybridTCIA:
-        """The loaded network on ``device`` (loaded once per device)."""
-        key = str(device)
-        if key not in self._nets:
-            self._nets[key] = load_obelisk(self.weights_path, device)
-        return self._nets[key]
+    def load(self, device: torch.device) -> ObeliskHybridTCIA:
+        return load_obelisk(self.weights_path, device)
 
     @property
     def channels(self) -> int:

@@ -9,14 +9,14 @@ its state-dict keys match the checkpoints (strict loading).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import SimpleITK as sitk
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features.base import FeatureExtractor
+from .base import NetworkExtractor
 from . import geometry
 from .layers import lattice, obelisk_sample
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
@@ -88,7 +88,7 @@ def load_pdd(path: str, device: torch.device) -> PDDFeatureNet:
     return net.eval().to(device)
 
 
-class PDDExtractor(FeatureExtractor):
+class PDDExtractor(NetworkExtractor):
     """PDD-Net features on the image's own grid.
 
     Preprocessing: orient to RAS, resample linearly to 2 mm isotropic, scale ``HU / 500``, run
@@ -101,16 +101,12 @@ class PDDExtractor(FeatureExtractor):
 
     def __init__(self, weights: Optional[str] = None, allow_download: bool = True) -> None:
         self.weights_path, self.sha256 = resolve_weights("pdd", weights, self.default_weights, allow_download)
-        self._nets: Dict[str, PDDFeatureNet] = {}
 
     def cache_key(self) -> str:
         return f"pdd:{self.sha256[:16]}:s{PDD_SCALE:g}"
 
-    def network(self, device: torch.device) -> PDDFeatureNet:
-        key = str(device)
-        if key not in self._nets:
-            self._nets[key] = load_pdd(self.weights_path, device)
-        return self._nets[key]
+    def load(self, device: torch.device) -> PDDFeatureNet:
+        return load_pdd(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         geometry.check_image(image)

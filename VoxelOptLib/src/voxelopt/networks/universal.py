@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..features.base import FeatureExtractor
+from .base import NetworkExtractor
 from . import geometry
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
 
@@ -262,7 +262,7 @@ def load_universal(path: str, device: torch.device) -> UniversalUNet:
     return net.eval().to(device)
 
 
-class UniversalExtractor(FeatureExtractor):
+class UniversalExtractor(NetworkExtractor):
     """The paper's 8-channel Universal-Model features on the image's own grid.
 
     Preprocessing as VoxelOpt: clip HU to [-500, 800] and scale to [0, 1]; 2 mm isotropic
@@ -276,16 +276,12 @@ class UniversalExtractor(FeatureExtractor):
     def __init__(self, weights: Optional[str] = None, slab: int = 16) -> None:
         self.weights_path, self.sha256 = resolve_weights("universal", weights, None, allow_download=False)
         self.slab = int(slab)
-        self._nets: Dict[str, UniversalUNet] = {}
 
     def cache_key(self) -> str:
         return f"universal:{self.sha256[:16]}"
 
-    def network(self, device: torch.device) -> UniversalUNet:
-        key = str(device)
-        if key not in self._nets:
-            self._nets[key] = load_universal(self.weights_path, device)
-        return self._nets[key]
+    def load(self, device: torch.device) -> UniversalUNet:
+        return load_universal(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         geometry.check_image(image)
