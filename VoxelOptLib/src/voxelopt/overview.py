@@ -31,7 +31,7 @@ def save_overview(path: PathLike, fixed: sitk.Image, moving: sitk.Image, result,
         ("Jacobian determinant", sitk.GetArrayFromImage(result.jacobian), "RdBu_r", (0.0, 2.0)),
     ]
     aspect_coronal = grid.spacing[2] / grid.spacing[0]
-    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 6.4))
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.0 * len(panels), 5.6), layout="constrained")
     for column, (title, volume, cmap, limits) in enumerate(panels):
         z, y = volume.shape[0] // 2, volume.shape[1] // 2
         vmin, vmax = limits if limits is not None else (float(volume.min()), float(volume.max()))

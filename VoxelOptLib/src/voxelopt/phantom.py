@@ -62,7 +62,7 @@ def phantom(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0,
     body = (x / 160.0) ** 2 + (y / 125.0) ** 2 <= 1.0
     fat_inner = (x / 145.0) ** 2 + (y / 110.0) ** 2 <= 1.0
     image = np.where(body, -100.0, -1000.0)
-    image[fat_inner] = 40.0  # muscle / soft tissue inside the fat layer
+    image[fat_inner] = -30.0  # mixed fat and muscle inside the subcutaneous fat layer
     labels = np.zeros(image.shape, np.uint8)
     for label in _DRAW_ORDER:
         (cx, cy, cz), (rx, ry, rz), hu = _ORGANS[label]
