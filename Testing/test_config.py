@@ -12,7 +12,8 @@ def test_presets_build_and_differ():
     assert paper.features == "mind" and paper.feature_spacing == 2.0 and paper.working_scale == 0.5
     fast = RegistrationConfig.preset("fast")
     assert fast != paper
-    assert set(PRESETS) >= {"paper", "fast"}
+    assert set(PRESETS) >= {"paper", "fast", "accurate"}
+    assert RegistrationConfig.preset("accurate").k == 2
 
 
 def test_overrides_and_replace_validate():

@@ -44,7 +44,7 @@ class NodeParameter:
     doc: str = ""
 
 
-PRESET_CHOICES = ("paper", "fast")
+PRESET_CHOICES = ("paper", "accurate", "fast")
 FEATURE_CHOICES = ("mind", "raw", "mind+raw")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 OVERLAY_CHOICES = ("entropy", "jacobian", "warped", "none")
