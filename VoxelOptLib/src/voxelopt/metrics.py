@@ -72,6 +72,15 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
 
 
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple:
+    """Slices of the smallest box holding every True voxel of a non-empty mask, plus a margin."""
+    window = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        window.append(slice(max(int(hits[0]) - margin, 0), int(hits[-1]) + 1 + margin))
+    return tuple(window)
+
+
 def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     """95th-percentile symmetric surface distance (mm) between two binary masks.
 
@@ -80,10 +89,7 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
     """
     if not a.any() or not b.any():
         return float("nan")
-    box = np.argwhere(a | b)
-    lo = np.maximum(box.min(0) - 1, 0)
-    hi = box.max(0) + 2
-    window = tuple(slice(l, h) for l, h in zip(lo, hi))
+    window = _bounding_box(a | b, margin=1)
     surface_a, surface_b = _surface(a[window]), _surface(b[window])
     dist_to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_zyx)
     dist_to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_zyx)

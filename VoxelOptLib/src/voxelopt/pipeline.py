@@ -282,9 +282,8 @@ def _outputs(solved, prepared: PreparedPair, fixed_labels: Optional[sitk.Image],
             fixed_np = sitk.GetArrayFromImage(fixed_labels)
             spacing_zyx = fixed_grid.spacing[::-1]
             metrics.update(label_metrics(fixed_np, sitk.GetArrayFromImage(warped_labels_image), spacing_zyx))
-            initial = resample_through_field(labels_t, moving_grid, fixed_grid, None, "nearest", 0.0)
-            initial_np = initial.round().to(torch.int32).cpu().numpy()[0, 0]
-            before = label_metrics(fixed_np, initial_np, spacing_zyx, metrics["labels"])
+            initial = resample_image(moving_labels, fixed_grid, interpolator=sitk.sitkNearestNeighbor, default=0)
+            before = label_metrics(fixed_np, sitk.GetArrayViewFromImage(initial), spacing_zyx, metrics["labels"])
             metrics["dice_initial_mean"] = before["dice_mean"]
             metrics["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
 

@@ -1,0 +1,109 @@
+"""The ``voxelopt evaluate-dataset`` and ``voxelopt evaluate-ablation`` commands (argument
+definitions and bodies; :mod:`voxelopt.cli` only wires them in)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List
+
+from ..config import RegistrationConfig
+from ..errors import ConfigError
+from .ablation import run_ablation
+from .methods import parse_peer_list, peer_spec, voxelopt_spec
+from .pairs import read_pairs
+from .protocols import PROTOCOLS
+from .runner import EvaluationRun, run_evaluation
+
+
+def _protocols(text: str) -> List[str]:
+    names = ["half", "full"] if text == "both" else [text]
+    return names
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by both dataset commands."""
+    p.add_argument("pairs", help="CSV of pairs (fixed, moving, fixed_labels, moving_labels[, id, gt_field]) or of "
+                                 "subjects (image, labels[, id]: all ordered pairs); paths relative to the CSV")
+    p.add_argument("--out-dir", required=True, help="output directory (results.csv, results.md, records/)")
+    p.add_argument("--workers", type=int, default=1, help="pairs registered in parallel on this machine (process pool)")
+    p.add_argument("--scheduler", help="Dask distributed scheduler address (e.g. tcp://host:8786); overrides --workers")
+    p.add_argument("--threads", type=int, help="threads per pair (default: CPU cores / workers)")
+    p.add_argument("--no-resume", action="store_true", help="recompute pairs finished in an earlier run")
+    p.add_argument("--max-pairs", type=int, help="only the first N pairs (smoke test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--peers", default="", help="comma-separated peers to run as well: convexadam, ants, elastix "
+                                               "(need the 'peers' extra)")
+    p.add_argument("--peer-pairs", type=int, help="run the peers only on the first N pairs (they are slow)")
+    p.add_argument("--no-voxelopt", action="store_true", help="run only the peers")
+    p.add_argument("--protocol", choices=list(PROTOCOLS) + ["both"], default="both",
+                   help="half: the official protocol (half of the 2 mm grid, as the paper reports); "
+                        "full: the fixed grid; both (default)")
+
+
+def add_ablation_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--ablation-features", default="raw,mind", help="feature types to compare (default raw,mind)")
+    p.add_argument("--ablation-k", default="1,2", help="search radii to compare (default 1,2)")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="half", help="protocol of the table (default half)")
+
+
+def _pairs(args: argparse.Namespace):
+    pairs = read_pairs(args.pairs)
+    if args.max_pairs is not None:
+        if args.max_pairs < 1:
+            raise ConfigError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+        pairs = pairs[: args.max_pairs]
+    return pairs
+
+
+def _print(run: EvaluationRun, quiet: bool) -> int:
+    if not quiet:
+        print(f"{run.ran} job(s) run, {run.skipped} resumed, {len(run.failed)} failed")
+        for record in run.failed:
+            print(f"  FAILED {record['pair_id']} / {record['method']}: {record.get('error', '')}")
+        print("wrote " + ", ".join(str(p) for p in run.paths.values()))
+    return 1 if run.failed else 0
+
+
+def evaluate_dataset_command(args: argparse.Namespace, config: RegistrationConfig) -> int:
+    """Body of ``voxelopt evaluate-dataset``; exit status 1 when any pair failed."""
+    pairs = _pairs(args)
+    peers = parse_peer_list(args.peers)
+    options = dict(workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
+                   threads=args.threads, progress=not args.quiet)
+    methods = [] if args.no_voxelopt else [voxelopt_spec(config)]
+    peer_methods = [peer_spec(kind, config.hu_window) for kind in peers]
+    if not methods and not peer_methods:
+        raise ConfigError("nothing to run: --no-voxelopt without --peers")
+    protocols = _protocols(args.protocol)
+    title = "Dataset evaluation: " + ", ".join(m.name for m in methods + peer_methods)
+    if args.peer_pairs is not None and peer_methods and args.peer_pairs < len(pairs):
+        # Peers are slow: all methods on the first N pairs (OUT_DIR/with_peers), VoxelOpt on every pair (OUT_DIR).
+        code = 0
+        if methods:
+            code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, **options), args.quiet)
+        subset = run_evaluation(pairs[: args.peer_pairs], methods + peer_methods, Path(args.out_dir) / "with_peers",
+                                protocols, title=title + f" (first {args.peer_pairs} pairs)", **options)
+        return max(code, _print(subset, args.quiet))
+    run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, **options)
+    return _print(run, args.quiet)
+
+
+def evaluate_ablation_command(args: argparse.Namespace, config: RegistrationConfig) -> int:
+    """Body of ``voxelopt evaluate-ablation``; exit status 1 when any pair failed."""
+    features = [v.strip() for v in args.ablation_features.split(",") if v.strip()]
+    try:
+        ks = [int(v) for v in args.ablation_k.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--ablation-k must be comma-separated integers, got {args.ablation_k!r}") from None
+    run, paths = run_ablation(_pairs(args), args.out_dir, config, features, ks, args.protocol,
+                              workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
+                              threads=args.threads, progress=not args.quiet)
+    if not args.quiet:
+        print(Path(paths["ablation_md"]).read_text())
+    return _print(run, args.quiet)

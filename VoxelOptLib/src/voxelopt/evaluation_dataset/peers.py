@@ -1,0 +1,214 @@
+"""Peer registration tools through their Python packages (optional extras).
+
+Every peer gets identical inputs: the fixed image and the moving image resampled onto the fixed
+grid (linear; identity in physical space), both clipped to the HU window and scaled to [0, 1]
+(the paper's preprocessing). Each returns its displacement field on the fixed grid in the
+harness's convention (LPS mm, ``warped(x) = moving(x + d(x))``), so its labels are warped and
+scored by the same code as VoxelOpt's (:mod:`.protocols`).
+
+* ``convexadam``: ``convexAdam.convex_adam_MIND.convex_adam_pt`` (package ``convexAdam``) on
+  numpy arrays in SimpleITK order (z, y, x); its output is a voxel displacement along the
+  array axes with the same resampling convention. float32 on CPU; ``ic`` must stay True (its
+  ``ic=False`` path never upsamples the coarse field).
+* ``ants``: ``ants.registration`` (package ``antspyx``) with ``type_of_transform`` (default
+  ``"SyN"``: affine + SyN; note that antspyx's ``"SyN"`` preset skips the finest level,
+  ``reg_iterations=(40, 20, 0)``) and ``random_seed``; its forward transforms (warp and affine
+  files) are composed with SimpleITK into one displacement field.
+* ``elastix``: ``itk.elastix_registration_method`` (package ``itk-elastix``) with elastix's
+  default ``"affine"`` and ``"bspline"`` parameter maps; the field from
+  ``itk.transformix_deformation_field``. Threads are set through the environment variable
+  ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` (itk-elastix 0.25.4 crashes when
+  ``number_of_threads`` is passed).
+
+Threads: every peer uses ``threads`` threads (setting; 0 = leave the library's default).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..errors import ConfigError
+from ..geometry import Grid, mm_field_to_image, resample_image, voxel_to_mm_field
+from .methods import MethodOutput
+
+PEER_NAMES = {"convexadam": "ConvexAdam", "ants": "ANTs SyN", "elastix": "elastix B-spline"}
+
+#: Default settings per peer; ``hu_window`` is added by :func:`.methods.peer_spec`.
+DEFAULT_SETTINGS: Dict[str, Dict[str, Any]] = {
+    # convexAdam 0.2.0 package defaults (MIND r=1 d=2, grid_sp 6, disp_hw 4, lambda 1.25,
+    # 80 Adam iterations at grid_sp_adam 2, inverse consistency on).
+    "convexadam": {"mind_r": 1, "mind_d": 2, "lambda_weight": 1.25, "grid_sp": 6, "disp_hw": 4,
+                   "selected_niter": 80, "selected_smooth": 0, "grid_sp_adam": 2, "ic": True, "threads": 0},
+    "ants": {"type_of_transform": "SyN", "random_seed": 1, "threads": 0},
+    # elastix's default "affine" then "bspline" maps; maximum_iterations None keeps their iterations.
+    "elastix": {"parameter_maps": ["affine", "bspline"], "maximum_iterations": None, "threads": 0},
+}
+
+_IMPORTS = {"convexadam": "convexAdam", "ants": "ants", "elastix": "itk"}
+
+
+def peer_available(kind: str) -> Tuple[bool, str]:
+    """(True, "") when the peer's package imports, else (False, the reason)."""
+    import importlib
+
+    try:
+        importlib.import_module(_IMPORTS[kind])
+        if kind == "elastix":
+            import itk
+
+            getattr(itk, "elastix_registration_method")
+    except Exception as error:  # ImportError, or a broken install raising something else
+        return False, f"{kind} is not usable ({type(error).__name__}: {error}); install the 'peers' extra"
+    return True, ""
+
+
+def _require(kind: str) -> None:
+    ok, reason = peer_available(kind)
+    if not ok:
+        raise ConfigError(reason)
+
+
+def preprocess(fixed: sitk.Image, moving: sitk.Image, hu_window) -> Tuple[sitk.Image, sitk.Image]:
+    """Fixed and moving (resampled onto the fixed grid) clipped to ``hu_window``, scaled to [0, 1]."""
+    low, high = (float(v) for v in hu_window)
+    fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    moving = sitk.Cast(moving, sitk.sitkFloat32)
+    moving = resample_image(moving, Grid.from_image(fixed), None, sitk.sitkLinear,
+                            float(sitk.GetArrayViewFromImage(moving).min()))
+
+    def window(image: sitk.Image) -> sitk.Image:
+        scaled = (sitk.Clamp(image, sitk.sitkFloat32, low, high) - low) / (high - low)
+        scaled.CopyInformation(image)
+        return sitk.Cast(scaled, sitk.sitkFloat32)
+
+    return window(fixed), window(moving)
+
+
+def _stage(timings: Dict[str, float], name: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = now - start
+    return now
+
+
+# ---------------------------------------------------------------------------- ConvexAdam
+def run_convexadam(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    _require("convexadam")
+    from convexAdam.convex_adam_MIND import convex_adam_pt
+
+    timings: Dict[str, float] = {}
+    t = time.perf_counter()
+    f, m = preprocess(fixed, moving, settings["hu_window"])
+    t = _stage(timings, "preprocess", t)
+    kwargs = {k: v for k, v in settings.items() if k not in ("hu_window", "threads")}
+    threads = int(settings.get("threads", 0))
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        disp = convex_adam_pt(sitk.GetArrayFromImage(f), sitk.GetArrayFromImage(m), dtype=torch.float32,
+                              device=torch.device("cpu"), verbose=False, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
+    t = _stage(timings, "registration", t)
+    # (Z, Y, X, 3) voxel displacement along the array axes == a voxelopt voxel field.
+    u = torch.from_numpy(np.ascontiguousarray(disp, dtype=np.float32)).permute(3, 0, 1, 2)[None]
+    grid = Grid.from_image(fixed)
+    field = mm_field_to_image(voxel_to_mm_field(u, grid), grid)
+    _stage(timings, "field", t)
+    return MethodOutput(field, timings)
+
+
+# ---------------------------------------------------------------------------- ANTs
+def run_ants(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    _require("ants")
+    threads = int(settings.get("threads", 0))
+    if threads > 0:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    import ants
+
+    timings: Dict[str, float] = {}
+    t = time.perf_counter()
+    f, m = preprocess(fixed, moving, settings["hu_window"])
+    extra = {k: v for k, v in settings.items() if k not in ("hu_window", "threads", "type_of_transform", "random_seed")}
+    with tempfile.TemporaryDirectory(prefix="voxelopt-ants-") as tmp:
+        paths = [str(Path(tmp) / name) for name in ("fixed.nii.gz", "moving.nii.gz")]
+        sitk.WriteImage(f, paths[0])
+        sitk.WriteImage(m, paths[1])
+        fa, ma = ants.image_read(paths[0]), ants.image_read(paths[1])
+        t = _stage(timings, "preprocess", t)
+        reg = ants.registration(fixed=fa, moving=ma, type_of_transform=settings["type_of_transform"],
+                                random_seed=settings["random_seed"], outprefix=str(Path(tmp) / "reg_"), **extra)
+        t = _stage(timings, "registration", t)
+        field = transforms_to_field(reg["fwdtransforms"], Grid.from_image(fixed))
+    _stage(timings, "field", t)
+    return MethodOutput(field, timings)
+
+
+def transforms_to_field(transform_files, grid: Grid) -> sitk.Image:
+    """Compose ANTs/ITK transform files into one displacement field on ``grid``.
+
+    The files are in ANTs' order (``fwdtransforms``: the last one is applied to a point
+    first), which is also the order of an ITK composite transform.
+    """
+    composite = sitk.CompositeTransform(3)
+    for path in transform_files:
+        path = str(path)
+        if path.endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
+            image = sitk.Cast(sitk.ReadImage(path), sitk.sitkVectorFloat64)
+            composite.AddTransform(sitk.DisplacementFieldTransform(image))
+        else:
+            composite.AddTransform(sitk.ReadTransform(path))
+    return sitk.TransformToDisplacementField(composite, sitk.sitkVectorFloat64, grid.size, grid.origin,
+                                             grid.spacing, grid.direction)
+
+
+# ---------------------------------------------------------------------------- elastix
+def run_elastix(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    _require("elastix")
+    threads = int(settings.get("threads", 0))
+    if threads > 0:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    import itk
+
+    timings: Dict[str, float] = {}
+    t = time.perf_counter()
+    f, m = preprocess(fixed, moving, settings["hu_window"])
+    fi, mi = _to_itk(f, itk), _to_itk(m, itk)
+    parameters = itk.ParameterObject.New()
+    for name in settings["parameter_maps"]:
+        parameter_map = parameters.GetDefaultParameterMap(name)
+        if settings.get("maximum_iterations"):
+            parameter_map["MaximumNumberOfIterations"] = [str(int(settings["maximum_iterations"]))]
+        parameters.AddParameterMap(parameter_map)
+    t = _stage(timings, "preprocess", t)
+    _, result_parameters = itk.elastix_registration_method(fi, mi, parameter_object=parameters, log_to_console=False)
+    t = _stage(timings, "registration", t)
+    with tempfile.TemporaryDirectory(prefix="voxelopt-transformix-") as tmp:  # it writes deformationField.nii
+        deformation = itk.transformix_deformation_field(mi, result_parameters, output_directory=tmp)
+        array = np.asarray(itk.array_from_image(deformation), dtype=np.float64)  # (Z, Y, X, 3), x y z mm
+    field = Grid.from_image(fixed).apply_to(sitk.GetImageFromArray(array, isVector=True))
+    _stage(timings, "field", t)
+    return MethodOutput(field, timings)
+
+
+def _to_itk(image: sitk.Image, itk) -> Any:
+    out = itk.image_from_array(np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32))
+    out.SetSpacing(image.GetSpacing())
+    out.SetOrigin(image.GetOrigin())
+    out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)))
+    return out
+
+
+RUNNERS: Dict[str, Callable[[Dict[str, Any], sitk.Image, sitk.Image], MethodOutput]] = {
+    "convexadam": run_convexadam,
+    "ants": run_ants,
+    "elastix": run_elastix,
+}
