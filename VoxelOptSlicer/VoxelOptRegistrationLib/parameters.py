@@ -60,6 +60,8 @@ VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
     ValueParameter("adaptive", bool, True, "adaptive", doc="voxel-adaptive message passing"),
     ValueParameter("filterCost", bool, True, "filter_cost", doc="pre-filter the cost volume"),
     ValueParameter("ssSteps", int, 7, "ss_steps", doc="scaling-and-squaring steps (0 = none)"),
+    ValueParameter("refineIterations", int, 0, "refine_iterations", doc="Adam steps refining the final field (0 = off)"),
+    ValueParameter("refineWeight", float, 1.25, "refine_weight", doc="smoothness weight of the refinement"),
     ValueParameter("device", str, "auto", "device", DEVICE_CHOICES, "auto (CUDA when present), cpu or cuda"),
     ValueParameter("featureSpacing", float, 2.0, "feature_spacing", doc="feature grid spacing in mm (0 = the fixed grid)"),
     ValueParameter("workingScale", float, 0.5, "working_scale", doc="finest solver level relative to the feature grid"),

@@ -69,6 +69,8 @@ def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothing-passes", type=int, help="filter passes per smoothing")
     g.add_argument("--thetas", type=_float_list, help="coupling schedule, e.g. 150,50,15,5,1.5,0.5")
     g.add_argument("--ss-steps", type=int, help="scaling-and-squaring steps (0 = off)")
+    g.add_argument("--refine-iterations", type=int, help="Adam steps refining the final field (0 = off)")
+    g.add_argument("--refine-weight", type=float, help="smoothness weight of the refinement")
     g.add_argument("--init", choices=INIT_MODES, help="initial alignment")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
 
@@ -79,7 +81,8 @@ _OPTION_TO_FIELD = {
     "levels": "levels", "k": "k", "beta": "beta", "sigma_mode": "sigma_mode", "alpha": "alpha",
     "sigma_range": "sigma_range", "adaptive": "adaptive", "fixed_sigma": "fixed_sigma",
     "filter_cost": "filter_cost", "smoothing_passes": "smoothing_passes", "thetas": "thetas",
-    "ss_steps": "ss_steps", "init": "init", "device": "device",
+    "ss_steps": "ss_steps", "refine_iterations": "refine_iterations", "refine_weight": "refine_weight",
+    "init": "init", "device": "device",
 }
 
 

@@ -68,6 +68,9 @@ class RegistrationConfig:
         smoothing_passes: how many times each filtering applies the 3-tap separable filter.
         thetas: coupling schedule of the coordinate descent (paper: 150, 50, 15, 5, 1.5, 0.5).
         ss_steps: scaling-and-squaring steps per level (0 = add the residual, no integration).
+        refine_iterations: Adam steps of the optional continuous refinement of the final field on
+            the working grid (0 = off, the paper's method; see :mod:`voxelopt.solver.refine`).
+        refine_weight: weight of the refinement's smoothness term (dimensionless).
         init: initial alignment: ``"none"``, ``"centers"`` (image centres) or ``"com"``
             (intensity centres of mass).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -92,6 +95,8 @@ class RegistrationConfig:
     smoothing_passes: int = 3
     thetas: Tuple[float, ...] = (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)
     ss_steps: int = 7
+    refine_iterations: int = 0
+    refine_weight: float = 1.25
     init: str = "none"
     device: str = "auto"
 
@@ -162,6 +167,9 @@ class RegistrationConfig:
         _require(len(self.thetas) > 0, "thetas (the coupling schedule) must not be empty")
         _require(all(_positive(t) for t in self.thetas), f"every theta must be > 0, got {list(self.thetas)}")
         _require(_is_int(self.ss_steps) and 0 <= self.ss_steps <= 20, f"ss_steps must be an integer from 0 to 20, got {self.ss_steps!r}")
+        _require(_is_int(self.refine_iterations) and 0 <= self.refine_iterations <= 1000,
+                 f"refine_iterations must be an integer from 0 to 1000, got {self.refine_iterations!r}")
+        _require(_positive(self.refine_weight), f"refine_weight must be > 0, got {self.refine_weight!r}")
         _require(self.init in INIT_MODES, f"init must be one of {INIT_MODES}, got {self.init!r}")
         _require(isinstance(self.device, str) and _valid_device_name(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

@@ -122,13 +122,15 @@ def register(
 
     with timer.stage("solver"):
         solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock)
-    for index, seconds in enumerate(solved.level_seconds, start=1):
+    for index, seconds in enumerate(solved.level_seconds[:config.levels], start=1):
         timer.seconds[f"level_{index}"] = seconds
+    if config.refine_iterations > 0:
+        timer.seconds["refine"] = solved.level_seconds[-1]
     check_cancel()
 
     with timer.stage("outputs"):
         outputs = _outputs(solved, prepared, fixed_lab, moving_lab, device)
-    timer.seconds["total"] = sum(v for k, v in timer.seconds.items() if not k.startswith("level_"))
+    timer.seconds["total"] = sum(v for k, v in timer.seconds.items() if not k.startswith("level_") and k != "refine")
     report(1.0, "done")
     return RegistrationResult(
         config=config,

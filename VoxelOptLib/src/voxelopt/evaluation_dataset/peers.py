@@ -126,12 +126,18 @@ def run_convexadam(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Ima
     return MethodOutput(field, timings)
 
 
-# ---------------------------------------------------------------------------- ANTs
-def run_ants(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
-    _require("ants")
+def _limit_itk_threads(settings: Dict[str, Any]) -> None:
+    """ITK-based peers read their thread count from the environment (itk-elastix 0.25.4 crashes
+    when it is passed as an argument)."""
     threads = int(settings.get("threads", 0))
     if threads > 0:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+
+
+# ---------------------------------------------------------------------------- ANTs
+def run_ants(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    _require("ants")
+    _limit_itk_threads(settings)
     import ants
 
     timings: Dict[str, float] = {}
@@ -173,9 +179,7 @@ def transforms_to_field(transform_files, grid: Grid) -> sitk.Image:
 # ---------------------------------------------------------------------------- elastix
 def run_elastix(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
     _require("elastix")
-    threads = int(settings.get("threads", 0))
-    if threads > 0:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    _limit_itk_threads(settings)
     import itk
 
     timings: Dict[str, float] = {}

@@ -18,6 +18,7 @@ from .cost import cost_volume, label_offsets
 from .descent import coordinate_descent
 from .entropy import displacement_entropy, neighbour_weight, sigma_from_entropy
 from .message_passing import smooth_
+from .refine import refine_field
 
 #: An axis is halved for the next level only while it keeps at least this many voxels.
 MIN_LEVEL_SIZE = 4
@@ -96,7 +97,7 @@ class PyramidOutput:
     field: torch.Tensor  # (1, 3, Z, Y, X) voxels of the finest level
     entropy: torch.Tensor  # (Z, Y, X) finest-level entropy, nats
     sigma: torch.Tensor  # (Z, Y, X) finest-level sigma, voxels
-    level_seconds: List[float]
+    level_seconds: List[float]  # per level, coarsest first; then the refinement when it ran
 
 
 def solve_pyramid(
@@ -137,4 +138,9 @@ def solve_pyramid(
         if on_level is not None:
             on_level(done, len(shapes))
     assert field is not None and out is not None
+    if config.refine_iterations > 0:
+        start = clock() if clock else 0.0
+        field = refine_field(moving_levels[0], fixed_levels[0], field, config.refine_iterations, config.refine_weight,
+                             check_cancel)
+        seconds.append((clock() - start) if clock else 0.0)
     return PyramidOutput(field, out.entropy, out.sigma, seconds)
