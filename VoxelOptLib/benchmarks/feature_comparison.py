@@ -44,7 +44,7 @@ from voxelopt.networks.obelisk import ObeliskExtractor  # noqa: E402
 from voxelopt.networks.pdd import PDDExtractor  # noqa: E402
 
 SHARED = REPO.parent / "shared"
-#: The rows of the table in docs/networks.md.
+#: The rows of the table in README.md, "Pretrained-network features".
 DEFAULT_FEATURES = ["raw", "mind", "obelisk", "obelisk_s3", "obelisk_s100", "obelisk_softmax", "obelisk_d144",
                     "obelisk_logits_d72", "obelisk_fold2", "pdd", "pdd_v01", "mind+obelisk", "mind+obelisk_d144",
                     "mind+pdd"]

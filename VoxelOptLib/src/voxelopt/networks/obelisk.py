@@ -108,10 +108,10 @@ def load_obelisk(path: str, device: torch.device) -> ObeliskHybridTCIA:
     return net.eval().to(device)
 
 
-#: Feature modes of :class:`ObeliskExtractor` (see docs/networks.md for the measurement).
+#: Feature modes of :class:`ObeliskExtractor` (see README.md, "Pretrained-network features" for the measurement).
 OBELISK_MODES = ("logits", "softmax", "d144", "logits+d72")
 #: Divisor of the logits. Their per-channel std on the real CT is 1.0-2.2 (MIND-SSC: about 0.36);
-#: registration error on A -> Adef fell slightly from /3 to /10 and hardly beyond (docs/networks.md).
+#: registration error on A -> Adef fell slightly from /3 to /10 and hardly beyond (README.md, "Pretrained-network features").
 LOGIT_SCALE = 10.0
 
 

@@ -24,7 +24,7 @@ from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
 #: Input spacing of the PDD networks (mm).
 PDD_SPACING_MM = 2.0
 #: Orientation the input is permuted to before the network (an assumption: the training
-#: arrays' orientation could not be checked; see docs/networks.md).
+#: arrays' orientation could not be checked; see README.md, "Pretrained-network features").
 PDD_ORIENTATION = "RAS"
 #: Divisor applied to the 24 output channels (mind2 per-channel std on real CT is 1.0-1.5).
 PDD_SCALE = 4.0
