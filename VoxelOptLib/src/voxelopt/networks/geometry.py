@@ -163,3 +163,11 @@ def resample_to_image(features: torch.Tensor, grid: GridSpec, image: sitk.Image,
             if weight_sum is not None:
                 weight_sum[z0:z1] += w
     return out
+
+
+def network_input(image: sitk.Image, orientation: str, spacing_mm: float, device: torch.device):
+    """Check ``image``, orient it, resample it isotropically and return ``(prepared, volume)``:
+    the prepared SimpleITK image and its (x, y, z)-ordered tensor on ``device``."""
+    check_image(image)
+    prepared = resample_isotropic(orient(sitk.Cast(image, sitk.sitkFloat32), orientation), spacing_mm)
+    return prepared, to_xyz_tensor(prepared, torch.device(device))

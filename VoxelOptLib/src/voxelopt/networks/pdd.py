@@ -109,11 +109,8 @@ class PDDExtractor(NetworkExtractor):
         return load_pdd(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        geometry.check_image(image)
         device = torch.device(device)
-        prepared = geometry.resample_isotropic(geometry.orient(sitk.Cast(image, sitk.sitkFloat32), PDD_ORIENTATION),
-                                               PDD_SPACING_MM)
-        volume = geometry.to_xyz_tensor(prepared, device)
+        prepared, volume = geometry.network_input(image, PDD_ORIENTATION, PDD_SPACING_MM, device)
         net = self.network(device)
         with torch.no_grad():
             feats = net(volume[None, None] / 500.0)[0] / PDD_SCALE

@@ -284,11 +284,8 @@ class UniversalExtractor(NetworkExtractor):
         return load_universal(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        geometry.check_image(image)
         device = torch.device(device)
-        prepared = geometry.resample_isotropic(geometry.orient(sitk.Cast(image, sitk.sitkFloat32), UNIVERSAL_ORIENTATION),
-                                               UNIVERSAL_SPACING_MM)
-        volume = geometry.to_xyz_tensor(prepared, device)
+        prepared, volume = geometry.network_input(image, UNIVERSAL_ORIENTATION, UNIVERSAL_SPACING_MM, device)
         low, high = UNIVERSAL_HU_WINDOW
         volume = ((volume - low) / (high - low)).clamp_(0.0, 1.0)
         sizes = volume.shape
