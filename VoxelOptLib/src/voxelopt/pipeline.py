@@ -122,10 +122,10 @@ def register(
 
     with timer.stage("solver"):
         solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock)
-    for index, seconds in enumerate(solved.level_seconds[:config.levels], start=1):
+    for index, seconds in enumerate(solved.level_seconds, start=1):
         timer.seconds[f"level_{index}"] = seconds
-    if config.refine_iterations > 0:
-        timer.seconds["refine"] = solved.level_seconds[-1]
+    if solved.refine_seconds is not None:
+        timer.seconds["refine"] = solved.refine_seconds
     check_cancel()
 
     with timer.stage("outputs"):

@@ -33,7 +33,8 @@ class RegistrationResult:
         jacobian: determinant of the Jacobian of ``x -> x + field(x)``; <= 0 is folding.
         metrics: Jacobian statistics, and Dice / HD95 when both label maps were given.
         timings: wall-clock seconds per stage (``prepare``, ``features_fixed``,
-            ``features_moving``, ``solver`` with ``level_1`` (coarsest) ... , ``outputs``, ``total``).
+            ``features_moving``, ``solver`` (itself split into ``level_1`` (coarsest) ... and, when
+            it ran, ``refine``), ``outputs``, ``total``).
         config: the parameters used.
         device: torch device the computation ran on.
         initial_translation_mm: translation of the initial alignment (included in ``field``).

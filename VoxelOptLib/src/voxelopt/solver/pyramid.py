@@ -97,7 +97,8 @@ class PyramidOutput:
     field: torch.Tensor  # (1, 3, Z, Y, X) voxels of the finest level
     entropy: torch.Tensor  # (Z, Y, X) finest-level entropy, nats
     sigma: torch.Tensor  # (Z, Y, X) finest-level sigma, voxels
-    level_seconds: List[float]  # per level, coarsest first; then the refinement when it ran
+    level_seconds: List[float]  # per level, coarsest first
+    refine_seconds: Optional[float] = None  # the continuous refinement, when it ran
 
 
 def solve_pyramid(
@@ -138,9 +139,10 @@ def solve_pyramid(
         if on_level is not None:
             on_level(done, len(shapes))
     assert field is not None and out is not None
+    refine_seconds = None
     if config.refine_iterations > 0:
         start = clock() if clock else 0.0
         field = refine_field(moving_levels[0], fixed_levels[0], field, config.refine_iterations, config.refine_weight,
                              check_cancel)
-        seconds.append((clock() - start) if clock else 0.0)
-    return PyramidOutput(field, out.entropy, out.sigma, seconds)
+        refine_seconds = (clock() - start) if clock else 0.0
+    return PyramidOutput(field, out.entropy, out.sigma, seconds, refine_seconds)
