@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from .config import RegistrationConfig
@@ -38,25 +37,21 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     ``voxels`` (foreground voxels counted).
     """
     device = resolve_device(config.device)
+    prepared = prepare(fixed, moving, config)  # grids and alignment do not depend on the features
+    offsets = label_offsets(config.k, device)
+    top = math.log(offsets.shape[0])
+    on_grid = resample_image(prepared.fixed, prepared.feature_grid)
+    fixed_hu = resize_volume(image_to_tensor(on_grid, torch.device("cpu")), prepared.working_grid.shape)
+    mask = fixed_hu[0, 0].numpy() > FOREGROUND_HU
+    if not mask.any():
+        mask = np.ones_like(mask)
     results: Dict[str, Dict[str, object]] = {}
-    prepared = None
-    mask = None
     for name in feature_types:
-        feature_config = config.replace(features=name)
-        prepared = prepare(fixed, moving, feature_config) if prepared is None else prepared
-        extractor = make_extractor(feature_config)
+        extractor = make_extractor(config.replace(features=name))
         fixed_features = working_features(prepared, "fixed", extractor, device)
         moving_features = working_features(prepared, "moving", extractor, device)
-        offsets = label_offsets(config.k, device)
         entropy = displacement_entropy(cost_volume(moving_features, fixed_features, offsets), config.beta).cpu().numpy()
-        if mask is None:
-            on_grid = resample_image(prepared.fixed, prepared.feature_grid)
-            fixed_hu = resize_volume(image_to_tensor(on_grid, torch.device("cpu")), prepared.working_grid.shape)
-            mask = fixed_hu[0, 0].numpy() > FOREGROUND_HU
-            if not mask.any():
-                mask = np.ones_like(mask)
         values = entropy[mask]
-        top = math.log(offsets.shape[0])
         density, edges = np.histogram(values, bins=BINS, range=(0.0, top), density=True)
         results[name] = {
             "mean": float(values.mean()),

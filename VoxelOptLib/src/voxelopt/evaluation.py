@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import SimpleITK as sitk
-import torch
 
-from .geometry import Grid, image_to_mm_field, mm_to_voxel_field
-from .metrics import jacobian_determinant, jacobian_statistics, label_metrics
+from .geometry import Grid
+from .metrics import label_metrics
 
 
 def evaluate_labels(fixed_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, Any]:
@@ -22,11 +21,13 @@ def evaluate_labels(fixed_labels: sitk.Image, warped_labels: sitk.Image) -> Dict
 
 
 def evaluate_field(fixed_labels: sitk.Image, moving_labels: sitk.Image, field: sitk.Image) -> Dict[str, Any]:
-    """Warp ``moving_labels`` through ``field`` (ITK resampling convention, mm) onto the fixed
-    labels' grid with nearest neighbour, then Dice/HD95, plus the field's Jacobian statistics."""
-    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-    warped = sitk.Resample(moving_labels, fixed_labels, transform, sitk.sitkNearestNeighbor, 0, moving_labels.GetPixelID())
-    metrics = evaluate_labels(fixed_labels, warped)
-    u = mm_to_voxel_field(image_to_mm_field(field, torch.device("cpu")), Grid.from_image(field))
-    metrics.update(jacobian_statistics(jacobian_determinant(u).numpy()))
-    return metrics
+    """Metrics of ``field`` (ITK resampling convention, LPS mm, on the fixed grid): the moving
+    labels warped through it with nearest neighbour against the fixed labels (Dice, HD95, before
+    and after), and the field's Jacobian statistics.
+
+    This is the dataset evaluation's full-resolution protocol, so ``voxelopt evaluate`` and
+    ``voxelopt evaluate-dataset`` score a field with the same code.
+    """
+    from .evaluation_dataset.protocols import evaluate_field as evaluate_with_protocol
+
+    return evaluate_with_protocol(field, fixed_labels, moving_labels, "full")

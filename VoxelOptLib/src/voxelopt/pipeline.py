@@ -122,23 +122,31 @@ def register(
 
     with timer.stage("solver"):
         solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock)
-    for index, seconds in enumerate(solved.level_seconds, start=1):
-        timer.seconds[f"level_{index}"] = seconds
-    if solved.refine_seconds is not None:
-        timer.seconds["refine"] = solved.refine_seconds
     check_cancel()
 
     with timer.stage("outputs"):
         outputs = _outputs(solved, prepared, fixed_lab, moving_lab, device)
-    timer.seconds["total"] = sum(v for k, v in timer.seconds.items() if not k.startswith("level_") and k != "refine")
     report(1.0, "done")
     return RegistrationResult(
         config=config,
         device=str(device),
         initial_translation_mm=tuple(float(v) for v in prepared.translation),
-        timings=dict(timer.seconds),
+        timings=_timings(timer.seconds, solved),
         **outputs,
     )
+
+
+def _timings(stages: Dict[str, float], solved) -> Dict[str, float]:
+    """Stage seconds in order, the solver followed by its parts (levels, refinement), and the total."""
+    out: Dict[str, float] = {}
+    for name, seconds in stages.items():
+        out[name] = seconds
+        if name == "solver":
+            out.update({f"level_{i}": s for i, s in enumerate(solved.level_seconds, start=1)})
+            if solved.refine_seconds is not None:
+                out["refine"] = solved.refine_seconds
+    out["total"] = sum(stages.values())
+    return out
 
 
 # ====================================================================== inputs
