@@ -39,7 +39,7 @@ def pair():
 
 
 def field_error(result, true_field, mask):
-    est, true = sitk.GetArrayFromImage(result.field), sitk.GetArrayFromImage(true_field)
+    est, true = sitk.GetArrayFromImage(result.field_image("fixed")), sitk.GetArrayFromImage(true_field)
     return float(np.linalg.norm(est - true, axis=-1)[mask].mean()), float(np.linalg.norm(true, axis=-1)[mask].mean())
 
 
@@ -88,21 +88,58 @@ def test_identical_images_give_a_near_zero_field():
     assert np.allclose(sitk.GetArrayFromImage(result.jacobian), 1.0, atol=1e-4)
 
 
-def test_outputs_live_on_the_fixed_grid_and_field_reproduces_warp():
-    """Oblique anisotropic fixed, a different moving grid: sitk.Resample through the written field
-    reproduces the warped image the library returns."""
+@pytest.mark.parametrize("field_grid", ["feature", "fixed"])
+def test_coarse_field_reproduces_the_warp_through_simpleitk(field_grid):
+    """Oblique anisotropic fixed, a different moving grid, the field on the coarser 3 mm feature grid
+    (or on the full fixed grid): sitk.Resample through the field gives the library's warped image."""
     fixed, moving = translated_pair([3.0, 2.0, -2.0], oblique_direction((25, 5, -10)), spacing=(1.6, 2.2, 2.6))
     moving = sitk.Resample(moving, Grid.from_image(moving).with_spacing(1.9).reference_image(), sitk.Transform(),
                            sitk.sitkLinear, 0.0, sitk.sitkFloat32)  # moving on its own, different grid
-    result = register(fixed, moving, SMALL)
+    result = register(fixed, moving, SMALL.replace(feature_spacing=3.0))
     grid = Grid.from_image(fixed)
-    for image in (result.field, result.warped, result.entropy, result.jacobian):
-        assert Grid.from_image(image).same_as(grid)
+    field = result.field_image(field_grid)
+    assert field.GetPixelID() == sitk.sitkVectorFloat32
+    if field_grid == "feature":
+        assert np.prod(field.GetSize()) < np.prod(fixed.GetSize()) / 3  # coarser than the fixed grid
+        assert Grid.from_image(field).same_as(grid.with_spacing(3.0))
+    else:
+        assert Grid.from_image(field).same_as(grid)
+    assert Grid.from_image(result.warped).same_as(grid)
     default = float(sitk.GetArrayViewFromImage(moving).min())
-    reference = sitk.Resample(moving, fixed, result.transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    reference = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, default, sitk.sitkFloat32)
     diff = np.abs(sitk.GetArrayFromImage(reference) - sitk.GetArrayFromImage(result.warped))
     assert diff.max() < 0.05  # HU, on an image with a 150 HU standard deviation
-    assert result.field.GetSize() == fixed.GetSize()  # the result keeps its field after transform()
+    assert np.abs(sitk.GetArrayFromImage(result.warped)).max() > 100  # not a blank image
+
+
+def test_integer_inputs_keep_their_pixel_type(pair):
+    fixed = sitk.Cast(pair.fixed, sitk.sitkInt16)
+    moving = sitk.Cast(pair.moving, sitk.sitkInt16)
+    labels = sitk.Cast(pair.moving_labels, sitk.sitkUInt16)
+    result = register(fixed, moving, SMALL, pair.fixed_labels, labels)
+    assert result.warped.GetPixelID() == sitk.sitkInt16
+    assert result.warped_labels.GetPixelID() == sitk.sitkUInt16
+    as_float = result.warp(sitk.Cast(moving, sitk.sitkFloat32))
+    rounded = np.rint(sitk.GetArrayFromImage(as_float))
+    assert np.array_equal(sitk.GetArrayFromImage(result.warped), rounded.astype(np.int16))
+
+
+def test_labels_that_miss_their_image_are_an_error(pair):
+    off = sitk.Image(pair.moving_labels)
+    off.SetOrigin((500.0, 500.0, 500.0))
+    with pytest.raises(InputError, match="moving labels do not overlap their image"):
+        register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, off)
+    with pytest.raises(InputError, match="fixed labels holds no labelled voxel"):
+        register(pair.fixed, pair.moving, SMALL, pair.fixed_labels * 0, pair.moving_labels)
+
+
+def test_a_registration_too_large_for_memory_is_refused_before_it_starts():
+    # 0.05 mm features of a 2000-voxel-wide box would need terabytes.
+    image = sitk.Image([2000, 2000, 20], sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.0, 5.0))
+    with pytest.raises(InputError, match=r"needs about .* GB on cpu but only"):
+        register(image, image, SMALL.replace(feature_spacing=0.05))
 
 
 def test_labels_are_warped_and_scored(pair):
@@ -118,6 +155,7 @@ def test_arrays_with_geometry_are_accepted():
     image = ArrayImage(volume, spacing=(2.0, 2.0, 2.0))
     result = register(image, image, SMALL)
     assert result.field.GetSize() == (32, 28, 24)
+    assert result.warped.GetSize() == (32, 28, 24)
 
 
 def test_initial_alignment_recovers_a_large_offset():

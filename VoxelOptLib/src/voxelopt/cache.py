@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Hashable, Optional, Union
+from typing import Any, Callable, Dict, Hashable, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +41,7 @@ class FeatureCache:
         self.max_items = int(max_items)
         self.directory = Path(directory) if directory is not None else None
         self._items: "collections.OrderedDict[Hashable, torch.Tensor]" = collections.OrderedDict()
+        self._values: Dict[Hashable, Any] = {}
         self.hits = 0
         self.disk_hits = 0
         self.misses = 0
@@ -68,6 +69,17 @@ class FeatureCache:
             self._write(path, value)
         return self._remember(key, value)
 
+    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """Like :meth:`get_or_compute` for any value (e.g. scores before registration); memory only."""
+        if key in self._values:
+            self.hits += 1
+            return self._values[key]
+        self.misses += 1
+        value = self._values[key] = compute()
+        while len(self._values) > 4 * self.max_items:
+            self._values.pop(next(iter(self._values)))
+        return value
+
     def _remember(self, key: Hashable, value: torch.Tensor) -> torch.Tensor:
         self._items[key] = value
         while len(self._items) > self.max_items:
@@ -94,6 +106,7 @@ class FeatureCache:
     def clear(self) -> None:
         """Forget the in-memory entries (files on disk are kept)."""
         self._items.clear()
+        self._values.clear()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -21,7 +21,8 @@ from .device import resolve_device
 from .features import make_extractor
 from .geometry import image_to_tensor, resample_image, resize_volume
 from .io import ImageLike, PathLike
-from .pipeline import prepare, working_features
+from .inputs import prepare
+from .stages import working_features
 from .solver import cost_volume, displacement_entropy, label_offsets
 
 FOREGROUND_HU = -500.0

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence, Union
@@ -68,10 +70,55 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     if not path.is_file():
         raise InputError(f"{what} path is not a file: {path}")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise InputError(f"cannot read {what} {path}: {first_line}") from None
+    if path.name.endswith((".nii", ".nii.gz")):
+        bad = nifti_nonfinite_count(path)
+        if bad:
+            raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
+    return image
+
+
+#: NIfTI-1 datatype codes of floating-point voxels and their numpy types.
+_NIFTI_FLOAT_TYPES = {16: np.float32, 64: np.float64}
+
+
+def nifti_nonfinite_count(path: PathLike) -> int:
+    """The number of NaN/Inf voxels of a floating-point NIfTI-1 file (0 for integer files).
+
+    ITK's NIfTI reader replaces NaN by 0 when it reads a file, so NaN voxels would silently
+    reach the registration as 0 HU; this reads the raw voxels (streamed, a few MB at a time) to
+    find them. NIfTI-2 and non-float files return 0.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        header = handle.read(352)
+        if len(header) < 352:
+            return 0
+        for order in ("<", ">"):
+            if struct.unpack(order + "i", header[:4])[0] == 348:
+                break
+        else:
+            return 0  # not NIfTI-1
+        dims = struct.unpack(order + "8h", header[40:56])
+        datatype = struct.unpack(order + "h", header[70:72])[0]
+        offset = int(struct.unpack(order + "f", header[108:112])[0])
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return 0
+        dtype = np.dtype(_NIFTI_FLOAT_TYPES[datatype]).newbyteorder(order)
+        count = int(np.prod([max(1, d) for d in dims[1:1 + max(1, dims[0])]]))
+        handle.read(max(0, offset - 352))
+        bad, remaining, chunk = 0, count, 4 * 1024 * 1024
+        while remaining > 0:
+            data = handle.read(min(remaining, chunk) * dtype.itemsize)
+            if not data:
+                break
+            values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            remaining -= values.size
+        return bad
 
 
 def as_image(value: ImageLike, what: str) -> sitk.Image:
@@ -86,12 +133,8 @@ def as_image(value: ImageLike, what: str) -> sitk.Image:
 
 
 def write_image(image: sitk.Image, path: PathLike) -> None:
-    """Write an image (gzip level 1 for .nii.gz: fast, still small)."""
-    path = Path(path)
-    if path.name.endswith(".nii.gz"):
-        sitk.WriteImage(image, str(path), True, 1)
-    else:
-        sitk.WriteImage(image, str(path), True)
+    """Write an image (gzip level 1 for .nii.gz: fast, still small; ``.nii`` is uncompressed)."""
+    sitk.WriteImage(image, str(path), True, 1)
 
 
 def write_field(field: sitk.Image, path: PathLike) -> None:
@@ -146,11 +189,13 @@ def ensure_writable_dir(path: PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: PathLike) -> Iterator[Path]:
+def atomic_output_dir(out_dir: PathLike, stale: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a temporary folder inside ``out_dir``; on success move its files into ``out_dir``.
 
-    On any exception the temporary folder is removed and ``out_dir`` is left as it was (a
-    folder created for the purpose is removed again).
+    On success, files of ``out_dir`` named in ``stale`` that this run did not write are removed
+    (outputs of an earlier run that would otherwise look like this run's). On any exception the
+    temporary folder is removed and ``out_dir`` is left as it was (a folder created for the
+    purpose is removed again).
     """
     out_dir = Path(out_dir)
     created = not out_dir.exists()
@@ -158,8 +203,12 @@ def atomic_output_dir(out_dir: PathLike) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=".voxelopt-partial-", dir=out_dir))
     try:
         yield staging
+        written = {item.name for item in staging.iterdir()}
         for item in sorted(staging.iterdir()):
             os.replace(item, out_dir / item.name)
+        for name in stale:
+            if name not in written and (out_dir / name).is_file():
+                (out_dir / name).unlink()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if created:

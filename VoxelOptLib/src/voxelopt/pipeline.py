@@ -2,56 +2,36 @@
 
 Steps and grids (all share the fixed image's box and direction; see :mod:`voxelopt.geometry`):
 
-1. the *fixed grid*: the fixed image as given; every output lives on it;
-2. the *feature grid*: the fixed box at ``feature_spacing`` mm (paper: 2 mm); both images are
-   resampled onto it (the moving one through the initial translation) and features computed;
-3. the *working grid*: the feature grid scaled by ``working_scale`` (paper: 0.5, 4 mm); the
-   pyramid solver runs from there down to ``levels`` coarser grids;
-4. the final voxel field becomes a mm field, is interpolated onto the fixed grid and is used to
-   warp the moving image and labels, and to compute the Jacobian and the metrics.
+1. the inputs are checked and the grids built (:mod:`voxelopt.inputs`, no torch): the *fixed
+   grid* (the fixed image as given), the *feature grid* (the fixed box at ``feature_spacing`` mm,
+   paper: 2 mm) and the *working grid* (the feature grid scaled by ``working_scale``, paper: 4 mm);
+2. both images are resampled onto the feature grid (the moving one through the initial
+   alignment), features are computed there and moved to the working grid;
+3. the pyramid solver runs from the working grid down to ``levels`` coarser grids;
+4. the final field (LPS mm, resampling direction) is kept on the feature grid; the Jacobian is
+   computed there, the entropy stays on the working grid, and with labels the moving labels are
+   warped onto the fixed grid (streamed) and scored. The warped image is computed on demand
+   (:attr:`RegistrationResult.warped`, :meth:`RegistrationResult.save`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Callable, Dict, Iterator, Optional, Tuple
+import time
+from typing import Callable, Dict, Iterator, Optional
 
-import numpy as np
-import SimpleITK as sitk
-import torch
-
-from .cache import FeatureCache, image_digest
+from .cache import FeatureCache
 from .config import RegistrationConfig
-from .device import make_clock, resolve_device
-from .errors import InputError, RegistrationCancelled
-from .features import FeatureExtractor, make_extractor
-from .geometry import (
-    Grid,
-    check_image,
-    image_to_tensor,
-    mm_field_to_image,
-    mm_to_voxel_field,
-    overlap_fraction,
-    resample_image,
-    resample_through_field,
-    resize_volume,
-    tensor_to_image,
-    voxel_to_mm_field,
-)
-from .io import ImageLike, as_image
-from .metrics import jacobian_determinant, jacobian_statistics, label_metrics
+from .errors import RegistrationCancelled
+from .inputs import checked_labels, prepare
+from .io import ImageLike
 from .result import RegistrationResult
-from .solver import level_shapes, solve_pyramid
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
 
-#: Registration refuses pairs whose fields of view overlap less than this after alignment.
-MIN_OVERLAP = 0.05
-
-# Fractions of the progress bar: features up to 0.2, the pyramid up to 0.9, outputs to 1.0.
-_FEATURES_DONE, _LEVELS_DONE = 0.2, 0.9
+# Fractions of the progress bar: features up to 0.2, the pyramid up to 0.85, outputs to 1.0.
+_FEATURES_DONE, _LEVELS_DONE = 0.2, 0.85
 
 
 def register(
@@ -72,29 +52,28 @@ def register(
         config: parameters (default: the ``paper`` preset).
         fixed_labels, moving_labels: optional label maps of the images (integers, 0 =
             background); resampled with nearest neighbour onto their image's grid when their
-            geometry differs. With both, Dice and HD95 are computed.
+            geometry differs. With both, Dice and HD95 are computed (see :mod:`voxelopt.metrics`).
         progress: called as ``progress(fraction, message)`` with fraction in [0, 1].
-        cancel: polled between steps; when it returns True the call raises
-            :class:`RegistrationCancelled` and returns nothing.
+        cancel: polled between steps (also between slabs of the outputs); when it returns True
+            the call raises :class:`RegistrationCancelled` and returns nothing.
         cache: a :class:`FeatureCache` reused across calls (features are recomputed only when
-            an image or a feature parameter changes).
+            an image or a feature parameter changes; the scores before registration once per pair).
 
     Returns:
-        A :class:`RegistrationResult`: the displacement field in LPS mm on the fixed grid with
-        ``warped(x) = moving(x + field(x))``, the warped image and labels, entropy and Jacobian
-        maps, metrics and per-stage timings.
+        A :class:`RegistrationResult`: the displacement field in LPS mm on the feature grid with
+        ``warped(x) = moving(x + field(x))``, the entropy and Jacobian maps, the warped labels,
+        metrics and per-stage timings; the warped image on demand.
 
     Raises:
         InputError: unusable images (not 3-D, multi-component, NaN/Inf, bad geometry, too
-            small for the pyramid, no overlap).
+            small for the pyramid, no overlap, labels off their image), or a registration that
+            would not fit in the device's free memory.
         ConfigError: invalid parameters or unavailable device.
         RegistrationCancelled: ``cancel()`` returned True.
     """
     config = config if config is not None else RegistrationConfig.preset("paper")
-    device = resolve_device(config.device)
-    clock = make_clock(device)
-    timer = _StageTimer(clock)
     report = progress or (lambda fraction, message: None)
+    timer = _StageTimer(time.perf_counter)
 
     def check_cancel() -> None:
         if cancel is not None and cancel():
@@ -102,9 +81,18 @@ def register(
 
     with timer.stage("prepare"):
         prepared = prepare(fixed, moving, config)
-        fixed_lab = _checked_labels(fixed_labels, prepared.fixed, "fixed labels")
-        moving_lab = _checked_labels(moving_labels, prepared.moving, "moving labels")
+        fixed_lab = checked_labels(fixed_labels, prepared.fixed, "fixed labels")
+        moving_lab = checked_labels(moving_labels, prepared.moving, "moving labels")
+        # torch is imported only now, so that every input error above is reported without it
+        from .device import make_clock, resolve_device
+        from .features import make_extractor
+        from .solver import solve_pyramid
+        from .stages import check_memory, solved_outputs, working_features
+
+        device = resolve_device(config.device)
+        timer.clock = make_clock(device)
         extractor = make_extractor(config)
+        check_memory(prepared, config, extractor, device, moving_lab is not None)
     check_cancel()
 
     report(0.0, "features")
@@ -121,18 +109,31 @@ def register(
         report(_FEATURES_DONE + (_LEVELS_DONE - _FEATURES_DONE) * done / total, f"pyramid level {done}/{total}")
 
     with timer.stage("solver"):
-        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock)
+        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, timer.clock)
+    del fixed_features, moving_features
     check_cancel()
 
+    report(_LEVELS_DONE, "outputs")
     with timer.stage("outputs"):
-        outputs = _outputs(solved, prepared, fixed_lab, moving_lab, device)
+        outputs = solved_outputs(
+            solved, prepared, fixed_lab, moving_lab, cache,
+            lambda fraction: report(_LEVELS_DONE + (1 - _LEVELS_DONE) * fraction, "warping labels"),
+            lambda: cancel is not None and bool(cancel()),
+        )
     report(1.0, "done")
     return RegistrationResult(
+        field=outputs["field"].to_image(),
+        entropy=outputs["entropy"],
+        jacobian=outputs["jacobian"],
+        warped_labels=outputs["warped_labels"],
+        metrics=outputs["metrics"],
+        timings=_timings(timer.seconds, solved),
         config=config,
         device=str(device),
         initial_translation_mm=tuple(float(v) for v in prepared.translation),
-        timings=_timings(timer.seconds, solved),
-        **outputs,
+        fixed_grid=prepared.fixed_grid,
+        moving=prepared.moving,
+        grid_field=outputs["field"],
     )
 
 
@@ -149,167 +150,8 @@ def _timings(stages: Dict[str, float], solved) -> Dict[str, float]:
     return out
 
 
-# ====================================================================== inputs
-def _checked_image(image: ImageLike, what: str) -> sitk.Image:
-    image = as_image(image, what)
-    check_image(image, what)
-    image = sitk.Cast(image, sitk.sitkFloat32) if image.GetPixelID() != sitk.sitkFloat32 else image
-    values = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(values).all():
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-        raise InputError(f"{what} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
-    return image
-
-
-def _checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[sitk.Image]:
-    if labels is None:
-        return None
-    labels = as_image(labels, what)
-    check_image(labels, what)
-    values = sitk.GetArrayViewFromImage(labels)
-    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)) or values.min() < 0:
-        raise InputError(f"{what} must hold non-negative integer labels")
-    labels = sitk.Cast(labels, sitk.sitkInt32)
-    return resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-
-
-def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
-                        window: Tuple[float, float] = (-800.0, 500.0)) -> np.ndarray:
-    """Translation t (mm, LPS) with ``x -> x + t`` mapping fixed points to moving points.
-
-    ``"none"``: zero; ``"centers"``: between the image centres; ``"com"``: between the centres of
-    mass of the windowed intensities (air weighs 0).
-    """
-    if mode == "none":
-        return np.zeros(3)
-    if mode == "centers":
-        return Grid.from_image(moving).center() - Grid.from_image(fixed).center()
-    if mode == "com":
-        return _centre_of_mass(moving, window) - _centre_of_mass(fixed, window)
-    raise InputError(f"unknown initial alignment {mode!r}")
-
-
-def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarray:
-    low, high = window
-    step = 2  # every 2nd voxel per axis is plenty for a centre of mass
-    weights = np.clip((sitk.GetArrayViewFromImage(image)[::step, ::step, ::step] - low) / (high - low), 0.0, 1.0)
-    total = weights.sum()
-    grid = Grid.from_image(image)
-    if total <= 0:
-        return grid.center()
-    zyx = [np.arange(0, n, step) for n in grid.shape]
-    index_zyx = [float((weights.sum(axis=tuple(a for a in range(3) if a != axis)) * zyx[axis]).sum() / total)
-                 for axis in range(3)]
-    index_ijk = np.asarray(index_zyx[::-1])
-    return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedPair:
-    """Checked float32 images and the grids of one registration (see the module docstring).
-
-    ``translation`` (mm) is the initial alignment: fixed point x corresponds to moving point x + t.
-    """
-
-    fixed: sitk.Image
-    moving: sitk.Image
-    fixed_grid: Grid
-    moving_grid: Grid
-    feature_grid: Grid
-    working_grid: Grid
-    translation: np.ndarray
-
-
-def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> PreparedPair:
-    """Check the images, build the grids, find the initial alignment and check the overlap."""
-    fixed_image = _checked_image(fixed, "fixed image")
-    moving_image = _checked_image(moving, "moving image")
-    fixed_grid = Grid.from_image(fixed_image)
-    feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
-    working_grid = feature_grid.scaled(config.working_scale)
-    level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
-    translation = initial_translation(fixed_image, moving_image, config.init, config.hu_window)
-    overlap = overlap_fraction(fixed_grid, moving_image, translation)
-    if overlap < MIN_OVERLAP:
-        raise InputError(
-            f"the fixed and moving images do not overlap after '{config.init}' alignment "
-            f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
-            "try init='centers' or 'com', or check the image headers"
-        )
-    return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
-                        working_grid, translation)
-
-
-def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtractor, device: torch.device,
-                     cache: Optional[FeatureCache] = None) -> torch.Tensor:
-    """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid.
-
-    The image is resampled onto the feature grid (the moving one through the initial
-    translation; outside the image: its darkest value, i.e. air), the extractor runs there, and
-    the result is resized to the working grid. Cached in ``cache`` when one is given.
-    """
-    image = prepared.fixed if which == "fixed" else prepared.moving
-    t = None if which == "fixed" or not np.any(prepared.translation) else tuple(float(v) for v in prepared.translation)
-    feature_grid, working_grid = prepared.feature_grid, prepared.working_grid
-
-    def compute() -> torch.Tensor:
-        default = float(sitk.GetArrayViewFromImage(image).min())
-        on_grid = resample_image(image, feature_grid, t, sitk.sitkLinear, default)
-        features = extractor.extract(on_grid, device)[None]
-        return resize_volume(features, working_grid.shape).contiguous()
-
-    if cache is None:
-        return compute()
-    key = ("features", image_digest(image), feature_grid, working_grid, t, extractor.cache_key(), str(device))
-    return cache.get_or_compute(key, compute, device)
-
-
-# ====================================================================== outputs
-def _outputs(solved, prepared: PreparedPair, fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image],
-             device: torch.device) -> Dict[str, object]:
-    fixed_grid, moving_grid, working_grid = prepared.fixed_grid, prepared.moving_grid, prepared.working_grid
-    translation, moving_image = prepared.translation, prepared.moving
-    d_work = voxel_to_mm_field(solved.field, working_grid)
-    d_work += torch.as_tensor(translation, dtype=d_work.dtype, device=device).view(1, 3, 1, 1, 1)
-    d_full = resize_volume(d_work, fixed_grid.shape)
-    del d_work
-
-    moving_t = image_to_tensor(moving_image, device)
-    default = float(moving_t.min())
-    warped = resample_through_field(moving_t, moving_grid, fixed_grid, d_full, "bilinear", default)
-    del moving_t
-
-    jac = jacobian_determinant(mm_to_voxel_field(d_full, fixed_grid))
-    jac_np = jac.cpu().numpy()
-    metrics: Dict[str, object] = dict(jacobian_statistics(jac_np))
-
-    warped_labels_image = None
-    if moving_labels is not None:
-        labels_t = image_to_tensor(moving_labels, device)
-        warped_labels = resample_through_field(labels_t, moving_grid, fixed_grid, d_full, "nearest", 0.0)
-        warped_labels_image = tensor_to_image(warped_labels.round(), fixed_grid, sitk.sitkInt32)
-        if fixed_labels is not None:
-            fixed_np = sitk.GetArrayFromImage(fixed_labels)
-            spacing_zyx = fixed_grid.spacing[::-1]
-            metrics.update(label_metrics(fixed_np, sitk.GetArrayFromImage(warped_labels_image), spacing_zyx))
-            initial = resample_image(moving_labels, fixed_grid, interpolator=sitk.sitkNearestNeighbor, default=0)
-            before = label_metrics(fixed_np, sitk.GetArrayViewFromImage(initial), spacing_zyx, metrics["labels"])
-            metrics["dice_initial_mean"] = before["dice_mean"]
-            metrics["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
-
-    entropy = resize_volume(solved.entropy[None, None], fixed_grid.shape)
-    return {
-        "field": mm_field_to_image(d_full, fixed_grid),
-        "warped": tensor_to_image(warped, fixed_grid, sitk.sitkFloat32),
-        "warped_labels": warped_labels_image,
-        "entropy": tensor_to_image(entropy, fixed_grid, sitk.sitkFloat32),
-        "jacobian": tensor_to_image(jac, fixed_grid, sitk.sitkFloat32),
-        "metrics": metrics,
-    }
-
-
 class _StageTimer:
-    """Accumulates wall-clock seconds per named stage."""
+    """Accumulates wall-clock seconds per named stage (``clock`` may be replaced by a CUDA-aware one)."""
 
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock

@@ -2,7 +2,9 @@
 
 File names written by :meth:`RegistrationResult.save` are stable (scripts rely on them):
 ``field.<fmt>``, ``warped.<fmt>``, ``warped_labels.<fmt>`` (when labels were given),
-``entropy.<fmt>``, ``jacobian.<fmt>`` and ``metrics.json``.
+``entropy.<fmt>``, ``jacobian.<fmt>`` and ``metrics.json``. Which of them are written is chosen
+with ``outputs``; files of those names left in the folder by an earlier run are removed, so the
+folder always describes one run.
 """
 
 from __future__ import annotations
@@ -10,50 +12,104 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import SimpleITK as sitk
 
 from .config import RegistrationConfig
+from .errors import InputError
+from .geometry import Grid
 from .io import FIELD_FORMATS, IMAGE_FORMATS, PathLike, atomic_output_dir, check_format, write_field, write_image
+
+#: The outputs :meth:`RegistrationResult.save` can write, in writing order.
+OUTPUTS = ("field", "warped", "labels", "entropy", "jacobian", "metrics")
+#: ``field_grid`` choices: the field's own grid (the feature grid) or the full fixed grid.
+FIELD_GRIDS = ("feature", "fixed")
+#: The file stem of each output ("labels" is the warped label map).
+_STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
+          "jacobian": "jacobian"}
 
 
 @dataclasses.dataclass
 class RegistrationResult:
-    """Everything a registration produces; all images are on the fixed image's grid.
+    """Everything a registration produces.
 
     Attributes:
-        field: displacement field, VectorFloat64, (x, y, z) LPS millimetres, resampling
-            direction: ``warped(x) = moving(x + field(x))`` (ITK DisplacementFieldTransform;
-            Slicer "FromParent").
-        warped: the moving image resampled through the field (trilinear), float32.
-        warped_labels: the moving labels resampled through the field (nearest), or None.
-        entropy: displacement entropy (nats) of the finest pyramid level; high = uncertain.
-        jacobian: determinant of the Jacobian of ``x -> x + field(x)``; <= 0 is folding.
-        metrics: Jacobian statistics, and Dice / HD95 when both label maps were given.
+        field: the displacement field, an ITK displacement-field image (VectorFloat32) on the
+            *feature grid* (the fixed image's box at ``feature_spacing`` mm), (x, y, z) LPS
+            millimetres, resampling direction ``warped(x) = moving(x + field(x))``;
+            :meth:`field_image` gives it on the full fixed grid.
+        entropy: displacement entropy (nats) of the finest pyramid level, on the working grid;
+            high = uncertain.
+        jacobian: determinant of the Jacobian of ``x -> x + field(x)`` on the field's grid;
+            <= 0 is folding.
+        warped_labels: the moving labels resampled onto the fixed grid through the field
+            (nearest neighbour, the labels' integer type), or None.
+        metrics: Jacobian statistics (on the field's grid), and Dice / HD95 when both label maps
+            were given (see :mod:`voxelopt.metrics`).
         timings: wall-clock seconds per stage (``prepare``, ``features_fixed``,
             ``features_moving``, ``solver`` (itself split into ``level_1`` (coarsest) ... and, when
-            it ran, ``refine``), ``outputs``, ``total``).
+            it ran, ``refine``), ``outputs``, ``total``; ``warp`` and ``write`` once they ran).
         config: the parameters used.
         device: torch device the computation ran on.
         initial_translation_mm: translation of the initial alignment (included in ``field``).
+        fixed_grid: the fixed image's grid, where :attr:`warped` lives.
+        moving: the moving image (kept to compute :attr:`warped` on demand).
     """
 
     field: sitk.Image
-    warped: sitk.Image
-    warped_labels: Optional[sitk.Image]
     entropy: sitk.Image
     jacobian: sitk.Image
+    warped_labels: Optional[sitk.Image]
     metrics: Dict[str, Any]
     timings: Dict[str, float]
     config: RegistrationConfig
     device: str
     initial_translation_mm: Tuple[float, float, float]
+    fixed_grid: Grid
+    moving: sitk.Image
+    grid_field: Any = dataclasses.field(default=None, repr=False)  # the field as a tensor (voxelopt.outputs.GridField)
+    _warped: Optional[sitk.Image] = dataclasses.field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ outputs on demand
+    def warp(self, image: sitk.Image, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
+             cancel: Optional[Callable[[], bool]] = None) -> sitk.Image:
+        """Any image of the moving space resampled onto the fixed grid through the field.
+
+        Trilinear (``labels=False``; outside the image: its minimum) or nearest neighbour
+        (``labels=True``; outside: 0); the pixel type is kept. Streamed in slabs.
+        """
+        from .outputs import GridField, warp_image
+
+        if self.grid_field is None:
+            from .device import resolve_device
+
+            self.grid_field = GridField.from_image(self.field, resolve_device(self.device))
+        return warp_image(image, self.grid_field, self.fixed_grid, nearest=labels, progress=progress, cancel=cancel)
+
+    @property
+    def warped(self) -> sitk.Image:
+        """The moving image on the fixed grid through the field (trilinear, the moving pixel type)."""
+        if self._warped is None:
+            start = time.perf_counter()
+            self._warped = self.warp(self.moving)
+            self.timings["warp"] = time.perf_counter() - start
+        return self._warped
+
+    def field_image(self, grid: str = "feature") -> sitk.Image:
+        """The field as an ITK displacement field (VectorFloat32, LPS mm) on its own grid
+        (``"feature"``) or on the full fixed grid (``"fixed"``, trilinear as ITK samples it)."""
+        from .outputs import resample_map
+
+        if grid not in FIELD_GRIDS:
+            raise InputError(f"unknown field grid {grid!r}; choose one of {', '.join(FIELD_GRIDS)}")
+        return self.field if grid == "feature" else resample_map(self.field, self.fixed_grid, vector=True)
 
     def transform(self) -> sitk.DisplacementFieldTransform:
-        """A SimpleITK transform of the field (a copy: the result keeps its field)."""
-        return sitk.DisplacementFieldTransform(sitk.Image(self.field))
+        """A SimpleITK transform of the field (sampled by ITK exactly as the library samples it)."""
+        return sitk.DisplacementFieldTransform(sitk.Cast(self.field, sitk.sitkVectorFloat64))
 
     def summary(self) -> Dict[str, Any]:
         """The metrics, timings and parameters, as written to ``metrics.json``."""
@@ -65,21 +121,86 @@ class RegistrationResult:
             "initial_translation_mm": list(self.initial_translation_mm),
         })
 
-    def save(self, out_dir: PathLike, image_format: str = "nii.gz", field_format: str = "nii.gz") -> Dict[str, Path]:
-        """Write all outputs into ``out_dir`` (all or nothing); returns the written paths."""
+    # ------------------------------------------------------------------ writing
+    def save(
+        self,
+        out_dir: PathLike,
+        image_format: str = "nii.gz",
+        field_format: str = "nii.gz",
+        outputs: Optional[Iterable[str]] = None,
+        field_grid: str = "feature",
+        full_size_maps: bool = False,
+        progress: Optional[Callable[[float, str], None]] = None,
+        cancel: Optional[Callable[[], bool]] = None,
+    ) -> Dict[str, Path]:
+        """Write outputs into ``out_dir`` (all or nothing); returns the written paths by output name.
+
+        Args:
+            outputs: names from :data:`OUTPUTS` (default: all; ``"labels"`` only when moving
+                labels were given — asking for it without them is an error).
+            field_grid: ``"feature"`` (the field's own grid, default) or ``"fixed"``.
+            full_size_maps: write the entropy and Jacobian maps on the fixed grid (trilinear)
+                instead of their own grids.
+            progress: ``progress(fraction, message)`` per output; ``cancel`` polled in between
+                (True raises :class:`RegistrationCancelled`, nothing is written).
+        """
+        from .errors import RegistrationCancelled
+
         image_format = check_format(image_format, IMAGE_FORMATS, "image")
         field_format = check_format(field_format, FIELD_FORMATS, "field")
-        images = {"warped": self.warped, "entropy": self.entropy, "jacobian": self.jacobian}
-        if self.warped_labels is not None:
-            images["warped_labels"] = self.warped_labels
-        names = {"field": f"field.{field_format}", "metrics": "metrics.json"}
-        names.update({key: f"{key}.{image_format}" for key in images})
-        with atomic_output_dir(out_dir) as staging:
-            write_field(self.field, staging / names["field"])
-            for key, image in images.items():
-                write_image(image, staging / names[key])
-            (staging / names["metrics"]).write_text(json.dumps(self.summary(), indent=2))
+        wanted = self._wanted_outputs(outputs)
+        if field_grid not in FIELD_GRIDS:
+            raise InputError(f"unknown field grid {field_grid!r}; choose one of {', '.join(FIELD_GRIDS)}")
+        names = {key: f"{_STEMS[key]}.{field_format if key == 'field' else image_format}"
+                 for key in wanted if key != "metrics"}
+        if "metrics" in wanted:
+            names["metrics"] = "metrics.json"
+        report = progress or (lambda fraction, message: None)
+        start = time.perf_counter()
+        with atomic_output_dir(out_dir, stale=_stale_names()) as staging:
+            for number, key in enumerate(wanted):
+                if cancel is not None and cancel():
+                    raise RegistrationCancelled("registration cancelled")
+                report(number / len(wanted), f"writing {names[key]}")
+                if key == "metrics":
+                    self.timings["write"] = time.perf_counter() - start
+                    (staging / names[key]).write_text(json.dumps(self.summary(), indent=2))
+                elif key == "field":
+                    write_field(self.field_image(field_grid), staging / names[key])
+                else:
+                    write_image(self._output_image(key, full_size_maps), staging / names[key])
+            report(1.0, "written")
+        self.timings["write"] = time.perf_counter() - start
         return {key: Path(out_dir) / name for key, name in names.items()}
+
+    def _wanted_outputs(self, outputs: Optional[Iterable[str]]) -> Tuple[str, ...]:
+        if outputs is None:
+            return tuple(key for key in OUTPUTS if key != "labels" or self.warped_labels is not None)
+        wanted = set(outputs)
+        unknown = sorted(wanted - set(OUTPUTS))
+        if unknown:
+            raise InputError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(OUTPUTS)}")
+        if not wanted:
+            raise InputError("no output chosen")
+        if "labels" in wanted and self.warped_labels is None:
+            raise InputError("the 'labels' output needs moving labels")
+        return tuple(key for key in OUTPUTS if key in wanted)
+
+    def _output_image(self, key: str, full_size: bool) -> sitk.Image:
+        from .outputs import resample_map
+
+        if key == "warped":
+            return self.warped
+        if key == "labels":
+            return self.warped_labels
+        image = self.entropy if key == "entropy" else self.jacobian
+        return resample_map(image, self.fixed_grid) if full_size else image
+
+
+def _stale_names() -> Tuple[str, ...]:
+    """Every file name an output of some earlier run may have had."""
+    names = [f"{stem}.{fmt}" for stem in _STEMS.values() for fmt in FIELD_FORMATS]
+    return tuple(names) + ("metrics.json",)
 
 
 def _finite(value: Any) -> Any:

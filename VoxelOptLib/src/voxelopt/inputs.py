@@ -1,0 +1,174 @@
+"""Checking and preparing the inputs of a registration, without torch.
+
+Everything a user can get wrong about the inputs (unreadable or non-3-D images, NaN voxels,
+label maps that are not integers or do not overlap their image, images that do not overlap
+after the initial alignment, an image too small for the pyramid) is found here, before torch is
+imported, so that such errors are reported at once.
+
+Grids (see :mod:`voxelopt.geometry`): the *fixed grid* is the fixed image's own; the *feature
+grid* is its box at ``feature_spacing`` mm; the *working grid* is the feature grid scaled by
+``working_scale``. The initial alignment is a translation t (LPS mm) with fixed point x
+corresponding to moving point x + t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .config import RegistrationConfig
+from .errors import InputError
+from .geometry import Grid, check_image, overlap_fraction, resample_image
+from .io import ImageLike, as_image
+
+#: Registration refuses pairs whose fields of view overlap less than this after alignment.
+MIN_OVERLAP = 0.05
+
+#: Pixel types a label map may have (integers; converted to the smallest type that holds them).
+_INTEGER_TYPES = (
+    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+    sitk.sitkUInt64, sitk.sitkInt64,
+)
+
+#: How the GUI and the CLI name the initial-alignment choices in messages.
+_INIT_HINT = "try another initial alignment ('centers' or 'com'), or check the image headers"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedPair:
+    """Checked images and the grids of one registration.
+
+    ``fixed`` and ``moving`` keep their pixel type (int16 CT stays int16); ``translation`` (mm) is
+    the initial alignment: fixed point x corresponds to moving point x + t. ``field_grid`` is
+    where the final field is kept: the feature grid, or the fixed grid when that is coarser.
+    """
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_grid: Grid
+    moving_grid: Grid
+    feature_grid: Grid
+    working_grid: Grid
+    field_grid: Grid
+    translation: np.ndarray
+
+
+def checked_image(image: ImageLike, what: str) -> sitk.Image:
+    """A scalar 3-D image with a usable geometry and finite voxels (its pixel type is kept)."""
+    image = as_image(image, what)
+    check_image(image, what)
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        values = sitk.GetArrayViewFromImage(image)
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(values.size - np.count_nonzero(finite))
+            raise InputError(f"{what} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
+    elif image.GetPixelID() not in _INTEGER_TYPES:
+        raise InputError(f"{what} has an unsupported pixel type {image.GetPixelIDTypeAsString()}; need integer or float voxels")
+    return image
+
+
+def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[sitk.Image]:
+    """A label map on ``image``'s grid (nearest neighbour when its geometry differs), or None.
+
+    Labels must be non-negative integers (float files holding integers are accepted) and at least
+    one labelled voxel must lie on the image: otherwise every score would be meaningless. Integer
+    label maps keep their pixel type; float ones become the smallest unsigned type that holds them.
+    """
+    if labels is None:
+        return None
+    labels = as_image(labels, what)
+    check_image(labels, what)
+    values = sitk.GetArrayViewFromImage(labels)
+    if labels.GetPixelID() not in _INTEGER_TYPES:
+        if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+            raise InputError(f"{what} must hold non-negative integer labels")
+    if values.size and values.min() < 0:
+        raise InputError(f"{what} must hold non-negative integer labels (found {values.min()})")
+    if not values.size or values.max() == 0:
+        raise InputError(f"{what} holds no labelled voxel (all zero)")
+    if labels.GetPixelID() not in _INTEGER_TYPES:  # integer labels keep their type
+        labels = sitk.Cast(labels, _label_pixel_type(int(values.max())))
+    on_image = resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
+    if not np.any(sitk.GetArrayViewFromImage(on_image)):
+        raise InputError(f"{what} do not overlap their image: no labelled voxel lies inside it (check the headers)")
+    return on_image
+
+
+def checked_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[sitk.Image]:
+    """A binary mask (UInt8, 1 = use the voxel) on ``image``'s grid, or None; any nonzero voxel counts."""
+    if mask is None:
+        return None
+    mask = as_image(mask, what)
+    check_image(mask, what)
+    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
+    on_image = resample_image(binary, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
+    if not np.any(sitk.GetArrayViewFromImage(on_image)):
+        raise InputError(f"{what} is empty on its image (no nonzero voxel inside it)")
+    return on_image
+
+
+def _label_pixel_type(max_label: int) -> int:
+    if max_label <= np.iinfo(np.uint8).max:
+        return sitk.sitkUInt8
+    if max_label <= np.iinfo(np.uint16).max:
+        return sitk.sitkUInt16
+    return sitk.sitkUInt32
+
+
+def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
+                        window: Tuple[float, float] = (-800.0, 500.0)) -> np.ndarray:
+    """Translation t (mm, LPS) with ``x -> x + t`` mapping fixed points to moving points.
+
+    ``"none"``: zero; ``"centers"``: between the image centres; ``"com"``: between the centres of
+    mass of the windowed intensities (air weighs 0).
+    """
+    if mode == "none":
+        return np.zeros(3)
+    if mode == "centers":
+        return Grid.from_image(moving).center() - Grid.from_image(fixed).center()
+    if mode == "com":
+        return _centre_of_mass(moving, window) - _centre_of_mass(fixed, window)
+    raise InputError(f"unknown initial alignment {mode!r}")
+
+
+def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarray:
+    low, high = window
+    step = 2  # every 2nd voxel per axis is plenty for a centre of mass
+    sub = sitk.GetArrayViewFromImage(image)[::step, ::step, ::step].astype(np.float32)
+    weights = np.clip((sub - low) / (high - low), 0.0, 1.0)
+    total = weights.sum()
+    grid = Grid.from_image(image)
+    if total <= 0:
+        return grid.center()
+    zyx = [np.arange(0, n, step) for n in grid.shape]
+    index_zyx = [float((weights.sum(axis=tuple(a for a in range(3) if a != axis)) * zyx[axis]).sum() / total)
+                 for axis in range(3)]
+    index_ijk = np.asarray(index_zyx[::-1])
+    return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
+
+
+def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> PreparedPair:
+    """Check the images, build the grids, find the initial alignment and check the overlap."""
+    from .solver import level_shapes  # TODO(merge): torch-free home
+
+    fixed_image = checked_image(fixed, "fixed image")
+    moving_image = checked_image(moving, "moving image")
+    fixed_grid = Grid.from_image(fixed_image)
+    feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
+    working_grid = feature_grid.scaled(config.working_scale)
+    level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
+    translation = initial_translation(fixed_image, moving_image, config.init, config.hu_window)
+    overlap = overlap_fraction(fixed_grid, moving_image, translation)
+    if overlap < MIN_OVERLAP:
+        raise InputError(
+            f"the fixed and moving images do not overlap after the '{config.init}' initial alignment "
+            f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
+            + _INIT_HINT
+        )
+    field_grid = feature_grid if np.prod(feature_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
+    return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
+                        working_grid, field_grid, translation)

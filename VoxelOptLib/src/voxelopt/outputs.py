@@ -1,0 +1,222 @@
+"""The outputs of a registration: computed on the grid where they carry information, streamed where
+they must be on the full fixed grid.
+
+* The **field** lives on the *feature grid* (2 mm by default; the fixed image's box), float32, in
+  LPS mm, resampling direction ``warped(x) = moving(x + d(x))``. It is the solver's field upsampled
+  once; anywhere else it is sampled with trilinear interpolation exactly as ITK's
+  ``DisplacementFieldTransform`` does (align_corners=False on the shared box, border values
+  repeated), so ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))`` gives the
+  library's warped image.
+* **Warped images and labels** are computed slab by slab of fixed-grid slices on the compute
+  device, reading only the block of the moving image that each slab needs, so the peak memory is a
+  few slabs plus the input and output arrays; the output keeps the moving image's pixel type.
+* **Jacobian determinant**, SDlogJ and folding come from the field on its own grid; the
+  **entropy** map stays on the working grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .errors import RegistrationCancelled
+from .geometry import Grid, mm_to_voxel_field, resize_volume, voxel_to_mm_field
+from .metrics import jacobian_determinant
+
+#: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
+SLAB_VOXELS = 4 * 1024 * 1024
+
+ProgressCallback = Callable[[float], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclasses.dataclass
+class GridField:
+    """A displacement field with its grid: ``data`` (1, 3, Z, Y, X) float32, (x, y, z) LPS mm."""
+
+    data: torch.Tensor
+    grid: Grid
+
+    @classmethod
+    def from_solver(cls, u_voxels: torch.Tensor, working_grid: Grid, field_grid: Grid,
+                    translation_mm: np.ndarray) -> "GridField":
+        """The solver's voxel field on the working grid, plus the initial translation, on ``field_grid``."""
+        d = voxel_to_mm_field(u_voxels.float(), working_grid)
+        d = d + torch.as_tensor(np.asarray(translation_mm), dtype=d.dtype, device=d.device).view(1, 3, 1, 1, 1)
+        return cls(resize_volume(d, field_grid.shape).contiguous(), field_grid)
+
+    @classmethod
+    def from_image(cls, image: sitk.Image, device: torch.device) -> "GridField":
+        """A field from an ITK displacement-field image (3 components, LPS mm)."""
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (Z, Y, X, 3)
+        data = torch.from_numpy(array).to(device).permute(3, 0, 1, 2)[None].contiguous()
+        return cls(data, Grid.from_image(image))
+
+    def to_image(self) -> sitk.Image:
+        """An ITK displacement-field image (VectorFloat32) on the field's grid."""
+        array = self.data[0].permute(1, 2, 3, 0).detach().to("cpu", torch.float32).numpy()
+        return self.grid.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True))
+
+    def jacobian(self) -> torch.Tensor:
+        """det of the Jacobian of ``x -> x + d(x)`` on the field's grid, (Z, Y, X)."""
+        return jacobian_determinant(mm_to_voxel_field(self.data, self.grid))
+
+
+def _affine_to_index(source: Grid, target: Grid):
+    """(M, c) with ``target_index = M @ source_index + c`` for (i, j, k) indices (float64)."""
+    inv = np.linalg.inv(target.index_to_physical)
+    return inv @ source.index_to_physical, inv @ (np.asarray(source.origin) - np.asarray(target.origin))
+
+
+def _normalised(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """grid_sample coordinates (align_corners=False) of continuous (i, j, k) indices (..., 3)."""
+    return (2.0 * index + 1.0) / size - 1.0
+
+
+def warp_image(
+    moving: sitk.Image,
+    field: GridField,
+    fixed_grid: Grid,
+    nearest: bool = False,
+    default: Optional[float] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> sitk.Image:
+    """``moving(x + d(x))`` on ``fixed_grid``, streamed in slabs; keeps the moving pixel type.
+
+    Args:
+        moving: scalar image (any integer or float type) on its own grid.
+        field: the displacement field (mm) with its grid, sampled trilinearly as ITK does.
+        nearest: nearest-neighbour interpolation (label maps); otherwise trilinear, rounded and
+            clipped to the range of an integer pixel type.
+        default: value of points outside the moving image (default: its minimum, i.e. air; 0
+            for labels). Points within half a voxel outside take the border value (ITK's rule).
+        progress: called with the fraction done after each slab.
+        cancel: polled between slabs; True raises :class:`RegistrationCancelled`.
+    """
+    device = field.data.device
+    moving_grid = Grid.from_image(moving)
+    array = sitk.GetArrayViewFromImage(moving)
+    if default is None:
+        default = 0.0 if nearest else float(array.min())
+    with warnings.catch_warnings():  # read-only view of the image buffer: never written to
+        warnings.simplefilter("ignore", UserWarning)
+        source = torch.from_numpy(_torch_compatible(array)).to(device)
+    out = np.empty(fixed_grid.shape, dtype=array.dtype)
+
+    to_moving, moving_offset = _affine_to_index(fixed_grid, moving_grid)
+    to_field, field_offset = _affine_to_index(fixed_grid, field.grid)
+    d_to_moving = np.linalg.inv(moving_grid.index_to_physical)
+    t = lambda m: torch.as_tensor(m, dtype=torch.float32, device=device)  # noqa: E731
+    to_moving, moving_offset, to_field, field_offset, d_to_moving = map(
+        t, (to_moving, moving_offset, to_field, field_offset, d_to_moving))
+    moving_size = t(np.asarray(moving_grid.size, dtype=np.float64))
+    field_size = t(np.asarray(field.grid.size, dtype=np.float64))
+    Z, Y, X = fixed_grid.shape
+    slab = max(1, SLAB_VOXELS // (X * Y))
+    ii = torch.arange(X, dtype=torch.float32, device=device)
+    jj = torch.arange(Y, dtype=torch.float32, device=device)
+    for z0 in range(0, Z, slab):
+        if cancel is not None and cancel():
+            raise RegistrationCancelled("registration cancelled")
+        z1 = min(Z, z0 + slab)
+        kk = torch.arange(z0, z1, dtype=torch.float32, device=device)
+        k_idx, j_idx, i_idx = torch.meshgrid(kk, jj, ii, indexing="ij")
+        index = torch.stack((i_idx, j_idx, k_idx), dim=-1)  # (z, Y, X, 3), channels (i, j, k)
+        del k_idx, j_idx, i_idx
+        field_coords = _normalised(index @ to_field.T + field_offset, field_size)
+        d = F.grid_sample(field.data, field_coords[None], mode="bilinear", padding_mode="border",
+                          align_corners=False)[0].permute(1, 2, 3, 0)  # (z, Y, X, 3) mm
+        q = index @ to_moving.T + moving_offset + d @ d_to_moving.T  # moving (i, j, k)
+        del d, field_coords, index
+        out[z0:z1] = _sample_block(source, q, moving_grid.size, nearest, float(default), out.dtype)
+        if progress is not None:
+            progress(z1 / Z)
+    return fixed_grid.apply_to(sitk.GetImageFromArray(out))
+
+
+def _sample_block(source: torch.Tensor, q: torch.Tensor, size, nearest: bool, default: float,
+                  dtype: np.dtype) -> np.ndarray:
+    """Sample ``source`` (Z, Y, X) at moving indices ``q`` (..., 3) reading only the block they need."""
+    limits = torch.tensor(size, dtype=q.dtype, device=q.device)
+    inside = ((q >= -0.5) & (q <= limits - 0.5)).all(dim=-1)
+    result = torch.full(q.shape[:-1], default, dtype=torch.float32, device=q.device)
+    if bool(inside.any()):
+        points = q[inside]
+        low = points.amin(dim=0).floor().clamp(min=0)
+        high = (points.amax(dim=0).floor() + 1).clamp(max=limits - 1)
+        (i0, j0, k0), (i1, j1, k1) = low.long().tolist(), high.long().tolist()
+        block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
+        block_size = torch.tensor([i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1], dtype=q.dtype, device=q.device)
+        coords = _normalised(points - low, block_size)
+        sampled = F.grid_sample(block, coords.view(1, 1, 1, -1, 3), mode="nearest" if nearest else "bilinear",
+                                padding_mode="border", align_corners=False)
+        result[inside] = sampled.view(-1)
+    values = result.cpu().numpy()
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype, copy=False)
+
+
+def _torch_compatible(array: np.ndarray) -> np.ndarray:
+    """The voxels in a dtype torch holds (unsigned 16/32-bit become wider signed types)."""
+    if array.dtype in (np.uint16,):
+        return array.astype(np.int32)
+    if array.dtype in (np.uint32, np.uint64):
+        return array.astype(np.int64)
+    return np.ascontiguousarray(array)
+
+
+def resample_map(image: sitk.Image, grid: Grid, vector: bool = False) -> sitk.Image:
+    """A map (entropy, Jacobian) or field on another grid of the same box: trilinear, float32."""
+    pixel = sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32
+    return sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, 0.0, pixel)
+
+
+def estimate_peak_bytes(fixed: sitk.Image, moving: sitk.Image, feature_grid: Grid, working_grid: Grid, k: int,
+                        channels: int, with_labels: bool) -> int:
+    """A conservative estimate of the peak memory (bytes) of one registration on one device.
+
+    Counts the inputs, the larger of the feature stage (both images' feature maps and their
+    working copies) and the solver (cost volume, its filtered copy and softmax), and the streamed
+    outputs (the warped image in the moving pixel type, label maps, slab buffers).
+    """
+    def voxels(grid_or_image) -> int:
+        size = grid_or_image.size if isinstance(grid_or_image, Grid) else grid_or_image.GetSize()
+        return int(np.prod(size))
+
+    fixed_bytes = voxels(fixed) * fixed.GetSizeOfPixelComponent()
+    moving_bytes = voxels(moving) * moving.GetSizeOfPixelComponent()
+    features = voxels(feature_grid) * 4 * (2 * channels + 4)
+    solver = voxels(working_grid) * 4 * (3 * (2 * k + 1) ** 3 + 4 * channels)
+    outputs = voxels(fixed) * moving.GetSizeOfPixelComponent() + SLAB_VOXELS * 4 * 16
+    labels = 2 * (voxels(fixed) + voxels(moving)) if with_labels else 0
+    return int(fixed_bytes + moving_bytes + labels + max(features, solver) + outputs)
+
+
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Free memory on ``device`` (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as GB or MB text."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{math.ceil(n / 1e6)} MB"

@@ -1,0 +1,115 @@
+"""The torch stages of a registration: features on the working grid, the memory check, and the
+outputs computed after the solver (see :mod:`voxelopt.pipeline` for the order, and
+:mod:`voxelopt.outputs` for where each output lives).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .cache import FeatureCache, image_digest
+from .config import RegistrationConfig
+from .errors import InputError
+from .features import FeatureExtractor
+from .geometry import Grid, resample_image, resize_volume
+from .inputs import PreparedPair
+from .metrics import jacobian_statistics, label_metrics
+from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
+
+#: Share of the free memory a registration may plan to use.
+MEMORY_SHARE = 0.9
+
+
+def check_memory(prepared: PreparedPair, config: RegistrationConfig, extractor: FeatureExtractor,
+                 device: torch.device, with_labels: bool) -> int:
+    """Refuse a registration that would not fit in ``device``'s free memory; returns the estimate (bytes)."""
+    channels = int(getattr(extractor, "channels", 12) or 12)
+    needed = estimate_peak_bytes(prepared.fixed, prepared.moving, prepared.feature_grid, prepared.working_grid,
+                                 config.k, channels, with_labels)
+    free = available_bytes(device)
+    if free is not None and needed > MEMORY_SHARE * free:
+        grid = "x".join(str(n) for n in prepared.feature_grid.size)
+        raise InputError(
+            f"this registration needs about {human_bytes(needed)} on {device} but only {human_bytes(free)} is free "
+            f"(feature grid {grid} voxels at {config.feature_spacing} mm, k = {config.k}); use a coarser "
+            "feature_spacing or working_scale, a smaller k, or another device"
+        )
+    return needed
+
+
+def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtractor, device: torch.device,
+                     cache: Optional[FeatureCache] = None) -> torch.Tensor:
+    """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid.
+
+    The image is resampled onto the feature grid (the moving one through the initial
+    translation; outside the image: its darkest value, i.e. air), the extractor runs there, and
+    the result is resized to the working grid. Cached in ``cache`` when one is given.
+    """
+    image = prepared.fixed if which == "fixed" else prepared.moving
+    t = None if which == "fixed" or not np.any(prepared.translation) else tuple(float(v) for v in prepared.translation)
+    feature_grid, working_grid = prepared.feature_grid, prepared.working_grid
+
+    def compute() -> torch.Tensor:
+        default = float(sitk.GetArrayViewFromImage(image).min())
+        on_grid = resample_image(sitk.Cast(image, sitk.sitkFloat32), feature_grid, t, sitk.sitkLinear, default)
+        features = extractor.extract(on_grid, device)[None]
+        return resize_volume(features, working_grid.shape).contiguous()
+
+    if cache is None:
+        return compute()
+    key = ("features", image_digest(image), feature_grid, working_grid, t, extractor.cache_key(), str(device))
+    return cache.get_or_compute(key, compute, device)
+
+
+def label_scores(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, object]:
+    """Dice and HD95 of the warped labels against the fixed labels (the scoring module's rule)."""
+    spacing_zyx = fixed_labels.GetSpacing()[::-1]
+    return label_metrics(sitk.GetArrayViewFromImage(fixed_labels), sitk.GetArrayViewFromImage(warped_labels),
+                         spacing_zyx)
+
+
+def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,
+                         cache: Optional[FeatureCache]) -> Dict[str, object]:
+    """The scores before registration (labels through the initial alignment only), once per pair."""
+    def compute() -> Dict[str, object]:
+        t = tuple(float(v) for v in prepared.translation)
+        initial = resample_image(moving_labels, prepared.fixed_grid, t, sitk.sitkNearestNeighbor, 0)
+        return label_scores(fixed_labels, moving_labels, initial)
+
+    if cache is None:
+        return compute()
+    key = ("initial scores", image_digest(fixed_labels), image_digest(moving_labels), tuple(prepared.translation))
+    return cache.get_or_compute_value(key, compute)
+
+
+def solved_outputs(
+    solved,
+    prepared: PreparedPair,
+    fixed_labels: Optional[sitk.Image],
+    moving_labels: Optional[sitk.Image],
+    cache: Optional[FeatureCache],
+    progress: Callable[[float], None],
+    cancel: Callable[[], bool],
+) -> Dict[str, object]:
+    """Field on the field grid (see :class:`PreparedPair`), entropy (working grid), Jacobian map and statistics, and with
+    labels the warped labels and their scores before and after."""
+    field = GridField.from_solver(solved.field, prepared.working_grid, prepared.field_grid, prepared.translation)
+    jacobian = field.jacobian()
+    metrics: Dict[str, object] = dict(jacobian_statistics(jacobian.cpu().numpy()))
+    warped_labels = None
+    if moving_labels is not None:
+        warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
+                                   progress=progress, cancel=cancel)
+        if fixed_labels is not None:
+            metrics.update(label_scores(fixed_labels, moving_labels, warped_labels))
+            before = initial_label_scores(prepared, fixed_labels, moving_labels, cache)
+            metrics["dice_initial_mean"] = before["dice_mean"]
+            metrics["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
+    entropy = prepared.working_grid.apply_to(sitk.GetImageFromArray(solved.entropy.float().cpu().numpy()))
+    jacobian_image = field.grid.apply_to(sitk.GetImageFromArray(jacobian.float().cpu().numpy()))
+    return {"field": field, "entropy": entropy, "jacobian": jacobian_image, "warped_labels": warped_labels,
+            "metrics": metrics}
