@@ -1,80 +1,127 @@
 #!/usr/bin/env python3
-"""Time a VoxelOpt registration of a 192x160x256 pair at 2 mm (the paper's grid) per stage,
-and report peak memory (RSS of this process).
+"""Time the whole ``voxelopt register`` process (start to exit, every file written) and its peak
+memory, on the paper's grid and at native CT resolution.
 
-The pair is label-derived pseudo-CT of BTCV subjects 1 (moving) and 2 (fixed) made with
-../shared/tools/make_pseudoct.py when ../shared is present, otherwise a generated phantom pair
-of the same size. Usage:
+Cases (``--cases``, default all):
 
-    python VoxelOptLib/benchmarks/benchmark.py [--preset paper] [--features mind] [--repeat 3] [--device auto]
+* ``paper``: label-derived pseudo-CT of BTCV subjects 1 (moving) and 2 (fixed), 192x160x256 at
+  2 mm (the paper's grid), float32 HU as ../shared/tools/make_pseudoct.py writes it;
+* ``native300``: the same pair resampled to 512x512x300 at 0.8x0.8x1.0 mm, stored as int16 like
+  scanner CT (labels uint8), centred on the pseudo-CT's box;
+* ``native600``: the same at 512x512x600, 0.8x0.8x0.5 mm.
 
-Each repeat is a full register() call (features not cached); the best and median times are
-printed. Figures depend on the machine: run it on an otherwise idle machine.
+Without ../shared a generated phantom pair of the paper's size is used instead of the pseudo-CT.
+Each case runs ``python -m voxelopt.cli register FIXED MOVING --out-dir DIR --fixed-labels ...
+--moving-labels ...`` (default parameters, or ``--preset``) ``--repeat`` times; the best run is
+reported with the stage seconds from its metrics.json and the peak RSS of the process. Usage:
+
+    python VoxelOptLib/benchmarks/benchmark.py [--cases paper,native300,native600] [--repeat 2] [--preset paper]
+
+Figures depend on the machine: run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
+import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List, Tuple
 
+import numpy as np
 import SimpleITK as sitk
-import torch
-
-import voxelopt
-from voxelopt.phantom import phantom_pair
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5))}
 
 
-def load_pair(workdir: Path):
+def paper_pair(workdir: Path) -> Tuple[str, List[Path]]:
+    """Write the paper-grid pair into ``workdir``; returns its description and its four paths."""
     tool = SHARED / "tools" / "make_pseudoct.py"
     labels = [SHARED / "data" / "btcv_labels" / f"label000{i}.nii.gz" for i in (1, 2)]
     if tool.exists() and all(p.exists() for p in labels):
         subprocess.run([sys.executable, str(tool), str(workdir)] + [str(p) for p in labels], check=True, capture_output=True)
-        read = lambda name: sitk.ReadImage(str(workdir / name))  # noqa: E731
-        return ("pseudo-CT case0002 (fixed) <- case0001 (moving)", read("case0002_img.nii.gz"), read("case0001_img.nii.gz"),
-                read("case0002_lab.nii.gz"), read("case0001_lab.nii.gz"))
+        names = ["case0002_img", "case0001_img", "case0002_lab", "case0001_lab"]
+        return "pseudo-CT case0002 (fixed) <- case0001 (moving)", [workdir / f"{n}.nii.gz" for n in names]
+    from voxelopt.phantom import phantom_pair
+
     pair = phantom_pair(size=(192, 160, 256), spacing=(2.0, 2.0, 2.0), max_displacement_mm=10.0)
-    return "generated phantom pair", pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels
+    paths = [workdir / f"{n}.nii.gz" for n in ("fixed", "moving", "fixed_lab", "moving_lab")]
+    for image, path in zip((pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels), paths):
+        sitk.WriteImage(image, str(path))
+    return "generated phantom pair", paths
+
+
+def native_pair(paths: List[Path], size, spacing, workdir: Path) -> List[Path]:
+    """The pair resampled to ``size`` voxels of ``spacing`` mm around the same centre (int16 / uint8)."""
+    out = []
+    for index, path in enumerate(paths):
+        image = sitk.ReadImage(str(path))
+        centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+        reference = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+        reference.SetSpacing(spacing)
+        reference.SetDirection(image.GetDirection())
+        corner = centre - np.asarray(image.GetDirection()).reshape(3, 3) @ ((np.asarray(size) - 1) / 2 * np.asarray(spacing))
+        reference.SetOrigin(tuple(corner))
+        labels = index >= 2
+        resampled = sitk.Resample(image, reference, sitk.Transform(),
+                                  sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
+                                  0 if labels else -1024.0, sitk.sitkUInt8 if labels else sitk.sitkInt16)
+        target = workdir / f"{path.name.split('.')[0]}_{size[2]}.nii.gz"
+        sitk.WriteImage(resampled, str(target), True, 1)
+        out.append(target)
+    return out
+
+
+def run_register(paths: List[Path], out_dir: Path, extra: List[str]) -> Tuple[float, float, Dict]:
+    """Wall seconds, peak RSS (GB) and metrics.json of one ``voxelopt register`` process."""
+    fixed, moving, fixed_lab, moving_lab = (str(p) for p in paths)
+    command = [sys.executable, "-m", "voxelopt.cli", "register", fixed, moving, "--out-dir", str(out_dir),
+               "--fixed-labels", fixed_lab, "--moving-labels", moving_lab, "--quiet"] + extra
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"voxelopt register failed:\n{stderr}")
+    peak = usage.ru_maxrss / 1024 ** 2
+    return wall, peak, json.loads((out_dir / "metrics.json").read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--features", default=None)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cases", default="paper,native300,native600")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--preset", default=None, help="a preset (default: the default parameters)")
     args = parser.parse_args()
-    overrides = {"device": args.device}
-    if args.features:
-        overrides["features"] = args.features
-    config = voxelopt.RegistrationConfig.preset(args.preset, **overrides)
-
+    extra = ["--preset", args.preset] if args.preset else []
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    print("| case | voxels (x, y, z) at mm | whole process s | solver s | outputs + writing s (share) | peak GB | Dice before -> after |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        name, fixed, moving, fixed_labels, moving_labels = load_pair(Path(tmp))
-    print(f"pair: {name}, {fixed.GetSize()} voxels at {fixed.GetSpacing()} mm")
-    print(f"config: preset {args.preset}, features {config.features}, device {voxelopt.describe_device(config.device)}, torch {torch.__version__}")
-    runs = []
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        result = voxelopt.register(fixed, moving, config, fixed_labels, moving_labels)
-        wall = time.perf_counter() - start
-        runs.append((wall, result))
-    walls = [w for w, _ in runs]
-    best = min(runs, key=lambda r: r[0])[1]
-    print("stage seconds (best run): " + ", ".join(f"{k} {v:.2f}" for k, v in best.timings.items()))
-    print(f"register() wall time: best {min(walls):.2f} s, median {statistics.median(walls):.2f} s over {len(walls)} runs")
-    m = best.metrics
-    print(f"Dice {m['dice_initial_mean']:.4f} -> {m['dice_mean']:.4f}, HD95 {m['hd95_mm_mean']:.2f} mm, "
-          f"SDlogJ {m['sdlogj']:.4f} (plain {m['sdlogj_plain']:.4f}), folding {m['folding_percent']:.4f}%")
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"peak memory (RSS of the whole process, inputs included): {peak_kb / 1024 ** 2:.2f} GB")
+        workdir = Path(tmp)
+        description, paper = paper_pair(workdir)
+        for case in cases:
+            paths = paper if case == "paper" else native_pair(paper, *NATIVE[case], workdir)
+            best = None
+            for repeat in range(args.repeat):
+                result = run_register(paths, workdir / f"out_{case}_{repeat}", extra)
+                best = result if best is None or result[0] < best[0] else best
+            wall, peak, summary = best
+            t, m = summary["timings_s"], summary["metrics"]
+            tail = t.get("outputs", 0.0) + t.get("warp", 0.0) + t.get("write", 0.0)
+            image = sitk.ImageFileReader()
+            image.SetFileName(str(paths[0]))
+            image.ReadImageInformation()
+            grid = f"{image.GetSize()} at {tuple(round(s, 2) for s in image.GetSpacing())}"
+            print(f"| {case} | {grid} | {wall:.1f} | {t['solver']:.2f} | {tail:.1f} ({100 * tail / wall:.0f} %) | "
+                  f"{peak:.2f} | {m['dice_initial_mean']:.3f} -> {m['dice_mean']:.3f} |", flush=True)
+    print(f"\npair: {description}; best of {args.repeat} runs per case; peak = max RSS of the register process")
 
 
 if __name__ == "__main__":

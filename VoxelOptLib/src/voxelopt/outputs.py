@@ -75,11 +75,6 @@ def _affine_to_index(source: Grid, target: Grid):
     return inv @ source.index_to_physical, inv @ (np.asarray(source.origin) - np.asarray(target.origin))
 
 
-def _normalised(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """grid_sample coordinates (align_corners=False) of continuous (i, j, k) indices (..., 3)."""
-    return (2.0 * index + 1.0) / size - 1.0
-
-
 def warp_image(
     moving: sitk.Image,
     field: GridField,
@@ -114,52 +109,57 @@ def warp_image(
     to_moving, moving_offset = _affine_to_index(fixed_grid, moving_grid)
     to_field, field_offset = _affine_to_index(fixed_grid, field.grid)
     d_to_moving = np.linalg.inv(moving_grid.index_to_physical)
-    t = lambda m: torch.as_tensor(m, dtype=torch.float32, device=device)  # noqa: E731
-    to_moving, moving_offset, to_field, field_offset, d_to_moving = map(
-        t, (to_moving, moving_offset, to_field, field_offset, d_to_moving))
-    moving_size = t(np.asarray(moving_grid.size, dtype=np.float64))
-    field_size = t(np.asarray(field.grid.size, dtype=np.float64))
+    t = lambda m: torch.as_tensor(np.asarray(m, dtype=np.float64), dtype=torch.float32, device=device)  # noqa: E731
+    moving_size, field_size = t(moving_grid.size), t(field.grid.size)
+    # normalised field coordinates and moving indices are affine in the fixed index (i, j, k)
+    field_norm = t(2.0 * to_field / np.asarray(field.grid.size)[:, None])
+    field_norm_offset = t((2.0 * field_offset + 1.0) / np.asarray(field.grid.size) - 1.0)
+    to_moving, moving_offset, d_to_moving = t(to_moving), t(moving_offset), t(d_to_moving)
     Z, Y, X = fixed_grid.shape
     slab = max(1, SLAB_VOXELS // (X * Y))
-    ii = torch.arange(X, dtype=torch.float32, device=device)
-    jj = torch.arange(Y, dtype=torch.float32, device=device)
+    i_terms = torch.arange(X, dtype=torch.float32, device=device).view(1, 1, X, 1)
+    j_terms = torch.arange(Y, dtype=torch.float32, device=device).view(1, Y, 1, 1)
     for z0 in range(0, Z, slab):
         if cancel is not None and cancel():
             raise RegistrationCancelled("registration cancelled")
         z1 = min(Z, z0 + slab)
-        kk = torch.arange(z0, z1, dtype=torch.float32, device=device)
-        k_idx, j_idx, i_idx = torch.meshgrid(kk, jj, ii, indexing="ij")
-        index = torch.stack((i_idx, j_idx, k_idx), dim=-1)  # (z, Y, X, 3), channels (i, j, k)
-        del k_idx, j_idx, i_idx
-        field_coords = _normalised(index @ to_field.T + field_offset, field_size)
-        d = F.grid_sample(field.data, field_coords[None], mode="bilinear", padding_mode="border",
-                          align_corners=False)[0].permute(1, 2, 3, 0)  # (z, Y, X, 3) mm
-        q = index @ to_moving.T + moving_offset + d @ d_to_moving.T  # moving (i, j, k)
-        del d, field_coords, index
-        out[z0:z1] = _sample_block(source, q, moving_grid.size, nearest, float(default), out.dtype)
+        k_terms = torch.arange(z0, z1, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+
+        def affine(matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+            # (z, Y, X, 3): matrix @ (i, j, k) + offset, by broadcasting
+            return (k_terms * matrix[:, 2] + offset) + j_terms * matrix[:, 1] + i_terms * matrix[:, 0]
+
+        d = F.grid_sample(field.data, affine(field_norm, field_norm_offset)[None], mode="bilinear",
+                          padding_mode="border", align_corners=False)[0]  # (3, z, Y, X) mm
+        q = affine(to_moving, moving_offset)
+        for c in range(3):  # q += d_to_moving @ d, without a (z, Y, X, 3) matmul copy
+            q += d[c, ..., None] * d_to_moving[:, c]
+        del d
+        out[z0:z1] = _sample_block(source, q, moving_size, nearest, float(default), out.dtype)
         if progress is not None:
             progress(z1 / Z)
     return fixed_grid.apply_to(sitk.GetImageFromArray(out))
 
 
-def _sample_block(source: torch.Tensor, q: torch.Tensor, size, nearest: bool, default: float,
+def _sample_block(source: torch.Tensor, q: torch.Tensor, size: torch.Tensor, nearest: bool, default: float,
                   dtype: np.dtype) -> np.ndarray:
-    """Sample ``source`` (Z, Y, X) at moving indices ``q`` (..., 3) reading only the block they need."""
-    limits = torch.tensor(size, dtype=q.dtype, device=q.device)
-    inside = ((q >= -0.5) & (q <= limits - 0.5)).all(dim=-1)
-    result = torch.full(q.shape[:-1], default, dtype=torch.float32, device=q.device)
-    if bool(inside.any()):
-        points = q[inside]
-        low = points.amin(dim=0).floor().clamp(min=0)
-        high = (points.amax(dim=0).floor() + 1).clamp(max=limits - 1)
-        (i0, j0, k0), (i1, j1, k1) = low.long().tolist(), high.long().tolist()
-        block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
-        block_size = torch.tensor([i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1], dtype=q.dtype, device=q.device)
-        coords = _normalised(points - low, block_size)
-        sampled = F.grid_sample(block, coords.view(1, 1, 1, -1, 3), mode="nearest" if nearest else "bilinear",
-                                padding_mode="border", align_corners=False)
-        result[inside] = sampled.view(-1)
-    values = result.cpu().numpy()
+    """Sample ``source`` (Z, Y, X) at moving indices ``q`` (z, Y, X, 3) reading only the block they need.
+
+    Points more than half a voxel outside the image take ``default``; the others are clamped to
+    the image box, so the block holds every voxel trilinear interpolation reads.
+    """
+    inside = ((q >= -0.5) & (q <= size - 0.5)).all(dim=-1)
+    q = torch.minimum(torch.maximum(q, torch.full_like(size, -0.5)), size - 0.5)
+    low = q.reshape(-1, 3).amin(dim=0).floor().clamp(min=0)
+    high = torch.minimum(q.reshape(-1, 3).amax(dim=0).floor() + 1, size - 1)
+    (i0, j0, k0), (i1, j1, k1) = low.long().tolist(), high.long().tolist()
+    block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
+    q -= low
+    q.mul_(2.0 / (high - low + 1)).add_(1.0 / (high - low + 1) - 1.0)  # normalised, align_corners=False
+    sampled = F.grid_sample(block, q[None], mode="nearest" if nearest else "bilinear", padding_mode="border",
+                            align_corners=False)[0, 0]
+    sampled.masked_fill_(~inside, default)
+    values = sampled.cpu().numpy()
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         values = np.clip(np.rint(values), info.min, info.max)
