@@ -23,6 +23,8 @@ from .config import PRESETS, RegistrationConfig
 from .errors import ConfigError, InputError, RegistrationCancelled, VoxelOptError
 
 __version__ = "0.1.0"
+#: The oldest torch the engine supports (as in pyproject.toml's dependencies).
+MINIMUM_TORCH_VERSION = "1.13"
 
 #: Public name -> the submodule that defines it, imported on first access.
 _LAZY = {
@@ -53,6 +55,7 @@ def __dir__():
 
 
 __all__ = [
+    "MINIMUM_TORCH_VERSION",
     "PRESETS",
     "ArrayImage",
     "ConfigError",
