@@ -65,7 +65,7 @@ def test_defaults_are_the_engine_paper_preset_and_presets_round_trip(scene):
 def test_engine_values_are_derived_from_the_engine_schema():
     for parameter in parameters.ENGINE_PARAMETERS:
         spec = SCHEMA[parameter.config_field]
-        assert spec.help in parameter.doc
+        assert spec.description() in parameter.doc
         assert parameter.choices == spec.choices
         if spec.shape == "scalar":
             assert parameter.name.lower() == spec.name.replace("_", "") and parameter.kind is spec.type

@@ -71,13 +71,13 @@ def _engine_parameters(spec: Parameter) -> Tuple[ValueParameter, ...]:
     if spec.shape == "pair":
         stem = _camel_case(spec.name.split("_")[0])
         return tuple(
-            ValueParameter(f"{stem}{end}", float, float(spec.default[i]), spec.name, doc=f"{end.lower()} end: {spec.help}", element=i)
-            for i, end in enumerate(("Low", "High"))
+            ValueParameter(f"{stem}{end}", float, float(spec.default[i]), spec.name, doc=f"{word} end of the {spec.description()}", element=i)
+            for i, (end, word) in enumerate((("Low", "lower"), ("High", "upper")))
         )
     if spec.shape == "list":
-        return (ValueParameter(_camel_case(spec.name), str, format_thetas(spec.default), spec.name, doc=f"{spec.help}, comma-separated"),)
+        return (ValueParameter(_camel_case(spec.name), str, format_thetas(spec.default), spec.name, doc=f"{spec.description()}; comma-separated"),)
     default = 0.0 if spec.optional and spec.default is None else spec.default
-    doc = f"{spec.help} (0: the fixed volume's grid)" if spec.optional and spec.type is float else spec.help
+    doc = f"{spec.description()}; 0: none" if spec.optional and spec.type is float else spec.description()
     return (ValueParameter(_camel_case(spec.name), spec.type, default, spec.name, spec.choices, doc),)
 
 

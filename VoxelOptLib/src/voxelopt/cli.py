@@ -46,11 +46,7 @@ def _optional_float(text: str) -> Optional[float]:
 
 def _option_help(spec: Parameter) -> str:
     """The help of a schema parameter: meaning, range, when it applies, preset values."""
-    parts = [spec.help]
-    if spec.range_text():
-        parts.append(f"{spec.range_text()} {spec.unit}".strip())
-    if spec.applies_text:
-        parts.append(f"only {spec.applies_text}")
+    parts = [spec.description()]
     values = [("default", spec.default)] + [(name, value) for name, value in spec.presets.items()]
     parts.append(", ".join(f"{name}: {_value_text(value)}" for name, value in values))
     return "; ".join(parts).replace("%", "%%")

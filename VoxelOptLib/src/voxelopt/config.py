@@ -78,6 +78,18 @@ class Parameter:
     name: str = ""
     default: Any = None
 
+    def description(self) -> str:
+        """Help text with the valid range, the unit and when the parameter applies, e.g.
+        ``"softmax sharpness of the displacement entropy; > 0"`` (the CLI help, Slicer's tooltips)."""
+        parts = [self.help]
+        if self.range_text():
+            parts.append(f"{self.range_text()} {self.unit}".strip())
+        elif self.unit:
+            parts.append(f"in {self.unit}")
+        if self.applies_text:
+            parts.append(f"only {self.applies_text}")
+        return "; ".join(parts)
+
     def range_text(self) -> str:
         """The valid range in words, e.g. ``"> 0"``, ``"from 1 to 7"``, ``">= 0"`` (empty: unbounded)."""
         low, high = _number_text(self.minimum), _number_text(self.maximum)
@@ -194,7 +206,7 @@ class RegistrationConfig:
         applies_text="with network features"))
     feature_spacing: Optional[float] = _param(2.0, Parameter(
         float, "isotropic spacing of the grid on which features are computed, keeping the fixed image's "
-        "extent and direction (None: the fixed image's grid)", "features", unit="mm", minimum=0.0,
+        "extent and direction (none: the fixed image's own grid)", "features", unit="mm", minimum=0.0,
         exclusive_minimum=True, optional=True, presets={"fast": 3.0}))
     working_scale: float = _param(0.5, Parameter(
         float, "the solver's finest level is the feature grid scaled by this factor (paper: 0.5, i.e. 4 mm "
@@ -209,14 +221,14 @@ class RegistrationConfig:
         float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
     sigma_mode: str = _param("paper", Parameter(
         str, "entropy-to-sigma mapping: 'paper' (sigma = alpha * ln(E / max E + 1)) or 'code' (the official "
-        "code: min-max normalised entropy, log2, mapped to sigma_range)", "solver", choices=("code", "paper"),
+        "code: min-max normalised entropy, log2, mapped to sigma_range)", "solver", choices=("paper", "code"),
         applies=lambda c: c.adaptive, applies_text="with adaptive message passing"))
     alpha: float = _param(1.5, Parameter(
         float, "blurring strength cap of the paper's sigma form", "solver", unit="voxels", minimum=0.0,
         exclusive_minimum=True, presets={"accurate": 1.0},
         applies=lambda c: c.adaptive and c.sigma_mode == "paper", applies_text="with adaptive message passing and sigma_mode 'paper'"))
     sigma_range: Tuple[float, float] = _param((0.1, 0.5), Parameter(
-        float, "(low, high) sigma of the official code's sigma form", "solver", unit="voxels", shape="pair",
+        float, "sigma range (low, high) of the official code's sigma form", "solver", unit="voxels", shape="pair",
         minimum=0.0, exclusive_minimum=True, ordered="<=",
         applies=lambda c: c.adaptive and c.sigma_mode == "code", applies_text="with adaptive message passing and sigma_mode 'code'"))
     adaptive: bool = _param(True, Parameter(
