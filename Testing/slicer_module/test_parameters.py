@@ -9,7 +9,7 @@ import pytest
 
 import slicer
 from voxelopt.config import SCHEMA
-from VoxelOptRegistrationLib import RegistrationLogic, parameters, synthetic, volumes
+from VoxelOptRegistrationLib import RegistrationLogic, parameters, phantom_nodes, volumes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
@@ -113,7 +113,7 @@ print(sorted(name for name in ("torch", "SimpleITK") if sys.modules.get(name) is
 
 
 def test_registration_key_ignores_display_parameters(scene):
-    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(8, 9, 10))
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(10, 9, 8))
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
     parameters.set_node(node, "fixedVolume", nodes["fixed"])
@@ -130,7 +130,7 @@ def test_registration_key_ignores_display_parameters(scene):
 
 
 def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):
-    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(10, 12, 14), with_segmentations=True)
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(14, 12, 10), with_segmentations=True)
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
     values = {"preset": "fast", "features": "raw", "alpha": 2.75, "levels": 3, "adaptive": False, "filterCost": False,

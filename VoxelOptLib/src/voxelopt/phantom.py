@@ -140,12 +140,19 @@ class PhantomPair:
 
 
 def phantom_pair(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0, 3.0, 3.0),
-                 max_displacement_mm: float = 8.0, seed: int = 0, direction: Optional[Sequence[float]] = None) -> PhantomPair:
-    """A phantom (moving) and its warp by a smooth random field (fixed), on the same grid
-    (``size``, ``spacing`` and ``direction`` as in :func:`phantom`)."""
-    moving, moving_labels = phantom(size, spacing, direction, seed=seed)
-    field = smooth_random_field(moving, max_displacement_mm, seed=seed + 1)
+                 max_displacement_mm: float = 8.0, seed: int = 0, direction: Optional[Sequence[float]] = None,
+                 moving_grid: Optional[Tuple[Sequence[int], Sequence[float], Optional[Sequence[float]]]] = None) -> PhantomPair:
+    """A phantom (moving) and its warp by a smooth random field (fixed).
+
+    The fixed grid is ``size``, ``spacing`` and ``direction`` as in :func:`phantom`; the moving
+    image is on the same grid, or on ``moving_grid`` = (size, spacing, direction) when given (same
+    physical space: both grids are centred on the origin). The field is on the fixed grid.
+    """
+    moving_size, moving_spacing, moving_direction = moving_grid or (size, spacing, direction)
+    moving, moving_labels = phantom(moving_size, moving_spacing, moving_direction, seed=seed)
+    reference = _centred_reference(size, spacing, direction)
+    field = smooth_random_field(reference, max_displacement_mm, seed=seed + 1)
     transform = sitk.DisplacementFieldTransform(sitk.Image(field))  # the transform takes the image's buffer
-    fixed = sitk.Resample(moving, moving, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
-    fixed_labels = sitk.Resample(moving_labels, moving_labels, transform, sitk.sitkNearestNeighbor, 0)
+    fixed = sitk.Resample(moving, reference, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    fixed_labels = sitk.Resample(moving_labels, reference, transform, sitk.sitkNearestNeighbor, 0)
     return PhantomPair(fixed, moving, fixed_labels, moving_labels, field)
