@@ -9,7 +9,8 @@ import pytest
 
 import slicer
 from voxelopt.config import SCHEMA
-from VoxelOptRegistrationLib import RegistrationLogic, parameters, phantom_nodes, volumes
+from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters, phantom_nodes, volumes
+from VoxelOptRegistrationLib.errors import MissingDependencyError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
@@ -109,7 +110,30 @@ print(sorted(name for name in ("torch", "SimpleITK") if sys.modules.get(name) is
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[-2].startswith("4 ") and lines[-1] == "[]"
+    assert lines[-2] == "4 PyTorch not installed" and lines[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "torch_version, numpy_version, message",
+    [
+        ("1.12.1", "1.26.4", "needs PyTorch 1.13 or newer; this Slicer has PyTorch 1.12.1"),
+        ("2.2.2", "2.0.1", "PyTorch 2.2.2 was built for NumPy 1"),
+        ("2.2.2", "1.26.4", None),
+        ("2.13.0+cpu", "2.1.0", None),
+    ],
+)
+def test_an_installed_torch_is_checked_before_it_is_imported(monkeypatch, torch_version, numpy_version, message):
+    versions = {"torch": torch_version, "numpy": numpy_version}
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: True)
+    monkeypatch.setattr(dependencies, "_installed_version", versions.get)  # package metadata, as pip reports it
+    if message is None:
+        assert dependencies.torch_problem() is None
+        dependencies.require_torch()
+        return
+    assert message in dependencies.torch_problem()
+    with pytest.raises(MissingDependencyError, match=message.split(";")[0]):
+        dependencies.require_torch()
+    assert dependencies.describe_device("auto") == "PyTorch unusable (see Apply)"
 
 
 def test_registration_key_ignores_display_parameters(scene):

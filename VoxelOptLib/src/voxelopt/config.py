@@ -78,6 +78,10 @@ class Parameter:
     name: str = ""
     default: Any = None
 
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS or self.shape not in SHAPES or self.ordered not in ("", "<", "<="):
+            raise ValueError(f"malformed parameter spec (group {self.group!r}, shape {self.shape!r}, ordered {self.ordered!r})")
+
     def description(self) -> str:
         """Help text with the valid range, the unit and when the parameter applies, e.g.
         ``"softmax sharpness of the displacement entropy; > 0"`` (the CLI help, Slicer's tooltips)."""
