@@ -1,7 +1,7 @@
 import pytest
 
 from voxelopt import ConfigError, RegistrationConfig
-from voxelopt.config import FEATURE_PARAMETERS, PRESETS
+from voxelopt.config import PRESETS, SCHEMA
 
 
 def test_presets_build_and_differ():
@@ -29,12 +29,32 @@ def test_round_trip_through_dict():
     assert RegistrationConfig.from_dict(config.to_dict()) == config
 
 
-def test_feature_key_changes_only_with_feature_parameters():
-    base = RegistrationConfig()
-    assert base.replace(alpha=3.0, levels=3, thetas=[1.0]).feature_key() == base.feature_key()
-    assert base.replace(features="raw").feature_key() != base.feature_key()
-    assert base.replace(init="com").feature_key() != base.feature_key()
-    assert "working_scale" in FEATURE_PARAMETERS
+def test_schema_describes_every_field_once():
+    fields = RegistrationConfig.__dataclass_fields__
+    assert list(SCHEMA) == list(fields)
+    for name, spec in SCHEMA.items():
+        assert spec.name == name and spec.default == fields[name].default
+        assert spec.help and spec.group in ("features", "solver", "device")
+        assert spec.type in (bool, int, float, str)
+        assert (spec.shape == "scalar") == (not isinstance(spec.default, tuple))
+        for preset, value in spec.presets.items():
+            assert getattr(RegistrationConfig.preset(preset), name) == value
+    # the preset table is the schema's per-preset values, nothing else
+    assert PRESETS["accurate"] == {"k": 2, "alpha": 1.0}
+    assert PRESETS["paper"] == {}
+
+
+def test_when_parameters_apply():
+    paper = RegistrationConfig()
+    assert paper.applies("alpha") and not paper.applies("sigma_range") and not paper.applies("fixed_sigma")
+    code = paper.replace(sigma_mode="code")
+    assert code.applies("sigma_range") and not code.applies("alpha")
+    fixed = paper.replace(adaptive=False)
+    assert fixed.applies("fixed_sigma") and not fixed.applies("alpha") and not fixed.applies("sigma_mode")
+    assert paper.applies("mind_radius") and not paper.replace(features="raw").applies("mind_radius")
+    assert not paper.applies("weights") and paper.replace(features="mind+obelisk").applies("weights")
+    assert not paper.applies("refine_weight") and paper.replace(refine_iterations=5).applies("refine_weight")
+    assert all(paper.applies(name) for name in ("features", "levels", "k", "beta", "thetas", "device"))
 
 
 @pytest.mark.parametrize(
@@ -59,11 +79,28 @@ def test_feature_key_changes_only_with_feature_parameters():
         ({"ss_steps": -1}, "ss_steps"),
         ({"levels": 2.5}, "levels"),
         ({"smoothing_passes": 0}, "smoothing_passes"),
+        ({"mind_radius": 6}, "mind_radius must be from 0 to 5 voxels"),
+        ({"refine_weight": 0.0}, "refine_weight must be > 0"),
+        ({"fixed_sigma": float("nan")}, "fixed_sigma must be a number"),
+        ({"adaptive": 1}, "adaptive must be True or False"),
+        ({"features": " "}, "features must be a non-empty name"),
+        ({"device": "cuda:x"}, "device must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ({"hu_window": (1.0,)}, "hu_window must be two numbers"),
+        ({"thetas": "150"}, "thetas must be a sequence"),
+        ({"weights": 3}, "weights must be a non-empty name"),
     ],
 )
 def test_invalid_values_are_named(changes, word):
     with pytest.raises(ConfigError, match=word):
         RegistrationConfig(**changes)
+
+
+def test_valid_edge_values_and_normalisation():
+    config = RegistrationConfig(device="cuda:1", feature_spacing=None, sigma_range=[0.3, 0.3], thetas=[1, 2], mind_radius=0)
+    assert config.device == "cuda:1" and config.feature_spacing is None
+    assert config.sigma_range == (0.3, 0.3) and config.thetas == (1.0, 2.0)
+    assert hash(config) == hash(RegistrationConfig(device="cuda:1", feature_spacing=None, sigma_range=(0.3, 0.3),
+                                                   thetas=(1.0, 2.0), mind_radius=0))
 
 
 def test_unknown_preset_and_parameter():

@@ -316,10 +316,10 @@ class VoxelOptRegistrationTest(ScriptedLoadableModuleTest):
         self.test_VoxelOptRegistration_parameterNode()
 
     def test_VoxelOptRegistration_phantom(self) -> None:
-        from VoxelOptRegistrationLib import synthetic, volumes
+        from VoxelOptRegistrationLib import phantom_nodes, volumes
 
-        self.delayDisplay("Building a synthetic CT pair (oblique, anisotropic)")
-        nodes = synthetic.add_phantom_volumes(slicer.mrmlScene, with_segmentations=True)
+        self.delayDisplay("Building an abdominal CT phantom pair (oblique)")
+        nodes = phantom_nodes.add_phantom_volumes(slicer.mrmlScene, with_segmentations=True)
         if not dependencies.torch_installed():
             self.delayDisplay("PyTorch is not installed: registration part skipped")
             return
@@ -330,7 +330,7 @@ class VoxelOptRegistrationTest(ScriptedLoadableModuleTest):
         run = logic.process(
             nodes["fixed"],
             nodes["moving"],
-            voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=2.0),
+            voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=5.0),
             fixedSegmentation=nodes["fixed_segmentation"],
             movingSegmentation=nodes["moving_segmentation"],
         )

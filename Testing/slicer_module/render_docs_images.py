@@ -4,7 +4,7 @@
 
 With ``--ct-dir`` (a folder holding ``Adef_img.nii.gz``/``A_img.nii.gz`` and their ``*_lab``
 label maps) the pictures show a real CT pair: A (moving) registered onto Adef (fixed); otherwise
-the synthetic phantom. Data are read through Slicer storage nodes; only the PNGs are written.
+the engine's abdominal phantom. Data are read through Slicer storage nodes; only the PNGs are written.
 """
 
 import argparse
@@ -18,7 +18,7 @@ sys.path[:0] = [HERE, os.path.join(REPO, "VoxelOptSlicer"), os.path.join(REPO, "
 from slicer_rendering import grab, make_app, save_png  # noqa: E402
 
 import slicer  # noqa: E402
-from VoxelOptRegistrationLib import RegistrationLogic, synthetic, views  # noqa: E402
+from VoxelOptRegistrationLib import RegistrationLogic, phantom_nodes, views  # noqa: E402
 from VoxelOptRegistrationLib.segmentations import update_segmentation_from_labels  # noqa: E402
 from VoxelOptRegistrationLib.volumes import sitk_from_volume_node  # noqa: E402
 
@@ -77,10 +77,10 @@ def main() -> None:
             fixed_seg, moving_seg = (seg, moving_seg) if role == "fixed" else (fixed_seg, seg)
         config = voxelopt.RegistrationConfig.preset(args.preset, device="cpu")
     else:
-        nodes = synthetic.add_phantom_volumes(scene, amplitude_mm=6.0, with_segmentations=True)
+        nodes = phantom_nodes.add_phantom_volumes(scene, max_displacement_mm=20.0, with_segmentations=True)
         fixed, moving = nodes["fixed"], nodes["moving"]
         fixed_seg, moving_seg = nodes["fixed_segmentation"], nodes["moving_segmentation"]
-        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=2.0, device="cpu")
+        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=5.0, device="cpu")
     for node in (fixed, moving):
         node.GetDisplayNode().SetAutoWindowLevel(False)
         node.GetDisplayNode().SetWindowLevel(400, 40)  # abdominal soft-tissue window

@@ -9,17 +9,16 @@ import pytest
 import SimpleITK as sitk
 
 import slicer
-from VoxelOptRegistrationLib import synthetic, transforms, volumes
+from VoxelOptRegistrationLib import phantom_nodes, transforms, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError
 
 
 def _sitk_image(shape_kji, spacing, oblique_deg, seed=0):
-    origin_ras, sp, dir_ras = synthetic.ras_geometry(shape_kji, spacing, oblique_deg, lps_stored=True)
     rng = np.random.default_rng(seed)
     img = sitk.GetImageFromArray(rng.normal(size=shape_kji).astype(np.float32))
-    img.SetSpacing(tuple(sp))
-    img.SetOrigin(tuple(volumes.LPS_TO_RAS @ origin_ras))
-    img.SetDirection(tuple((volumes.LPS_TO_RAS @ dir_ras).ravel()))
+    img.SetSpacing(tuple(spacing))
+    img.SetOrigin((-5.0, 12.0, 30.0))
+    img.SetDirection(phantom_nodes.oblique_direction(oblique_deg))
     return img
 
 

@@ -1,6 +1,6 @@
 """The Logic end to end on real slicer-core: engine outputs as MRML nodes, caching, cancel, errors.
 
-Volumes are small synthetic CT phantoms built in code (40x48x48 fixed, 44x40x52 moving), oblique,
+Volumes are the engine's abdominal CT phantom as MRML nodes (40x34x24 fixed, 36x40x22 moving), oblique,
 anisotropic and LPS-stored, with different fixed and moving grids; the "fast" preset with 2 levels
 keeps each registration to about 2 s on 2 CPU cores.
 """
@@ -10,18 +10,19 @@ import pytest
 
 import slicer
 from slicer_test_helpers import requires_engine
-from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, synthetic, volumes
+from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, phantom_nodes, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError
+from voxelopt.phantom import LABEL_NAMES
 
 pytestmark = requires_engine
 
-MOVING_GEOMETRY = ((44, 40, 52), (1.8, 1.4, 1.7), 35.0)
+MOVING_GEOMETRY = ((36, 40, 22), (10.0, 8.0, 9.0), 35.0)
 
 
 def fast_config(**changes):
     import voxelopt
 
-    return voxelopt.RegistrationConfig.preset("fast", **{"levels": 2, "feature_spacing": 2.0, "device": "cpu", **changes})
+    return voxelopt.RegistrationConfig.preset("fast", **{"levels": 2, "feature_spacing": 5.0, "device": "cpu", **changes})
 
 
 def scene_snapshot(scene):
@@ -45,7 +46,7 @@ def registered():
     scene = slicer.vtkMRMLScene()
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = scene
-    nodes = synthetic.add_phantom_volumes(scene, with_segmentations=True, moving_geometry=MOVING_GEOMETRY)
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True, moving_geometry=MOVING_GEOMETRY)
     logic = RegistrationLogic(scene)
     messages = []
     run = logic.process(
@@ -82,7 +83,7 @@ def test_slicer_resampling_through_transform_gives_engine_warped_image(registere
     fixed, moving = nodes["fixed"], nodes["moving"]
     resampled = slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed)
     ones = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ones")
-    volumes.set_volume_array(ones, np.ones(MOVING_GEOMETRY[0], np.float32), *volumes.node_geometry_ras(moving))
+    volumes.set_volume_array(ones, np.ones(MOVING_GEOMETRY[0][::-1], np.float32), *volumes.node_geometry_ras(moving))
     ones.SetAndObserveTransformNodeID(run.transform.GetID())
     inside = volumes.array_from_volume_node(slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(ones, fixed)) > 0.999
     try:
@@ -145,11 +146,11 @@ def test_warped_segmentation_and_dice_table(registered):
     seg = run.warpedSegmentation
     assert seg is not None and seg.IsA("vtkMRMLSegmentationNode")
     names = [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(seg.GetSegmentation().GetNumberOfSegments())]
-    assert sorted(names) == sorted(synthetic.ORGANS)
+    assert sorted(names) == sorted(LABEL_NAMES.values())
     table = run.diceTable.GetTable()
     rows = {table.GetValueByName(r, "Segment").ToString(): table.GetValueByName(r, "Dice").ToDouble() for r in range(table.GetNumberOfRows())}
     assert rows == pytest.approx(run.dice)
-    assert set(rows) == set(synthetic.ORGANS)
+    assert set(rows) == set(LABEL_NAMES.values())
     assert all(0.0 <= v <= 1.0 for v in rows.values())
     # Recompute the Dice of one segment from the nodes themselves (fixed grid, label maps).
     from VoxelOptRegistrationLib import segmentations
@@ -183,7 +184,7 @@ def test_progress_reports_each_pyramid_level(registered):
 
 
 def test_solver_only_change_reuses_features_and_output_nodes(scene):
-    nodes = synthetic.add_phantom_volumes(scene)
+    nodes = phantom_nodes.add_phantom_volumes(scene)
     logic = RegistrationLogic(scene)
     first = logic.process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
     cache = logic.featureCache
@@ -207,7 +208,7 @@ def test_solver_only_change_reuses_features_and_output_nodes(scene):
 def test_cancel_leaves_the_scene_as_before(scene):
     import voxelopt
 
-    nodes = synthetic.add_phantom_volumes(scene, with_segmentations=True)
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
     logic = RegistrationLogic(scene)
     before = scene_snapshot(scene)
     with pytest.raises(voxelopt.RegistrationCancelled):
@@ -237,7 +238,7 @@ def test_cancel_leaves_the_scene_as_before(scene):
 def test_bad_input_gives_clear_error_and_no_new_nodes(scene, problem):
     import voxelopt
 
-    nodes = synthetic.add_phantom_volumes(scene)
+    nodes = phantom_nodes.add_phantom_volumes(scene)
     logic = RegistrationLogic(scene)
     config = fast_config()
     if problem == "nan":
@@ -258,7 +259,7 @@ def test_bad_input_gives_clear_error_and_no_new_nodes(scene, problem):
 
 
 def test_views_are_set_up_when_the_scene_has_slice_views(scene):
-    nodes = synthetic.add_phantom_volumes(scene)
+    nodes = phantom_nodes.add_phantom_volumes(scene)
     composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     logic = RegistrationLogic(scene)
     run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), overlay="jacobian", overlayOpacity=0.6)

@@ -1,13 +1,20 @@
 """The parameter node: typed values, presets, engine defaults, and a save/reload through an .mrml file."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import slicer
-from slicer_test_helpers import requires_engine
-from VoxelOptRegistrationLib import RegistrationLogic, parameters, synthetic, volumes
+from voxelopt.config import SCHEMA
+from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters, phantom_nodes, volumes
+from VoxelOptRegistrationLib.errors import MissingDependencyError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
+ENGINE_DIR = os.path.join(REPO, "VoxelOptLib", "src")
 
 
 def test_values_are_typed_and_round_trip(scene):
@@ -38,7 +45,6 @@ def test_parameter_node_is_a_scene_singleton(scene):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
 
 
-@requires_engine
 def test_defaults_are_the_engine_paper_preset_and_presets_round_trip(scene):
     import voxelopt
 
@@ -47,33 +53,91 @@ def test_defaults_are_the_engine_paper_preset_and_presets_round_trip(scene):
     assert paper == {name: defaults[name] for name in paper}
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
-    assert set(parameters.PRESET_CHOICES) <= set(voxelopt.PRESETS)
+    assert set(parameters.PRESET_CHOICES) == set(voxelopt.PRESETS)
     for name in parameters.PRESET_CHOICES:
         logic.applyPreset(node, name)
         assert logic.configFromParameterNode(node) == voxelopt.RegistrationConfig.preset(name)
         assert parameters.get_value(node, "preset") == name
     # Every engine parameter can be set from the parameter node (except the weights path).
-    mapped = {p.config_field for p in parameters.VALUE_PARAMETERS if p.config_field} | {"sigma_range", "hu_window"}
-    assert set(voxelopt.RegistrationConfig().to_dict()) - mapped == {"weights"}
+    mapped = {p.config_field for p in parameters.VALUE_PARAMETERS if p.config_field}
+    assert set(SCHEMA) - mapped == set(parameters.NOT_IN_GUI) == {"weights"}
 
 
-@requires_engine
-def test_invalid_values_give_a_config_error_naming_the_parameter(scene):
+def test_engine_values_are_derived_from_the_engine_schema():
+    for parameter in parameters.ENGINE_PARAMETERS:
+        spec = SCHEMA[parameter.config_field]
+        assert spec.description() in parameter.doc
+        assert parameter.choices == spec.choices
+        if spec.shape == "scalar":
+            assert parameter.name.lower() == spec.name.replace("_", "") and parameter.kind is spec.type
+            assert parameter.default == (0.0 if spec.default is None else spec.default)
+        elif spec.shape == "pair":
+            assert parameter.kind is float and parameter.default == spec.default[parameter.element]
+        else:
+            assert parameters.parse_thetas(parameter.default) == spec.default
+    # a changed value of every engine parameter reaches the configuration
     import voxelopt
 
-    logic = RegistrationLogic(scene)
-    node = logic.getParameterNode()
-    parameters.set_value(node, "thetas", "150, fifty")
-    with pytest.raises(voxelopt.ConfigError, match="theta schedule"):
-        logic.configFromParameterNode(node)
-    parameters.set_value(node, "thetas", "150, 50")
-    parameters.set_value(node, "k", 9)
-    with pytest.raises(voxelopt.ConfigError, match="k \\(search radius\\)"):
-        logic.configFromParameterNode(node)
+    changed = {"features": "raw", "huLow": -200.0, "huHigh": 300.0, "mindRadius": 1, "mindDilation": 3,
+               "featureSpacing": 0.0, "workingScale": 0.25, "levels": 3, "k": 2, "beta": 4.0, "sigmaMode": "code",
+               "alpha": 2.0, "sigmaLow": 0.2, "sigmaHigh": 0.7, "adaptive": False, "fixedSigma": 0.9,
+               "filterCost": False, "smoothingPasses": 2, "thetas": "50, 5", "ssSteps": 4, "refineIterations": 10,
+               "refineWeight": 2.0, "init": "com", "device": "cpu"}
+    assert set(changed) == {p.name for p in parameters.ENGINE_PARAMETERS}
+    config = voxelopt.RegistrationConfig(**parameters.config_values(changed))
+    default = voxelopt.RegistrationConfig()
+    assert all(getattr(config, name) != getattr(default, name) for name in SCHEMA if name not in parameters.NOT_IN_GUI)
+    assert config.feature_spacing is None and config.hu_window == (-200.0, 300.0) and config.thetas == (50.0, 5.0)
+    assert parameters.values_from_config_dict(config.to_dict()) == changed
+
+
+def test_presets_and_parameter_values_need_neither_torch_nor_simpleitk():
+    """What opening the module does (parameter node, presets, the device label) works without torch."""
+    code = """
+import sys
+sys.modules["torch"] = None  # as if PyTorch were not installed: "import torch" raises ImportError
+sys.path[:0] = [%r, %r]
+import slicer
+from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters
+scene = slicer.vtkMRMLScene()
+logic = RegistrationLogic(scene)
+node = logic.getParameterNode()
+logic.applyPreset(node, "fast")
+assert parameters.get_value(node, "featureSpacing") == 3.0 and parameters.get_value(node, "thetas") == "50, 5, 0.5"
+print(logic.configFromParameterNode(node).levels, dependencies.describe_device("auto"))
+print(sorted(name for name in ("torch", "SimpleITK") if sys.modules.get(name) is not None))
+""" % (MODULE_DIR, ENGINE_DIR)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == "4 PyTorch not installed" and lines[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "torch_version, numpy_version, message",
+    [
+        ("1.12.1", "1.26.4", "needs PyTorch 1.13 or newer; this Slicer has PyTorch 1.12.1"),
+        ("2.2.2", "2.0.1", "PyTorch 2.2.2 was built for NumPy 1"),
+        ("2.2.2", "1.26.4", None),
+        ("2.13.0+cpu", "2.1.0", None),
+    ],
+)
+def test_an_installed_torch_is_checked_before_it_is_imported(monkeypatch, torch_version, numpy_version, message):
+    versions = {"torch": torch_version, "numpy": numpy_version}
+    monkeypatch.setattr(dependencies, "torch_installed", lambda: True)
+    monkeypatch.setattr(dependencies, "_installed_version", versions.get)  # package metadata, as pip reports it
+    if message is None:
+        assert dependencies.torch_problem() is None
+        dependencies.require_torch()
+        return
+    assert message in dependencies.torch_problem()
+    with pytest.raises(MissingDependencyError, match=message.split(";")[0]):
+        dependencies.require_torch()
+    assert dependencies.describe_device("auto") == "PyTorch unusable (see Apply)"
 
 
 def test_registration_key_ignores_display_parameters(scene):
-    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(8, 9, 10))
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(10, 9, 8))
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
     parameters.set_node(node, "fixedVolume", nodes["fixed"])
@@ -90,7 +154,7 @@ def test_registration_key_ignores_display_parameters(scene):
 
 
 def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):
-    nodes = synthetic.add_phantom_volumes(scene, shape_kji=(10, 12, 14), with_segmentations=True)
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(14, 12, 10), with_segmentations=True)
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
     values = {"preset": "fast", "features": "raw", "alpha": 2.75, "levels": 3, "adaptive": False, "filterCost": False,

@@ -12,11 +12,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from voxelopt.config import SCHEMA
 from VoxelOptRegistrationLib import parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
 UI_FILE = os.path.join(MODULE_DIR, "Resources", "UI", "VoxelOptRegistration.ui")
+#: Engine modules that import neither torch nor SimpleITK (the module may import them at start-up).
+LIGHT_ENGINE_MODULES = ("voxelopt", "voxelopt.config", "voxelopt.errors")
 
 
 def ui_widgets():
@@ -99,9 +102,42 @@ def test_ui_choices_and_ranges_match_the_parameter_schema():
             spec = parameters.VALUE_BY_NAME[param]
             low, high = float(prop_value(element, "minimum")), float(prop_value(element, "maximum"))
             assert low <= spec.default <= high, f"{param}: default {spec.default} outside [{low}, {high}]"
-    # The engine's limits: 1-7 levels, k 1-3
-    assert prop_value(widgets["levelsSpinBox"][2], "maximum") == "7"
-    assert prop_value(widgets["kSpinBox"][2], "maximum") == "3"
+
+
+def test_engine_widgets_follow_the_engine_schema():
+    """Type, range, decimals, choices and tooltip of every widget bound to an engine value come
+    from voxelopt.config.SCHEMA (through parameters.ENGINE_PARAMETERS)."""
+    _, widgets = ui_widgets()
+    by_param = {param: (name, cls, element) for name, (cls, param, element) in widgets.items() if param}
+    expected_class = {bool: ("QCheckBox",), int: ("QSpinBox",), float: ("QDoubleSpinBox",), str: ("QComboBox", "QLineEdit")}
+    for parameter in parameters.ENGINE_PARAMETERS:
+        name, cls, element = by_param[parameter.name]
+        spec = SCHEMA[parameter.config_field]
+        assert cls in expected_class[parameter.kind], f"{name}: a {cls} for a {parameter.kind.__name__} value"
+        assert prop_value(element, "toolTip") == parameter.doc, f"{name}: tooltip is not the schema's help text"
+        if cls == "QComboBox":
+            items = [item.find("property/string").text for item in element.findall("item")]
+            if spec.choices:
+                assert items == list(spec.choices), f"{name}: items {items} vs {spec.choices}"
+            else:
+                assert prop_value(element, "editable") == "true", f"{name}: free text needs an editable combo box"
+        if cls not in ("QSpinBox", "QDoubleSpinBox"):
+            continue
+        decimals = int(prop_value(element, "decimals") or 0)
+        step = 10.0 ** -decimals
+        for value in [spec.default, *spec.presets.values()]:
+            for v in value if isinstance(value, tuple) else [value]:
+                assert v is None or round(v, decimals) == v, f"{name}: {decimals} decimals cannot show {v}"
+        low, high = float(prop_value(element, "minimum")), float(prop_value(element, "maximum"))
+        if spec.optional:
+            assert low == 0.0, f"{name}: 0 stands for None"
+        elif spec.minimum is not None:
+            expected_low = spec.minimum + step if spec.exclusive_minimum else spec.minimum
+            assert low == pytest.approx(expected_low), f"{name}: minimum {low}, schema {spec.range_text()}"
+        if spec.maximum is not None:
+            assert high == spec.maximum, f"{name}: maximum {high}, schema {spec.range_text()}"
+        unit = {"mm": " mm", "HU": " HU"}.get(spec.unit)
+        assert prop_value(element, "suffix") == unit, f"{name}: suffix should show the unit {spec.unit!r}"
 
 
 def test_every_node_selector_gets_the_scene():
@@ -149,11 +185,12 @@ def test_module_file_defines_slicer_classes_and_imports_no_torch_at_top_level():
     assert classes["VoxelOptRegistrationTest"] == ["ScriptedLoadableModuleTest"]
     for relative in module_python_files():
         tree = ast.parse(open(os.path.join(MODULE_DIR, relative), encoding="utf-8").read())
-        for node in tree.body:  # module level only: torch/voxelopt must be imported lazily
-            if isinstance(node, ast.Import):
-                assert not any(a.name.split(".")[0] in ("torch", "voxelopt") for a in node.names), relative
-            if isinstance(node, ast.ImportFrom):
-                assert (node.module or "").split(".")[0] not in ("torch", "voxelopt"), relative
+        for node in tree.body:  # module level only: torch and the compute modules are imported lazily
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] != "torch", relative
+                assert name.split(".")[0] != "voxelopt" or name in LIGHT_ENGINE_MODULES, f"{relative}: imports {name}"
 
 
 def test_bridge_does_not_import_torch():
@@ -161,7 +198,7 @@ def test_bridge_does_not_import_torch():
     import sys
 
     code = (
-        "import sys; sys.path[:0] = [%r, %r]; import VoxelOptRegistrationLib, VoxelOptRegistrationLib.synthetic; "
+        "import sys; sys.path[:0] = [%r, %r]; import VoxelOptRegistrationLib, VoxelOptRegistrationLib.parameters; "
         "print('torch' in sys.modules)" % (MODULE_DIR, os.path.join(REPO, "VoxelOptLib", "src"))
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -32,9 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import slicer
 
-from . import colors, dependencies, parameters, segmentations, transforms, views, volumes
+from . import colors, dependencies, parameters, views
 from .errors import InputNodeError
-from .volumes import ROLE_ATTRIBUTE
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -263,6 +262,9 @@ class RegistrationLogic:
             voxelopt.InputError, voxelopt.ConfigError: raised by the engine.
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
         """
+        from . import segmentations, transforms, volumes  # SimpleITK: only when a registration runs
+        from .volumes import ROLE_ATTRIBUTE
+
         start = time.perf_counter()
         outputs = outputs or RegistrationOutputs()
         if overlay not in parameters.OVERLAY_CHOICES:
@@ -428,6 +430,8 @@ def _check_output_classes(outputs: RegistrationOutputs) -> None:
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:
     """Store an engine image (on the fixed grid) in ``node`` with exactly the fixed node's geometry."""
+    from . import volumes
+
     volumes.update_volume_node_from_sitk(node, image)
     fixed_dims = tuple(fixed_volume.GetImageData().GetDimensions())
     if tuple(node.GetImageData().GetDimensions()) != fixed_dims:

@@ -11,20 +11,30 @@ The GUI binds each widget of ``Resources/UI/VoxelOptRegistration.ui`` to the fie
 binding itself is written out in the widget because ``parameterNodeWrapper`` is part of desktop
 Slicer only, and this schema must also work, and be tested, on headless ``slicer-core``).
 
-Engine parameters map onto :class:`voxelopt.RegistrationConfig` through :func:`config_from_values`;
-units are those of the config (mm for spacings, voxels of the solved level for ``k`` and sigmas).
+Engine parameters are derived from the engine's parameter schema (:data:`voxelopt.config.SCHEMA`,
+which imports neither torch nor SimpleITK): one value per configuration field, named in camelCase
+(``ss_steps`` -> ``ssSteps``), with the field's type, default, choices and help text; a (low, high)
+pair becomes two values (``hu_window`` -> ``huLow``, ``huHigh``), the theta schedule is text
+("150, 50, 15"), and a feature spacing of 0 means "the fixed volume's grid" (None in the engine).
+They map onto :class:`voxelopt.RegistrationConfig` through :func:`config_values` and back through
+:func:`values_from_config_dict`; units are those of the schema (mm for spacings, voxels of the
+solved level for ``k`` and sigmas). GUI-only values (preset, overlay, ...) are defined here.
 """
 
 import dataclasses
-import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from voxelopt.config import PRESET_DESCRIPTIONS, SCHEMA, Parameter
 
 MODULE_NAME = "VoxelOptRegistration"
 
 
 @dataclasses.dataclass(frozen=True)
 class ValueParameter:
-    """A value field: its name, Python type (bool, int, float or str), default, and config field."""
+    """A value field: its name, Python type (bool, int, float or str), default, and config field.
+
+    ``element`` is 0 or 1 for the low or high end of a (low, high) configuration field.
+    """
 
     name: str
     kind: type
@@ -32,6 +42,7 @@ class ValueParameter:
     config_field: Optional[str] = None
     choices: Tuple[str, ...] = ()
     doc: str = ""
+    element: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,37 +55,44 @@ class NodeParameter:
     doc: str = ""
 
 
-PRESET_CHOICES = ("paper", "accurate", "fast")
-FEATURE_CHOICES = ("mind", "raw", "mind+raw")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRESET_CHOICES = tuple(PRESET_DESCRIPTIONS)
 OVERLAY_CHOICES = ("entropy", "jacobian", "warped", "none")
+#: Configuration fields without a GUI value: network weights are read from their default location.
+NOT_IN_GUI = ("weights",)
+
+
+def _camel_case(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def _engine_parameters(spec: Parameter) -> Tuple[ValueParameter, ...]:
+    """The value parameter(s) of one configuration field (two for a (low, high) pair)."""
+    if spec.shape == "pair":
+        stem = _camel_case(spec.name.split("_")[0])
+        return tuple(
+            ValueParameter(f"{stem}{end}", float, float(spec.default[i]), spec.name, doc=f"{word} end of the {spec.description()}", element=i)
+            for i, (end, word) in enumerate((("Low", "lower"), ("High", "upper")))
+        )
+    if spec.shape == "list":
+        return (ValueParameter(_camel_case(spec.name), str, format_thetas(spec.default), spec.name, doc=f"{spec.description()}; comma-separated"),)
+    default = 0.0 if spec.optional and spec.default is None else spec.default
+    doc = f"{spec.description()}; 0: none" if spec.optional and spec.type is float else spec.description()
+    return (ValueParameter(_camel_case(spec.name), spec.type, default, spec.name, spec.choices, doc),)
+
+
+def format_thetas(thetas) -> str:
+    """Text of a theta schedule, e.g. "150, 50, 15"."""
+    return ", ".join(f"{float(t):g}" for t in thetas)
+
+
+ENGINE_PARAMETERS: Tuple[ValueParameter, ...] = tuple(
+    parameter for spec in SCHEMA.values() if spec.name not in NOT_IN_GUI for parameter in _engine_parameters(spec)
+)
 
 VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
     ValueParameter("preset", str, "paper", None, PRESET_CHOICES, "preset last applied to the fields below"),
-    ValueParameter("features", str, "mind", "features", doc="feature type: mind, raw, a network name, or several joined by '+'"),
-    ValueParameter("levels", int, 5, "levels", doc="pyramid levels (1-7)"),
-    ValueParameter("alpha", float, 1.5, "alpha", doc="blurring strength cap (voxels) of the paper's sigma form"),
-    ValueParameter("beta", float, 10.0, "beta", doc="softmax sharpness of the displacement entropy"),
-    ValueParameter("thetas", str, "150, 50, 15, 5, 1.5, 0.5", "thetas", doc="coupling schedule, comma-separated"),
-    ValueParameter("k", int, 1, "k", doc="search radius in voxels (1-3)"),
-    ValueParameter("adaptive", bool, True, "adaptive", doc="voxel-adaptive message passing"),
-    ValueParameter("filterCost", bool, True, "filter_cost", doc="pre-filter the cost volume"),
-    ValueParameter("ssSteps", int, 7, "ss_steps", doc="scaling-and-squaring steps (0 = none)"),
-    ValueParameter("refineIterations", int, 0, "refine_iterations", doc="Adam steps refining the final field (0 = off)"),
-    ValueParameter("refineWeight", float, 1.25, "refine_weight", doc="smoothness weight of the refinement"),
-    ValueParameter("device", str, "auto", "device", DEVICE_CHOICES, "auto (CUDA when present), cpu or cuda"),
-    ValueParameter("featureSpacing", float, 2.0, "feature_spacing", doc="feature grid spacing in mm (0 = the fixed grid)"),
-    ValueParameter("workingScale", float, 0.5, "working_scale", doc="finest solver level relative to the feature grid"),
-    ValueParameter("sigmaMode", str, "paper", "sigma_mode", ("code", "paper"), "sigma form"),
-    ValueParameter("sigmaLow", float, 0.1, None, doc="lower end of sigma_range (voxels)"),
-    ValueParameter("sigmaHigh", float, 0.5, None, doc="upper end of sigma_range (voxels)"),
-    ValueParameter("fixedSigma", float, 0.5, "fixed_sigma", doc="sigma (voxels) when not adaptive"),
-    ValueParameter("smoothingPasses", int, 3, "smoothing_passes", doc="3-tap filter passes per filtering"),
-    ValueParameter("huLow", float, -800.0, None, doc="lower end of the intensity window (HU)"),
-    ValueParameter("huHigh", float, 500.0, None, doc="upper end of the intensity window (HU)"),
-    ValueParameter("mindRadius", int, 2, "mind_radius", doc="MIND-SSC patch radius (voxels of the feature grid)"),
-    ValueParameter("mindDilation", int, 2, "mind_dilation", doc="MIND-SSC neighbour distance (voxels)"),
-    ValueParameter("init", str, "none", "init", ("none", "centers", "com"), "initial alignment"),
+    *ENGINE_PARAMETERS,
     ValueParameter("overlay", str, "entropy", None, OVERLAY_CHOICES, "foreground shown over the fixed volume"),
     ValueParameter("overlayOpacity", float, 0.5, None, doc="foreground opacity (0-1)"),
     ValueParameter("autoUpdate", bool, False, None, doc="re-run the registration when a parameter changes"),
@@ -202,59 +220,41 @@ def parse_thetas(text: str) -> Tuple[float, ...]:
         raise ValueError(f"the theta schedule {text!r} must be numbers separated by commas") from None
 
 
-def format_thetas(thetas) -> str:
-    """Text of a theta schedule, e.g. "150, 50, 15"."""
-    return ", ".join(f"{float(t):g}" for t in thetas)
-
-
 def config_values(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """The :class:`voxelopt.RegistrationConfig` keyword arguments described by parameter values."""
+    """The :class:`voxelopt.RegistrationConfig` keyword arguments described by parameter values.
+
+    Raises ValueError for an unreadable theta schedule.
+    """
     out: Dict[str, Any] = {}
-    for parameter in VALUE_PARAMETERS:
-        if parameter.config_field is None or parameter.name not in values:
+    pairs: Dict[str, list] = {}
+    for parameter in ENGINE_PARAMETERS:
+        if parameter.name not in values:
             continue
-        out[parameter.config_field] = values[parameter.name]
-    if "thetas" in out:
-        out["thetas"] = parse_thetas(out["thetas"])
-    if "feature_spacing" in out and out["feature_spacing"] is not None and out["feature_spacing"] <= 0:
-        out["feature_spacing"] = None  # 0 in the GUI means "the fixed image's grid"
-    if "sigmaLow" in values and "sigmaHigh" in values:
-        out["sigma_range"] = (values["sigmaLow"], values["sigmaHigh"])
-    if "huLow" in values and "huHigh" in values:
-        out["hu_window"] = (values["huLow"], values["huHigh"])
+        value = values[parameter.name]
+        if parameter.element is not None:
+            pairs.setdefault(parameter.config_field, [None, None])[parameter.element] = value
+            continue
+        if SCHEMA[parameter.config_field].shape == "list":
+            value = parse_thetas(value)
+        elif SCHEMA[parameter.config_field].optional and value is not None and value <= 0:
+            value = None  # 0 in the GUI means "the fixed image's grid"
+        out[parameter.config_field] = value
+    out.update({field: tuple(pair) for field, pair in pairs.items() if None not in pair})
     return out
 
 
 def values_from_config_dict(config: Mapping[str, Any]) -> Dict[str, Any]:
     """Parameter values (GUI fields) from a ``RegistrationConfig.to_dict()`` mapping."""
     values: Dict[str, Any] = {}
-    for parameter in VALUE_PARAMETERS:
-        field = parameter.config_field
-        if field is None or field not in config:
+    for parameter in ENGINE_PARAMETERS:
+        if parameter.config_field not in config:
             continue
-        value = config[field]
-        if parameter.name == "thetas":
+        value = config[parameter.config_field]
+        if parameter.element is not None:
+            value = float(value[parameter.element])
+        elif SCHEMA[parameter.config_field].shape == "list":
             value = format_thetas(value)
-        elif parameter.name == "featureSpacing":
-            value = 0.0 if value is None else float(value)
         elif parameter.kind is float:
-            value = float(value)
+            value = 0.0 if value is None else float(value)
         values[parameter.name] = value
-    if "sigma_range" in config:
-        values["sigmaLow"], values["sigmaHigh"] = (float(v) for v in config["sigma_range"])
-    if "hu_window" in config:
-        values["huLow"], values["huHigh"] = (float(v) for v in config["hu_window"])
     return values
-
-
-def solver_changed_only(old: Mapping[str, Any], new: Mapping[str, Any], feature_fields: List[str]) -> bool:
-    """True when two config dicts differ only in fields outside ``feature_fields`` (solver parameters)."""
-    return all(_equal(old.get(f), new.get(f)) for f in feature_fields)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    return a == b

@@ -9,20 +9,53 @@ Quick start::
 
 The field is in LPS millimetres on the fixed grid, resampling direction:
 ``warped(x) = moving(x + field(x))`` (see :mod:`voxelopt.geometry`).
+
+``import voxelopt`` is light: the configuration and the errors are imported at once, the compute
+names (``register``, ``FeatureCache``, ...) on first use (PEP 562), so torch is imported only
+when something computes. ``voxelopt.config``, ``voxelopt.errors`` and ``voxelopt.phantom``
+never import torch.
 """
 
-from .cache import FeatureCache
+import importlib
+from typing import Any
+
 from .config import PRESETS, RegistrationConfig
-from .device import describe_device, resolve_device
 from .errors import ConfigError, InputError, RegistrationCancelled, VoxelOptError
-from .features import FeatureExtractor, available_extractors, register_extractor
-from .io import ArrayImage, read_field, read_image
-from .pipeline import register
-from .result import RegistrationResult
 
 __version__ = "0.1.0"
+#: The oldest torch the engine supports (as in pyproject.toml's dependencies).
+MINIMUM_TORCH_VERSION = "1.13"
+
+#: Public name -> the submodule that defines it, imported on first access.
+_LAZY = {
+    "ArrayImage": "io",
+    "FeatureCache": "cache",
+    "FeatureExtractor": "features",
+    "RegistrationResult": "result",
+    "available_extractors": "features",
+    "describe_device": "device",
+    "read_field": "io",
+    "read_image": "io",
+    "register": "pipeline",
+    "register_extractor": "features",
+    "resolve_device": "device",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'voxelopt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
+    "MINIMUM_TORCH_VERSION",
     "PRESETS",
     "ArrayImage",
     "ConfigError",

@@ -22,8 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 
 from . import __version__
-from .cache import FeatureCache
-from .config import INIT_MODES, PRESETS, SIGMA_MODES, RegistrationConfig
+from .config import PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, VoxelOptError
 from .io import FIELD_FORMATS, IMAGE_FORMATS, atomic_output_dir, check_format, read_field, read_image, write_image
 
@@ -45,56 +44,59 @@ def _optional_float(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-def _add_parameter_options(parser: argparse.ArgumentParser) -> None:
-    """One option per RegistrationConfig field; unset options keep the preset's value."""
-    g = parser.add_argument_group("registration parameters (default: the preset's value)")
-    g.add_argument("--preset", default="paper", help=f"parameter preset: {', '.join(sorted(PRESETS))} (default: paper)")
-    g.add_argument("--features", help="feature type: raw, mind, a network name, or several joined with '+'")
-    g.add_argument("--weights", help="network weights file for network features")
-    g.add_argument("--hu-window", nargs=2, type=float, metavar=("LOW", "HIGH"), help="intensity window in HU")
-    g.add_argument("--mind-radius", type=int, help="MIND-SSC patch radius (voxels)")
-    g.add_argument("--mind-dilation", type=int, help="MIND-SSC neighbour distance (voxels)")
-    g.add_argument("--feature-spacing", type=_optional_float, default=argparse.SUPPRESS, metavar="MM",
-                   help="isotropic spacing of the feature grid in mm, or 'none' for the fixed grid")
-    g.add_argument("--working-scale", type=float, help="solver resolution as a fraction of the feature grid")
-    g.add_argument("--levels", type=int, help="pyramid levels (1-7)")
-    g.add_argument("--k", type=int, help="search radius in voxels: (2k+1)^3 offsets")
-    g.add_argument("--beta", type=float, help="entropy softmax sharpness")
-    g.add_argument("--sigma-mode", choices=SIGMA_MODES, help="entropy-to-sigma mapping")
-    g.add_argument("--alpha", type=float, help="sigma cap of the paper's sigma form (voxels)")
-    g.add_argument("--sigma-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="sigma range of the code's form (voxels)")
-    g.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None, help="voxel-adaptive message passing")
-    g.add_argument("--fixed-sigma", type=float, help="sigma of the non-adaptive filter (voxels)")
-    g.add_argument("--filter-cost", action=argparse.BooleanOptionalAction, default=None, help="pre-filter the cost volume")
-    g.add_argument("--smoothing-passes", type=int, help="filter passes per smoothing")
-    g.add_argument("--thetas", type=_float_list, help="coupling schedule, e.g. 150,50,15,5,1.5,0.5")
-    g.add_argument("--ss-steps", type=int, help="scaling-and-squaring steps (0 = off)")
-    g.add_argument("--refine-iterations", type=int, help="Adam steps refining the final field (0 = off)")
-    g.add_argument("--refine-weight", type=float, help="smoothness weight of the refinement")
-    g.add_argument("--init", choices=INIT_MODES, help="initial alignment")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+def _option_help(spec: Parameter) -> str:
+    """The help of a schema parameter: meaning, range, when it applies, preset values."""
+    parts = [spec.description()]
+    values = [("default", spec.default)] + [(name, value) for name, value in spec.presets.items()]
+    parts.append(", ".join(f"{name}: {_value_text(value)}" for name, value in values))
+    return "; ".join(parts).replace("%", "%%")
 
 
-_OPTION_TO_FIELD = {
-    "features": "features", "weights": "weights", "hu_window": "hu_window", "mind_radius": "mind_radius",
-    "mind_dilation": "mind_dilation", "feature_spacing": "feature_spacing", "working_scale": "working_scale",
-    "levels": "levels", "k": "k", "beta": "beta", "sigma_mode": "sigma_mode", "alpha": "alpha",
-    "sigma_range": "sigma_range", "adaptive": "adaptive", "fixed_sigma": "fixed_sigma",
-    "filter_cost": "filter_cost", "smoothing_passes": "smoothing_passes", "thetas": "thetas",
-    "ss_steps": "ss_steps", "refine_iterations": "refine_iterations", "refine_weight": "refine_weight",
-    "init": "init", "device": "device",
-}
+def _value_text(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{v:g}" for v in value)
+    return "none" if value is None else str(value)
 
 
-def config_from_args(args: argparse.Namespace) -> RegistrationConfig:
-    """The preset with every option the user gave applied on top."""
-    overrides: Dict[str, Any] = {}
-    for option, field in _OPTION_TO_FIELD.items():
-        if hasattr(args, option) and getattr(args, option) is not None:
-            overrides[field] = getattr(args, option)
-    if "feature_spacing" in vars(args):  # SUPPRESS default: present only when given
-        overrides["feature_spacing"] = args.feature_spacing
-    return RegistrationConfig.preset(args.preset, **overrides)
+def _option_keywords(spec: Parameter) -> Dict[str, Any]:
+    """argparse keywords (type, nargs, choices, metavar with the unit) of a schema parameter."""
+    unit = spec.unit.upper()
+    if spec.type is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if spec.shape == "pair":
+        return {"nargs": 2, "type": spec.type, "metavar": (f"LOW_{unit}" if unit else "LOW", f"HIGH_{unit}" if unit else "HIGH")}
+    if spec.shape == "list":
+        return {"type": _float_list, "metavar": "X1,X2,..."}
+    if spec.type is str:
+        if spec.choices and spec.also_accepts is None:
+            return {"choices": spec.choices}
+        if spec.choices:
+            return {"metavar": "{" + ",".join(spec.choices + (spec.also_accepts[1].strip("'"),)) + "}"}
+        return {"metavar": "PATH" if spec.optional else "NAME"}
+    metavar = unit or ("N" if spec.type is int else "X")
+    if spec.optional:
+        return {"type": _optional_float, "metavar": f"{metavar}|none"}
+    return {"type": spec.type, "metavar": metavar}
+
+
+def add_registration_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--preset`` and one option per :class:`RegistrationConfig` field (from :data:`SCHEMA`).
+
+    Options left out keep the preset's value: they are absent from the parsed namespace; read
+    them with :func:`config_from_options`.
+    """
+    group = parser.add_argument_group("registration parameters (default: the preset's value)")
+    presets = "; ".join(f"{name}: {text}" for name, text in PRESET_DESCRIPTIONS.items())
+    group.add_argument("--preset", default="paper", help=f"parameter preset (default: paper). {presets}")
+    for spec in SCHEMA.values():
+        group.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name, default=argparse.SUPPRESS,
+                           help=_option_help(spec), **_option_keywords(spec))
+
+
+def config_from_options(args: argparse.Namespace) -> RegistrationConfig:
+    """The preset of ``args.preset`` with every option the user gave applied on top (validated)."""
+    given = vars(args)
+    return RegistrationConfig.preset(args.preset, **{name: given[name] for name in SCHEMA if name in given})
 
 
 # ============================================================================ helpers
@@ -131,9 +133,7 @@ def _print_summary(result) -> None:
 
 # ============================================================================ subcommands
 def cmd_register(args: argparse.Namespace) -> int:
-    from .pipeline import register
-
-    config = config_from_args(args)
+    config = config_from_options(args)
     image_format = check_format(args.image_format, IMAGE_FORMATS, "image")
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
@@ -142,6 +142,9 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_labels = read_image(args.fixed_labels, "fixed labels") if args.fixed_labels else None
     moving_labels = read_image(args.moving_labels, "moving labels") if args.moving_labels else None
+    from .cache import FeatureCache  # torch: only once the inputs are known to be good
+    from .pipeline import register
+
     cache = FeatureCache(directory=args.feature_cache) if args.feature_cache else None
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=_progress_printer(args.quiet), cache=cache)
     paths = result.save(out_dir, image_format=image_format, field_format=field_format)
@@ -174,12 +177,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    config = config_from_options(args)
     from .diagnostics import entropy_distributions, feature_list, plot_entropy_distributions
 
     names = feature_list(args.types)
     if not names:
         raise InputError("--types needs at least one feature type, e.g. raw,mind")
-    config = config_from_args(args)
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
     results = entropy_distributions(read_image(args.fixed, "fixed image"), read_image(args.moving, "moving image"),
@@ -195,11 +198,11 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    config = config_from_options(args)
     from .overview import save_overview
     from .phantom import phantom_pair
     from .pipeline import register
 
-    config = config_from_args(args)
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
     report = _progress_printer(args.quiet)
@@ -221,17 +224,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate_dataset(args: argparse.Namespace) -> int:
     from .evaluation_dataset.command import evaluate_dataset_command
 
-    return evaluate_dataset_command(args, config_from_args(args))
+    return evaluate_dataset_command(args, config_from_options(args))
 
 
 def cmd_evaluate_ablation(args: argparse.Namespace) -> int:
     from .evaluation_dataset.command import evaluate_ablation_command
 
-    return evaluate_ablation_command(args, config_from_args(args))
+    return evaluate_ablation_command(args, config_from_options(args))
 
 
 # ============================================================================ parser
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands whose arguments come from :mod:`voxelopt.evaluation_dataset` (which imports torch).
+EVALUATION_COMMANDS = ("evaluate-dataset", "evaluate-ablation")
+
+
+def build_parser(evaluation_arguments: bool = True) -> argparse.ArgumentParser:
+    """The ``voxelopt`` parser. ``evaluation_arguments=False`` leaves the arguments of
+    :data:`EVALUATION_COMMANDS` out (they import torch), for every other command's parsing and help."""
     parser = argparse.ArgumentParser(prog="voxelopt", description="VoxelOpt deformable registration of abdominal CT.")
     parser.add_argument("--version", action="version", version=f"voxelopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field-format", default="nii.gz", help=f"format of the field: {', '.join(FIELD_FORMATS)} (h5 = ITK transform)")
     p.add_argument("--feature-cache", metavar="DIR", help="keep features on disk in DIR and reuse them across runs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    _add_parameter_options(p)
+    add_registration_options(p)
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("evaluate", help="metrics of a field or warped labels against fixed labels")
@@ -268,37 +277,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("moving", help="moving image file")
     p.add_argument("--types", default="raw,mind", help="comma-separated feature types (default: raw,mind)")
     p.add_argument("--out-dir", required=True, help="output directory")
-    _add_parameter_options(p)
+    add_registration_options(p)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("demo", help="register a generated abdominal phantom pair (no downloads)")
     p.add_argument("--out-dir", default="voxelopt-demo", help="output directory (default: ./voxelopt-demo)")
     p.add_argument("--seed", type=int, default=0, help="phantom and deformation seed")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    _add_parameter_options(p)
+    add_registration_options(p)
     p.set_defaults(func=cmd_demo)
-
-    from .evaluation_dataset.command import add_ablation_arguments, add_dataset_arguments
 
     p = sub.add_parser("evaluate-dataset", help="evaluate VoxelOpt (and peers) on many pairs",
                        description="Register every pair of a CSV (or all ordered pairs of a subject list) and write "
                                    "DIR/results.csv and DIR/results.md: Dice, HD95, SDlogJ, folding and times per pair "
                                    "and on average. Re-runs resume; a failing pair is reported and the rest go on.")
-    add_dataset_arguments(p)
-    _add_parameter_options(p)
     p.set_defaults(func=cmd_evaluate_dataset)
+    q = sub.add_parser("evaluate-ablation", help="the paper's ablation table (Table 2) on many pairs")
+    q.set_defaults(func=cmd_evaluate_ablation)
+    if evaluation_arguments:
+        from .evaluation_dataset.command import add_ablation_arguments, add_dataset_arguments
 
-    p = sub.add_parser("evaluate-ablation", help="the paper's ablation table (Table 2) on many pairs")
-    add_ablation_arguments(p)
-    _add_parameter_options(p)
-    p.set_defaults(func=cmd_evaluate_ablation)
+        add_dataset_arguments(p)
+        add_registration_options(p)
+        add_ablation_arguments(q)
+        add_registration_options(q)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (2: a user error, 130: interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        command = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(evaluation_arguments=command in EVALUATION_COMMANDS)
+        args = parser.parse_args(argv)
         return args.func(args)
     except VoxelOptError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,110 +1,274 @@
-"""The typed registration configuration, its validation and its named presets.
+"""The typed registration configuration: one declarative parameter schema, its validation, presets.
 
-All parameters of the method live in one frozen dataclass, :class:`RegistrationConfig`.
-They fall in two groups, which matters for caching (see :mod:`voxelopt.cache`):
+Every parameter of the method is a field of the frozen dataclass :class:`RegistrationConfig`.
+Each field carries its :class:`Parameter` spec (type, unit, range or choices, per-preset values,
+help text, group, and when it applies) in ``dataclasses.field(metadata=...)``; :data:`SCHEMA`
+collects them with their names and defaults. Validation, the command-line options
+(:mod:`voxelopt.cli`) and the Slicer module's parameter node all derive from this one schema.
 
-* *feature parameters* (``features``, ``hu_window``, ``mind_radius``, ``mind_dilation``,
-  ``feature_spacing``, ``working_scale``, ``init``, ``weights``): changing one of them means the
-  features must be recomputed;
-* *solver parameters* (everything else): a change re-runs only the optimisation.
+Groups: ``features`` parameters change the features (a change recomputes them, see
+:mod:`voxelopt.cache`), ``solver`` parameters only re-run the optimisation, ``device`` chooses
+where it runs.
 
 Units: spacings in millimetres; ``k``, ``sigma_range`` and ``fixed_sigma`` in voxels of the
 pyramid level being solved; ``thetas`` are the paper's coupling parameters (the energy weight
 of the coupling term is ``1 / (2 * theta)``).
+
+This module imports neither torch nor SimpleITK (the Slicer module and the CLI's argument
+checks use it before any computation).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
-FEATURE_PARAMETERS = (
-    "features",
-    "hu_window",
-    "mind_radius",
-    "mind_dilation",
-    "feature_spacing",
-    "working_scale",
-    "init",
-    "weights",
-)
+GROUPS = ("features", "solver", "device")
+SHAPES = ("scalar", "pair", "list")
+#: Preset names and what each is for (values: the ``presets`` of each :class:`Parameter`).
+PRESET_DESCRIPTIONS: Dict[str, str] = {
+    "paper": "Table 1 of the paper: MIND-SSC features at 2 mm, solved at 4 mm, 5 levels, k = 1",
+    "accurate": "paper with a wider search (k = 2) and alpha = 1.0: more accurate, about 4.5x the solver time",
+    "fast": "interactive preview: MIND-SSC at 3 mm, solved at 6 mm, 4 levels, a shorter schedule",
+}
+NON_NETWORK_FEATURES = ("raw", "mind")
 
-INIT_MODES = ("none", "centers", "com")
-SIGMA_MODES = ("code", "paper")
-MAX_LEVELS = 7
-MAX_K = 3
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """The declarative spec of one configuration field.
+
+    Attributes:
+        type: type of the value, or of each element for a pair or list: bool, int, float or str.
+        help: one-sentence meaning (the CLI help, the Slicer tooltip, the docs).
+        group: ``"features"``, ``"solver"`` or ``"device"`` (see the module doc).
+        unit: ``"mm"``, ``"HU"``, ``"voxels"`` or ``""`` (dimensionless).
+        shape: ``"scalar"``, ``"pair"`` (two values) or ``"list"`` (one or more values).
+        minimum, maximum: inclusive bounds of the value (of every element for a pair or list).
+        exclusive_minimum: the value must be strictly greater than ``minimum``.
+        choices: the allowed values of a str parameter (empty: any non-empty text).
+        also_accepts: for str parameters with choices, a test of further valid values and their
+            wording (e.g. ``cuda:N`` devices).
+        ordered: for pairs, ``"<"`` (low < high) or ``"<="`` (low <= high).
+        optional: None is a valid value.
+        presets: value per preset name, where it differs from the default.
+        applies: when the parameter has an effect (None: always), with ``applies_text`` saying
+            so in words.
+        name, default: filled in from the dataclass field (see :data:`SCHEMA`).
+    """
+
+    type: type
+    help: str
+    group: str
+    unit: str = ""
+    shape: str = "scalar"
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    exclusive_minimum: bool = False
+    choices: Tuple[str, ...] = ()
+    also_accepts: Optional[Tuple[Callable[[str], bool], str]] = None
+    ordered: str = ""
+    optional: bool = False
+    presets: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    applies: Optional[Callable[["RegistrationConfig"], bool]] = None
+    applies_text: str = ""
+    name: str = ""
+    default: Any = None
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS or self.shape not in SHAPES or self.ordered not in ("", "<", "<="):
+            raise ValueError(f"malformed parameter spec (group {self.group!r}, shape {self.shape!r}, ordered {self.ordered!r})")
+
+    def description(self) -> str:
+        """Help text with the valid range, the unit and when the parameter applies, e.g.
+        ``"softmax sharpness of the displacement entropy; > 0"`` (the CLI help, Slicer's tooltips)."""
+        parts = [self.help]
+        if self.range_text():
+            parts.append(f"{self.range_text()} {self.unit}".strip())
+        elif self.unit:
+            parts.append(f"in {self.unit}")
+        if self.applies_text:
+            parts.append(f"only {self.applies_text}")
+        return "; ".join(parts)
+
+    def range_text(self) -> str:
+        """The valid range in words, e.g. ``"> 0"``, ``"from 1 to 7"``, ``">= 0"`` (empty: unbounded)."""
+        low, high = _number_text(self.minimum), _number_text(self.maximum)
+        if self.minimum is not None and self.maximum is not None:
+            return f"in ({low}, {high}]" if self.exclusive_minimum else f"from {low} to {high}"
+        if self.minimum is not None:
+            return f"> {low}" if self.exclusive_minimum else f">= {low}"
+        if self.maximum is not None:
+            return f"<= {high}"
+        return ""
+
+    def check(self, value: Any) -> None:
+        """Raise :class:`ConfigError` naming this parameter when ``value`` is invalid."""
+        if value is None:
+            if not self.optional:
+                raise ConfigError(f"{self.name} must not be None")
+            return
+        if self.shape == "scalar":
+            self._check_element(value, self.name)
+            return
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise ConfigError(f"{self.name} must be a sequence of numbers, got {value!r}")
+        if self.shape == "pair" and len(value) != 2:
+            raise ConfigError(f"{self.name} must be two numbers (low, high), got {value!r}")
+        if self.shape == "list" and len(value) == 0:
+            raise ConfigError(f"{self.name} must not be empty")
+        for element in value:
+            self._check_element(element, f"every value of {self.name}")
+        if self.ordered == "<" and not value[0] < value[1]:
+            raise ConfigError(f"{self.name} must be (low, high) with low < high, got {tuple(value)}")
+        if self.ordered == "<=" and not value[0] <= value[1]:
+            raise ConfigError(f"{self.name} must be (low, high) with low <= high, got {tuple(value)}")
+
+    def _check_element(self, value: Any, what: str) -> None:
+        if self.type is bool:
+            _require(isinstance(value, bool), f"{what} must be True or False, got {value!r}")
+        elif self.type is str:
+            self._check_text(value, what)
+        else:
+            kind = "an integer" if self.type is int else "a number"
+            valid_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if self.type is int:
+                valid_type = isinstance(value, int) and not isinstance(value, bool)
+            _require(valid_type, f"{what} must be {kind}{self._range_suffix()}, got {value!r}")
+            too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
+            too_high = self.maximum is not None and value > self.maximum
+            _require(not (too_low or too_high), f"{what} must be {self.range_text()}{self._unit_suffix()}, got {value!r}")
+
+    def _check_text(self, value: Any, what: str) -> None:
+        _require(isinstance(value, str) and value.strip() != "", f"{what} must be a non-empty name, got {value!r}")
+        if not self.choices or value in self.choices:
+            return
+        if self.also_accepts is not None and self.also_accepts[0](value):
+            return
+        allowed = ", ".join(repr(c) for c in self.choices)
+        if self.also_accepts is not None:
+            allowed += f" or {self.also_accepts[1]}"
+        raise ConfigError(f"{what} must be one of {allowed}, got {value!r}")
+
+    def _range_suffix(self) -> str:
+        text = self.range_text()
+        return f" {text}" if text else ""
+
+    def _unit_suffix(self) -> str:
+        return f" {self.unit}" if self.unit else ""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _number_text(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _is_cuda_index(name: str) -> bool:
+    return name.startswith("cuda:") and name[5:].isdigit()
+
+
+def _feature_names(config: "RegistrationConfig") -> Tuple[str, ...]:
+    return tuple(name.strip() for name in config.features.split("+"))
+
+
+def _param(default: Any, spec: Parameter) -> Any:
+    """A dataclass field with ``default`` and its :class:`Parameter` spec as metadata."""
+    return dataclasses.field(default=default, metadata={"parameter": spec})
 
 
 @dataclasses.dataclass(frozen=True)
 class RegistrationConfig:
-    """Every parameter of a VoxelOpt registration.
+    """Every parameter of a VoxelOpt registration; see :data:`SCHEMA` (or each field's
+    ``Parameter``) for its type, unit, range, help text and when it applies.
 
-    Attributes:
-        features: feature type: ``"raw"`` (windowed intensity), ``"mind"`` (MIND-SSC), a
-            pretrained network name, or several joined with ``"+"`` (e.g. ``"mind+obelisk"``).
-        hu_window: (low, high) intensity window in HU; intensities are clipped to it and
-            scaled to [0, 1] before any feature is computed. The paper's window is (-800, 500).
-        mind_radius: MIND-SSC patch radius in voxels of the feature grid (box of 2r+1).
-        mind_dilation: MIND-SSC neighbour distance in voxels of the feature grid.
-        weights: path of network weights for network features (None: the default location).
-        feature_spacing: isotropic spacing (mm) of the grid on which features are computed;
-            the fixed image's extent and direction are kept. None keeps the fixed image's grid.
-        working_scale: the solver's finest level is the feature grid scaled by this factor
-            (the paper solves at 0.5 of its 2 mm grid, i.e. 4 mm voxels).
-        levels: number of pyramid levels (1-7); each level halves every axis that stays >= 4.
-        k: search radius in voxels; (2k+1)^3 integer offsets per voxel and level.
-        beta: softmax sharpness of the displacement entropy.
-        sigma_mode: ``"code"`` (official code: min-max normalised entropy, log2, mapped to
-            ``sigma_range``) or ``"paper"`` (sigma = alpha * ln(E / max E + 1)).
-        alpha: blurring strength cap of the paper's sigma form (voxels).
-        sigma_range: (low, high) sigma in voxels of the official code's form.
-        adaptive: voxel-adaptive message passing; False uses ``fixed_sigma`` everywhere
-            (the paper's ablation).
-        fixed_sigma: sigma (voxels) of the non-adaptive filter.
-        filter_cost: pre-filter the cost volume with the message passing (paper: on).
-        smoothing_passes: how many times each filtering applies the 3-tap separable filter.
-        thetas: coupling schedule of the coordinate descent (paper: 150, 50, 15, 5, 1.5, 0.5).
-        ss_steps: scaling-and-squaring steps per level (0 = add the residual, no integration).
-        refine_iterations: Adam steps of the optional continuous refinement of the final field on
-            the working grid (0 = off, the paper's method; see :mod:`voxelopt.solver.refine`).
-        refine_weight: weight of the refinement's smoothness term (dimensionless).
-        init: initial alignment: ``"none"``, ``"centers"`` (image centres) or ``"com"``
-            (intensity centres of mass).
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    Build with a preset (``RegistrationConfig.preset("paper", alpha=2.0)``), ``from_dict``, the
+    constructor, or ``replace``; every path validates.
     """
 
-    features: str = "mind"
-    hu_window: Tuple[float, float] = (-800.0, 500.0)
-    mind_radius: int = 2
-    mind_dilation: int = 2
-    weights: Optional[str] = None
-    feature_spacing: Optional[float] = 2.0
-    working_scale: float = 0.5
-    levels: int = 5
-    k: int = 1
-    beta: float = 10.0
-    sigma_mode: str = "paper"
-    alpha: float = 1.5
-    sigma_range: Tuple[float, float] = (0.1, 0.5)
-    adaptive: bool = True
-    fixed_sigma: float = 0.5
-    filter_cost: bool = True
-    smoothing_passes: int = 3
-    thetas: Tuple[float, ...] = (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)
-    ss_steps: int = 7
-    refine_iterations: int = 0
-    refine_weight: float = 1.25
-    init: str = "none"
-    device: str = "auto"
+    features: str = _param("mind", Parameter(
+        str, "feature type: 'raw' (windowed intensity), 'mind' (MIND-SSC), a pretrained network name, "
+        "or several joined with '+' (e.g. 'mind+obelisk')", "features"))
+    hu_window: Tuple[float, float] = _param((-800.0, 500.0), Parameter(
+        float, "intensity window (low, high); intensities are clipped to it and scaled to [0, 1] before any "
+        "feature is computed", "features", unit="HU", shape="pair", ordered="<"))
+    mind_radius: int = _param(2, Parameter(
+        int, "MIND-SSC patch radius (box of 2r+1) in voxels of the feature grid", "features", unit="voxels",
+        minimum=0, maximum=5, applies=lambda c: "mind" in _feature_names(c), applies_text="with MIND features"))
+    mind_dilation: int = _param(2, Parameter(
+        int, "MIND-SSC neighbour distance in voxels of the feature grid", "features", unit="voxels",
+        minimum=1, maximum=5, applies=lambda c: "mind" in _feature_names(c), applies_text="with MIND features"))
+    weights: Optional[str] = _param(None, Parameter(
+        str, "network weights file for network features (None: the network's default location)", "features",
+        optional=True, applies=lambda c: any(n not in NON_NETWORK_FEATURES for n in _feature_names(c)),
+        applies_text="with network features"))
+    feature_spacing: Optional[float] = _param(2.0, Parameter(
+        float, "isotropic spacing of the grid on which features are computed, keeping the fixed image's "
+        "extent and direction (none: the fixed image's own grid)", "features", unit="mm", minimum=0.0,
+        exclusive_minimum=True, optional=True, presets={"fast": 3.0}))
+    working_scale: float = _param(0.5, Parameter(
+        float, "the solver's finest level is the feature grid scaled by this factor (paper: 0.5, i.e. 4 mm "
+        "voxels for 2 mm features)", "features", minimum=0.0, maximum=1.0, exclusive_minimum=True))
+    levels: int = _param(5, Parameter(
+        int, "pyramid levels; each level halves every axis that stays >= 4 voxels", "solver",
+        minimum=1, maximum=7, presets={"fast": 4}))
+    k: int = _param(1, Parameter(
+        int, "search radius: (2k+1)^3 integer offsets per voxel and level", "solver", unit="voxels",
+        minimum=1, maximum=3, presets={"accurate": 2}))
+    beta: float = _param(10.0, Parameter(
+        float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
+    sigma_mode: str = _param("paper", Parameter(
+        str, "entropy-to-sigma mapping: 'paper' (sigma = alpha * ln(E / max E + 1)) or 'code' (the official "
+        "code: min-max normalised entropy, log2, mapped to sigma_range)", "solver", choices=("paper", "code"),
+        applies=lambda c: c.adaptive, applies_text="with adaptive message passing"))
+    alpha: float = _param(1.5, Parameter(
+        float, "blurring strength cap of the paper's sigma form", "solver", unit="voxels", minimum=0.0,
+        exclusive_minimum=True, presets={"accurate": 1.0},
+        applies=lambda c: c.adaptive and c.sigma_mode == "paper", applies_text="with adaptive message passing and sigma_mode 'paper'"))
+    sigma_range: Tuple[float, float] = _param((0.1, 0.5), Parameter(
+        float, "sigma range (low, high) of the official code's sigma form", "solver", unit="voxels", shape="pair",
+        minimum=0.0, exclusive_minimum=True, ordered="<=",
+        applies=lambda c: c.adaptive and c.sigma_mode == "code", applies_text="with adaptive message passing and sigma_mode 'code'"))
+    adaptive: bool = _param(True, Parameter(
+        bool, "voxel-adaptive message passing (off: fixed_sigma everywhere, the paper's ablation)", "solver"))
+    fixed_sigma: float = _param(0.5, Parameter(
+        float, "sigma of the non-adaptive message passing", "solver", unit="voxels", minimum=0.0,
+        exclusive_minimum=True, applies=lambda c: not c.adaptive, applies_text="without adaptive message passing"))
+    filter_cost: bool = _param(True, Parameter(
+        bool, "pre-filter the cost volume with the message passing (paper: on)", "solver"))
+    smoothing_passes: int = _param(3, Parameter(
+        int, "how many times each filtering applies the 3-tap separable filter", "solver", minimum=1))
+    thetas: Tuple[float, ...] = _param((150.0, 50.0, 15.0, 5.0, 1.5, 0.5), Parameter(
+        float, "coupling schedule of the coordinate descent, one iteration per value", "solver", shape="list",
+        minimum=0.0, exclusive_minimum=True, presets={"fast": (50.0, 5.0, 0.5)}))
+    ss_steps: int = _param(7, Parameter(
+        int, "scaling-and-squaring steps per level (0: add the residual, no integration)", "solver",
+        minimum=0, maximum=20, presets={"fast": 5}))
+    refine_iterations: int = _param(0, Parameter(
+        int, "Adam steps of the optional continuous refinement of the final field on the working grid "
+        "(0: off, the paper's method)", "solver", minimum=0, maximum=1000))
+    refine_weight: float = _param(1.25, Parameter(
+        float, "weight of the refinement's smoothness term", "solver", minimum=0.0, exclusive_minimum=True,
+        applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
+    init: str = _param("none", Parameter(
+        str, "initial alignment: 'none', 'centers' (image centres) or 'com' (intensity centres of mass)",
+        "features", choices=("none", "centers", "com")))
+    device: str = _param("auto", Parameter(
+        str, "where to compute: 'auto' (CUDA when present, else the CPU), 'cpu', 'cuda' or 'cuda:N'", "device",
+        choices=("auto", "cpu", "cuda"), also_accepts=(_is_cuda_index, "'cuda:N'")))
 
     def __post_init__(self) -> None:
-        # Normalise sequences so equal settings compare (and hash) equal.
-        object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
-        object.__setattr__(self, "sigma_range", tuple(float(v) for v in self.sigma_range))
-        object.__setattr__(self, "thetas", tuple(float(v) for v in self.thetas))
+        # Normalise sequences so equal settings compare (and hash) equal; validation names bad values.
+        for spec in SCHEMA.values():
+            value = getattr(self, spec.name)
+            if spec.shape != "scalar" and hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+                object.__setattr__(self, spec.name, tuple(float(v) if _is_number(v) else v for v in value))
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -113,17 +277,14 @@ class RegistrationConfig:
         """A named preset (see :data:`PRESETS`), with optional overrides."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-        values = dict(PRESETS[name])
-        values.update(overrides)
-        return cls.from_dict(values)
+        return cls.from_dict({**PRESETS[name], **overrides})
 
     @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "RegistrationConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> "RegistrationConfig":
         """Build from a mapping; unknown keys are an error (they are usually typos)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(SCHEMA))
         if unknown:
-            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(SCHEMA))}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> "RegistrationConfig":
@@ -133,88 +294,38 @@ class RegistrationConfig:
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-serialisable values (tuples become lists)."""
         out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
 
-    def feature_key(self) -> Tuple[Any, ...]:
-        """The values of the feature parameters: equal keys mean reusable features."""
-        return tuple(getattr(self, name) for name in FEATURE_PARAMETERS)
+    def applies(self, name: str) -> bool:
+        """True when parameter ``name`` has an effect with the other values of this configuration."""
+        spec = SCHEMA[name]
+        return spec.applies is None or bool(spec.applies(self))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid parameter."""
-        _require(isinstance(self.features, str) and self.features.strip() != "", "features must be a non-empty name")
-        low, high = _pair(self.hu_window, "hu_window")
-        _require(high > low, f"hu_window must be (low, high) with high > low, got {self.hu_window}")
-        _require(_is_int(self.mind_radius) and self.mind_radius >= 0, f"mind_radius must be an integer >= 0, got {self.mind_radius!r}")
-        _require(_is_int(self.mind_dilation) and self.mind_dilation >= 1, f"mind_dilation must be an integer >= 1, got {self.mind_dilation!r}")
-        if self.feature_spacing is not None:
-            _require(_positive(self.feature_spacing), f"feature_spacing must be > 0 mm or None, got {self.feature_spacing!r}")
-        _require(_positive(self.working_scale) and self.working_scale <= 1.0, f"working_scale must be in (0, 1], got {self.working_scale!r}")
-        _require(_is_int(self.levels) and 1 <= self.levels <= MAX_LEVELS, f"levels must be an integer from 1 to {MAX_LEVELS}, got {self.levels!r}")
-        _require(_is_int(self.k) and 1 <= self.k <= MAX_K, f"k (search radius) must be an integer from 1 to {MAX_K}, got {self.k!r}")
-        _require(_positive(self.beta), f"beta must be > 0, got {self.beta!r}")
-        _require(self.sigma_mode in SIGMA_MODES, f"sigma_mode must be one of {SIGMA_MODES}, got {self.sigma_mode!r}")
-        _require(_positive(self.alpha), f"alpha must be > 0, got {self.alpha!r}")
-        s_low, s_high = _pair(self.sigma_range, "sigma_range")
-        _require(0 < s_low <= s_high, f"sigma_range must be (low, high) with 0 < low <= high voxels, got {self.sigma_range}")
-        _require(_positive(self.fixed_sigma), f"fixed_sigma must be > 0 voxels, got {self.fixed_sigma!r}")
-        _require(isinstance(self.adaptive, bool), f"adaptive must be True or False, got {self.adaptive!r}")
-        _require(isinstance(self.filter_cost, bool), f"filter_cost must be True or False, got {self.filter_cost!r}")
-        _require(_is_int(self.smoothing_passes) and self.smoothing_passes >= 1, f"smoothing_passes must be an integer >= 1, got {self.smoothing_passes!r}")
-        _require(len(self.thetas) > 0, "thetas (the coupling schedule) must not be empty")
-        _require(all(_positive(t) for t in self.thetas), f"every theta must be > 0, got {list(self.thetas)}")
-        _require(_is_int(self.ss_steps) and 0 <= self.ss_steps <= 20, f"ss_steps must be an integer from 0 to 20, got {self.ss_steps!r}")
-        _require(_is_int(self.refine_iterations) and 0 <= self.refine_iterations <= 1000,
-                 f"refine_iterations must be an integer from 0 to 1000, got {self.refine_iterations!r}")
-        _require(_positive(self.refine_weight), f"refine_weight must be > 0, got {self.refine_weight!r}")
-        _require(self.init in INIT_MODES, f"init must be one of {INIT_MODES}, got {self.init!r}")
-        _require(isinstance(self.device, str) and _valid_device_name(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        """Raise :class:`ConfigError` naming the first invalid parameter (schema order)."""
+        for spec in SCHEMA.values():
+            spec.check(getattr(self, spec.name))
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: The schema: field name -> its :class:`Parameter`, with ``name`` and ``default`` filled in,
+#: in declaration order.
+SCHEMA: Dict[str, Parameter] = {
+    f.name: dataclasses.replace(f.metadata["parameter"], name=f.name, default=f.default)
+    for f in dataclasses.fields(RegistrationConfig)
+}
 
-
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _pair(value: Any, name: str) -> Tuple[float, float]:
-    if len(value) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
-        raise ConfigError(f"{name} must be two finite numbers, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
-def _valid_device_name(name: str) -> bool:
-    if name in ("auto", "cpu", "cuda"):
-        return True
-    return name.startswith("cuda:") and name[5:].isdigit()
-
-
-#: Named presets. ``paper`` is Table 1 of the paper (5 levels, k = 1, the paper's theta
-#: schedule, window and sigma form with alpha = 1.5, scaling and squaring with 7 steps,
-#: adaptive message passing with cost filtering, solved at half the 2 mm grid) with MIND-SSC
-#: features, the best features that need no network weights. The paper's sigma form is the
-#: default because it measured better than the official code's 0.1-0.5 voxel range on our data
-#: (README, "Choices made by measurement"). ``accurate`` widens the search to k = 2 (125
-#: offsets per level) with alpha = 1.0, which measured best on training subjects (pseudo-CT of
-#: BTCV subjects 1-6) at about twice the solver time. ``fast`` is an interactive preview:
-#: MIND-SSC at 3 mm, solved at 6 mm, four levels, a shorter schedule.
+#: Named presets: preset name -> the values that differ from the defaults (from the schema).
+#: ``paper`` is Table 1 of the paper with MIND-SSC features, the best features that need no
+#: network weights; the paper's sigma form is the default because it measured better than the
+#: official code's 0.1-0.5 voxel range on our data (README, "Choices made by measurement").
+#: ``accurate`` (k = 2, alpha = 1.0) measured best on training subjects (pseudo-CT of BTCV
+#: subjects 1-6). ``fast`` is an interactive preview.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": {},
-    "accurate": {"k": 2, "alpha": 1.0},
-    "fast": {
-        "feature_spacing": 3.0,
-        "levels": 4,
-        "thetas": (50.0, 5.0, 0.5),
-        "ss_steps": 5,
-    },
+    preset: {spec.name: spec.presets[preset] for spec in SCHEMA.values() if preset in spec.presets}
+    for preset in PRESET_DESCRIPTIONS
 }

@@ -9,6 +9,9 @@ they exist: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 6 liver, 7 s
 :func:`phantom_pair` makes a pair with a *known answer*: the fixed image is the moving image
 warped by a smooth random field d (mm), so ``fixed(x) = moving(x + d(x))`` and d is exactly
 the field a registration should find.
+
+numpy, SciPy and SimpleITK only (no torch): the Slicer module's self-test builds its volumes with
+it before torch is known to be installed.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-
-from .geometry import Grid, image_to_mm_field, mm_field_to_image, resample_through_field, resize_volume
+from scipy import ndimage
 
 # label: (centre (x, y, z) mm, semi-axes (x, y, z) mm, HU); LPS: +x = patient left, +y = posterior
 _ORGANS = {
@@ -34,6 +35,9 @@ _ORGANS = {
     14: ((0.0, 55.0, 0.0), (20.0, 18.0, 200.0), 600.0),  # vertebra
 }
 _DRAW_ORDER = (14, 6, 1, 2, 3, 7, 4, 8)
+#: Organ name of each label id (Learn2Reg abdominal CT names).
+LABEL_NAMES = {1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 6: "liver", 7: "stomach",
+               8: "aorta", 14: "vertebra"}
 
 
 def phantom(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0, 3.0, 3.0),
@@ -50,13 +54,8 @@ def phantom(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0,
     Returns:
         (image in HU as float32, labels as uint8) with the same geometry.
     """
-    direction = tuple(float(v) for v in (direction or np.eye(3).ravel()))
-    centre_index = (np.asarray(size) - 1) / 2.0
-    a = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)[None, :]
-    origin = -a @ centre_index
-    grid = Grid(tuple(int(v) for v in size), tuple(float(v) for v in spacing), tuple(float(v) for v in origin), direction)
-    points = grid.physical_points(torch.device("cpu")).numpy()  # (3, Z, Y, X)
-    x, y, z = points
+    reference = _centred_reference(size, spacing, direction)
+    x, y, z = _physical_points(reference)
     rng = np.random.default_rng(seed)
 
     body = (x / 160.0) ** 2 + (y / 125.0) ** 2 <= 1.0
@@ -81,24 +80,52 @@ def phantom(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0,
         image[blob] = rng.choice([-700.0, -90.0])
     texture = _smooth_noise(rng, image.shape, 3)
     image = image + np.where(body, 25.0 * texture, 0.0) + rng.normal(0.0, noise_hu, image.shape)
-    image_sitk = grid.apply_to(sitk.GetImageFromArray(image.astype(np.float32)))
-    labels_sitk = grid.apply_to(sitk.GetImageFromArray(labels))
+    image_sitk = sitk.GetImageFromArray(image.astype(np.float32))
+    labels_sitk = sitk.GetImageFromArray(labels)
+    for out in (image_sitk, labels_sitk):
+        out.CopyInformation(reference)
     return image_sitk, labels_sitk
 
 
+def _centred_reference(size: Sequence[int], spacing: Sequence[float], direction: Optional[Sequence[float]]) -> sitk.Image:
+    """An empty image of ``size`` voxels (x, y, z) whose centre is the origin of LPS space."""
+    direction = tuple(float(v) for v in (direction if direction is not None else np.eye(3).ravel()))
+    reference = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    reference.SetSpacing([float(v) for v in spacing])
+    reference.SetDirection(direction)
+    index_to_mm = np.asarray(direction).reshape(3, 3) * np.asarray(spacing, float)[None, :]
+    reference.SetOrigin(tuple(-index_to_mm @ ((np.asarray(size, float) - 1.0) / 2.0)))
+    return reference
+
+
+def _physical_points(reference: sitk.Image) -> np.ndarray:
+    """(3, Z, Y, X) LPS mm coordinates (x, y, z) of every voxel centre of ``reference``."""
+    size = reference.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in size[::-1]), indexing="ij")
+    index_to_mm = np.asarray(reference.GetDirection()).reshape(3, 3) * np.asarray(reference.GetSpacing())[None, :]
+    points = np.einsum("rc,czyx->rzyx", index_to_mm, np.stack((i, j, k)))
+    return points + np.asarray(reference.GetOrigin()).reshape(3, 1, 1, 1)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], coarse: int) -> np.ndarray:
-    small = torch.from_numpy(rng.normal(0.0, 1.0, [max(2, n // coarse) for n in shape]).astype(np.float32))
-    out = resize_volume(small[None, None], tuple(shape))[0, 0].numpy()
+    """Unit-variance noise, white on a grid ``coarse`` times coarser, trilinear on the same box."""
+    small = rng.normal(0.0, 1.0, [max(2, n // coarse) for n in shape])
+    out = ndimage.zoom(small, [n / m for n, m in zip(shape, small.shape)], order=1, mode="nearest", grid_mode=True)
     return out / max(float(out.std()), 1e-6)
 
 
-def smooth_random_field(grid: Grid, max_mm: float, seed: int = 0, control_points: int = 4) -> sitk.Image:
-    """A smooth random displacement field (mm) on ``grid`` whose largest component is ``max_mm``."""
+def smooth_random_field(reference: sitk.Image, max_mm: float, seed: int = 0, control_points: int = 4) -> sitk.Image:
+    """A smooth random displacement field (LPS mm, VectorFloat64) on the grid of ``reference``
+    whose largest component is ``max_mm``: random control points at the grid's corners and a
+    regular lattice between them, trilinear in between."""
     rng = np.random.default_rng(seed)
-    coarse = torch.from_numpy(rng.uniform(-1.0, 1.0, (1, 3) + (control_points,) * 3).astype(np.float32))
-    d = torch.nn.functional.interpolate(coarse, size=grid.shape, mode="trilinear", align_corners=True)
-    d *= max_mm / float(d.abs().max())
-    return mm_field_to_image(d, grid)
+    coarse = rng.uniform(-1.0, 1.0, (3,) + (control_points,) * 3)
+    shape = reference.GetSize()[::-1]
+    d = np.stack([ndimage.zoom(c, [n / control_points for n in shape], order=1) for c in coarse], axis=-1)
+    d *= max_mm / float(np.abs(d).max())
+    field = sitk.GetImageFromArray(d.astype(np.float64), isVector=True)
+    field.CopyInformation(reference)
+    return field
 
 
 @dataclasses.dataclass
@@ -113,17 +140,19 @@ class PhantomPair:
 
 
 def phantom_pair(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0, 3.0, 3.0),
-                 max_displacement_mm: float = 8.0, seed: int = 0) -> PhantomPair:
-    """A phantom (moving) and its warp by a smooth random field (fixed)."""
-    moving, moving_labels = phantom(size, spacing, seed=seed)
-    grid = Grid.from_image(moving)
-    field = smooth_random_field(grid, max_displacement_mm, seed=seed + 1)
-    d = image_to_mm_field(field, torch.device("cpu"))
-    device = torch.device("cpu")
-    mov_t = torch.from_numpy(sitk.GetArrayFromImage(moving))[None, None]
-    lab_t = torch.from_numpy(sitk.GetArrayFromImage(moving_labels).astype(np.float32))[None, None]
-    fixed_arr = resample_through_field(mov_t.to(device), grid, grid, d, "bilinear", -1000.0)[0, 0].numpy()
-    fixed_lab = resample_through_field(lab_t.to(device), grid, grid, d, "nearest", 0.0)[0, 0].numpy()
-    fixed = grid.apply_to(sitk.GetImageFromArray(fixed_arr.astype(np.float32)))
-    fixed_labels = grid.apply_to(sitk.GetImageFromArray(np.round(fixed_lab).astype(np.uint8)))
+                 max_displacement_mm: float = 8.0, seed: int = 0, direction: Optional[Sequence[float]] = None,
+                 moving_grid: Optional[Tuple[Sequence[int], Sequence[float], Optional[Sequence[float]]]] = None) -> PhantomPair:
+    """A phantom (moving) and its warp by a smooth random field (fixed).
+
+    The fixed grid is ``size``, ``spacing`` and ``direction`` as in :func:`phantom`; the moving
+    image is on the same grid, or on ``moving_grid`` = (size, spacing, direction) when given (same
+    physical space: both grids are centred on the origin). The field is on the fixed grid.
+    """
+    moving_size, moving_spacing, moving_direction = moving_grid or (size, spacing, direction)
+    moving, moving_labels = phantom(moving_size, moving_spacing, moving_direction, seed=seed)
+    reference = _centred_reference(size, spacing, direction)
+    field = smooth_random_field(reference, max_displacement_mm, seed=seed + 1)
+    transform = sitk.DisplacementFieldTransform(sitk.Image(field))  # the transform takes the image's buffer
+    fixed = sitk.Resample(moving, reference, transform, sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    fixed_labels = sitk.Resample(moving_labels, reference, transform, sitk.sitkNearestNeighbor, 0)
     return PhantomPair(fixed, moving, fixed_labels, moving_labels, field)
