@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .config import PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, VoxelOptError
+from .result import FIELD_GRIDS, OUTPUTS
 from .io import FIELD_FORMATS, IMAGE_FORMATS, atomic_output_dir, check_format, read_field, read_image, write_image
 
 
@@ -131,9 +132,26 @@ def _print_summary(result) -> None:
     print(line)
 
 
+def _name_list(text: str) -> List[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _checked_outputs(names: Optional[List[str]], with_labels: bool) -> Optional[List[str]]:
+    """The ``--outputs`` names, checked before any work (None = all)."""
+    if names is None:
+        return None
+    unknown = sorted(set(names) - set(OUTPUTS))
+    if unknown or not names:
+        raise InputError(f"unknown output(s) {', '.join(unknown) or '(none given)'} in --outputs; choose from {', '.join(OUTPUTS)}")
+    if "labels" in names and not with_labels:
+        raise InputError("--outputs labels needs --moving-labels")
+    return names
+
+
 # ============================================================================ subcommands
 def cmd_register(args: argparse.Namespace) -> int:
     config = config_from_options(args)
+    outputs = _checked_outputs(args.outputs, bool(args.moving_labels))
     image_format = check_format(args.image_format, IMAGE_FORMATS, "image")
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
@@ -146,8 +164,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .pipeline import register
 
     cache = FeatureCache(directory=args.feature_cache) if args.feature_cache else None
-    result = register(fixed, moving, config, fixed_labels, moving_labels, progress=_progress_printer(args.quiet), cache=cache)
-    paths = result.save(out_dir, image_format=image_format, field_format=field_format)
+    report = _progress_printer(args.quiet)
+    result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache)
+    paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
+                        field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
     if not args.quiet:
         _print_summary(result)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -256,6 +276,14 @@ def build_parser(evaluation_arguments: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", help="moving label map (warped with nearest neighbour)")
     p.add_argument("--image-format", default="nii.gz", help=f"format of the output images: {', '.join(IMAGE_FORMATS)}")
     p.add_argument("--field-format", default="nii.gz", help=f"format of the field: {', '.join(FIELD_FORMATS)} (h5 = ITK transform)")
+    p.add_argument("--outputs", type=_name_list, default=None, metavar="A,B,...",
+                   help=f"what to write, from {','.join(OUTPUTS)} (default: all; 'labels' = the warped moving labels, "
+                        "written when --moving-labels is given)")
+    p.add_argument("--field-grid", choices=FIELD_GRIDS, default="feature",
+                   help="grid of the written field: 'feature' (its own grid, the fixed box at --feature-spacing mm; "
+                        "default) or 'fixed' (the full fixed grid, for tools that need that)")
+    p.add_argument("--full-size-maps", action="store_true",
+                   help="write the entropy and Jacobian maps on the fixed grid (default: on their own coarser grids)")
     p.add_argument("--feature-cache", metavar="DIR", help="keep features on disk in DIR and reuse them across runs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_registration_options(p)

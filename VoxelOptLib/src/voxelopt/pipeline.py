@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional
 
-from .cache import FeatureCache
 from .config import RegistrationConfig
 from .errors import RegistrationCancelled
 from .inputs import checked_labels, prepare
 from .io import ImageLike
 from .result import RegistrationResult
+
+if TYPE_CHECKING:  # the cache needs torch, which is imported only once the inputs are checked
+    from .cache import FeatureCache
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -42,7 +44,7 @@ def register(
     moving_labels: Optional[ImageLike] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
-    cache: Optional[FeatureCache] = None,
+    cache: Optional["FeatureCache"] = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
