@@ -15,10 +15,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(REPO, "VoxelOptSlicer"), os.path.join(REPO, "VoxelOptLib", "src")]
 
-from slicer_rendering import grab, make_app, save_png  # noqa: E402
+from slicer_rendering import grab, make_app, save_png, set_layers  # noqa: E402
 
 import slicer  # noqa: E402
-from VoxelOptRegistrationLib import RegistrationLogic, synthetic, views  # noqa: E402
+from VoxelOptRegistrationLib import RegistrationLogic, synthetic  # noqa: E402
 from VoxelOptRegistrationLib.segmentations import update_segmentation_from_labels  # noqa: E402
 from VoxelOptRegistrationLib.volumes import sitk_from_volume_node  # noqa: E402
 
@@ -91,12 +91,12 @@ def main() -> None:
     print(run.summary())
 
     entropy = grab(view, fit=True)
-    views.show_in_slice_views(scene, fixed, run.jacobianVolume, 0.55)
+    set_layers(scene, fixed, run.jacobianVolume, 0.55)
     jacobian = grab(view)
-    views.show_in_slice_views(scene, fixed, None, 0.0)
+    set_layers(scene, fixed, None, 0.0)
     fixed_only = grab(view)
     moving.SetAndObserveTransformNodeID(None)
-    views.show_in_slice_views(scene, moving, None, 0.0)
+    set_layers(scene, moving, None, 0.0)
     unwarped = grab(view)
     moving.SetAndObserveTransformNodeID(run.transform.GetID())
     warped = grab(view)

@@ -36,6 +36,16 @@ def make_app(width: int = 480, height: int = 480, orientation: str = "Axial"):
     return app, view
 
 
+def set_layers(scene, background, foreground=None, opacity: float = 0.0) -> None:
+    """Set every slice view's background and foreground volume directly (no fitting: pictures stay comparable)."""
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(i)
+        composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
+        composite.SetForegroundOpacity(opacity)
+
+
 def grab(view, fit: bool = False) -> np.ndarray:
     """The view's current picture as an (H, W, 3) uint8 array (row 0 at the top)."""
     if fit:

@@ -16,10 +16,10 @@ from slicer_test_helpers import requires_engine
 if not os.environ.get("CI"):
     pytest.importorskip("trame_slicer")
 
-from slicer_rendering import grab, make_app, save_png, saturation  # noqa: E402
+from slicer_rendering import grab, make_app, save_png, set_layers, saturation  # noqa: E402
 
 import slicer  # noqa: E402
-from VoxelOptRegistrationLib import RegistrationLogic, synthetic, views, volumes  # noqa: E402
+from VoxelOptRegistrationLib import RegistrationLogic, synthetic, volumes  # noqa: E402
 
 pytestmark = requires_engine
 
@@ -39,9 +39,9 @@ def shots(tmp_path_factory):
                         overlay="entropy", overlayOpacity=0.5)
     pictures = {}
     pictures["entropy"] = grab(view, fit=True)  # set up by the Logic: fixed + entropy at 50 %
-    views.show_in_slice_views(scene, fixed, None, 0.0)
+    set_layers(scene, fixed, None, 0.0)
     pictures["fixed"] = grab(view)
-    views.show_in_slice_views(scene, fixed, run.jacobianVolume, 0.5)
+    set_layers(scene, fixed, run.jacobianVolume, 0.5)
     pictures["jacobian"] = grab(view)
     # A copy of the Jacobian map with a folding block (det J = -0.3) through every slice.
     folded = volumes.array_from_volume_node(run.jacobianVolume).copy()
@@ -51,7 +51,7 @@ def shots(tmp_path_factory):
     pictures["jacobian_folding"] = grab(view)
     # Live warp: the moving volume as background, without and with its VoxelOpt transform.
     moving.SetAndObserveTransformNodeID(None)
-    views.show_in_slice_views(scene, moving, None, 0.0)
+    set_layers(scene, moving, None, 0.0)
     pictures["moving_unwarped"] = grab(view)
     moving.SetAndObserveTransformNodeID(run.transform.GetID())
     pictures["moving_warped"] = grab(view)

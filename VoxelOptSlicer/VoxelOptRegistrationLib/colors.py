@@ -1,12 +1,19 @@
 """Colour tables of the VoxelOpt result maps, and how the maps are displayed.
 
-* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
-  entropy of the displacement distribution) to light yellow (uncertain).
-* Jacobian determinant (no unit): a diverging blue - white - red map centred at 1 (volume
-  preserved), blue for compression (0 < det J < 1), red for expansion (det J > 1), and a
-  saturated **green** band for folding (det J <= 0), which appears in no other part of the map.
+Uninformative values are transparent, so that the overlays never wash out the CT:
 
-Both are ``vtkMRMLColorTableNode`` s (256 entries, no matplotlib needed). A scalar volume display
+* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from dark (confident, low
+  entropy of the displacement distribution) to light yellow (uncertain), its opacity rising
+  with the entropy (confident voxels transparent). Voxels at the top
+  :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range (a flat displacement distribution: air
+  and featureless regions, where there was nothing to register) are hidden by the display
+  threshold.
+* Jacobian determinant (no unit): a diverging blue - red map centred at 1, transparent at 1
+  (volume preserved) and increasingly opaque away from it: blue for compression
+  (0 < det J < 1), red for expansion (det J > 1), and an opaque saturated **green** band for
+  folding (det J <= 0), which appears in no other part of the map.
+
+Both are ``vtkMRMLColorTableNode`` s (256 RGBA entries, no matplotlib needed). A scalar volume display
 maps its window [min, max] linearly onto the table, so the display's window must be the one the
 table was designed for (:data:`JACOBIAN_WINDOW`); :func:`show_jacobian` and :func:`show_entropy`
 set it.
@@ -36,6 +43,10 @@ EXPANSION_RGB = (0.65, 0.0, 0.05)  # det J = 2.5
 ENTROPY_COLOR_NAME = "VoxelOpt entropy (inferno)"
 JACOBIAN_COLOR_NAME = "VoxelOpt Jacobian (diverging at 1, folding green)"
 COLOR_ROLE_ATTRIBUTE = "VoxelOpt.ColorRole"
+#: |det J - 1| at which the Jacobian overlay becomes fully opaque (transparent at det J = 1).
+JACOBIAN_OPAQUE_DEVIATION = 0.5
+#: Entropy above this fraction of the map's range (nearly uniform distributions) is not shown.
+UNINFORMATIVE_ENTROPY_FRACTION = 0.97
 TABLE_SIZE = 256
 
 
@@ -65,6 +76,18 @@ def jacobian_rgb(value: float) -> Tuple[float, float, float]:
     return tuple(float(c0 + (c1 - c0) * t) for c0, c1 in zip(NEUTRAL_RGB, EXPANSION_RGB))
 
 
+def jacobian_alpha(value: float) -> float:
+    """Opacity of a det J value: 0 at 1, rising linearly to 1 at 1 +- :data:`JACOBIAN_OPAQUE_DEVIATION`; folding opaque."""
+    if value <= 0.0:
+        return 1.0
+    return float(min(abs(value - 1.0) / JACOBIAN_OPAQUE_DEVIATION, 1.0))
+
+
+def entropy_alpha(n: int = TABLE_SIZE) -> np.ndarray:
+    """(n,) opacity of the entropy table: 0 for the most confident entry, rising to 1 at mid-range."""
+    return np.clip(np.linspace(0.0, 2.0, n), 0.0, 1.0)
+
+
 def _find_color_node(scene, role: str):
     nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
     for i in range(nodes.GetNumberOfItems()):
@@ -74,27 +97,29 @@ def _find_color_node(scene, role: str):
     return None
 
 
-def _table_node(scene, role: str, name: str, rgb: Sequence[Sequence[float]]):
+def _table_node(scene, role: str, name: str, rgba: Sequence[Sequence[float]]):
     node = _find_color_node(scene, role)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
         node.SetAttribute(COLOR_ROLE_ATTRIBUTE, role)
     node.SetTypeToUser()
-    node.SetNumberOfColors(len(rgb))
-    for i, (r, g, b) in enumerate(rgb):
-        node.SetColor(i, f"{role} {i}", float(r), float(g), float(b), 1.0)
+    node.SetNumberOfColors(len(rgba))
+    for i, (r, g, b, a) in enumerate(rgba):
+        node.SetColor(i, f"{role} {i}", float(r), float(g), float(b), float(a))
     return node
 
 
 def entropy_color_node(scene):
     """The scene's VoxelOpt entropy colour table (created once, then reused)."""
-    return _table_node(scene, "entropy", ENTROPY_COLOR_NAME, inferno())
+    rgba = np.column_stack([inferno(), entropy_alpha()])
+    return _table_node(scene, "entropy", ENTROPY_COLOR_NAME, rgba)
 
 
 def jacobian_color_node(scene):
     """The scene's VoxelOpt Jacobian colour table over :data:`JACOBIAN_WINDOW` (created once, then reused)."""
-    rgb = [jacobian_rgb(jacobian_table_value(i)) for i in range(TABLE_SIZE)]
-    return _table_node(scene, "jacobian", JACOBIAN_COLOR_NAME, rgb)
+    values = [jacobian_table_value(i) for i in range(TABLE_SIZE)]
+    rgba = [(*jacobian_rgb(v), jacobian_alpha(v)) for v in values]
+    return _table_node(scene, "jacobian", JACOBIAN_COLOR_NAME, rgba)
 
 
 def _display(volume_node, color_node, window_min: float, window_max: float) -> None:
@@ -116,6 +141,13 @@ def show_jacobian(volume_node) -> None:
 
 
 def show_entropy(volume_node, min_entropy: float, max_entropy: float) -> None:
-    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``]."""
-    high = max(float(max_entropy), float(min_entropy) + 1e-6)
-    _display(volume_node, entropy_color_node(volume_node.GetScene()), float(min_entropy), high)
+    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``].
+
+    Voxels above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range are hidden (display threshold).
+    """
+    low = float(min_entropy)
+    high = max(float(max_entropy), low + 1e-6)
+    _display(volume_node, entropy_color_node(volume_node.GetScene()), low, high)
+    display = volume_node.GetDisplayNode()
+    display.SetThreshold(low - 1.0, low + UNINFORMATIVE_ENTROPY_FRACTION * (high - low))
+    display.ApplyThresholdOn()
