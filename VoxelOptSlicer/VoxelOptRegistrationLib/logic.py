@@ -39,7 +39,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import slicer
 
-from . import colors, dependencies, parameters, segmentations, transforms, views, volumes
+from . import colors, dependencies, parameters, quality, segmentations, transforms, views, volumes, warping
+from .presets import PresetStore
 from .errors import InputNodeError
 from .transaction import SceneTransaction
 
@@ -175,7 +176,17 @@ class RegistrationLogic:
         """``scene``: the MRML scene to work in (default: ``slicer.mrmlScene`` at call time)."""
         self._scene = scene
         self.featureCache = None
-        self.lastRun: Optional[RegistrationRun] = None
+        self._lastRun: Optional[RegistrationRun] = None
+        #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
+        self.presetStore = PresetStore()
+
+    @property
+    def lastRun(self) -> Optional[RegistrationRun]:
+        """The last successful run; None before any, or once its transform left the scene (scene closed)."""
+        run = self._lastRun
+        if run is not None and run.transform.GetScene() is not self.scene:
+            self._lastRun = None
+        return self._lastRun
 
     # ------------------------------------------------------------------ scene and parameter node
     @property
@@ -205,6 +216,14 @@ class RegistrationLogic:
         values = parameters.values_from_config_dict(config.to_dict())
         values["preset"] = name
         parameters.set_values(parameterNode, values)
+
+    def saveUserPreset(self, parameterNode, name: str) -> str:
+        """Save the parameter node's registration parameters as user preset ``name``; returns the JSON file."""
+        return self.presetStore.save(name, parameters.get_values(parameterNode))
+
+    def loadUserPreset(self, parameterNode, name: str) -> None:
+        """Write user preset ``name`` into the parameter node (one Modified event); raises PresetError."""
+        parameters.set_values(parameterNode, self.presetStore.load(name))
 
     def configFromParameterNode(self, parameterNode):
         """The ``voxelopt.RegistrationConfig`` the parameter node describes (raises ConfigError/ValueError)."""
@@ -434,7 +453,7 @@ class RegistrationLogic:
             config=result.config,
             createdNodeIDs=[node.GetID() for node in writes.created],
         )
-        self.lastRun = run
+        self._lastRun = run
         return run
 
     # ------------------------------------------------------------------ the writes of apply
@@ -473,6 +492,7 @@ class RegistrationLogic:
         segmentations.update_segmentation_from_labels(
             node, result.warped_labels, request.labelNames, request.labelColors, request.fixedVolume
         )
+        segmentations.show_outlines(node)  # QA: the warped organs' outlines over the fixed CT
         return node
 
     def _writeDiceTable(self, writes: SceneTransaction, request: "RegistrationRequest", result) -> Tuple[Any, Dict[str, float]]:
@@ -486,6 +506,23 @@ class RegistrationLogic:
         table = writes.node_for(request.outputs.diceTable, "vtkMRMLTableNode", f"{request.movingVolume.GetName()} Dice", "dice")
         segmentations.update_dice_table(table, dice, request.labelNames, hd95)
         return table, {request.labelNames[label]: float(value) for label, value in sorted(dice.items())}
+
+    # ------------------------------------------------------------------ using the result
+    def createInverseTransform(self, transformNode):
+        """A new transform node mapping the moving space to the fixed one's opposite (see :mod:`.warping`)."""
+        return warping.create_inverse_transform(transformNode)
+
+    def warpNodes(self, transformNode, nodes, fixedVolume) -> List[Any]:
+        """Copies of moving-space volumes, segmentations, markups or models warped into the fixed space."""
+        return warping.warp_nodes(transformNode, nodes, fixedVolume)
+
+    def createCheckerboard(self, fixedVolume, warpedVolume, squareMm: float = 20.0):
+        """A checkerboard volume of fixed and warped (squares of ``squareMm`` mm) for visual QA."""
+        return quality.checkerboard_volume(fixedVolume, warpedVolume, squareMm)
+
+    def createDifference(self, fixedVolume, warpedVolume):
+        """A ``warped - fixed`` volume for visual QA."""
+        return quality.difference_volume(fixedVolume, warpedVolume)
 
     # ------------------------------------------------------------------ display
     def showOverlay(self, parameterNode) -> int:

@@ -19,12 +19,37 @@ from typing import Any, List, Optional, Tuple
 from .volumes import ROLE_ATTRIBUTE
 
 
+class _NodeCopy:
+    """A copy of a node outside any scene (same class; content, name, attributes, references)."""
+
+    def __init__(self, node) -> None:
+        self.copy = node.CreateNodeInstance()
+        self.copy.UnRegister(None)  # CreateNodeInstance returns a new reference
+        self.copy.Copy(node)
+
+    def restore(self, node) -> None:
+        node.Copy(self.copy)
+
+
+class _SegmentsCopy:
+    """The segments of a segmentation node, kept by reference: a run replaces segments (new ``vtkSegment``
+    objects) and never edits the old ones, and a deep copy of segments is not available everywhere
+    (slicer-core cannot construct their representations)."""
+
+    def __init__(self, node) -> None:
+        segmentation = node.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        self.segments = [(sid, segmentation.GetSegment(sid)) for sid in ids]
+
+    def restore(self, node) -> None:
+        segmentation = node.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        for sid, segment in self.segments:
+            segmentation.AddSegment(segment, sid)
+
+
 def _copy_of(node):
-    """A copy of ``node`` outside any scene (same class; content, name, attributes, references)."""
-    copy = node.CreateNodeInstance()
-    copy.UnRegister(None)  # CreateNodeInstance returns a new reference
-    copy.Copy(node)
-    return copy
+    return _SegmentsCopy(node) if node.IsA("vtkMRMLSegmentationNode") else _NodeCopy(node)
 
 
 class SceneTransaction:
@@ -81,7 +106,7 @@ class SceneTransaction:
         for node, parent_id in reversed(self._parents):
             node.SetAndObserveTransformNodeID(parent_id)
         for node, copy in reversed(self._saved):
-            node.Copy(copy)
+            copy.restore(node)
         for node in reversed(self.created):
             displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] if node.IsA("vtkMRMLDisplayableNode") else []
             self.scene.RemoveNode(node)
