@@ -91,7 +91,7 @@ def main() -> None:
     print(run.summary())
 
     entropy = grab(view, fit=True)
-    set_layers(scene, fixed, run.jacobianVolume, 0.55)
+    set_layers(scene, fixed, run.jacobianVolume, 0.55, additive=True)
     jacobian = grab(view)
     set_layers(scene, fixed, None, 0.0)
     fixed_only = grab(view)

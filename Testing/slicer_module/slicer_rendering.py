@@ -36,14 +36,13 @@ def make_app(width: int = 480, height: int = 480, orientation: str = "Axial"):
     return app, view
 
 
-def set_layers(scene, background, foreground=None, opacity: float = 0.0) -> None:
-    """Set every slice view's background and foreground volume directly (no fitting: pictures stay comparable)."""
-    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    for i in range(composites.GetNumberOfItems()):
-        composite = composites.GetItemAsObject(i)
+def set_layers(scene, background, foreground=None, opacity: float = 0.0, additive: bool = False) -> None:
+    """Set every slice view's background directly (no fitting: pictures stay comparable) and its foreground."""
+    from VoxelOptRegistrationLib import views
+
+    for composite in views.slice_composite_nodes(scene):
         composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
-        composite.SetForegroundOpacity(opacity)
+    views.show_overlay(scene, foreground, opacity, additive)
 
 
 def grab(view, fit: bool = False) -> np.ndarray:

@@ -1,19 +1,21 @@
 """Colour tables of the VoxelOpt result maps, and how the maps are displayed.
 
-Uninformative values are transparent, so that the overlays never wash out the CT:
+Uninformative values must not wash out the CT. Slicer's slice views ignore a colour table's
+alpha for scalar volumes, so:
 
-* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from dark (confident, low
-  entropy of the displacement distribution) to light yellow (uncertain), its opacity rising
-  with the entropy (confident voxels transparent). Voxels at the top
-  :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range (a flat displacement distribution: air
-  and featureless regions, where there was nothing to register) are hidden by the display
-  threshold.
-* Jacobian determinant (no unit): a diverging blue - red map centred at 1, transparent at 1
-  (volume preserved) and increasingly opaque away from it: blue for compression
-  (0 < det J < 1), red for expansion (det J > 1), and an opaque saturated **green** band for
-  folding (det J <= 0), which appears in no other part of the map.
+* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
+  entropy of the displacement distribution) to light yellow (uncertain), alpha-blended. Voxels
+  above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range (a flat displacement distribution:
+  air and featureless regions, where there was nothing to register) are made transparent by
+  the display threshold.
+* Jacobian determinant (no unit): black at 1 (volume preserved), increasingly blue for
+  compression (0 < det J < 1), increasingly red for expansion (det J > 1), and a saturated
+  **green** band for folding (det J <= 0), which appears in no other part of the map. Shown
+  with **additive** compositing (:data:`ADDITIVE_OVERLAYS`): black adds nothing, so the CT is
+  untouched where the volume is preserved.
 
-Both are ``vtkMRMLColorTableNode`` s (256 RGBA entries, no matplotlib needed). A scalar volume display
+Both are ``vtkMRMLColorTableNode`` s (256 entries, no matplotlib needed); Slicer's own tables
+(e.g. desktop Slicer's "Inferno") are not in slicer-core and none is black at a mid value. A scalar volume display
 maps its window [min, max] linearly onto the table, so the display's window must be the one the
 table was designed for (:data:`JACOBIAN_WINDOW`); :func:`show_jacobian` and :func:`show_entropy`
 set it.
@@ -36,15 +38,15 @@ INFERNO_ANCHORS = (
 JACOBIAN_WINDOW = (-0.5, 2.5)
 #: Colour of folding voxels (det J <= 0).
 FOLDING_RGB = (0.0, 0.9, 0.0)
-COMPRESSION_RGB = (0.02, 0.19, 0.65)  # det J -> 0+
-NEUTRAL_RGB = (1.0, 1.0, 1.0)  # det J = 1
-EXPANSION_RGB = (0.65, 0.0, 0.05)  # det J = 2.5
+COMPRESSION_RGB = (0.1, 0.35, 1.0)  # det J -> 0+
+NEUTRAL_RGB = (0.0, 0.0, 0.0)  # det J = 1: adds nothing
+EXPANSION_RGB = (1.0, 0.15, 0.1)  # det J = 2.5
 
 ENTROPY_COLOR_NAME = "VoxelOpt entropy (inferno)"
 JACOBIAN_COLOR_NAME = "VoxelOpt Jacobian (diverging at 1, folding green)"
 COLOR_ROLE_ATTRIBUTE = "VoxelOpt.ColorRole"
-#: |det J - 1| at which the Jacobian overlay becomes fully opaque (transparent at det J = 1).
-JACOBIAN_OPAQUE_DEVIATION = 0.5
+#: Overlays shown with additive compositing (their uninformative values are black).
+ADDITIVE_OVERLAYS = ("jacobian",)
 #: Entropy above this fraction of the map's range (nearly uniform distributions) is not shown.
 UNINFORMATIVE_ENTROPY_FRACTION = 0.97
 TABLE_SIZE = 256
@@ -65,7 +67,7 @@ def jacobian_table_value(index: int, n: int = TABLE_SIZE, window: Tuple[float, f
 
 
 def jacobian_rgb(value: float) -> Tuple[float, float, float]:
-    """Colour of a det J value in the diverging map (folding green, blue < 1 < red)."""
+    """Colour of a det J value (folding green, blue < 1 (black) < red)."""
     if value <= 0.0:
         return FOLDING_RGB
     high = JACOBIAN_WINDOW[1]
@@ -74,18 +76,6 @@ def jacobian_rgb(value: float) -> Tuple[float, float, float]:
         return tuple(float(c0 + (c1 - c0) * t) for c0, c1 in zip(COMPRESSION_RGB, NEUTRAL_RGB))
     t = min((value - 1.0) / (high - 1.0), 1.0)
     return tuple(float(c0 + (c1 - c0) * t) for c0, c1 in zip(NEUTRAL_RGB, EXPANSION_RGB))
-
-
-def jacobian_alpha(value: float) -> float:
-    """Opacity of a det J value: 0 at 1, rising linearly to 1 at 1 +- :data:`JACOBIAN_OPAQUE_DEVIATION`; folding opaque."""
-    if value <= 0.0:
-        return 1.0
-    return float(min(abs(value - 1.0) / JACOBIAN_OPAQUE_DEVIATION, 1.0))
-
-
-def entropy_alpha(n: int = TABLE_SIZE) -> np.ndarray:
-    """(n,) opacity of the entropy table: 0 for the most confident entry, rising to 1 at mid-range."""
-    return np.clip(np.linspace(0.0, 2.0, n), 0.0, 1.0)
 
 
 def _find_color_node(scene, role: str):
@@ -97,29 +87,27 @@ def _find_color_node(scene, role: str):
     return None
 
 
-def _table_node(scene, role: str, name: str, rgba: Sequence[Sequence[float]]):
+def _table_node(scene, role: str, name: str, rgb: Sequence[Sequence[float]]):
     node = _find_color_node(scene, role)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
         node.SetAttribute(COLOR_ROLE_ATTRIBUTE, role)
     node.SetTypeToUser()
-    node.SetNumberOfColors(len(rgba))
-    for i, (r, g, b, a) in enumerate(rgba):
-        node.SetColor(i, f"{role} {i}", float(r), float(g), float(b), float(a))
+    node.SetNumberOfColors(len(rgb))
+    for i, (r, g, b) in enumerate(rgb):
+        node.SetColor(i, f"{role} {i}", float(r), float(g), float(b), 1.0)
     return node
 
 
 def entropy_color_node(scene):
     """The scene's VoxelOpt entropy colour table (created once, then reused)."""
-    rgba = np.column_stack([inferno(), entropy_alpha()])
-    return _table_node(scene, "entropy", ENTROPY_COLOR_NAME, rgba)
+    return _table_node(scene, "entropy", ENTROPY_COLOR_NAME, inferno())
 
 
 def jacobian_color_node(scene):
     """The scene's VoxelOpt Jacobian colour table over :data:`JACOBIAN_WINDOW` (created once, then reused)."""
-    values = [jacobian_table_value(i) for i in range(TABLE_SIZE)]
-    rgba = [(*jacobian_rgb(v), jacobian_alpha(v)) for v in values]
-    return _table_node(scene, "jacobian", JACOBIAN_COLOR_NAME, rgba)
+    rgb = [jacobian_rgb(jacobian_table_value(i)) for i in range(TABLE_SIZE)]
+    return _table_node(scene, "jacobian", JACOBIAN_COLOR_NAME, rgb)
 
 
 def _display(volume_node, color_node, window_min: float, window_max: float) -> None:

@@ -432,7 +432,7 @@ class RegistrationLogic:
                 writes.set_parent_transform(request.movingVolume, transform)
         if showResult:
             overlay_node = {"entropy": entropy, "jacobian": jacobian, "warped": warped, "none": None}[overlay]
-            views.show_result(self.scene, request.fixedVolume, overlay_node, overlayOpacity)
+            views.show_result(self.scene, request.fixedVolume, overlay_node, overlayOpacity, overlay in colors.ADDITIVE_OVERLAYS)
 
         timings = {"slicer_input": request.inputSeconds}
         timings.update({str(k): float(v) for k, v in dict(result.timings).items()})
@@ -538,7 +538,7 @@ class RegistrationLogic:
             "warped": parameterNode.GetNodeReference("outputVolume"),
             "none": None,
         }[values["overlay"]]
-        return views.show_overlay(self.scene, overlay_node, values["overlayOpacity"])
+        return views.show_overlay(self.scene, overlay_node, values["overlayOpacity"], values["overlay"] in colors.ADDITIVE_OVERLAYS)
 
 
 # ---------------------------------------------------------------------- helpers

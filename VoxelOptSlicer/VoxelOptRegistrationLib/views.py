@@ -25,10 +25,11 @@ def _check_opacity(opacity: float) -> None:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
 
 
-def show_overlay(scene, foreground=None, opacity: float = 0.5) -> int:
+def show_overlay(scene, foreground=None, opacity: float = 0.5, additive: bool = False) -> int:
     """Show ``foreground`` (a volume node, or None to clear) at ``opacity`` (0-1) in every slice view.
 
-    Only the foreground layer changes. Returns the number of slice views (0 without views).
+    Only the foreground layer changes. ``additive``: the foreground is added to the background
+    (black adds nothing) instead of alpha-blended. Returns the number of slice views (0 without views).
     """
     _check_opacity(opacity)
     composites = slice_composite_nodes(scene)
@@ -37,11 +38,12 @@ def show_overlay(scene, foreground=None, opacity: float = 0.5) -> int:
         was_modifying = composite.StartModify()
         composite.SetForegroundVolumeID(foreground_id)
         composite.SetForegroundOpacity(float(opacity))
+        composite.SetCompositing(composite.Add if additive else composite.Alpha)
         composite.EndModify(was_modifying)
     return len(composites)
 
 
-def show_result(scene, background, foreground=None, opacity: float = 0.5) -> int:
+def show_result(scene, background, foreground=None, opacity: float = 0.5, additive: bool = False) -> int:
     """Show ``background`` (the fixed volume) under ``foreground`` at ``opacity`` in every slice view.
 
     A view whose background was another volume is fitted to the new one (field of view and
@@ -54,7 +56,7 @@ def show_result(scene, background, foreground=None, opacity: float = 0.5) -> int
         if composite.GetBackgroundVolumeID() != background.GetID():
             composite.SetBackgroundVolumeID(background.GetID())
             changed.append(composite.GetLayoutName())
-    count = show_overlay(scene, foreground, opacity)
+    count = show_overlay(scene, foreground, opacity, additive)
     for layout_name in changed:
         fit_slice_view(scene, layout_name)
     return count
