@@ -100,13 +100,27 @@ def main() -> None:
     unwarped = grab(view)
     moving.SetAndObserveTransformNodeID(run.transform.GetID())
     warped = grab(view)
+    moving.SetAndObserveTransformNodeID(None)
+    unwarped_on_fixed = slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed)
+    moving.SetAndObserveTransformNodeID(run.transform.GetID())
+    qa_pictures, qa_titles = [], []
+    for other, title in ((unwarped_on_fixed, "before: fixed / moving"), (run.warpedVolume, "after: fixed / warped")):
+        set_layers(scene, logic.createCheckerboard(fixed, other, 20.0))
+        qa_pictures.append(grab(view))
+        qa_titles.append(f"checkerboard {title}")
+    if run.warpedSegmentation is not None:
+        run.warpedSegmentation.GetDisplayNode().SetVisibility(True)  # outlines, set by the Logic
+        set_layers(scene, fixed)
+        qa_pictures.append(grab(view))
+        qa_titles.append("warped organs (outlines) over the fixed CT")
 
     save_png(labeled_panels([fixed_only, entropy], ["fixed", "fixed + entropy map (inferno: dark = confident)"]),
-             os.path.join(args.out, "slicer_entropy_overlay.png"))
-    save_png(labeled_panels([fixed_only, jacobian], ["fixed", "fixed + Jacobian (blue < 1 < red, folding green)"]),
-             os.path.join(args.out, "slicer_jacobian_overlay.png"))
+             os.path.join(args.out, "slicer_entropy_overlay.png"), colors=128)
+    save_png(labeled_panels([fixed_only, jacobian], ["fixed", "fixed + Jacobian (blue < 1 < red, added; folding green)"]),
+             os.path.join(args.out, "slicer_jacobian_overlay.png"), colors=128)
     save_png(labeled_panels([unwarped, warped, fixed_only], ["moving", "moving under the VoxelOpt transform (live)", "fixed"]),
-             os.path.join(args.out, "slicer_live_warp.png"))
+             os.path.join(args.out, "slicer_live_warp.png"), colors=128)
+    save_png(labeled_panels(qa_pictures, qa_titles), os.path.join(args.out, "slicer_qa.png"), colors=128)
     print("written to", args.out)
 
 

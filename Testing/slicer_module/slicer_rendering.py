@@ -62,12 +62,15 @@ def grab(view, fit: bool = False) -> np.ndarray:
     return np.ascontiguousarray(pixels[::-1])
 
 
-def save_png(pixels: np.ndarray, path: str) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG file."""
+def save_png(pixels: np.ndarray, path: str, colors: int = 0) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG file; ``colors`` > 0: a palette of that many colours (smaller files)."""
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    image = Image.fromarray(pixels)
+    if colors:
+        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    image.save(path, optimize=True)
 
 
 def saturation(pixels: np.ndarray) -> np.ndarray:

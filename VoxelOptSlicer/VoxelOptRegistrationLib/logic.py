@@ -106,10 +106,12 @@ class RegistrationRequest:
 
 @dataclasses.dataclass
 class EngineOutput:
-    """The engine's ``voxelopt.RegistrationResult`` and whether both images' features came from the cache."""
+    """The engine's ``voxelopt.RegistrationResult``, whether both images' features came from the
+    cache, and the engine's wall time (seconds)."""
 
     result: Any
     cacheHit: bool
+    seconds: float
 
 
 @dataclasses.dataclass
@@ -124,7 +126,8 @@ class RegistrationRun:
         timings: seconds per stage: the engine's stages plus "slicer_input" and "slicer_output".
         device: the torch device used, e.g. "cpu".
         featureCacheHit: True when the features of both images came from the cache.
-        totalSeconds: wall time of the whole run.
+        totalSeconds: wall time of the run: reading the scene, the engine and writing the scene
+            (time the GUI spent between the steps is not counted).
         config: the engine configuration used (``voxelopt.RegistrationConfig``).
         createdNodeIDs: IDs of the nodes this run added to the scene.
     """
@@ -391,6 +394,7 @@ class RegistrationLogic:
         """
         import voxelopt
 
+        start = time.perf_counter()
         cache = self.getFeatureCache()
         hits, misses = cache.hits, cache.misses
         result = voxelopt.register(
@@ -403,7 +407,7 @@ class RegistrationLogic:
             cancel=cancel,
             cache=cache,
         )
-        return EngineOutput(result, cache.hits > hits and cache.misses == misses)
+        return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
     def apply(
         self,
@@ -449,7 +453,7 @@ class RegistrationLogic:
             timings=timings,
             device=str(result.device),
             featureCacheHit=computed.cacheHit,
-            totalSeconds=sum(timings.values()),
+            totalSeconds=request.inputSeconds + computed.seconds + timings["slicer_output"],
             config=result.config,
             createdNodeIDs=[node.GetID() for node in writes.created],
         )

@@ -27,6 +27,9 @@ def _new_volume(fixed_volume, array: np.ndarray, name: str, role: str):
     node.CopyOrientation(fixed_volume)
     node.SetAttribute(ROLE_ATTRIBUTE, role)
     node.CreateDefaultDisplayNodes()
+    source = fixed_volume.GetDisplayNode()
+    if source is not None and source.GetColorNodeID():
+        node.GetDisplayNode().SetAndObserveColorNodeID(source.GetColorNodeID())  # grey, as the fixed volume
     return node
 
 
