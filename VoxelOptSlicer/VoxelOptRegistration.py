@@ -468,6 +468,14 @@ class VoxelOptRegistrationTest(ScriptedLoadableModuleTest):
             self.assertTrue(volumes.same_geometry(node, nodes["fixed"]))
         self.assertGreater(run.dice["liver"], 0.6)
         self.assertLess(run.metrics["folding_percent"], 5.0)
+        # Apply again with the same inputs (the moving volume is now under the transform): same Dice.
+        from VoxelOptRegistrationLib import RegistrationOutputs
+
+        outputs = RegistrationOutputs(run.transform, run.warpedVolume, run.entropyVolume, run.jacobianVolume,
+                                      run.warpedSegmentation, run.diceTable)
+        again = logic.process(nodes["fixed"], nodes["moving"], run.config, fixedSegmentation=nodes["fixed_segmentation"],
+                              movingSegmentation=nodes["moving_segmentation"], outputs=outputs)
+        self.assertEqual(again.dice, run.dice)
         # Re-run with a solver parameter changed: the features come from the cache.
         rerun = logic.process(nodes["fixed"], nodes["moving"], run.config.replace(alpha=2.0))
         self.assertTrue(rerun.featureCacheHit)
