@@ -14,7 +14,9 @@ Batch use, from Slicer's Python console or ``Slicer --no-main-window --python-sc
     run = logic.process(fixedNode, movingNode, voxelopt.RegistrationConfig.preset("fast"))
 """
 
+import importlib
 import logging
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -34,7 +36,16 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from VoxelOptRegistrationLib import RegistrationLogic, parameters
-from VoxelOptRegistrationLib import dependencies
+from VoxelOptRegistrationLib import dependencies, transforms
+from VoxelOptRegistrationLib.errors import message_for_gui
+from VoxelOptRegistrationLib.worker import EngineWorker
+
+#: Where the documentation lives (a file of the repository named in the top-level CMakeLists.txt).
+DOCUMENTATION_URL = "https://github.com/SlicerVoxelOpt/SlicerVoxelOpt/blob/main/README.md"
+PAPER_CITATION = (
+    "Zhang H., Zhang Y., Wang J., Chen X., Hu R., Tian X., Li G., Liu M.: VoxelOpt: Voxel-Adaptive Message "
+    "Passing for Discrete Optimization in Deformable Abdominal CT Registration. MICCAI 2025."
+)
 
 
 class VoxelOptRegistration(ScriptedLoadableModule):
@@ -45,18 +56,20 @@ class VoxelOptRegistration(ScriptedLoadableModule):
         self.parent.title = _("VoxelOpt Registration")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []  # PyTorchUtils is imported lazily, only to install torch
-        self.parent.contributors = ["SlicerVoxelOpt developers"]
+        self.parent.contributors = ["SlicerVoxelOpt developers (SlicerVoxelOpt project)"]
         self.parent.helpText = _(
             "Deformable registration of CT volumes with VoxelOpt (voxel-adaptive message passing over a "
             "discrete displacement search). Produces a displacement field as a grid transform (resampling, "
             "FromParent direction: fixed to moving points) that warps the moving volume live, the warped "
             "volume, an entropy map (registration confidence) and a Jacobian determinant map (folding in "
-            "green). Choose a preset, press Apply; tune parameters in Advanced with 'Update automatically'."
-        )
+            "green). Choose a preset, press Apply; tune parameters in Advanced with 'Update automatically'. "
+            "Documentation: "
+        ) + f'<a href="{DOCUMENTATION_URL}">{DOCUMENTATION_URL}</a>'
         self.parent.acknowledgementText = _(
-            "VoxelOpt method: voxel-adaptive message passing for discrete deformable registration. "
-            "Module structure follows Slicer's scripted module template."
-        )
+            "If you use this module, please cite the VoxelOpt paper: "
+        ) + PAPER_CITATION + _(" Module structure follows Slicer's scripted module template.")
+        # Grid transforms reload as cubic from ITK files: restore the stored linear interpolation.
+        slicer.app.connect("startupCompleted()", lambda: transforms.observe_scene_loading(slicer.mrmlScene))
 
 
 # ---------------------------------------------------------------------------------------- Logic
@@ -79,10 +92,13 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._parameterNode = None
         self._boundWidgets: Dict[str, Any] = {}
         self._updatingGUI = False
-        self._running = False
-        self._cancelRequested = False
+        self._worker: Optional[EngineWorker] = None
+        self._request = None
+        self._runKey = None
         self._lastRunKey = None
+        self._shownOverlay = None
         self._autoTimer = None
+        self._pollTimer = None
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -102,6 +118,17 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self._autoTimer.setSingleShot(True)
         self._autoTimer.setInterval(400)  # debounce: wait until the user stops changing values
         self._autoTimer.connect("timeout()", self.onAutoUpdate)
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(100)  # progress and Cancel checked 10 times a second
+        self._pollTimer.connect("timeout()", self.onPollWorker)
+        self.ui.inverseButton.connect("clicked(bool)", self.onInverseButton)
+        self.ui.warpButton.connect("clicked(bool)", self.onWarpButton)
+        self.ui.checkerboardButton.connect("clicked(bool)", self.onCheckerboardButton)
+        self.ui.differenceButton.connect("clicked(bool)", self.onDifferenceButton)
+        self.ui.loadUserPresetButton.connect("clicked(bool)", self.onLoadUserPreset)
+        self.ui.saveUserPresetButton.connect("clicked(bool)", self.onSaveUserPreset)
+        self.ui.deleteUserPresetButton.connect("clicked(bool)", self.onDeleteUserPreset)
+        self.updateUserPresetList()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -110,6 +137,19 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.stopWorker()
+
+    def onReload(self) -> None:
+        """Developer "Reload": reload the helper package too (Slicer reloads only this file)."""
+        self.stopWorker()
+        for name in sorted(n for n in sys.modules if n.startswith("VoxelOptRegistrationLib.")):
+            importlib.reload(sys.modules[name])
+        importlib.reload(sys.modules["VoxelOptRegistrationLib"])
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    @property
+    def _running(self) -> bool:
+        return self._worker is not None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -119,7 +159,9 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.stopWorker()  # its results belong to the closing scene
         self.setParameterNode(None)
+        self._lastRunKey = self._shownOverlay = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -225,8 +267,11 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.updateGUIFromParameterNode()
         if self._running or self._parameterNode is None:
             return
-        if self.logic.lastRun is not None:
-            self.logic.showOverlay(self._parameterNode)  # overlay/opacity changes apply at once
+        values = parameters.get_values(self._parameterNode)
+        overlay = (values["overlay"], values["overlayOpacity"])
+        if self.logic.lastRun is not None and overlay != self._shownOverlay:
+            self.logic.showOverlay(self._parameterNode)  # the foreground layer only: views keep zoom and slice
+            self._shownOverlay = overlay
         if parameters.get_value(self._parameterNode, "autoUpdate") and self._lastRunKey is not None:
             if self.logic.registrationInputsKey(self._parameterNode) != self._lastRunKey:
                 self._autoTimer.start()
@@ -250,7 +295,7 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     # ---------------------------------------------------------------- running
     def onApplyButton(self) -> None:
         if self._running:
-            self._cancelRequested = True
+            self._worker.cancel()
             self.ui.applyButton.text = _("Cancelling...")
             return
         if not dependencies.torch_installed():
@@ -267,39 +312,120 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self.runRegistration()
 
     def runRegistration(self) -> None:
-        self._running = True
-        self._cancelRequested = False
+        """Read the inputs here, run the engine on a worker thread, write the results in :meth:`onPollWorker`."""
+        self._runKey = self.logic.registrationInputsKey(self._parameterNode)
+        try:
+            self._request = self.logic.prepareParameterNode(self._parameterNode)
+        except Exception as error:
+            self.showError(error)
+            return
+        inputs, logic = self._request.engineInputs, self.logic
+        self._worker = EngineWorker(lambda progress, cancel: logic.compute(inputs, progress, cancel)).start()
         self.ui.applyButton.text = _("Cancel")
         self.ui.progressBar.setVisible(True)
         self.ui.progressBar.value = 0
         self.ui.resultsTextEdit.setPlainText(_("Running..."))
-        key = self.logic.registrationInputsKey(self._parameterNode)
+        self._pollTimer.start()
+
+    def onPollWorker(self) -> None:
+        """Main thread, every 100 ms: show the progress; when the engine is done, write the results."""
+        worker = self._worker
+        if worker is None:
+            return
+        fraction, message = worker.progress
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.setFormat(f"{message} (%p%)")
+        if not worker.done:
+            return
+        self._pollTimer.stop()
+        self._worker, request = None, self._request
+        self._request = None
         try:
-            with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-                try:
-                    run = self.logic.processParameterNode(self._parameterNode, progress=self.onProgress, cancel=self.isCancelRequested)
-                except Exception as error:
-                    if type(error).__name__ == "RegistrationCancelled":
-                        self.ui.resultsTextEdit.setPlainText(_("Cancelled: the scene is unchanged."))
-                        return
-                    self.ui.resultsTextEdit.setPlainText(str(error))
-                    raise
-                self._lastRunKey = key
-                self.ui.resultsTextEdit.setPlainText(run.summary())
+            if worker.error is not None:
+                raise worker.error
+            run = self.logic.applyParameterNode(self._parameterNode, request, worker.result)
+            self._lastRunKey = self._runKey
+            values = parameters.get_values(self._parameterNode)
+            self._shownOverlay = (values["overlay"], values["overlayOpacity"])
+            self.ui.resultsTextEdit.setPlainText(run.summary())
+        except Exception as error:
+            if type(error).__name__ == "RegistrationCancelled":
+                self.ui.resultsTextEdit.setPlainText(_("Cancelled: the scene is unchanged."))
+            else:
+                self.showError(error)
         finally:
-            self._running = False
             self.ui.applyButton.text = _("Apply")
             self.ui.progressBar.setVisible(False)
             self.updateApplyButton()
 
-    def onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(round(100 * fraction))
-        self.ui.progressBar.setFormat(f"{message} (%p%)")
-        slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked between steps
+    def stopWorker(self) -> None:
+        """Cancel a running engine and drop its result (scene closing, module reloading)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = self._request = None
+            if self._pollTimer is not None:
+                self._pollTimer.stop()
 
-    def isCancelRequested(self) -> bool:
-        slicer.app.processEvents()
-        return self._cancelRequested
+    def showError(self, error: Exception) -> None:
+        text = message_for_gui(error)
+        self.ui.resultsTextEdit.setPlainText(text)
+        logging.error(text)
+        slicer.util.errorDisplay(_("Registration failed: ") + text)
+
+    # ---------------------------------------------------------------- using the result
+    def _resultNodes(self):
+        node = self._parameterNode
+        transform = node.GetNodeReference("outputTransform") if node is not None else None
+        if transform is None:
+            raise ValueError(_("Run the registration first (there is no output transform)."))
+        return transform, node.GetNodeReference("fixedVolume"), node.GetNodeReference("outputVolume")
+
+    def onInverseButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not create the inverse transform."), waitCursor=True):
+            transform, _fixed, _warped = self._resultNodes()
+            inverse = self.logic.createInverseTransform(transform)
+            self.ui.resultsTextEdit.appendPlainText(_("Created inverse transform: ") + inverse.GetName())
+
+    def onWarpButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not warp the node."), waitCursor=True):
+            transform, fixed, _warped = self._resultNodes()
+            node = self.ui.warpNodeSelector.currentNode()
+            if node is None:
+                raise ValueError(_("Choose a node to warp."))
+            (warped,) = self.logic.warpNodes(transform, [node], fixed)
+            self.ui.resultsTextEdit.appendPlainText(_("Warped into the fixed space: ") + warped.GetName())
+
+    def onCheckerboardButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not create the checkerboard."), waitCursor=True):
+            _transform, fixed, warped = self._resultNodes()
+            slicer.util.setSliceViewerLayers(background=self.logic.createCheckerboard(fixed, warped), foreground=None)
+
+    def onDifferenceButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not create the difference."), waitCursor=True):
+            _transform, fixed, warped = self._resultNodes()
+            slicer.util.setSliceViewerLayers(background=self.logic.createDifference(fixed, warped), foreground=None)
+
+    # ---------------------------------------------------------------- user presets
+    def updateUserPresetList(self) -> None:
+        combo = self.ui.userPresetComboBox
+        current = combo.currentText
+        combo.clear()
+        combo.addItems(self.logic.presetStore.names())
+        combo.setEditText(current)
+
+    def onSaveUserPreset(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not save the preset.")):
+            self.logic.saveUserPreset(self._parameterNode, self.ui.userPresetComboBox.currentText.strip())
+            self.updateUserPresetList()
+
+    def onLoadUserPreset(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the preset.")):
+            self.logic.loadUserPreset(self._parameterNode, self.ui.userPresetComboBox.currentText.strip())
+
+    def onDeleteUserPreset(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not delete the preset.")):
+            self.logic.presetStore.delete(self.ui.userPresetComboBox.currentText.strip())
+            self.updateUserPresetList()
 
 
 # ---------------------------------------------------------------------------------------- Test
@@ -342,6 +468,14 @@ class VoxelOptRegistrationTest(ScriptedLoadableModuleTest):
             self.assertTrue(volumes.same_geometry(node, nodes["fixed"]))
         self.assertGreater(run.dice["liver"], 0.6)
         self.assertLess(run.metrics["folding_percent"], 5.0)
+        # Apply again with the same inputs (the moving volume is now under the transform): same Dice.
+        from VoxelOptRegistrationLib import RegistrationOutputs
+
+        outputs = RegistrationOutputs(run.transform, run.warpedVolume, run.entropyVolume, run.jacobianVolume,
+                                      run.warpedSegmentation, run.diceTable)
+        again = logic.process(nodes["fixed"], nodes["moving"], run.config, fixedSegmentation=nodes["fixed_segmentation"],
+                              movingSegmentation=nodes["moving_segmentation"], outputs=outputs)
+        self.assertEqual(again.dice, run.dice)
         # Re-run with a solver parameter changed: the features come from the cache.
         rerun = logic.process(nodes["fixed"], nodes["moving"], run.config.replace(alpha=2.0))
         self.assertTrue(rerun.featureCacheHit)

@@ -4,7 +4,7 @@
 
 With ``--ct-dir`` (a folder holding ``Adef_img.nii.gz``/``A_img.nii.gz`` and their ``*_lab``
 label maps) the pictures show a real CT pair: A (moving) registered onto Adef (fixed); otherwise
-the engine's abdominal phantom. Data are read through Slicer storage nodes; only the PNGs are written.
+the synthetic phantom. Data are read through Slicer storage nodes; only the PNGs are written.
 """
 
 import argparse
@@ -15,10 +15,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, os.path.join(REPO, "VoxelOptSlicer"), os.path.join(REPO, "VoxelOptLib", "src")]
 
-from slicer_rendering import grab, make_app, save_png  # noqa: E402
+from slicer_rendering import grab, make_app, save_png, set_layers  # noqa: E402
 
 import slicer  # noqa: E402
-from VoxelOptRegistrationLib import RegistrationLogic, phantom_nodes, views  # noqa: E402
+from VoxelOptRegistrationLib import RegistrationLogic, phantom_nodes  # noqa: E402
 from VoxelOptRegistrationLib.segmentations import update_segmentation_from_labels  # noqa: E402
 from VoxelOptRegistrationLib.volumes import sitk_from_volume_node  # noqa: E402
 
@@ -77,10 +77,10 @@ def main() -> None:
             fixed_seg, moving_seg = (seg, moving_seg) if role == "fixed" else (fixed_seg, seg)
         config = voxelopt.RegistrationConfig.preset(args.preset, device="cpu")
     else:
-        nodes = phantom_nodes.add_phantom_volumes(scene, max_displacement_mm=20.0, with_segmentations=True)
+        nodes = phantom_nodes.add_phantom_volumes(scene, amplitude_mm=6.0, with_segmentations=True)
         fixed, moving = nodes["fixed"], nodes["moving"]
         fixed_seg, moving_seg = nodes["fixed_segmentation"], nodes["moving_segmentation"]
-        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=5.0, device="cpu")
+        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=2.0, device="cpu")
     for node in (fixed, moving):
         node.GetDisplayNode().SetAutoWindowLevel(False)
         node.GetDisplayNode().SetWindowLevel(400, 40)  # abdominal soft-tissue window
@@ -91,22 +91,36 @@ def main() -> None:
     print(run.summary())
 
     entropy = grab(view, fit=True)
-    views.show_in_slice_views(scene, fixed, run.jacobianVolume, 0.55)
+    set_layers(scene, fixed, run.jacobianVolume, 0.55, additive=True)
     jacobian = grab(view)
-    views.show_in_slice_views(scene, fixed, None, 0.0)
+    set_layers(scene, fixed, None, 0.0)
     fixed_only = grab(view)
     moving.SetAndObserveTransformNodeID(None)
-    views.show_in_slice_views(scene, moving, None, 0.0)
+    set_layers(scene, moving, None, 0.0)
     unwarped = grab(view)
     moving.SetAndObserveTransformNodeID(run.transform.GetID())
     warped = grab(view)
+    moving.SetAndObserveTransformNodeID(None)
+    unwarped_on_fixed = slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(moving, fixed)
+    moving.SetAndObserveTransformNodeID(run.transform.GetID())
+    qa_pictures, qa_titles = [], []
+    for other, title in ((unwarped_on_fixed, "before: fixed / moving"), (run.warpedVolume, "after: fixed / warped")):
+        set_layers(scene, logic.createCheckerboard(fixed, other, 20.0))
+        qa_pictures.append(grab(view))
+        qa_titles.append(f"checkerboard {title}")
+    if run.warpedSegmentation is not None:
+        run.warpedSegmentation.GetDisplayNode().SetVisibility(True)  # outlines, set by the Logic
+        set_layers(scene, fixed)
+        qa_pictures.append(grab(view))
+        qa_titles.append("warped organs (outlines) over the fixed CT")
 
     save_png(labeled_panels([fixed_only, entropy], ["fixed", "fixed + entropy map (inferno: dark = confident)"]),
-             os.path.join(args.out, "slicer_entropy_overlay.png"))
-    save_png(labeled_panels([fixed_only, jacobian], ["fixed", "fixed + Jacobian (blue < 1 < red, folding green)"]),
-             os.path.join(args.out, "slicer_jacobian_overlay.png"))
+             os.path.join(args.out, "slicer_entropy_overlay.png"), colors=128)
+    save_png(labeled_panels([fixed_only, jacobian], ["fixed", "fixed + Jacobian (blue < 1 < red, added; folding green)"]),
+             os.path.join(args.out, "slicer_jacobian_overlay.png"), colors=128)
     save_png(labeled_panels([unwarped, warped, fixed_only], ["moving", "moving under the VoxelOpt transform (live)", "fixed"]),
-             os.path.join(args.out, "slicer_live_warp.png"))
+             os.path.join(args.out, "slicer_live_warp.png"), colors=128)
+    save_png(labeled_panels(qa_pictures, qa_titles), os.path.join(args.out, "slicer_qa.png"), colors=128)
     print("written to", args.out)
 
 

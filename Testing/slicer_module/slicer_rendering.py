@@ -36,6 +36,15 @@ def make_app(width: int = 480, height: int = 480, orientation: str = "Axial"):
     return app, view
 
 
+def set_layers(scene, background, foreground=None, opacity: float = 0.0, additive: bool = False) -> None:
+    """Set every slice view's background directly (no fitting: pictures stay comparable) and its foreground."""
+    from VoxelOptRegistrationLib import views
+
+    for composite in views.slice_composite_nodes(scene):
+        composite.SetBackgroundVolumeID(background.GetID())
+    views.show_overlay(scene, foreground, opacity, additive)
+
+
 def grab(view, fit: bool = False) -> np.ndarray:
     """The view's current picture as an (H, W, 3) uint8 array (row 0 at the top)."""
     if fit:
@@ -53,12 +62,15 @@ def grab(view, fit: bool = False) -> np.ndarray:
     return np.ascontiguousarray(pixels[::-1])
 
 
-def save_png(pixels: np.ndarray, path: str) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG file."""
+def save_png(pixels: np.ndarray, path: str, colors: int = 0) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG file; ``colors`` > 0: a palette of that many colours (smaller files)."""
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    image = Image.fromarray(pixels)
+    if colors:
+        image = image.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    image.save(path, optimize=True)
 
 
 def saturation(pixels: np.ndarray) -> np.ndarray:

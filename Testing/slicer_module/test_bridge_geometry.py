@@ -124,7 +124,8 @@ def test_field_with_wrong_components_is_refused():
     "make_bad, message",
     [
         (lambda n: n.SetSpacing(1.0, 0.0, 1.0), "spacing"),
-        (lambda n: n.SetIJKToRASDirections(1, 0, 0, 1, 0, 0, 0, 0, 1), "not orthonormal"),
+        (lambda n: n.SetIJKToRASDirections(1, 0, 0, 1, 0, 0, 0, 0, 1), "orthonormal"),
+        (lambda n: n.SetIJKToRASDirections(1, 0, 0, 0, 2, 0, 0, 0, 1), "not orthonormal"),  # refused by voxelopt.geometry
     ],
 )
 def test_bad_geometry_is_reported(scene, make_bad, message):

@@ -117,13 +117,17 @@ def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
     assert entropy.min() >= 0 and entropy.max() > 0  # nats
     assert entropy_display.GetWindowLevelMin() == pytest.approx(float(entropy.min()), rel=1e-5)
     assert entropy_display.GetWindowLevelMax() == pytest.approx(float(entropy.max()), rel=1e-5)
+    # Uninformative (near-uniform) entropy is transparent: the display threshold cuts the top.
+    assert entropy_display.GetApplyThreshold()
+    assert entropy_display.GetUpperThreshold() == pytest.approx(
+        entropy.min() + colors.UNINFORMATIVE_ENTROPY_FRACTION * (entropy.max() - entropy.min()), rel=1e-5)
 
     jac_display = run.jacobianVolume.GetDisplayNode()
     jac_color = jac_display.GetColorNode()
     assert jac_color.GetAttribute(colors.COLOR_ROLE_ATTRIBUTE) == "jacobian"
     low, high = jac_display.GetWindowLevelMin(), jac_display.GetWindowLevelMax()
     assert (low + high) / 2 == pytest.approx(1.0)  # centred at 1
-    # Table entries: white at 1, blue below, red above, green for det J <= 0.
+    # Table entries: black (adds nothing) at 1, blue below, red above, green for det J <= 0.
     rgba = [0.0] * 4
 
     def colour_at(value):
@@ -131,7 +135,7 @@ def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
         jac_color.GetColor(index, rgba)
         return np.array(rgba[:3])
 
-    assert np.all(colour_at(1.0) > 0.95)
+    assert np.all(colour_at(1.0) < 0.02)
     assert colour_at(0.5)[2] > colour_at(0.5)[0] + 0.2  # blue
     assert colour_at(2.0)[0] > colour_at(2.0)[2] + 0.2  # red
     folding = colour_at(-0.1)
@@ -266,3 +270,4 @@ def test_views_are_set_up_when_the_scene_has_slice_views(scene):
     assert composite.GetBackgroundVolumeID() == nodes["fixed"].GetID()
     assert composite.GetForegroundVolumeID() == run.jacobianVolume.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.6)
+    assert composite.GetCompositing() == composite.Add  # the Jacobian adds to the CT (black at det J = 1)

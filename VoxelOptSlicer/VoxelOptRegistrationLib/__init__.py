@@ -6,13 +6,21 @@ runs (see :mod:`.dependencies`).
 """
 
 from .errors import InputNodeError, MissingDependencyError, VoxelOptSlicerError
-from .logic import RegistrationLogic, RegistrationOutputs, RegistrationRun
+from .logic import EngineInputs, EngineOutput, RegistrationLogic, RegistrationOutputs, RegistrationRequest, RegistrationRun
+from .presets import PresetError, PresetStore
+from .worker import EngineWorker
 
 __all__ = [
+    "EngineInputs",
+    "EngineOutput",
+    "EngineWorker",
     "InputNodeError",
     "MissingDependencyError",
+    "PresetError",
+    "PresetStore",
     "RegistrationLogic",
     "RegistrationOutputs",
+    "RegistrationRequest",
     "RegistrationRun",
     "VoxelOptSlicerError",
 ]

@@ -1,12 +1,21 @@
 """Colour tables of the VoxelOpt result maps, and how the maps are displayed.
 
-* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
-  entropy of the displacement distribution) to light yellow (uncertain).
-* Jacobian determinant (no unit): a diverging blue - white - red map centred at 1 (volume
-  preserved), blue for compression (0 < det J < 1), red for expansion (det J > 1), and a
-  saturated **green** band for folding (det J <= 0), which appears in no other part of the map.
+Uninformative values must not wash out the CT. Slicer's slice views ignore a colour table's
+alpha for scalar volumes, so:
 
-Both are ``vtkMRMLColorTableNode`` s (256 entries, no matplotlib needed). A scalar volume display
+* Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
+  entropy of the displacement distribution) to light yellow (uncertain), alpha-blended. Voxels
+  above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range (a flat displacement distribution:
+  air and featureless regions, where there was nothing to register) are made transparent by
+  the display threshold.
+* Jacobian determinant (no unit): black at 1 (volume preserved), increasingly blue for
+  compression (0 < det J < 1), increasingly red for expansion (det J > 1), and a saturated
+  **green** band for folding (det J <= 0), which appears in no other part of the map. Shown
+  with **additive** compositing (:data:`ADDITIVE_OVERLAYS`): black adds nothing, so the CT is
+  untouched where the volume is preserved.
+
+Both are ``vtkMRMLColorTableNode`` s (256 entries, no matplotlib needed); Slicer's own tables
+(e.g. desktop Slicer's "Inferno") are not in slicer-core and none is black at a mid value. A scalar volume display
 maps its window [min, max] linearly onto the table, so the display's window must be the one the
 table was designed for (:data:`JACOBIAN_WINDOW`); :func:`show_jacobian` and :func:`show_entropy`
 set it.
@@ -29,13 +38,17 @@ INFERNO_ANCHORS = (
 JACOBIAN_WINDOW = (-0.5, 2.5)
 #: Colour of folding voxels (det J <= 0).
 FOLDING_RGB = (0.0, 0.9, 0.0)
-COMPRESSION_RGB = (0.02, 0.19, 0.65)  # det J -> 0+
-NEUTRAL_RGB = (1.0, 1.0, 1.0)  # det J = 1
-EXPANSION_RGB = (0.65, 0.0, 0.05)  # det J = 2.5
+COMPRESSION_RGB = (0.1, 0.35, 1.0)  # det J -> 0+
+NEUTRAL_RGB = (0.0, 0.0, 0.0)  # det J = 1: adds nothing
+EXPANSION_RGB = (1.0, 0.15, 0.1)  # det J = 2.5
 
 ENTROPY_COLOR_NAME = "VoxelOpt entropy (inferno)"
 JACOBIAN_COLOR_NAME = "VoxelOpt Jacobian (diverging at 1, folding green)"
 COLOR_ROLE_ATTRIBUTE = "VoxelOpt.ColorRole"
+#: Overlays shown with additive compositing (their uninformative values are black).
+ADDITIVE_OVERLAYS = ("jacobian",)
+#: Entropy above this fraction of the map's range (nearly uniform distributions) is not shown.
+UNINFORMATIVE_ENTROPY_FRACTION = 0.97
 TABLE_SIZE = 256
 
 
@@ -54,7 +67,7 @@ def jacobian_table_value(index: int, n: int = TABLE_SIZE, window: Tuple[float, f
 
 
 def jacobian_rgb(value: float) -> Tuple[float, float, float]:
-    """Colour of a det J value in the diverging map (folding green, blue < 1 < red)."""
+    """Colour of a det J value (folding green, blue < 1 (black) < red)."""
     if value <= 0.0:
         return FOLDING_RGB
     high = JACOBIAN_WINDOW[1]
@@ -116,6 +129,13 @@ def show_jacobian(volume_node) -> None:
 
 
 def show_entropy(volume_node, min_entropy: float, max_entropy: float) -> None:
-    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``]."""
-    high = max(float(max_entropy), float(min_entropy) + 1e-6)
-    _display(volume_node, entropy_color_node(volume_node.GetScene()), float(min_entropy), high)
+    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``].
+
+    Voxels above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range are hidden (display threshold).
+    """
+    low = float(min_entropy)
+    high = max(float(max_entropy), low + 1e-6)
+    _display(volume_node, entropy_color_node(volume_node.GetScene()), low, high)
+    display = volume_node.GetDisplayNode()
+    display.SetThreshold(low - 1.0, low + UNINFORMATIVE_ENTROPY_FRACTION * (high - low))
+    display.ApplyThresholdOn()

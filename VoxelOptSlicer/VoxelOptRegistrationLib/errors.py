@@ -16,3 +16,20 @@ class InputNodeError(VoxelOptSlicerError, ValueError):
 
 class MissingDependencyError(VoxelOptSlicerError, RuntimeError):
     """A Python package the registration needs (PyTorch) is not installed."""
+
+
+#: The engine's words for a setting -> the module's words (label of the GUI control).
+_GUI_WORDS = (
+    ("try init='centers' or 'com'", "set 'Initial alignment' (Advanced) to centers or com"),
+    ("after 'none' alignment", "with 'Initial alignment' none"),
+    ("after 'centers' alignment", "with 'Initial alignment' centers"),
+    ("after 'com' alignment", "with 'Initial alignment' com"),
+)
+
+
+def message_for_gui(error: BaseException) -> str:
+    """The text of ``error`` with the engine's parameter names replaced by the GUI's control labels."""
+    text = str(error)
+    for engine_words, gui_words in _GUI_WORDS:
+        text = text.replace(engine_words, gui_words)
+    return text

@@ -10,30 +10,47 @@ This is also the batch-scripting API (Slicer's Python console, ``Slicer --no-mai
 
 What a run produces (all on the fixed volume's voxel grid unless stated):
 
-* ``transform``: a ``vtkMRMLGridTransformNode`` holding the displacement field in the **resampling
+* ``transform``: a ``vtkMRMLGridTransformNode`` holding the displacement field (on its own grid,
+  the feature grid, float32) in the **resampling
   (FromParent)** direction, i.e. it maps fixed-space points to moving-space points (see
   :mod:`.transforms`), with the moving and fixed volumes as its moving/fixed node references.
   With ``showResult`` the moving volume is put under it, so the viewers warp it live.
 * ``warpedVolume``: the moving volume resampled onto the fixed grid (float32).
-* ``entropyVolume``: entropy of the displacement distribution (nats), inferno colour table.
-* ``jacobianVolume``: determinant of the Jacobian of x -> x + u(x), diverging table centred at 1,
-  folding (det J <= 0) in green.
+* ``entropyVolume``: entropy of the displacement distribution (nats) on the solver's working grid
+  (4 mm with the default parameters), inferno colour table.
+* ``jacobianVolume``: determinant of the Jacobian of x -> x + u(x) on the field's grid (the
+  feature grid, 2 mm by default), diverging table centred at 1, folding (det J <= 0) in green.
 * with segmentations: ``warpedSegmentation`` (the moving segments on the fixed grid) and a
   ``diceTable`` comparing it with the fixed segmentation (segments matched by name).
 
+A run is three steps, so that the GUI can keep the engine off its thread:
+
+1. :meth:`RegistrationLogic.prepare` (main thread): validate and convert the input nodes into
+   :class:`EngineInputs` (SimpleITK images and the config: no MRML object);
+2. :meth:`RegistrationLogic.compute` (any thread): the engine only, no MRML access;
+3. :meth:`RegistrationLogic.apply` (main thread): write the output nodes.
+
 All-or-nothing: inputs are validated before anything is created; a cancelled or failed run leaves
-the scene as it was (output nodes created by the run are removed, existing ones are only written
-after the engine has finished).
+the scene as it was (nodes created by the run are removed, overwritten ones restored: see
+:mod:`.transaction`).
 """
 
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import slicer
 
 from . import colors, dependencies, parameters, views
 from .errors import InputNodeError
+from .presets import PresetStore
+
+if TYPE_CHECKING:
+    from .transaction import SceneTransaction
+
+# The modules that use SimpleITK (volumes, segmentations, transforms, transaction, warping,
+# quality) are imported where a registration or a result needs them, so that opening the module
+# (parameter node, presets, device label) loads neither SimpleITK nor torch.
 
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]
@@ -51,6 +68,60 @@ class RegistrationOutputs:
     diceTable: Any = None
 
 
+#: RegistrationOutputs field -> parameter-node reference name.
+_OUTPUT_PARAMETERS = {
+    "transform": "outputTransform",
+    "warpedVolume": "outputVolume",
+    "entropyVolume": "outputEntropy",
+    "jacobianVolume": "outputJacobian",
+    "warpedSegmentation": "outputSegmentation",
+    "diceTable": "outputDiceTable",
+}
+
+
+@dataclasses.dataclass
+class EngineInputs:
+    """What the engine needs, read from the scene: SimpleITK images (LPS) and the config, no MRML node.
+
+    ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them).
+    """
+
+    fixed_image: Any
+    moving_image: Any
+    config: Any
+    fixed_labels: Any = None
+    moving_labels: Any = None
+
+
+@dataclasses.dataclass
+class RegistrationRequest:
+    """A prepared run: the nodes (main thread only) and the engine inputs (any thread).
+
+    ``labelNames``/``labelColors``: segment name and colour per label of the label maps;
+    ``inputSeconds``: time spent reading the scene.
+    """
+
+    fixedVolume: Any
+    movingVolume: Any
+    fixedSegmentation: Any
+    movingSegmentation: Any
+    outputs: RegistrationOutputs
+    engineInputs: EngineInputs
+    labelNames: Dict[int, str]
+    labelColors: Dict[int, Tuple[float, float, float]]
+    inputSeconds: float
+
+
+@dataclasses.dataclass
+class EngineOutput:
+    """The engine's ``voxelopt.RegistrationResult``, whether both images' features came from the
+    cache, and the engine's wall time (seconds)."""
+
+    result: Any
+    cacheHit: bool
+    seconds: float
+
+
 @dataclasses.dataclass
 class RegistrationRun:
     """What one registration produced: the output nodes and the numbers to report.
@@ -63,7 +134,8 @@ class RegistrationRun:
         timings: seconds per stage: the engine's stages plus "slicer_input" and "slicer_output".
         device: the torch device used, e.g. "cpu".
         featureCacheHit: True when the features of both images came from the cache.
-        totalSeconds: wall time of the whole run.
+        totalSeconds: wall time of the run: reading the scene, the engine and writing the scene
+            (time the GUI spent between the steps is not counted).
         config: the engine configuration used (``voxelopt.RegistrationConfig``).
         createdNodeIDs: IDs of the nodes this run added to the scene.
     """
@@ -115,7 +187,17 @@ class RegistrationLogic:
         """``scene``: the MRML scene to work in (default: ``slicer.mrmlScene`` at call time)."""
         self._scene = scene
         self.featureCache = None
-        self.lastRun: Optional[RegistrationRun] = None
+        self._lastRun: Optional[RegistrationRun] = None
+        #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
+        self.presetStore = PresetStore()
+
+    @property
+    def lastRun(self) -> Optional[RegistrationRun]:
+        """The last successful run; None before any, or once its transform left the scene (scene closed)."""
+        run = self._lastRun
+        if run is not None and run.transform.GetScene() is not self.scene:
+            self._lastRun = None
+        return self._lastRun
 
     # ------------------------------------------------------------------ scene and parameter node
     @property
@@ -145,6 +227,14 @@ class RegistrationLogic:
         values = parameters.values_from_config_dict(config.to_dict())
         values["preset"] = name
         parameters.set_values(parameterNode, values)
+
+    def saveUserPreset(self, parameterNode, name: str) -> str:
+        """Save the parameter node's registration parameters as user preset ``name``; returns the JSON file."""
+        return self.presetStore.save(name, parameters.get_values(parameterNode))
+
+    def loadUserPreset(self, parameterNode, name: str) -> None:
+        """Write user preset ``name`` into the parameter node (one Modified event); raises PresetError."""
+        parameters.set_values(parameterNode, self.presetStore.load(name))
 
     def configFromParameterNode(self, parameterNode):
         """The ``voxelopt.RegistrationConfig`` the parameter node describes (raises ConfigError/ValueError)."""
@@ -179,6 +269,32 @@ class RegistrationLogic:
             self.featureCache = voxelopt.FeatureCache()
         return self.featureCache
 
+    def prepareParameterNode(self, parameterNode) -> "RegistrationRequest":
+        """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked."""
+        get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
+        outputs = RegistrationOutputs(**{field: get(name) for field, name in _OUTPUT_PARAMETERS.items()})
+        return self.prepare(
+            get("fixedVolume"),
+            get("movingVolume"),
+            self.configFromParameterNode(parameterNode),
+            fixedSegmentation=get("fixedSegmentation"),
+            movingSegmentation=get("movingSegmentation"),
+            outputs=outputs,
+        )
+
+    def applyParameterNode(self, parameterNode, request: "RegistrationRequest", computed: "EngineOutput",
+                           showResult: bool = True) -> RegistrationRun:
+        """Step 3 (main thread) for a parameter node: write the outputs and reference them in the node."""
+        values = parameters.get_values(parameterNode)
+        run = self.apply(request, computed, showResult, values["overlay"], values["overlayOpacity"])
+        was_modifying = parameterNode.StartModify()
+        for field, name in _OUTPUT_PARAMETERS.items():
+            node = getattr(run, field)
+            if node is not None:
+                parameters.set_node(parameterNode, name, node)
+        parameterNode.EndModify(was_modifying)
+        return run
+
     def processParameterNode(
         self,
         parameterNode,
@@ -187,43 +303,9 @@ class RegistrationLogic:
         showResult: bool = True,
     ) -> RegistrationRun:
         """Run with the inputs, outputs and parameters of a parameter node; store the output nodes in it."""
-        get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
-        outputs = RegistrationOutputs(
-            transform=get("outputTransform"),
-            warpedVolume=get("outputVolume"),
-            entropyVolume=get("outputEntropy"),
-            jacobianVolume=get("outputJacobian"),
-            warpedSegmentation=get("outputSegmentation"),
-            diceTable=get("outputDiceTable"),
-        )
-        values = parameters.get_values(parameterNode)
-        config = self.configFromParameterNode(parameterNode)
-        run = self.process(
-            get("fixedVolume"),
-            get("movingVolume"),
-            config,
-            fixedSegmentation=get("fixedSegmentation"),
-            movingSegmentation=get("movingSegmentation"),
-            outputs=outputs,
-            progress=progress,
-            cancel=cancel,
-            showResult=showResult,
-            overlay=values["overlay"],
-            overlayOpacity=values["overlayOpacity"],
-        )
-        was_modifying = parameterNode.StartModify()
-        for name, node in (
-            ("outputTransform", run.transform),
-            ("outputVolume", run.warpedVolume),
-            ("outputEntropy", run.entropyVolume),
-            ("outputJacobian", run.jacobianVolume),
-            ("outputSegmentation", run.warpedSegmentation),
-            ("outputDiceTable", run.diceTable),
-        ):
-            if node is not None:
-                parameters.set_node(parameterNode, name, node)
-        parameterNode.EndModify(was_modifying)
-        return run
+        request = self.prepareParameterNode(parameterNode)
+        computed = self.compute(request.engineInputs, progress, cancel)
+        return self.applyParameterNode(parameterNode, request, computed, showResult)
 
     def process(
         self,
@@ -240,6 +322,9 @@ class RegistrationLogic:
         overlayOpacity: float = 0.5,
     ) -> RegistrationRun:
         """Register ``movingVolume`` onto ``fixedVolume`` and write the result nodes.
+
+        The three steps :meth:`prepare` (read the scene), :meth:`compute` (the engine, no MRML
+        access: may run on a worker thread) and :meth:`apply` (write the scene) in a row.
 
         Args:
             fixedVolume, movingVolume: scalar volume nodes (HU for CT). Their own voxel geometry
@@ -262,17 +347,33 @@ class RegistrationLogic:
             voxelopt.InputError, voxelopt.ConfigError: raised by the engine.
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
         """
-        from . import segmentations, transforms, volumes  # SimpleITK: only when a registration runs
-        from .volumes import ROLE_ATTRIBUTE
+        _check_display(overlay, overlayOpacity)
+        request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs)
+        computed = self.compute(request.engineInputs, progress, cancel)
+        return self.apply(request, computed, showResult, overlay, overlayOpacity)
 
+    def prepare(
+        self,
+        fixedVolume,
+        movingVolume,
+        config: Union[None, Mapping[str, Any], Any] = None,
+        fixedSegmentation=None,
+        movingSegmentation=None,
+        outputs: Optional[RegistrationOutputs] = None,
+    ) -> "RegistrationRequest":
+        """Step 1 (main thread): validate every input node and convert it for the engine; the scene is not changed.
+
+        Arguments as in :meth:`process`. Raises InputNodeError, MissingDependencyError, ConfigError.
+        """
         start = time.perf_counter()
-        outputs = outputs or RegistrationOutputs()
-        if overlay not in parameters.OVERLAY_CHOICES:
-            raise ValueError(f"overlay must be one of {parameters.OVERLAY_CHOICES}, got {overlay!r}")
-        if not 0.0 <= overlayOpacity <= 1.0:
-            raise ValueError(f"overlayOpacity must be in [0, 1], got {overlayOpacity}")
+        dependencies.require_torch()
+        import voxelopt
 
-        # 1. Validate and convert every input before touching the scene.
+        from . import segmentations, volumes
+
+        outputs = outputs or RegistrationOutputs()
+        _check_output_classes(outputs)
+        config = _as_config(voxelopt, config)
         fixed_image = volumes.sitk_from_volume_node(fixedVolume, "fixed")
         moving_image = volumes.sitk_from_volume_node(movingVolume, "moving")
         volumes.parent_transform_check(fixedVolume, ignore_roles=())
@@ -281,89 +382,77 @@ class RegistrationLogic:
             if node is not None:
                 if not node.IsA("vtkMRMLSegmentationNode"):
                     raise InputNodeError(f"{role} segmentation '{node.GetName()}' is a {node.GetClassName()}, not a segmentation")
-                volumes.parent_transform_check(node)
-        _check_output_classes(outputs)
-        dependencies.require_torch()
-        import voxelopt
-
-        config = _as_config(voxelopt, config)
+                volumes.parent_transform_check(node, ignore_roles=())
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
             fixedSegmentation, movingSegmentation, fixedVolume, movingVolume
         )
-        input_seconds = time.perf_counter() - start
+        engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels)
+        return RegistrationRequest(
+            fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
+            label_names, label_colors, time.perf_counter() - start,
+        )
 
-        # 2. The engine (nothing in the scene has changed so far).
+    def compute(
+        self,
+        inputs: "EngineInputs",
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelCallback] = None,
+    ) -> "EngineOutput":
+        """Step 2: the engine alone. Touches no MRML node, so it may run on a worker thread.
+
+        Raises voxelopt.InputError / ConfigError / RegistrationCancelled (see :meth:`process`).
+        """
+        import voxelopt
+
+        start = time.perf_counter()
         cache = self.getFeatureCache()
-        hits_before, misses_before = getattr(cache, "hits", 0), getattr(cache, "misses", 0)
+        hits, misses = cache.hits, cache.misses
         result = voxelopt.register(
-            fixed_image,
-            moving_image,
-            config,
-            fixed_labels=fixed_labels,
-            moving_labels=moving_labels,
+            inputs.fixed_image,
+            inputs.moving_image,
+            inputs.config,
+            fixed_labels=inputs.fixed_labels,
+            moving_labels=inputs.moving_labels,
             progress=progress,
             cancel=cancel,
             cache=cache,
         )
-        cache_hit = getattr(cache, "hits", 0) > hits_before and getattr(cache, "misses", 0) == misses_before
+        return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
-        # 3. Write the outputs, all or nothing.
-        output_start = time.perf_counter()
-        scene = self.scene
-        created: List[Any] = []
+    def apply(
+        self,
+        request: "RegistrationRequest",
+        computed: "EngineOutput",
+        showResult: bool = True,
+        overlay: str = "entropy",
+        overlayOpacity: float = 0.5,
+    ) -> RegistrationRun:
+        """Step 3 (main thread): write the result nodes, all or nothing (see :mod:`.transaction`).
 
-        def node_for(existing, class_name: str, name: str, role: str):
-            if existing is not None:
-                return existing
-            node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
-            node.SetAttribute(ROLE_ATTRIBUTE, role)
-            created.append(node)
-            return node
+        On any failure, nodes created by the run are removed and overwritten ones restored.
+        """
+        from .transaction import SceneTransaction
 
-        base = movingVolume.GetName()
-        try:
-            transform = node_for(outputs.transform, "vtkMRMLGridTransformNode", f"{base} VoxelOpt transform", "transform")
-            transform.SetAttribute(ROLE_ATTRIBUTE, "transform")
-            transforms.set_field_on_transform_node(transform, result.field, movingVolume, fixedVolume)
-            warped = node_for(outputs.warpedVolume, "vtkMRMLScalarVolumeNode", f"{base} warped", "warped")
-            _write_on_fixed_grid(warped, result.warped, fixedVolume)
-            _copy_window(movingVolume, warped)
-            entropy = node_for(outputs.entropyVolume, "vtkMRMLScalarVolumeNode", f"{base} entropy", "entropy")
-            _write_on_fixed_grid(entropy, result.entropy, fixedVolume)
-            colors.show_entropy(entropy, *_min_max(result.entropy))
-            jacobian = node_for(outputs.jacobianVolume, "vtkMRMLScalarVolumeNode", f"{base} Jacobian", "jacobian")
-            _write_on_fixed_grid(jacobian, result.jacobian, fixedVolume)
-            colors.show_jacobian(jacobian)
-            warped_segmentation = dice_table = None
-            dice_by_name: Dict[str, float] = {}
-            if movingSegmentation is not None and result.warped_labels is not None:
-                warped_segmentation = node_for(
-                    outputs.warpedSegmentation, "vtkMRMLSegmentationNode", f"{movingSegmentation.GetName()} warped", "warpedSegmentation"
-                )
-                if warped_segmentation.GetDisplayNode() is None:
-                    warped_segmentation.CreateDefaultDisplayNodes()
-                segmentations.update_segmentation_from_labels(
-                    warped_segmentation, result.warped_labels, label_names, label_colors, fixedVolume
-                )
-            dice = _per_label(result.metrics.get("dice"))
-            if fixedSegmentation is not None and movingSegmentation is not None and dice:
-                dice = {label: value for label, value in dice.items() if label in label_names}
-                dice_table = node_for(outputs.diceTable, "vtkMRMLTableNode", f"{base} Dice", "dice")
-                segmentations.update_dice_table(dice_table, dice, label_names, _per_label(result.metrics.get("hd95_mm")))
-                dice_by_name = {label_names[label]: float(value) for label, value in sorted(dice.items())}
-        except Exception:
-            for node in created:
-                scene.RemoveNode(node)
-            raise
-
+        _check_display(overlay, overlayOpacity)
+        start = time.perf_counter()
+        for role, node in (("fixed volume", request.fixedVolume), ("moving volume", request.movingVolume)):
+            if node.GetScene() is not self.scene:
+                raise InputNodeError(f"the {role} '{node.GetName()}' was removed from the scene during the registration")
+        result = computed.result
+        with SceneTransaction(self.scene) as writes:
+            transform = self._writeTransform(writes, request, result.field)
+            warped, entropy, jacobian = self._writeMaps(writes, request, result)
+            warped_segmentation = self._writeWarpedSegmentation(writes, request, result)
+            dice_table, dice_by_name = self._writeDiceTable(writes, request, result)
+            if showResult:
+                writes.set_parent_transform(request.movingVolume, transform)
         if showResult:
-            movingVolume.SetAndObserveTransformNodeID(transform.GetID())
             overlay_node = {"entropy": entropy, "jacobian": jacobian, "warped": warped, "none": None}[overlay]
-            views.show_in_slice_views(scene, fixedVolume, overlay_node, overlayOpacity)
+            views.show_result(self.scene, request.fixedVolume, overlay_node, overlayOpacity, overlay in colors.ADDITIVE_OVERLAYS)
 
-        timings = {"slicer_input": input_seconds}
+        timings = {"slicer_input": request.inputSeconds}
         timings.update({str(k): float(v) for k, v in dict(result.timings).items()})
-        timings["slicer_output"] = time.perf_counter() - output_start
+        timings["slicer_output"] = time.perf_counter() - start
         run = RegistrationRun(
             transform=transform,
             warpedVolume=warped,
@@ -375,17 +464,106 @@ class RegistrationLogic:
             dice=dice_by_name,
             timings=timings,
             device=str(result.device),
-            featureCacheHit=cache_hit,
-            totalSeconds=time.perf_counter() - start,
+            featureCacheHit=computed.cacheHit,
+            totalSeconds=request.inputSeconds + computed.seconds + timings["slicer_output"],
             config=result.config,
-            createdNodeIDs=[node.GetID() for node in created],
+            createdNodeIDs=[node.GetID() for node in writes.created],
         )
-        self.lastRun = run
+        self._lastRun = run
         return run
+
+    # ------------------------------------------------------------------ the writes of apply
+    def _writeTransform(self, writes: "SceneTransaction", request: "RegistrationRequest", field):
+        """The grid transform node (FromParent); a previous moving volume left under it is taken out."""
+        moving = request.movingVolume
+        transform = writes.node_for(request.outputs.transform, "vtkMRMLGridTransformNode",
+                                    f"{moving.GetName()} VoxelOpt transform", "transform")
+        previous = transform.GetNodeReference(transform.GetMovingNodeReferenceRole())
+        if previous is not None and previous is not moving and previous.GetParentTransformNode() is transform:
+            writes.set_parent_transform(previous, None)  # it would show the new field otherwise
+        from . import transforms
+
+        transforms.set_field_on_transform_node(transform, field, moving, request.fixedVolume)
+        return transform
+
+    def _writeMaps(self, writes: "SceneTransaction", request: "RegistrationRequest", result) -> Tuple[Any, Any, Any]:
+        """The warped volume (on the fixed grid), the entropy map (on the solver's working grid) and the
+        Jacobian map (on the field's grid), with their colour tables."""
+        from . import volumes
+
+        base, outputs, fixed = request.movingVolume.GetName(), request.outputs, request.fixedVolume
+        warped = writes.node_for(outputs.warpedVolume, "vtkMRMLScalarVolumeNode", f"{base} warped", "warped")
+        _write_on_fixed_grid(warped, result.warped, fixed)
+        _copy_window(request.movingVolume, warped)
+        entropy = writes.node_for(outputs.entropyVolume, "vtkMRMLScalarVolumeNode", f"{base} entropy", "entropy")
+        volumes.update_volume_node_from_sitk(entropy, result.entropy)
+        colors.show_entropy(entropy, *_min_max(result.entropy))
+        jacobian = writes.node_for(outputs.jacobianVolume, "vtkMRMLScalarVolumeNode", f"{base} Jacobian", "jacobian")
+        volumes.update_volume_node_from_sitk(jacobian, result.jacobian)
+        colors.show_jacobian(jacobian)
+        return warped, entropy, jacobian
+
+    def _writeWarpedSegmentation(self, writes: "SceneTransaction", request: "RegistrationRequest", result):
+        """The moving segments on the fixed grid (None without a moving segmentation)."""
+        moving_segmentation = request.movingSegmentation
+        if moving_segmentation is None or result.warped_labels is None:
+            return None
+        from . import segmentations
+
+        node = writes.node_for(request.outputs.warpedSegmentation, "vtkMRMLSegmentationNode",
+                               f"{moving_segmentation.GetName()} warped", "warpedSegmentation")
+        segmentations.update_segmentation_from_labels(
+            node, result.warped_labels, request.labelNames, request.labelColors, request.fixedVolume
+        )
+        segmentations.show_outlines(node)  # QA: the warped organs' outlines over the fixed CT
+        return node
+
+    def _writeDiceTable(self, writes: "SceneTransaction", request: "RegistrationRequest", result) -> Tuple[Any, Dict[str, float]]:
+        """The Dice table (None, {} unless both segmentations were given) and {segment name: Dice}."""
+        if request.fixedSegmentation is None or request.movingSegmentation is None:
+            return None, {}
+        dice, hd95 = _label_scores(result.metrics)
+        dice = {label: value for label, value in dice.items() if label in request.labelNames}
+        if not dice:
+            return None, {}
+        from . import segmentations
+
+        table = writes.node_for(request.outputs.diceTable, "vtkMRMLTableNode", f"{request.movingVolume.GetName()} Dice", "dice")
+        segmentations.update_dice_table(table, dice, request.labelNames, hd95)
+        return table, {request.labelNames[label]: float(value) for label, value in sorted(dice.items())}
+
+    # ------------------------------------------------------------------ using the result
+    def createInverseTransform(self, transformNode):
+        """A new transform node mapping the moving space to the fixed one's opposite (see :mod:`.warping`)."""
+        from . import warping
+
+        return warping.create_inverse_transform(transformNode)
+
+    def warpNodes(self, transformNode, nodes, fixedVolume) -> List[Any]:
+        """Copies of moving-space volumes, segmentations, markups or models warped into the fixed space."""
+        from . import warping
+
+        return warping.warp_nodes(transformNode, nodes, fixedVolume)
+
+    def createCheckerboard(self, fixedVolume, warpedVolume, squareMm: float = 20.0):
+        """A checkerboard volume of fixed and warped (squares of ``squareMm`` mm) for visual QA."""
+        from . import quality
+
+        return quality.checkerboard_volume(fixedVolume, warpedVolume, squareMm)
+
+    def createDifference(self, fixedVolume, warpedVolume):
+        """A ``warped - fixed`` volume for visual QA."""
+        from . import quality
+
+        return quality.difference_volume(fixedVolume, warpedVolume)
 
     # ------------------------------------------------------------------ display
     def showOverlay(self, parameterNode) -> int:
-        """Show the fixed volume with the chosen overlay output of a parameter node; returns views updated."""
+        """Show the parameter node's chosen overlay output at its opacity; returns the views updated.
+
+        Only the slice views' foreground layer changes (a display parameter changed): background,
+        zoom and slice offsets stay as the user left them.
+        """
         values = parameters.get_values(parameterNode)
         overlay_node = {
             "entropy": parameterNode.GetNodeReference("outputEntropy"),
@@ -393,9 +571,7 @@ class RegistrationLogic:
             "warped": parameterNode.GetNodeReference("outputVolume"),
             "none": None,
         }[values["overlay"]]
-        return views.show_in_slice_views(
-            self.scene, parameterNode.GetNodeReference("fixedVolume"), overlay_node, values["overlayOpacity"]
-        )
+        return views.show_overlay(self.scene, overlay_node, values["overlayOpacity"], values["overlay"] in colors.ADDITIVE_OVERLAYS)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -440,8 +616,6 @@ def _write_on_fixed_grid(node, image, fixed_volume) -> None:
             f"expected the fixed grid {fixed_dims}"
         )
     node.CopyOrientation(fixed_volume)  # bit-identical IJK->RAS (no LPS/RAS round-off)
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
 
 
 def _copy_window(source, target) -> None:
@@ -459,17 +633,24 @@ def _min_max(image) -> Tuple[float, float]:
     return float(stats.GetMinimum()), float(stats.GetMaximum())
 
 
-def _per_label(metric) -> Dict[int, float]:
-    """A per-label metric as {int label: float}; {} for None or a scalar."""
-    if not isinstance(metric, Mapping):
-        return {}
-    out = {}
-    for key, value in metric.items():
-        try:
-            out[int(key)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+def _check_display(overlay: str, opacity: float) -> None:
+    if overlay not in parameters.OVERLAY_CHOICES:
+        raise ValueError(f"overlay must be one of {parameters.OVERLAY_CHOICES}, got {overlay!r}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"overlayOpacity must be in [0, 1], got {opacity}")
+
+
+def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[int, float]]:
+    """({label: Dice 0-1}, {label: HD95 mm}) from the engine's metrics.
+
+    The only place that reads label scores: they are computed by the engine's scoring
+    (``voxelopt.metrics.label_metrics``, called by ``voxelopt.register`` with both label maps).
+    """
+
+    def per_label(metric) -> Dict[int, float]:
+        return {int(key): float(value) for key, value in metric.items()} if isinstance(metric, Mapping) else {}
+
+    return per_label(metrics.get("dice")), per_label(metrics.get("hd95_mm"))
 
 
 def _content_mtime(node) -> int:

@@ -36,19 +36,46 @@ def segment_names(segmentation_node) -> List[str]:
 
 
 def export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str) -> sitk.Image:
-    """The given segments as a label map (labels 1..n in the given order) on the reference volume's grid (LPS)."""
+    """The given segments as a label map (labels 1..n in the given order) on the reference volume's grid (LPS).
+
+    The reference volume's own voxel grid is used, never its parent transform: the moving volume
+    sits under the previous run's transform (live warp), and exporting onto it would resample
+    the segments through that transform. ``reference_volume`` None: the segmentation's own
+    geometry (extent of the segments).
+    """
     ids = vtk.vtkStringArray()
     for sid in segment_ids:
         ids.InsertNextValue(sid)
     scene = segmentation_node.GetScene()
     with TemporaryNodes(scene):
+        grid = None
+        if reference_volume is not None:
+            grid = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{role} grid (temporary)")
+            set_volume_array(grid, np.zeros(_dimensions_kji(reference_volume), np.uint8), *node_geometry_ras(reference_volume))
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{role} labels (temporary)")
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node, ids, labelmap, reference_volume
+            segmentation_node, ids, labelmap, grid
         ):
             raise InputNodeError(f"could not convert {role} segmentation '{segmentation_node.GetName()}' to a label map")
         image = sitk_from_volume_node(labelmap, role=f"{role} segmentation", pixel_type=sitk.sitkUInt16)
     return image
+
+
+def _dimensions_kji(volume_node) -> Tuple[int, int, int]:
+    i, j, k = volume_node.GetImageData().GetDimensions()
+    return k, j, i
+
+
+def segment_labels(segmentation_node) -> Tuple[sitk.Image, Dict[int, str], Dict[int, RGB]]:
+    """All segments as one label map on the segmentation's own geometry (labels 1..n in segment
+    order), with {label: name} and {label: colour}."""
+    ids = _segment_ids(segmentation_node)
+    if not ids:
+        raise InputNodeError(f"segmentation '{segmentation_node.GetName()}' has no segments")
+    segmentation = segmentation_node.GetSegmentation()
+    names = {label: segmentation.GetSegment(sid).GetName() for label, sid in enumerate(ids, start=1)}
+    colors = {label: tuple(segmentation.GetSegment(sid).GetColor()) for label, sid in enumerate(ids, start=1)}
+    return export_labelmap(segmentation_node, ids, None, segmentation_node.GetName()), names, colors
 
 
 def labelmaps_for_registration(
@@ -181,10 +208,15 @@ def _import_labelmap(segmentation_node, labelmap, names, colors, reference_volum
         segmentation_node.EndModify(was_modifying)
 
 
-def label_counts(labels: sitk.Image) -> Dict[int, int]:
-    """Voxel count of every non-zero label of a label map."""
-    values, counts = np.unique(sitk.GetArrayViewFromImage(labels), return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts) if v != 0}
+def show_outlines(segmentation_node) -> None:
+    """Show the segments as outlines (no fill) in the slice views, over whatever is underneath."""
+    display = segmentation_node.GetDisplayNode()
+    if display is None:
+        segmentation_node.CreateDefaultDisplayNodes()
+        display = segmentation_node.GetDisplayNode()
+    display.SetVisibility2DFill(False)
+    display.SetVisibility2DOutline(True)
+    display.SetSliceIntersectionThickness(2)
 
 
 def update_dice_table(
@@ -221,10 +253,3 @@ def update_dice_table(
     table_node.SetAndObserveTable(table)
     table_node.SetUseFirstColumnAsRowHeader(False)
 
-
-def read_dice_table(table_node) -> Dict[str, float]:
-    """{segment name: Dice} read back from a table written by :func:`update_dice_table`."""
-    table = table_node.GetTable()
-    names = table.GetColumnByName("Segment")
-    dice = table.GetColumnByName("Dice")
-    return {names.GetValue(r): dice.GetValue(r) for r in range(table.GetNumberOfRows())}

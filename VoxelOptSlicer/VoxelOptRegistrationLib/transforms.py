@@ -22,6 +22,10 @@ import slicer
 
 from .volumes import LPS_TO_RAS, sitk_geometry_ras
 
+#: Node attribute storing the grid interpolation ("linear" or "cubic"): the ITK file formats do not
+#: keep it and Slicer reads displacement fields back as cubic, which moves points by ~0.1 mm.
+INTERPOLATION_ATTRIBUTE = "VoxelOpt.Interpolation"
+
 
 def grid_transform_from_field(field: sitk.Image, interpolation: str = "linear"):
     """A ``vtkOrientedGridTransform`` in the resampling (FromParent) direction from an ITK field.
@@ -39,16 +43,16 @@ def grid_transform_from_field(field: sitk.Image, interpolation: str = "linear"):
             f"{field.GetNumberOfComponentsPerPixel()} component(s)"
         )
     origin, spacing, direction = sitk_geometry_ras(field)
-    u_lps = sitk.GetArrayFromImage(field).astype(np.float64)  # (K, J, I, 3), components x, y, z (LPS)
+    u_lps = sitk.GetArrayViewFromImage(field).astype(np.float32)  # (K, J, I, 3), components x, y, z (LPS)
     if not np.all(np.isfinite(u_lps)):
         raise ValueError("the displacement field contains NaN or infinite values")
-    u_ras = u_lps @ LPS_TO_RAS.T
+    u_ras = u_lps * LPS_TO_RAS.diagonal().astype(np.float32)  # LPS -> RAS flips x and y
     K, J, I = u_ras.shape[:3]
     grid = vtk.vtkImageData()
     grid.SetDimensions(I, J, K)
     grid.SetSpacing(*[float(s) for s in spacing])
     grid.SetOrigin(*[float(v) for v in origin])
-    vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(u_ras).reshape(-1, 3), deep=True, array_type=vtk.VTK_DOUBLE)
+    vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(u_ras).reshape(-1, 3), deep=True, array_type=vtk.VTK_FLOAT)
     vectors.SetNumberOfComponents(3)
     grid.GetPointData().SetScalars(vectors)
     direction_matrix = vtk.vtkMatrix4x4()
@@ -79,8 +83,39 @@ def set_field_on_transform_node(
     (``vtkMRMLTransformNode.GetMovingNodeReferenceRole()`` / ``GetFixedNodeReferenceRole()``), as
     Slicer's registration modules do.
     """
-    transform_node.SetAndObserveTransformFromParent(grid_transform_from_field(field))
+    transform_node.SetAndObserveTransformFromParent(grid_transform_from_field(field, "linear"))
+    transform_node.SetAttribute(INTERPOLATION_ATTRIBUTE, "linear")
     set_registration_references(transform_node, moving_node, fixed_node)
+
+
+def restore_interpolation(scene) -> int:
+    """Give every grid transform node with :data:`INTERPOLATION_ATTRIBUTE` its stored interpolation.
+
+    Called after a scene is loaded (see :func:`observe_scene_loading`). Returns the nodes updated.
+    """
+    count = 0
+    nodes = scene.GetNodesByClass("vtkMRMLTransformNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        mode = node.GetAttribute(INTERPOLATION_ATTRIBUTE)
+        if mode not in ("linear", "cubic"):
+            continue
+        grids = [t for t in (node.GetTransformFromParent(), node.GetTransformToParent()) if isinstance(t, slicer.vtkOrientedGridTransform)]
+        for transform in grids:
+            if mode == "linear":
+                transform.SetInterpolationModeToLinear()
+            else:
+                transform.SetInterpolationModeToCubic()
+        count += bool(grids)
+    return count
+
+
+def observe_scene_loading(scene) -> int:
+    """Run :func:`restore_interpolation` whenever a scene is loaded or imported into ``scene``.
+
+    Returns the VTK observer tag (``scene.RemoveObserver(tag)`` stops it).
+    """
+    return scene.AddObserver(scene.EndImportEvent, lambda caller, event: restore_interpolation(caller))
 
 
 def set_registration_references(transform_node, moving_node=None, fixed_node=None) -> None:

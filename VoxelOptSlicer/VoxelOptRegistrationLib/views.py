@@ -1,10 +1,17 @@
-"""Slice-view setup for the results, through MRML slice composite nodes only.
+"""Slice-view setup for the results, through MRML slice composite and slice nodes only.
 
 Works the same in desktop Slicer, in ``Slicer --no-main-window`` (no views: nothing to do) and in
-headless ``slicer-core``/``trame-slicer`` scenes (their slice views have composite nodes too).
+headless ``slicer-core``/``trame-slicer`` scenes (their slice views have MRML nodes too).
+
+Two entry points, so that the user's view is disturbed only when a run shows a new volume:
+
+* :func:`show_result` (after a registration): the fixed volume as background, the overlay as
+  foreground; a view is fitted to its volumes only when its background volume changed.
+* :func:`show_overlay` (a display parameter changed): the foreground layer and its opacity only;
+  background, field of view and slice offset are left as the user set them.
 """
 
-from typing import List, Optional
+from typing import List
 
 
 def slice_composite_nodes(scene) -> List[object]:
@@ -13,51 +20,77 @@ def slice_composite_nodes(scene) -> List[object]:
     return [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
 
 
-def show_in_slice_views(scene, background, foreground=None, opacity: float = 0.5, label=None) -> int:
-    """Show ``background`` in every slice view with ``foreground`` on top at ``opacity`` (0-1).
-
-    Args:
-        scene: the MRML scene.
-        background: volume node for the background layer (the fixed volume), or None to keep it.
-        foreground: volume node for the foreground layer (an overlay), or None to clear it.
-        opacity: foreground opacity, 0 (invisible) to 1 (opaque).
-        label: optional label map volume node for the label layer.
-
-    Returns:
-        The number of slice views updated (0 when there is none, e.g. in a batch run).
-    """
+def _check_opacity(opacity: float) -> None:
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+
+
+def show_overlay(scene, foreground=None, opacity: float = 0.5, additive: bool = False) -> int:
+    """Show ``foreground`` (a volume node, or None to clear) at ``opacity`` (0-1) in every slice view.
+
+    Only the foreground layer changes. ``additive``: the foreground is added to the background
+    (black adds nothing) instead of alpha-blended. Returns the number of slice views (0 without views).
+    """
+    _check_opacity(opacity)
     composites = slice_composite_nodes(scene)
+    foreground_id = foreground.GetID() if foreground is not None else None
     for composite in composites:
         was_modifying = composite.StartModify()
-        if background is not None:
-            composite.SetBackgroundVolumeID(background.GetID())
-        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
+        composite.SetForegroundVolumeID(foreground_id)
         composite.SetForegroundOpacity(float(opacity))
-        if label is not None:
-            composite.SetLabelVolumeID(label.GetID())
+        composite.SetCompositing(composite.Add if additive else composite.Alpha)
         composite.EndModify(was_modifying)
-    _fit_views_if_app()
     return len(composites)
 
 
-def _fit_views_if_app() -> None:
-    """Reset the field of view of the slice views in desktop Slicer; no-op without the application."""
-    try:
+def show_result(scene, background, foreground=None, opacity: float = 0.5, additive: bool = False) -> int:
+    """Show ``background`` (the fixed volume) under ``foreground`` at ``opacity`` in every slice view.
+
+    A view whose background was another volume is fitted to the new one (field of view and
+    offset); a view already showing ``background`` keeps its zoom and slice. Returns the number of
+    slice views updated (0 when there is none, e.g. in a batch run).
+    """
+    _check_opacity(opacity)
+    changed = []
+    for composite in slice_composite_nodes(scene):
+        if composite.GetBackgroundVolumeID() != background.GetID():
+            composite.SetBackgroundVolumeID(background.GetID())
+            changed.append(composite.GetLayoutName())
+    count = show_overlay(scene, foreground, opacity, additive)
+    for layout_name in changed:
+        fit_slice_view(scene, layout_name)
+    return count
+
+
+def _slice_node(scene, layout_name: str):
+    nodes = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetLayoutName() == layout_name:
+            return node
+    return None
+
+
+def fit_slice_view(scene, layout_name: str) -> None:
+    """Fit the slice view ``layout_name`` to its volumes (Slicer's "reset field of view")."""
+    slice_node = _slice_node(scene, layout_name)
+    if slice_node is None:
+        return
+    logic = _application_slice_logic(layout_name)
+    if logic is None:  # headless: a temporary slice logic on the same MRML nodes
         import slicer
 
-        app = getattr(slicer, "app", None)
-        layout_manager = app.layoutManager() if app is not None else None
-    except Exception:  # headless: no application or no layout manager
-        return
-    if layout_manager is None:
-        return
-    for name in layout_manager.sliceViewNames():
-        layout_manager.sliceWidget(name).sliceLogic().FitSliceToAll()
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        logic.SetSliceNode(slice_node)
+    logic.FitSliceToAll()
 
 
-def foreground_of_views(scene) -> Optional[str]:
-    """The foreground volume ID shown in the first slice view (None when there is no view)."""
-    composites = slice_composite_nodes(scene)
-    return composites[0].GetForegroundVolumeID() if composites else None
+def _application_slice_logic(layout_name: str):
+    """The slice logic of desktop Slicer's view ``layout_name``; None without the application."""
+    import slicer
+
+    app = getattr(slicer, "app", None)
+    layout_manager = app.layoutManager() if app is not None and hasattr(app, "layoutManager") else None
+    widget = layout_manager.sliceWidget(layout_name) if layout_manager is not None else None
+    return widget.sliceLogic() if widget is not None else None

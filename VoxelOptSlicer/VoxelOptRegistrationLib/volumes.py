@@ -79,11 +79,11 @@ def parent_transform_check(node, ignore_roles: Iterable[str] = ("transform",)) -
 
 
 def validate_volume_node(node, role: str = "input", check_values: bool = True) -> None:
-    """Check that ``node`` is a usable scalar 3-D volume; raise :class:`InputNodeError` if not.
+    """Check that ``node`` is a scalar 3-D volume node with voxels; raise :class:`InputNodeError` if not.
 
     Checks: a scalar volume node with image data, a single component, at least 2 voxels along
-    every axis (3-D), finite positive spacing, an orthonormal IJK -> RAS direction matrix, and
-    (``check_values``) no NaN or infinite voxel.
+    every axis (3-D) and (``check_values``) no NaN or infinite voxel. The geometry (spacing,
+    direction, origin) is checked by the engine's contract in :func:`sitk_from_volume_node`.
     """
     if node is None:
         raise InputNodeError(f"no {role} volume selected")
@@ -98,16 +98,6 @@ def validate_volume_node(node, role: str = "input", check_values: bool = True) -
     dims = image.GetDimensions()
     if min(dims) < 2:
         raise InputNodeError(f"{label} is not 3-D: its size is {dims[0]}x{dims[1]}x{dims[2]} voxels")
-    _, spacing, direction = node_geometry_ras(node)
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InputNodeError(f"{label} has bad geometry: spacing {tuple(spacing)} mm must be finite and > 0")
-    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-        raise InputNodeError(
-            f"{label} has bad geometry: its IJK->RAS direction matrix is not orthonormal "
-            f"(columns {np.round(direction, 4).T.tolist()}); fix the volume's orientation (Volumes module) first"
-        )
-    if not np.all(np.isfinite(node.GetOrigin())):
-        raise InputNodeError(f"{label} has bad geometry: origin {node.GetOrigin()} is not finite")
     if check_values:
         values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
         if values.dtype.kind == "f":
@@ -136,17 +126,36 @@ def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] =
         pixel_type: optional SimpleITK pixel type to cast to (e.g. ``sitk.sitkFloat32``).
 
     Raises:
-        InputNodeError: see :func:`validate_volume_node`.
+        InputNodeError: see :func:`validate_volume_node`, and a geometry that
+            ``voxelopt.geometry.check_image`` refuses (spacing, direction, origin).
     """
     validate_volume_node(node, role)
     origin, spacing, direction = node_geometry_ras(node)
+    label = f"{role} {_node_label(node)}"
     image = sitk.GetImageFromArray(array_from_volume_node(node))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ origin))
-    image.SetDirection(tuple(float(v) for v in (LPS_TO_RAS @ direction).ravel()))
+    try:
+        image.SetSpacing(tuple(float(s) for s in spacing))
+        image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ origin))
+        image.SetDirection(tuple(float(v) for v in (LPS_TO_RAS @ direction).ravel()))
+    except RuntimeError:  # ITK refuses a zero spacing or a singular direction outright
+        raise InputNodeError(
+            f"{label} has bad geometry: spacing {tuple(spacing)} mm and IJK->RAS direction columns "
+            f"{np.round(direction, 4).T.tolist()} must be > 0 and orthonormal; fix the volume's geometry (Volumes module) first"
+        ) from None
+    _check_geometry(image, label)
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
+
+
+def _check_geometry(image: sitk.Image, label: str) -> None:
+    """The engine's geometry check (``voxelopt.geometry.check_image``) as an :class:`InputNodeError`."""
+    import voxelopt.geometry
+
+    try:
+        voxelopt.geometry.check_image(image, label)
+    except voxelopt.InputError as error:
+        raise InputNodeError(f"{error}: bad geometry; fix the volume's geometry (Volumes module) first") from None
 
 
 def sitk_geometry_ras(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,116 @@
+"""All-or-nothing writes of result nodes: a failed write leaves the scene as it was.
+
+A :class:`SceneTransaction` records, before anything is written,
+
+* the nodes it creates (removed again on failure),
+* a copy of every existing node it is about to overwrite, with its display nodes (copied back
+  on failure: voxels, geometry, transform, segments, table, colours and window), and
+* the parent transform of every node it moves under a transform (put back on failure).
+
+Usage::
+
+    with SceneTransaction(scene) as writes:
+        node = writes.node_for(existing, "vtkMRMLScalarVolumeNode", "name", "warped")
+        ...                                    # write into node; an exception rolls back
+"""
+
+from typing import Any, List, Optional, Tuple
+
+from .volumes import ROLE_ATTRIBUTE
+
+
+class _NodeCopy:
+    """A copy of a node outside any scene (same class; content, name, attributes, references)."""
+
+    def __init__(self, node) -> None:
+        self.copy = node.CreateNodeInstance()
+        self.copy.UnRegister(None)  # CreateNodeInstance returns a new reference
+        self.copy.Copy(node)
+
+    def restore(self, node) -> None:
+        node.Copy(self.copy)
+
+
+class _SegmentsCopy:
+    """The segments of a segmentation node, kept by reference: a run replaces segments (new ``vtkSegment``
+    objects) and never edits the old ones, and a deep copy of segments is not available everywhere
+    (slicer-core cannot construct their representations)."""
+
+    def __init__(self, node) -> None:
+        segmentation = node.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        self.segments = [(sid, segmentation.GetSegment(sid)) for sid in ids]
+
+    def restore(self, node) -> None:
+        segmentation = node.GetSegmentation()
+        segmentation.RemoveAllSegments()
+        for sid, segment in self.segments:
+            segmentation.AddSegment(segment, sid)
+
+
+def _copy_of(node):
+    return _SegmentsCopy(node) if node.IsA("vtkMRMLSegmentationNode") else _NodeCopy(node)
+
+
+class SceneTransaction:
+    """Context manager recording the scene writes of one run and undoing them on an exception."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+        self.created: List[Any] = []
+        self._saved: List[Tuple[Any, Any]] = []  # (node, copy), display nodes included
+        self._parents: List[Tuple[Any, Optional[str]]] = []
+
+    def __enter__(self) -> "SceneTransaction":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc_type is not None:
+            self.rollback()
+        return False
+
+    def node_for(self, existing, class_name: str, name: str, role: str):
+        """``existing`` (saved first, so that a rollback restores it), or a new node named after ``name``.
+
+        New nodes get the ``VoxelOpt.Role`` attribute ``role``; new volumes and segmentations also
+        their default display nodes.
+        """
+        if existing is not None:
+            self.save(existing)
+            existing.SetAttribute(ROLE_ATTRIBUTE, role)
+            return existing
+        node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
+        node.SetAttribute(ROLE_ATTRIBUTE, role)
+        self.created.append(node)
+        if node.IsA("vtkMRMLVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
+            node.CreateDefaultDisplayNodes()
+        return node
+
+    def save(self, node) -> None:
+        """Remember the current state of ``node`` and of its display nodes (once per node)."""
+        if any(saved is node for saved, _ in self._saved):
+            return
+        self._saved.append((node, _copy_of(node)))
+        for i in range(node.GetNumberOfDisplayNodes() if node.IsA("vtkMRMLDisplayableNode") else 0):
+            display = node.GetNthDisplayNode(i)
+            if display is not None:
+                self._saved.append((display, _copy_of(display)))
+
+    def set_parent_transform(self, node, transform_node) -> None:
+        """Put ``node`` under ``transform_node`` (None: under no transform), undone by a rollback."""
+        self._parents.append((node, node.GetTransformNodeID()))
+        node.SetAndObserveTransformNodeID(transform_node.GetID() if transform_node is not None else None)
+
+    def rollback(self) -> None:
+        """Undo every recorded write: parents back, overwritten nodes restored, created nodes removed."""
+        for node, parent_id in reversed(self._parents):
+            node.SetAndObserveTransformNodeID(parent_id)
+        for node, copy in reversed(self._saved):
+            copy.restore(node)
+        for node in reversed(self.created):
+            displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] if node.IsA("vtkMRMLDisplayableNode") else []
+            self.scene.RemoveNode(node)
+            for display in displays:
+                if display is not None and display.GetScene() is not None:
+                    self.scene.RemoveNode(display)
+        self.created.clear()
