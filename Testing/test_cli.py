@@ -53,7 +53,7 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     # the written field reproduces the written warped image through SimpleITK
     fixed, moving = sitk.ReadImage(str(files["fixed"])), sitk.ReadImage(str(files["moving"]))
     field = sitk.ReadImage(str(out / "field.nii.gz"))
-    assert field.GetPixelID() == sitk.sitkVectorFloat64
+    assert field.GetPixelID() == sitk.sitkVectorFloat64  # what DisplacementFieldTransform accepts
     default = float(sitk.GetArrayViewFromImage(moving).min())
     again = sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, default, sitk.sitkFloat32)
     assert np.abs(sitk.GetArrayFromImage(again) - sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))).max() < 0.05

@@ -285,7 +285,7 @@ def test_engine_on_a_worker_thread_then_results_written_on_the_main_thread(scene
     worker.cancel()
     assert worker.wait(timeout=10)
     assert isinstance(worker.error, voxelopt.RegistrationCancelled)
-    assert time.perf_counter() - asked < 1.0
+    assert time.perf_counter() - asked < 5.0  # promptly (about 0.1 s on an idle machine; a busy CI machine is slower)
     assert scene.GetNumberOfNodes() == count
 
 

@@ -24,8 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .config import PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, VoxelOptError
-from .result import FIELD_GRIDS, OUTPUTS
-from .io import FIELD_FORMATS, IMAGE_FORMATS, atomic_output_dir, check_format, read_field, read_image, write_image
+from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
 
 
 # ============================================================================ parameters
@@ -156,6 +155,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
+    from .io import read_image  # numpy and SimpleITK: only once the arguments are good
+
     fixed = read_image(args.fixed, "fixed image")
     moving = read_image(args.moving, "moving image")
     fixed_labels = read_image(args.fixed_labels, "fixed labels") if args.fixed_labels else None
@@ -176,6 +177,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_field, evaluate_labels
+    from .io import atomic_output_dir, read_field, read_image
 
     fixed_labels = read_image(args.fixed_labels, "fixed labels")
     if args.warped_labels:
@@ -199,6 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     config = config_from_options(args)
     from .diagnostics import entropy_distributions, feature_list, plot_entropy_distributions
+    from .io import atomic_output_dir, read_image
 
     names = feature_list(args.types)
     if not names:
@@ -219,6 +222,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = config_from_options(args)
+    from .io import atomic_output_dir, write_image
     from .overview import save_overview
     from .phantom import phantom_pair
     from .pipeline import register

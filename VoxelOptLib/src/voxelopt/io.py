@@ -24,12 +24,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .formats import FIELD_FORMATS, IMAGE_FORMATS, check_format  # noqa: F401  (re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Output file formats accepted for images and for the displacement field.
-IMAGE_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
-FIELD_FORMATS = IMAGE_FORMATS + ("h5",)
 
 
 @dataclasses.dataclass
@@ -138,11 +136,16 @@ def write_image(image: sitk.Image, path: PathLike) -> None:
 
 
 def write_field(field: sitk.Image, path: PathLike) -> None:
-    """Write a displacement field: an image, or a DisplacementFieldTransform for .h5/.tfm."""
+    """Write a displacement field: an image, or a DisplacementFieldTransform for .h5/.tfm.
+
+    The file holds 64-bit vectors whatever the field's type in memory, because ITK's (and
+    SimpleITK's) ``DisplacementFieldTransform`` accepts only those: ``sitk.DisplacementFieldTransform(
+    sitk.ReadImage(path))`` works on what this writes.
+    """
     path = Path(path)
+    field = sitk.Cast(field, sitk.sitkVectorFloat64)
     if path.suffix in (".h5", ".hdf5", ".tfm"):
-        transform = sitk.DisplacementFieldTransform(sitk.Image(field))  # the transform takes the copy
-        sitk.WriteTransform(transform, str(path))
+        sitk.WriteTransform(sitk.DisplacementFieldTransform(field), str(path))
     else:
         write_image(field, path)
 
@@ -167,13 +170,6 @@ def read_field(path: PathLike) -> sitk.Image:
     if field.GetNumberOfComponentsPerPixel() != 3 or field.GetDimension() != 3:
         raise InputError(f"{path} is not a 3-D displacement field (need 3 components per voxel)")
     return sitk.Cast(field, sitk.sitkVectorFloat64)
-
-
-def check_format(fmt: str, allowed: Sequence[str], what: str) -> str:
-    fmt = fmt.lstrip(".")
-    if fmt not in allowed:
-        raise InputError(f"unknown {what} format {fmt!r}; choose one of {', '.join(allowed)}")
-    return fmt
 
 
 def ensure_writable_dir(path: PathLike) -> Path:

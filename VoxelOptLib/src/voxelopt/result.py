@@ -21,12 +21,8 @@ import SimpleITK as sitk
 from .config import RegistrationConfig
 from .errors import InputError
 from .geometry import Grid
-from .io import FIELD_FORMATS, IMAGE_FORMATS, PathLike, atomic_output_dir, check_format, write_field, write_image
-
-#: The outputs :meth:`RegistrationResult.save` can write, in writing order.
-OUTPUTS = ("field", "warped", "labels", "entropy", "jacobian", "metrics")
-#: ``field_grid`` choices: the field's own grid (the feature grid) or the full fixed grid.
-FIELD_GRIDS = ("feature", "fixed")
+from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
+from .io import PathLike, atomic_output_dir, write_field, write_image
 #: The file stem of each output ("labels" is the warped label map).
 _STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
           "jacobian": "jacobian"}
