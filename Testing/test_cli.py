@@ -70,6 +70,26 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     assert json.loads(stdout)["dice"] == summary["metrics"]["dice"]
 
 
+def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, capsys):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a user's file is never touched
+    code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--fixed-labels", files["fixed_labels"],
+                      "--moving-labels", files["moving_labels"], *FAST], capsys)
+    assert code == 0 and {p.name for p in out.iterdir()} == OUTPUT_NAMES | {"notes.txt"}
+    # the same folder, no labels, a subset: the labelled run's files must not look like this run's
+    code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field,metrics",
+                      "--field-grid", "fixed", *FAST], capsys)
+    assert code == 0 and {p.name for p in out.iterdir()} == {"field.nii.gz", "metrics.json", "notes.txt"}
+    field = sitk.ReadImage(str(out / "field.nii.gz"))
+    assert field.GetSize() == sitk.ReadImage(str(files["fixed"])).GetSize()
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "labels", *FAST], capsys)
+    assert code == 2 and "needs --moving-labels" in err
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field,wraped", *FAST], capsys)
+    assert code == 2 and "wraped" in err
+    assert {p.name for p in out.iterdir()} == {"field.nii.gz", "metrics.json", "notes.txt"}  # errors wrote nothing
+
+
 def test_other_output_formats(files, tmp_path, capsys):
     out = tmp_path / "formats"
     code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--image-format", "nrrd",
