@@ -40,7 +40,7 @@ from .geometry import (
     voxel_to_mm_field,
 )
 from .io import ImageLike, as_image
-from .metrics import jacobian_determinant, jacobian_statistics, label_metrics
+from .metrics import jacobian_determinant, jacobian_statistics, registration_label_metrics
 from .result import RegistrationResult
 from .solver import level_shapes, solve_pyramid
 
@@ -289,13 +289,10 @@ def _outputs(solved, prepared: PreparedPair, fixed_labels: Optional[sitk.Image],
         warped_labels = resample_through_field(labels_t, moving_grid, fixed_grid, d_full, "nearest", 0.0)
         warped_labels_image = tensor_to_image(warped_labels.round(), fixed_grid, sitk.sitkInt32)
         if fixed_labels is not None:
-            fixed_np = sitk.GetArrayFromImage(fixed_labels)
-            spacing_zyx = fixed_grid.spacing[::-1]
-            metrics.update(label_metrics(fixed_np, sitk.GetArrayFromImage(warped_labels_image), spacing_zyx))
             initial = resample_image(moving_labels, fixed_grid, interpolator=sitk.sitkNearestNeighbor, default=0)
-            before = label_metrics(fixed_np, sitk.GetArrayViewFromImage(initial), spacing_zyx, metrics["labels"])
-            metrics["dice_initial_mean"] = before["dice_mean"]
-            metrics["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
+            metrics.update(registration_label_metrics(
+                sitk.GetArrayFromImage(fixed_labels), sitk.GetArrayViewFromImage(moving_labels),
+                sitk.GetArrayViewFromImage(initial), warped_labels.round()[0, 0], fixed_grid.spacing[::-1]))
 
     entropy = resize_volume(solved.entropy[None, None], fixed_grid.shape)
     return {
