@@ -14,7 +14,8 @@ harness, the benchmarks, the Slicer Dice table):
 
 Definitions:
 
-* Dice = 2 |F ∩ W| / (|F| + |W|), counted on the compute device with ``torch.bincount``.
+* Dice = 2 |F ∩ W| / (|F| + |W|), counted on the compute device with ``torch.bincount``
+  (label values up to :data:`MAX_LABEL`).
 * HD95 is the 95th percentile of the symmetric surface distances, in millimetres, using the
   grid's physical spacing: the distances from every surface voxel of the fixed mask to the
   nearest surface voxel of the warped mask and back, pooled. A surface voxel is a voxel of the
@@ -35,13 +36,15 @@ axes in mm (``image.GetSpacing()[::-1]``).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
 LabelMap = Union[np.ndarray, torch.Tensor]
+#: Largest label value accepted (labels are counted with one histogram bin per value).
+MAX_LABEL = 2**24
 
 
 def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
@@ -95,12 +98,16 @@ def label_metrics(fixed: LabelMap, moving: LabelMap, warped: LabelMap, spacing_z
     if device is None:
         device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
     f, w = _as_labels(fixed, device), _as_labels(warped, device)
-    labels = sorted(set(_present(f)) & set(_present(_as_labels(moving, device))))
-    dice = _dice(f, w, labels)
-    warped_present = set(_present(w))
+    in_fixed, in_moving, in_warped = _voxel_counts(f), _voxel_counts(_as_labels(moving, device)), _voxel_counts(w)
+    in_both = _voxel_counts(torch.where(f == w, f, torch.zeros((), dtype=f.dtype, device=device)))
+    n = max(len(in_fixed), len(in_moving), len(in_warped))
+    in_fixed, in_moving, in_warped, in_both = (torch.nn.functional.pad(c, (0, n - len(c))).double().cpu().numpy()
+                                               for c in (in_fixed, in_moving, in_warped, in_both))
+    labels = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
+    dice = {label: float(2.0 * in_both[label] / (in_fixed[label] + in_warped[label])) for label in labels}
     fixed_points, warped_points = _surface_points(f, labels, spacing_zyx), _surface_points(w, labels, spacing_zyx)
     diagonal = float(np.linalg.norm(np.asarray(f.shape) * np.asarray(spacing_zyx, dtype=np.float64)))
-    distances = {label: (_hd95(fixed_points[label], warped_points[label]) if label in warped_present else diagonal)
+    distances = {label: (_hd95(fixed_points[label], warped_points[label]) if in_warped[label] else diagonal)
                  for label in labels}
     return {
         "labels": labels,
@@ -108,7 +115,7 @@ def label_metrics(fixed: LabelMap, moving: LabelMap, warped: LabelMap, spacing_z
         "dice_mean": float(np.mean(list(dice.values()))) if labels else float("nan"),
         "hd95_mm": {str(k): v for k, v in distances.items()},
         "hd95_mm_mean": float(np.mean(list(distances.values()))) if labels else float("nan"),
-        "labels_lost": [label for label in labels if label not in warped_present],
+        "labels_lost": [label for label in labels if not in_warped[label]],
     }
 
 
@@ -140,30 +147,11 @@ def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def _present(x: torch.Tensor) -> List[int]:
-    """Sorted non-zero (positive) labels of ``x``."""
-    return [int(v) for v in torch.unique(x).cpu().tolist() if v > 0]
-
-
-def _dice(f: torch.Tensor, w: torch.Tensor, labels: Sequence[int]) -> Dict[int, float]:
-    """Dice per label from three ``torch.bincount`` counts over the scored labels' indices."""
-    if not labels:
-        return {}
-    # label -> 1..n for the scored labels, 0 for anything else (background, negative, unscored)
-    lookup = torch.zeros(max(labels) + 2, dtype=torch.int32, device=f.device)
-    lookup[torch.as_tensor(labels, device=f.device)] = torch.arange(1, len(labels) + 1, dtype=torch.int32,
-                                                                   device=f.device)
-
-    def index(x: torch.Tensor) -> torch.Tensor:
-        return lookup[x.reshape(-1).long().clamp_(0, lookup.numel() - 1)]
-
-    fi, wi = index(f), index(w)
-    n = len(labels) + 1
-    size_f = torch.bincount(fi, minlength=n)
-    size_w = torch.bincount(wi, minlength=n)
-    both = torch.bincount(fi[fi == wi], minlength=n)
-    dice = (2.0 * both.double() / (size_f + size_w).double()).cpu().tolist()
-    return {label: float(dice[i + 1]) for i, label in enumerate(labels)}
+def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
+    """Voxels per label value (index = label; values <= 0 counted as 0), one ``torch.bincount``."""
+    if x.numel() and int(x.max()) > MAX_LABEL:
+        raise ValueError(f"label values above {MAX_LABEL} are not supported, got {int(x.max())}")
+    return torch.bincount(x.reshape(-1).clamp(min=0))
 
 
 def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequence[float]) -> Dict[int, np.ndarray]:
@@ -172,6 +160,11 @@ def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequenc
     A voxel is on its label's surface when a 6-neighbour has another label or lies outside the
     image; all labels are found in one pass over the volume.
     """
+    box = _box(x)  # only the labelled box plus one voxel: the neighbour test needs no more
+    if box is None:
+        return {label: np.zeros((0, 3)) for label in labels}
+    offset = np.asarray([b.start for b in box], dtype=np.float64)
+    x = x[box]
     boundary = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
     for axis in range(3):
         n = x.shape[axis]
@@ -183,8 +176,22 @@ def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequenc
     boundary &= x > 0
     index = torch.nonzero(boundary)
     values = x[boundary].cpu().numpy()
-    points = index.cpu().numpy() * np.asarray(spacing_zyx, dtype=np.float64)
+    points = (index.cpu().numpy() + offset) * np.asarray(spacing_zyx, dtype=np.float64)
     return {label: points[values == label] for label in labels}
+
+
+def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+    """Slices of the box holding every labelled (> 0) voxel of ``x``, grown by one voxel within the
+    image; None when there is none."""
+    positive = x > 0
+    window = []
+    for axis in range(3):
+        others = [a for a in (2, 1, 0) if a != axis]
+        hit = torch.nonzero(positive.any(dim=others[0]).any(dim=others[1])).reshape(-1)
+        if not len(hit):
+            return None
+        window.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+    return tuple(window)
 
 
 def _hd95(a: np.ndarray, b: np.ndarray) -> float:
