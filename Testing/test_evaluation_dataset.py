@@ -293,7 +293,8 @@ def recorder():
 
 @pytest.fixture(scope="module")
 def misplaced_pair(tmp_path_factory):
-    """A phantom and the same image and labels with their origin moved 30 mm along x (a placeholder header)."""
+    """A phantom and the same image and labels with their origin moved 30 mm along x (a placeholder
+    header): the true field is the constant (30, 0, 0) mm."""
     root = tmp_path_factory.mktemp("misplaced")
     pair = phantom_pair(size=SIZE, spacing=SPACING, seed=3)
     files = {}
@@ -302,7 +303,8 @@ def misplaced_pair(tmp_path_factory):
         moved = sitk.Image(image)
         moved.SetOrigin(tuple(o + d for o, d in zip(image.GetOrigin(), (30.0, 0.0, 0.0))))
         files[name.replace("fixed", "moving")] = str(_write(moved, root / f"{name.replace('fixed', 'moving')}.nii.gz"))
-    return PairSpec("misplaced", files["fixed"], files["moving"], files["fixed_labels"], files["moving_labels"])
+    truth = str(_write(_constant_field(pair.moving, (30.0, 0.0, 0.0)), root / "truth.nii.gz"))
+    return PairSpec("misplaced", files["fixed"], files["moving"], files["fixed_labels"], files["moving_labels"], truth)
 
 
 def test_peers_receive_the_moving_image_in_the_common_initial_alignment(recorder, misplaced_pair, tmp_path):
@@ -315,12 +317,14 @@ def test_peers_receive_the_moving_image_in_the_common_initial_alignment(recorder
     assert record["initial_translation_mm"] == pytest.approx([30.0, 0.0, 0.0], abs=1e-6)
     metrics = record["metrics"]["full"]  # scored against the equally aligned moving labels
     assert metrics["dice_initial_mean"] == 1.0 and metrics["dice_mean"] == 1.0
+    assert metrics["disp_error_mm_mean"] == pytest.approx(0.0, abs=1e-6)  # the truth, relative to the alignment
     assert "Initial alignment: com" in (tmp_path / "com" / "results.md").read_text()
 
     unaligned = run_evaluation([misplaced_pair], methods, tmp_path / "none", ("full",), threads=1, progress=False)
     fixed, moving = recorder[-1]
     assert np.abs(moving - fixed).mean() > 0.05
     assert unaligned.records[0]["metrics"]["full"]["dice_initial_mean"] < 0.8
+    assert unaligned.records[0]["metrics"]["full"]["disp_error_mm_mean"] == pytest.approx(30.0, abs=1e-4)
     assert "Initial alignment: none" in (tmp_path / "none" / "results.md").read_text()
 
 

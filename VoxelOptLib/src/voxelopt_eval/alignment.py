@@ -6,7 +6,8 @@ moving points (:func:`voxelopt.pipeline.initial_translation`: ``none``, ``center
 It is applied without resampling, by moving the moving image's origin by ``-t``: the aligned
 image satisfies ``aligned(x) = moving(x + t)``. Fields that methods return for the aligned
 pair are scored against the equally aligned moving labels, so "initial" Dice/HD95 are those of
-the common starting point.
+the common starting point, and a ground-truth field ``g`` (towards the original moving image)
+becomes ``g - t`` (:func:`relative_to_alignment`).
 """
 
 from __future__ import annotations
@@ -55,4 +56,13 @@ def shifted(image: sitk.Image, translation_mm: np.ndarray) -> sitk.Image:
     """``image`` with its origin moved by ``-translation_mm``: ``shifted(x) = image(x + t)`` (no resampling)."""
     out = sitk.Image(image)
     out.SetOrigin(tuple(float(o - t) for o, t in zip(image.GetOrigin(), translation_mm)))
+    return out
+
+
+def relative_to_alignment(field: sitk.Image, translation_mm: np.ndarray) -> sitk.Image:
+    """A displacement field towards the original moving image (LPS mm, x y z components) made
+    relative to the aligned moving image: ``field - t``."""
+    array = sitk.GetArrayFromImage(field).astype(np.float64) - np.asarray(translation_mm, dtype=np.float64)
+    out = sitk.GetImageFromArray(array, isVector=True)
+    out.CopyInformation(field)
     return out

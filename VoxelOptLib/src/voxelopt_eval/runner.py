@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from voxelopt.errors import ConfigError, InputError
 
-from .alignment import InitialAlignment, shifted
+from .alignment import InitialAlignment, relative_to_alignment, shifted
 from .methods import VOXELOPT, MethodOutput, MethodSpec, run_voxelopt, voxelopt_version
 from .pairs import PairSpec, safe_name
 from .peers import get_peer, run_peer
@@ -118,6 +118,8 @@ def run_job(job: Job) -> Dict[str, Any]:
         if moving_labels is not None:
             moving_labels = shifted(moving_labels, translation)
         gt = read_image(job.pair.gt_field, "ground-truth field") if job.pair.gt_field else None
+        if gt is not None:
+            gt = relative_to_alignment(gt, translation)
         metrics = {p: evaluate_field(output.field, fixed_labels, moving_labels, p, gt) for p in job.protocols}
         record.update({"status": "ok", "time_total_s": total, "initial_translation_mm": [float(v) for v in translation],
                        "timings": {"load": loaded - start, "align": aligned - loaded, **output.timings},
