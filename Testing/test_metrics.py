@@ -13,6 +13,7 @@ def test_labels_scored_are_those_of_fixed_and_moving_and_a_lost_label_scores_zer
     fixed[0, :2] = 1  # 16 voxels
     fixed[2, :2, :2] = 2
     fixed[3, 5, 7] = 4  # only in fixed: not scored
+    fixed[3, 5, 6] = -1  # negative values are not labels
     moving = np.zeros((5, 5, 5), np.int16)  # another grid: only its labels matter
     moving[0, 0, 0], moving[1, 1, 1], moving[2, 2, 2] = 1, 2, 3  # label 3 only in moving: not scored
     warped = np.zeros_like(fixed)

@@ -149,9 +149,12 @@ def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
 
 def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
     """Voxels per label value (index = label; values <= 0 counted as 0), one ``torch.bincount``."""
+    x = x.reshape(-1)
     if x.numel() and int(x.max()) > MAX_LABEL:
         raise ValueError(f"label values above {MAX_LABEL} are not supported, got {int(x.max())}")
-    return torch.bincount(x.reshape(-1).clamp(min=0))
+    if x.numel() and x.dtype != torch.uint8 and int(x.min()) < 0:
+        x = x.clamp(min=0)
+    return torch.bincount(x)
 
 
 def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequence[float]) -> Dict[int, np.ndarray]:
@@ -184,13 +187,13 @@ def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
     """Slices of the box holding every labelled (> 0) voxel of ``x``, grown by one voxel within the
     image; None when there is none."""
     positive = x > 0
+    in_yx = positive.any(dim=0)  # two passes over the volume, then small planes
     window = []
-    for axis in range(3):
-        others = [a for a in (2, 1, 0) if a != axis]
-        hit = torch.nonzero(positive.any(dim=others[0]).any(dim=others[1])).reshape(-1)
-        if not len(hit):
+    for hits in (positive.reshape(x.shape[0], -1).any(dim=1), in_yx.any(dim=1), in_yx.any(dim=0)):
+        index = torch.nonzero(hits).reshape(-1)
+        if not len(index):
             return None
-        window.append(slice(max(int(hit[0]) - 1, 0), int(hit[-1]) + 2))
+        window.append(slice(max(int(index[0]) - 1, 0), int(index[-1]) + 2))
     return tuple(window)
 
 
