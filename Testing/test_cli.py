@@ -66,7 +66,8 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     assert from_field["dice_mean"] == pytest.approx(summary["metrics"]["dice_mean"], abs=0.01)
     assert from_field["sdlogj"] == pytest.approx(summary["metrics"]["sdlogj"], abs=1e-4)
     assert json.loads((tmp_path / "eval.json").read_text()) == from_field
-    code, stdout, _ = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--warped-labels", out / "warped_labels.nii.gz"], capsys)
+    code, stdout, _ = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--moving-labels", files["moving_labels"],
+                           "--warped-labels", out / "warped_labels.nii.gz"], capsys)
     assert json.loads(stdout)["dice"] == summary["metrics"]["dice"]
 
 

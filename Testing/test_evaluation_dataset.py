@@ -1,4 +1,4 @@
-"""The dataset evaluation harness (issue 5) on tiny synthetic pairs.
+"""The dataset evaluation harness (package voxelopt_eval) on tiny synthetic pairs.
 
 Everything here runs in well under a minute: phantoms of 60x52x44 voxels at 3 mm and a three-level
 pyramid. Peer adapters are tested only when their package imports (skipped otherwise).
@@ -7,30 +7,37 @@ pyramid. Peer adapters are tested only when their package imports (skipped other
 import csv
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from voxelopt import InputError, RegistrationConfig
-from voxelopt.cli import main
 from voxelopt.errors import ConfigError
-from voxelopt.evaluation_dataset import (
+from voxelopt.phantom import phantom_pair
+from voxelopt_eval import (
+    PEERS,
+    InitialAlignment,
     Job,
+    MethodOutput,
     PairSpec,
+    Peer,
     ablation_variants,
     evaluate_field,
+    get_peer,
     peer_spec,
     read_pairs,
+    register_peer,
     run_ablation,
     run_evaluation,
     run_job,
     run_method,
     voxelopt_spec,
 )
-from voxelopt.evaluation_dataset import runner
-from voxelopt.evaluation_dataset.peers import peer_available
-from voxelopt.phantom import phantom_pair
+from voxelopt_eval import runner
+from voxelopt_eval.cli import main
 
 SIZE, SPACING = (60, 52, 44), (3.0, 3.0, 3.0)
 CONFIG = RegistrationConfig.preset("paper", levels=3, feature_spacing=None, device="cpu")
@@ -248,7 +255,7 @@ def test_ablation_table(data, tmp_path):
 
 # ============================================================================ CLI
 def test_cli_evaluate_dataset(data, tmp_path, capsys):
-    code = main(["evaluate-dataset", str(data["subjects_csv"]), "--out-dir", str(tmp_path), "--max-pairs", "1",
+    code = main(["dataset", str(data["subjects_csv"]), "--out-dir", str(tmp_path), "--max-pairs", "1",
                  "--protocol", "full", "--levels", "3", "--feature-spacing", "none", "--device", "cpu", "--quiet"])
     assert code == 0
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
@@ -256,14 +263,96 @@ def test_cli_evaluate_dataset(data, tmp_path, capsys):
 
 
 def test_cli_unknown_peer_is_an_error(data, tmp_path, capsys):
-    code = main(["evaluate-dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "deeds"])
+    code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "deeds"])
     assert code == 2
     assert "unknown peer(s) deeds" in capsys.readouterr().err
 
 
+# ============================================================================ a fair harness
+def test_the_engine_does_not_import_the_harness():
+    code = ("import sys, voxelopt, voxelopt.cli, voxelopt.evaluation, voxelopt.pipeline; "
+            "sys.exit(any(m.split('.')[0] == 'voxelopt_eval' for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.fixture()
+def recorder():
+    """A peer registered through the registry that records what it receives and returns a zero field."""
+    received = []
+
+    def run(settings, fixed, moving):
+        received.append((sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(moving)))
+        zero = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
+        zero.CopyInformation(fixed)
+        return MethodOutput(zero, {"registration": 0.0})
+
+    register_peer(Peer("recorder", "Recorder", "numpy", "numpy", "asarray", {"threads": 0}, run))
+    yield received
+    del PEERS["recorder"]
+
+
+@pytest.fixture(scope="module")
+def misplaced_pair(tmp_path_factory):
+    """A phantom and the same image and labels with their origin moved 30 mm along x (a placeholder
+    header): the true field is the constant (30, 0, 0) mm."""
+    root = tmp_path_factory.mktemp("misplaced")
+    pair = phantom_pair(size=SIZE, spacing=SPACING, seed=3)
+    files = {}
+    for name, image in (("fixed", pair.moving), ("fixed_labels", pair.moving_labels)):
+        files[name] = str(_write(image, root / f"{name}.nii.gz"))
+        moved = sitk.Image(image)
+        moved.SetOrigin(tuple(o + d for o, d in zip(image.GetOrigin(), (30.0, 0.0, 0.0))))
+        files[name.replace("fixed", "moving")] = str(_write(moved, root / f"{name.replace('fixed', 'moving')}.nii.gz"))
+    truth = str(_write(_constant_field(pair.moving, (30.0, 0.0, 0.0)), root / "truth.nii.gz"))
+    return PairSpec("misplaced", files["fixed"], files["moving"], files["fixed_labels"], files["moving_labels"], truth)
+
+
+def test_peers_receive_the_moving_image_in_the_common_initial_alignment(recorder, misplaced_pair, tmp_path):
+    methods = [peer_spec("recorder")]
+    aligned = run_evaluation([misplaced_pair], methods, tmp_path / "com", ("full",), threads=1, progress=False,
+                             init=InitialAlignment("com"))
+    fixed, moving = recorder[-1]
+    assert np.abs(moving - fixed).max() < 1e-5  # the centre-of-mass shift undoes the header offset exactly
+    record = aligned.records[0]
+    assert record["initial_translation_mm"] == pytest.approx([30.0, 0.0, 0.0], abs=1e-6)
+    metrics = record["metrics"]["full"]  # scored against the equally aligned moving labels
+    assert metrics["dice_initial_mean"] == 1.0 and metrics["dice_mean"] == 1.0
+    assert metrics["disp_error_mm_mean"] == pytest.approx(0.0, abs=1e-6)  # the truth, relative to the alignment
+    assert "Initial alignment: com" in (tmp_path / "com" / "results.md").read_text()
+
+    unaligned = run_evaluation([misplaced_pair], methods, tmp_path / "none", ("full",), threads=1, progress=False)
+    fixed, moving = recorder[-1]
+    assert np.abs(moving - fixed).mean() > 0.05
+    assert unaligned.records[0]["metrics"]["full"]["dice_initial_mean"] < 0.8
+    assert unaligned.records[0]["metrics"]["full"]["disp_error_mm_mean"] == pytest.approx(30.0, abs=1e-4)
+    assert "Initial alignment: none" in (tmp_path / "none" / "results.md").read_text()
+
+
+def test_voxelopt_and_the_peers_start_from_the_same_alignment(recorder, misplaced_pair, tmp_path):
+    run = run_evaluation([misplaced_pair], [voxelopt_spec(CONFIG), peer_spec("recorder")], tmp_path, ("full",),
+                         threads=1, progress=False, init=InitialAlignment("com"))
+    voxelopt_record, peer_record = run.records
+    assert voxelopt_record["initial_translation_mm"] == peer_record["initial_translation_mm"]
+    assert voxelopt_record["metrics"]["full"]["dice_initial_mean"] == peer_record["metrics"]["full"]["dice_initial_mean"]
+    assert voxelopt_record["metrics"]["full"]["dice_mean"] > 0.9  # from the aligned start, nothing to recover
+    with pytest.raises(ConfigError, match="give the initial alignment to the run"):
+        run_evaluation([misplaced_pair], [voxelopt_spec(CONFIG.replace(init="com"))], tmp_path, progress=False)
+
+
+def test_cli_init_is_applied_to_every_method(recorder, misplaced_pair, tmp_path):
+    csv_path = tmp_path / "pair.csv"
+    csv_path.write_text("id,fixed,moving,fixed_labels,moving_labels\nmisplaced," + ",".join(
+        [misplaced_pair.fixed, misplaced_pair.moving, misplaced_pair.fixed_labels, misplaced_pair.moving_labels]) + "\n")
+    code = main(["dataset", str(csv_path), "--out-dir", str(tmp_path / "out"), "--no-voxelopt", "--peers", "recorder",
+                 "--protocol", "full", "--init", "com", "--quiet"])
+    assert code == 0
+    fixed, moving = recorder[-1]
+    assert np.abs(moving - fixed).max() < 1e-5
+
+
 # ============================================================================ peers
 def _skip_unless(kind):
-    ok, reason = peer_available(kind)
+    ok, reason = get_peer(kind).available()
     if not ok:
         pytest.skip(reason)
 
@@ -316,11 +405,11 @@ def test_ants_field_matches_ants_own_label_warp(shifted, tmp_path):
     _skip_unless("ants")
     import ants
 
-    from voxelopt.evaluation_dataset.peers import preprocess, transforms_to_field
     from voxelopt.geometry import Grid
+    from voxelopt_eval.peers import prepare, transforms_to_field
 
     fixed, moving, labels, moving_labels = shifted
-    f, m = preprocess(fixed, moving, (-800.0, 500.0))
+    f, m = prepare(fixed, moving, (-800.0, 500.0))
     for name, image in (("f", f), ("m", m), ("ml", sitk.Cast(moving_labels, sitk.sitkFloat32))):
         sitk.WriteImage(image, str(tmp_path / f"{name}.nii.gz"))
     fa, ma, la = (ants.image_read(str(tmp_path / f"{n}.nii.gz")) for n in ("f", "m", "ml"))

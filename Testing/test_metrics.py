@@ -1,37 +1,101 @@
+"""The scoring module (voxelopt.metrics): one rule for Dice and HD95, Jacobian statistics."""
+
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from voxelopt.metrics import dice_scores, hd95, jacobian_determinant, jacobian_statistics, label_metrics
+from voxelopt.metrics import jacobian_determinant, jacobian_statistics, label_metrics, registration_label_metrics
 
 
-def test_dice_hand_computed():
-    a = np.zeros((4, 4, 4), int)
-    b = np.zeros((4, 4, 4), int)
-    a[0, :2] = 1  # 8 voxels
-    b[0, :1] = 1  # 4 voxels, all inside a
-    a[2] = 2  # label 2 only in a: not scored
-    b[3, 0, 0] = 3  # label 3 only in b: not scored
-    assert dice_scores(a, b) == {1: pytest.approx(2 * 4 / 12)}
+def test_labels_scored_are_those_of_fixed_and_moving_and_a_lost_label_scores_zero():
+    fixed = np.zeros((4, 6, 8), np.int16)
+    fixed[0, :2] = 1  # 16 voxels
+    fixed[2, :2, :2] = 2
+    fixed[3, 5, 7] = 4  # only in fixed: not scored
+    fixed[3, 5, 6] = -1  # negative values are not labels
+    moving = np.zeros((5, 5, 5), np.int16)  # another grid: only its labels matter
+    moving[0, 0, 0], moving[1, 1, 1], moving[2, 2, 2] = 1, 2, 3  # label 3 only in moving: not scored
+    warped = np.zeros_like(fixed)
+    warped[0, :1] = 1  # 8 voxels, all inside fixed's label 1; label 2 is lost
+    warped[1, 1, 1] = 5  # only in warped: not scored
+    metrics = label_metrics(fixed, moving, warped, (2.0, 1.0, 1.0))
+    assert metrics["labels"] == [1, 2] and metrics["labels_lost"] == [2]
+    assert metrics["dice"] == {"1": pytest.approx(2 * 8 / 24), "2": 0.0}
+    assert metrics["dice_mean"] == pytest.approx((2 * 8 / 24) / 2)
+    diagonal = np.sqrt(8.0 ** 2 + 6 ** 2 + 8 ** 2)  # the fixed box in mm
+    assert metrics["hd95_mm"]["2"] == pytest.approx(diagonal)
+    assert metrics["hd95_mm_mean"] == pytest.approx((metrics["hd95_mm"]["1"] + diagonal) / 2)
+
+
+def test_tensor_inputs_give_the_array_result():
+    rng = np.random.default_rng(0)
+    fixed = rng.integers(0, 4, (12, 10, 9)).astype(np.int32)
+    warped = rng.integers(0, 4, (12, 10, 9)).astype(np.uint16)  # a dtype torch cannot hold
+    arrays = label_metrics(fixed, fixed, warped, (1.0, 2.0, 3.0))
+    tensors = label_metrics(torch.from_numpy(fixed), torch.from_numpy(fixed).float(),
+                            torch.from_numpy(warped.astype(np.float32)), (1.0, 2.0, 3.0), device=torch.device("cpu"))
+    assert tensors == arrays
+    for label in (1, 2, 3):
+        f, w = fixed == label, warped == label
+        assert arrays["dice"][str(label)] == pytest.approx(2 * (f & w).sum() / (f.sum() + w.sum()))
+
+
+def _reference_hd95(a, b, spacing):
+    """The former definition: distance transforms of the surfaces' complements, on the full grid."""
+    structure = ndimage.generate_binary_structure(3, 1)
+    surface_a = a & ~ndimage.binary_erosion(a, structure=structure, border_value=0)
+    surface_b = b & ~ndimage.binary_erosion(b, structure=structure, border_value=0)
+    to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing)[surface_a]
+    to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)[surface_b]
+    return np.percentile(np.concatenate([to_b, to_a]), 95)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hd95_agrees_with_the_distance_transform_definition_on_random_shapes(seed):
+    rng = np.random.default_rng(seed)
+    shape, spacing = (24, 28, 20), tuple(rng.uniform(0.5, 3.0, 3))
+
+    def blobs():  # smoothed noise, thresholded into three labels of irregular shape, some touching the border
+        noise = ndimage.gaussian_filter(rng.standard_normal(shape), 2.5)
+        return np.digitize(noise, np.quantile(noise, [0.45, 0.65, 0.85])).astype(np.int32)
+
+    fixed, warped = blobs(), blobs()
+    metrics = label_metrics(fixed, fixed, warped, spacing)
+    assert metrics["labels"] == [1, 2, 3]
+    for label in metrics["labels"]:
+        expected = _reference_hd95(fixed == label, warped == label, spacing)
+        assert metrics["hd95_mm"][str(label)] == pytest.approx(expected, rel=1e-9)
+        assert expected > 0
 
 
 def test_hd95_of_offset_cubes_in_mm():
-    a = np.zeros((30, 30, 30), bool)
-    b = np.zeros((30, 30, 30), bool)
-    a[10:20, 10:20, 10:20] = True
-    b[10:20, 10:20, 13:23] = True  # shifted 3 voxels along x
+    a = np.zeros((30, 30, 30), np.int32)
+    b = np.zeros((30, 30, 30), np.int32)
+    a[10:20, 10:20, 10:20] = 1
+    b[10:20, 10:20, 13:23] = 1  # shifted 3 voxels along x
     # x spacing 2 mm: every surface point is within 6 mm; most faces are at 0 mm or exactly 6 mm
-    value = hd95(a, b, spacing_zyx=(1.0, 1.0, 2.0))
-    assert value == pytest.approx(6.0)
-    assert hd95(a, a, (1.0, 1.0, 1.0)) == 0.0
-    assert np.isnan(hd95(a, np.zeros_like(a), (1.0, 1.0, 1.0)))
+    assert label_metrics(a, a, b, (1.0, 1.0, 2.0))["hd95_mm"] == {"1": pytest.approx(6.0)}
+    same = label_metrics(a, a, a.copy(), (1.0, 1.0, 1.0))
+    assert same["dice_mean"] == 1.0 and same["hd95_mm_mean"] == 0.0
 
 
-def test_label_metrics_summary():
-    a = np.zeros((20, 20, 20), int)
-    a[5:15, 5:15, 5:15] = 1
-    metrics = label_metrics(a, a.copy(), (1.0, 1.0, 1.0))
-    assert metrics["labels"] == [1] and metrics["dice_mean"] == 1.0 and metrics["hd95_mm_mean"] == 0.0
+def test_registration_label_metrics_scores_before_and_after_on_the_same_labels():
+    fixed = np.zeros((20, 20, 20), np.int32)
+    fixed[5:15, 5:15, 5:15] = 1
+    fixed[0:3, 0:3, 0:3] = 2
+    initial = np.roll(fixed, 4, axis=2)
+    initial[initial == 2] = 0  # the initial alignment leaves label 2 outside the fixed box
+    metrics = registration_label_metrics(fixed, fixed, initial, fixed.copy(), (1.0, 1.0, 1.0))
+    assert metrics["labels"] == [1, 2] and metrics["dice_mean"] == 1.0 and metrics["hd95_mm_mean"] == 0.0
+    assert metrics["dice_initial_mean"] == pytest.approx((2 * 600 / 2000) / 2)
+    assert metrics["hd95_mm_initial_mean"] > np.sqrt(3 * 20.0 ** 2) / 2
+
+
+def test_no_common_label_gives_nan_means():
+    a = np.ones((4, 4, 4), np.int32)
+    metrics = label_metrics(a, 2 * a, a, (1.0, 1.0, 1.0))
+    assert metrics["labels"] == [] and np.isnan(metrics["dice_mean"]) and np.isnan(metrics["hd95_mm_mean"])
 
 
 def test_jacobian_of_linear_fields():

@@ -7,15 +7,16 @@
    (all 42 ordered pairs, the paper's 7 x 6 protocol).
 2. A pairs CSV of the real-CT pair A (moving) -> Adef (fixed) of ``../shared/data/totalseg_ct``
    with its known displacement (``gt_field``).
-3. ``voxelopt evaluate-dataset`` on both (VoxelOpt on every pair; peers on the real-CT pair and
-   on the first ``--peer-pairs`` pseudo-CT pairs), and ``voxelopt evaluate-ablation`` on the first
-   ``--ablation-pairs`` pseudo-CT pairs.
+3. ``voxelopt-eval dataset`` on both (VoxelOpt on every pair; peers on the real-CT pair and
+   on the first ``--peer-pairs`` pseudo-CT pairs), and ``voxelopt-eval ablation`` on the first
+   ``--ablation-pairs`` pseudo-CT pairs. ``--init`` is the common initial alignment of every
+   method (applied to the moving image and labels before any method runs).
 
 Nothing is written into the repository: data and results go to WORK_DIR. Usage:
 
     python VoxelOptLib/benchmarks/evaluate_development_data.py WORK_DIR [--shared ../shared]
         [--peers convexadam,ants,elastix] [--peer-pairs 6] [--ablation-pairs 3] [--threads 2]
-        [--skip real,pseudoct,ablation]
+        [--init none|centers|com] [--skip real,pseudoct,ablation]
 
 Re-running resumes: finished pairs are skipped.
 """
@@ -61,9 +62,9 @@ def make_data(shared: Path, work: Path) -> tuple:
     return subjects, real_csv
 
 
-def voxelopt(*args: str) -> None:
-    command = [sys.executable, "-m", "voxelopt.cli", *args]
-    print("+ voxelopt " + " ".join(args), flush=True)
+def voxelopt_eval(*args: str) -> None:
+    command = [sys.executable, "-m", "voxelopt_eval.cli", *args]
+    print("+ voxelopt-eval " + " ".join(args), flush=True)
     code = subprocess.run(command).returncode
     if code not in (0, 1):  # 1 = some pair failed (reported in results.md); go on
         sys.exit(code)
@@ -77,21 +78,22 @@ def main() -> None:
     parser.add_argument("--peer-pairs", type=int, default=6)
     parser.add_argument("--ablation-pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", default="none", help="common initial alignment: none, centers or com")
     parser.add_argument("--skip", default="", help="comma-separated steps to skip: real, pseudoct, ablation")
     args = parser.parse_args()
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
     subjects, real_csv = make_data(Path(args.shared).resolve(), work)
-    common = ["--threads", str(args.threads), "--device", "cpu"]
+    common = ["--threads", str(args.threads), "--device", "cpu", "--init", args.init]
     peers = ["--peers", args.peers] if args.peers else []
     if "real" not in skip:
-        voxelopt("evaluate-dataset", str(real_csv), "--out-dir", str(work / "results_real_ct"), *peers, *common)
+        voxelopt_eval("dataset", str(real_csv), "--out-dir", str(work / "results_real_ct"), *peers, *common)
     if "pseudoct" not in skip:
-        voxelopt("evaluate-dataset", str(subjects), "--out-dir", str(work / "results_pseudoct"), *peers,
+        voxelopt_eval("dataset", str(subjects), "--out-dir", str(work / "results_pseudoct"), *peers,
                  "--peer-pairs", str(args.peer_pairs), *common)
     if "ablation" not in skip:
-        voxelopt("evaluate-ablation", str(subjects), "--out-dir", str(work / "ablation_pseudoct"),
+        voxelopt_eval("ablation", str(subjects), "--out-dir", str(work / "ablation_pseudoct"),
                  "--max-pairs", str(args.ablation_pairs), *common)
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "VoxelOptLib" / "src"))
 
 import voxelopt  # noqa: E402
 from voxelopt.features.base import register_extractor  # noqa: E402
+from voxelopt.metrics import label_metrics  # noqa: E402
 from voxelopt.networks import obelisk as obelisk_mod  # noqa: E402
 from voxelopt.networks import pdd as pdd_mod  # noqa: E402
 from voxelopt.networks import register_network_extractors  # noqa: E402
@@ -100,12 +101,6 @@ def displacement_error(field: sitk.Image, truth: np.ndarray, mask: np.ndarray) -
     return {"mean": float(err.mean()), "p95": float(np.percentile(err, 95))}
 
 
-def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean Dice over the labels present in both maps."""
-    labels = sorted((set(np.unique(a)) & set(np.unique(b))) - {0})
-    return float(np.mean([2.0 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum()) for k in labels]))
-
-
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", nargs="+", default=DEFAULT_FEATURES)
@@ -127,9 +122,12 @@ def main(argv: List[str] = None) -> int:
     body = sitk.GetArrayFromImage(fixed) > -500
     organs = sitk.GetArrayFromImage(fixed_lab) > 0
     zero = np.linalg.norm(truth, axis=-1)
+    unmoved = sitk.Resample(moving_lab, fixed_lab, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    identity = label_metrics(sitk.GetArrayViewFromImage(fixed_lab), sitk.GetArrayViewFromImage(moving_lab),
+                             sitk.GetArrayViewFromImage(unmoved), fixed_lab.GetSpacing()[::-1])
     rows = [{"features": "none (identity)", "error_body_mm": float(zero[body].mean()),
              "error_body_p95_mm": float(np.percentile(zero[body], 95)), "error_organs_mm": float(zero[organs].mean()),
-             "dice_mean": mean_dice(sitk.GetArrayFromImage(fixed_lab), sitk.GetArrayFromImage(moving_lab))}]
+             "dice_mean": identity["dice_mean"]}]
     print(f"identity: body {rows[0]['error_body_mm']:.2f} mm, organs {rows[0]['error_organs_mm']:.2f} mm", flush=True)
     for name in args.features:
         config = voxelopt.RegistrationConfig.preset(args.preset, features=name, weights=str(args.models), device=args.device)

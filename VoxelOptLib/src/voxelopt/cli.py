@@ -5,8 +5,9 @@ Subcommands:
   evaluate   metrics of a field (or of a warped label map) against fixed labels
   demo       make an abdominal phantom pair, register it, write outputs and a PNG overview
   features   the displacement-entropy distribution of each feature type for a pair (paper Fig. 1)
-  evaluate-dataset   register many pairs (VoxelOpt and optional peers); results.csv / results.md
-  evaluate-ablation  the paper's ablation table (feature type, k, adaptive, cost filtering)
+
+Dataset evaluation and the ablation table are the separate ``voxelopt-eval`` command
+(package ``voxelopt_eval``).
 
 Errors a user can cause print one ``error: ...`` line and exit with status 2, writing nothing.
 """
@@ -179,15 +180,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_field, evaluate_labels
     from .io import atomic_output_dir, read_field, read_image
 
+    if bool(args.warped_labels) == bool(args.field):
+        raise InputError("give --moving-labels with either --field or --warped-labels")
     fixed_labels = read_image(args.fixed_labels, "fixed labels")
+    moving_labels = read_image(args.moving_labels, "moving labels")
     if args.warped_labels:
-        if args.field or args.moving_labels:
-            raise InputError("give either --warped-labels, or --field with --moving-labels, not both")
-        metrics = evaluate_labels(fixed_labels, read_image(args.warped_labels, "warped labels"))
+        metrics = evaluate_labels(fixed_labels, moving_labels, read_image(args.warped_labels, "warped labels"))
     else:
-        if not (args.field and args.moving_labels):
-            raise InputError("give --warped-labels, or --field together with --moving-labels")
-        metrics = evaluate_field(fixed_labels, read_image(args.moving_labels, "moving labels"), read_field(args.field))
+        metrics = evaluate_field(fixed_labels, moving_labels, read_field(args.field))
     text = json.dumps(metrics, indent=2)
     if args.out:
         out = Path(args.out)
@@ -245,26 +245,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate_dataset(args: argparse.Namespace) -> int:
-    from .evaluation_dataset.command import evaluate_dataset_command
-
-    return evaluate_dataset_command(args, config_from_options(args))
-
-
-def cmd_evaluate_ablation(args: argparse.Namespace) -> int:
-    from .evaluation_dataset.command import evaluate_ablation_command
-
-    return evaluate_ablation_command(args, config_from_options(args))
-
-
 # ============================================================================ parser
-#: Subcommands whose arguments come from :mod:`voxelopt.evaluation_dataset` (which imports torch).
-EVALUATION_COMMANDS = ("evaluate-dataset", "evaluate-ablation")
-
-
-def build_parser(evaluation_arguments: bool = True) -> argparse.ArgumentParser:
-    """The ``voxelopt`` parser. ``evaluation_arguments=False`` leaves the arguments of
-    :data:`EVALUATION_COMMANDS` out (they import torch), for every other command's parsing and help."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``voxelopt`` parser."""
     parser = argparse.ArgumentParser(prog="voxelopt", description="VoxelOpt deformable registration of abdominal CT.")
     parser.add_argument("--version", action="version", version=f"voxelopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,8 +279,10 @@ def build_parser(evaluation_arguments: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a field or warped labels against fixed labels")
     p.add_argument("--fixed-labels", required=True, help="fixed label map")
     p.add_argument("--field", help="displacement field (image or .h5 transform) on the fixed grid")
-    p.add_argument("--moving-labels", help="moving label map, warped through --field")
-    p.add_argument("--warped-labels", help="an already warped moving label map on the fixed grid")
+    p.add_argument("--moving-labels", required=True,
+                   help="moving label map: warped through --field; the labels scored are those present in it and in "
+                        "the fixed labels")
+    p.add_argument("--warped-labels", help="an already warped moving label map on the fixed grid (instead of --field)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
@@ -318,36 +303,30 @@ def build_parser(evaluation_arguments: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_registration_options(p)
     p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("evaluate-dataset", help="evaluate VoxelOpt (and peers) on many pairs",
-                       description="Register every pair of a CSV (or all ordered pairs of a subject list) and write "
-                                   "DIR/results.csv and DIR/results.md: Dice, HD95, SDlogJ, folding and times per pair "
-                                   "and on average. Re-runs resume; a failing pair is reported and the rest go on.")
-    p.set_defaults(func=cmd_evaluate_dataset)
-    q = sub.add_parser("evaluate-ablation", help="the paper's ablation table (Table 2) on many pairs")
-    q.set_defaults(func=cmd_evaluate_ablation)
-    if evaluation_arguments:
-        from .evaluation_dataset.command import add_ablation_arguments, add_dataset_arguments
-
-        add_dataset_arguments(p)
-        add_registration_options(p)
-        add_ablation_arguments(q)
-        add_registration_options(q)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the exit status (2: a user error, 130: interrupted)."""
+def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand's ``func``; a user error prints one ``error:``
+    line and returns 2, Ctrl-C prints ``error: interrupted`` and returns 130. Shared with
+    ``voxelopt-eval``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        command = next((a for a in argv if not a.startswith("-")), None)
-        parser = build_parser(evaluation_arguments=command in EVALUATION_COMMANDS)
         args = parser.parse_args(argv)
         return args.func(args)
     except VoxelOptError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``voxelopt`` command line; returns the exit status (2: a user error, 130: interrupted)."""
+    try:
+        return run_command(build_parser(), argv)
+    except KeyboardInterrupt:  # while the parser is built
         print("error: interrupted", file=sys.stderr)
         return 130
 

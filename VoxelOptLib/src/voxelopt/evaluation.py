@@ -1,33 +1,94 @@
-"""Metrics of a given registration output (``voxelopt evaluate``)."""
+"""Metrics of a given registration output (``voxelopt evaluate``; the dataset harness
+``voxelopt_eval`` scores every method's field with :func:`evaluate_field` too).
+
+Conventions: fields are displacement fields on the fixed grid in LPS mm with the resampling
+direction ``warped(x) = moving(x + d(x))``; label maps are warped with nearest neighbour and
+scored by :mod:`voxelopt.metrics` (labels present in both the fixed and the moving map).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
+import numpy as np
 import SimpleITK as sitk
+import torch
 
-from .geometry import Grid
-from .metrics import label_metrics
+from .errors import InputError
+from .geometry import (
+    Grid,
+    image_to_mm_field,
+    image_to_tensor,
+    mm_to_voxel_field,
+    resample_image,
+    resample_through_field,
+    resize_volume,
+)
+from .metrics import jacobian_determinant, jacobian_statistics, registration_label_metrics
+
+_CPU = torch.device("cpu")
 
 
-def evaluate_labels(fixed_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, Any]:
-    """Dice and HD95 (mm) of a warped label map against the fixed labels (same grid required)."""
-    from .errors import InputError
+def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, Any]:
+    """Dice and HD95 (mm) of an already warped label map against the fixed labels.
 
-    if not Grid.from_image(fixed_labels).same_as(Grid.from_image(warped_labels), tol=1e-4):
-        raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, direction)")
-    spacing_zyx = fixed_labels.GetSpacing()[::-1]
-    return label_metrics(sitk.GetArrayFromImage(fixed_labels), sitk.GetArrayFromImage(warped_labels), spacing_zyx)
-
-
-def evaluate_field(fixed_labels: sitk.Image, moving_labels: sitk.Image, field: sitk.Image) -> Dict[str, Any]:
-    """Metrics of ``field`` (ITK resampling convention, LPS mm, on the fixed grid): the moving
-    labels warped through it with nearest neighbour against the fixed labels (Dice, HD95, before
-    and after), and the field's Jacobian statistics.
-
-    This is the dataset evaluation's full-resolution protocol, so ``voxelopt evaluate`` and
-    ``voxelopt evaluate-dataset`` score a field with the same code.
+    ``warped_labels`` must be on the fixed labels' grid; ``moving_labels`` (any grid) says which
+    labels are scored and gives the "initial" score (resampled onto the fixed grid, identity in
+    physical space).
     """
-    from .evaluation_dataset.protocols import evaluate_field as evaluate_with_protocol
+    fixed_grid = Grid.from_image(fixed_labels)
+    if not fixed_grid.same_as(Grid.from_image(warped_labels), tol=1e-4):
+        raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, direction)")
+    initial = resample_image(moving_labels, fixed_grid, None, sitk.sitkNearestNeighbor, 0)
+    return registration_label_metrics(sitk.GetArrayViewFromImage(fixed_labels), sitk.GetArrayViewFromImage(moving_labels),
+                                      sitk.GetArrayViewFromImage(initial), sitk.GetArrayViewFromImage(warped_labels),
+                                      fixed_grid.spacing[::-1])
 
-    return evaluate_with_protocol(field, fixed_labels, moving_labels, "full")
+
+def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image], field: sitk.Image,
+                   scale: float = 1.0) -> Dict[str, Any]:
+    """Metrics of ``field`` (LPS mm on the fixed grid, ``warped(x) = moving(x + field(x))``).
+
+    Everything is computed on the *evaluation grid*: the field's grid when ``scale`` is 1, else
+    that box with ``scale`` times the voxels per axis (:meth:`Grid.scaled`; the official code's
+    protocol uses 0.5). There the field is resized (:func:`resize_volume`), the fixed labels
+    are resampled with nearest neighbour, and the moving labels, resampled with nearest
+    neighbour onto their own grid scaled the same way, are warped through the field (nearest).
+
+    Args:
+        fixed_labels, moving_labels: the label maps (each on its own grid), or both None (then
+            only the Jacobian statistics).
+        field: the displacement field.
+        scale: evaluation grid size relative to the field's grid.
+
+    Returns:
+        ``grid_size``, ``grid_spacing_mm``, the Jacobian statistics of
+        :func:`voxelopt.metrics.jacobian_statistics` and, with labels, those of
+        :func:`voxelopt.metrics.registration_label_metrics` ("initial": the moving labels
+        resampled without the field).
+    """
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("give both the fixed and the moving labels, or neither")
+    grid = evaluation_grid(Grid.from_image(field), scale)
+    d = resize_volume(image_to_mm_field(field, _CPU), grid.shape)
+    metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
+    metrics.update(jacobian_statistics(jacobian_determinant(mm_to_voxel_field(d, grid)).numpy()))
+    if fixed_labels is not None:
+        fixed_np = evaluation_grid_labels(fixed_labels, grid)
+        moving_eval_grid = evaluation_grid(Grid.from_image(moving_labels), scale)
+        moving_t = image_to_tensor(resample_image(moving_labels, moving_eval_grid, None, sitk.sitkNearestNeighbor, 0), _CPU)
+        warped = resample_through_field(moving_t, moving_eval_grid, grid, d, "nearest", 0.0)
+        initial = resample_through_field(moving_t, moving_eval_grid, grid, None, "nearest", 0.0)
+        metrics.update(registration_label_metrics(fixed_np, sitk.GetArrayViewFromImage(moving_labels), initial[0, 0],
+                                                  warped[0, 0], grid.spacing[::-1]))
+    return metrics
+
+
+def evaluation_grid(grid: Grid, scale: float) -> Grid:
+    """``grid`` itself (``scale`` 1) or its box with ``scale`` times the voxels per axis."""
+    return grid if scale == 1.0 else grid.scaled(scale)
+
+
+def evaluation_grid_labels(labels: sitk.Image, grid: Grid) -> np.ndarray:
+    """``labels`` resampled onto ``grid`` with nearest neighbour, as an int32 (Z, Y, X) array."""
+    return sitk.GetArrayFromImage(resample_image(labels, grid, None, sitk.sitkNearestNeighbor, 0)).astype(np.int32)

@@ -24,7 +24,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .formats import FIELD_FORMATS, IMAGE_FORMATS, check_format  # noqa: F401  (re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -1,10 +1,27 @@
-"""Registration quality metrics: Dice, HD95, Jacobian determinant, SDlogJ, folding.
+"""Registration quality metrics, the one scoring module: Dice, HD95, Jacobian determinant,
+SDlogJ, folding.
 
-Conventions:
-* Dice and HD95 are computed for the labels present in *both* label maps (Learn2Reg's rule);
-  label 0 is background and never scored.
+The scoring rule (the same for every caller: ``register()``, ``voxelopt evaluate``, the dataset
+harness, the benchmarks, the Slicer Dice table):
+
+* The labels scored are the non-zero labels present in **both the fixed and the moving** label
+  maps, before registration (Learn2Reg's rule). Label 0 is background; negative values are
+  ignored.
+* A scored label that the warp loses (absent from the warped map) scores **Dice 0** and an
+  **HD95 equal to the diagonal of the fixed image's box** in mm (the largest distance two
+  points of the box can have), so losing a label never improves a mean.
+* ``dice_mean`` and ``hd95_mm_mean`` are plain means over the scored labels.
+
+Definitions:
+
+* Dice = 2 |F ∩ W| / (|F| + |W|), counted on the compute device with ``torch.bincount``
+  (label values up to :data:`MAX_LABEL`).
 * HD95 is the 95th percentile of the symmetric surface distances, in millimetres, using the
-  grid's physical spacing.
+  grid's physical spacing: the distances from every surface voxel of the fixed mask to the
+  nearest surface voxel of the warped mask and back, pooled. A surface voxel is a voxel of the
+  mask with at least one of its 6 neighbours outside the mask (or outside the image). Nearest
+  surface voxels are found exactly with a KD-tree (``scipy.spatial.cKDTree``) on the surface
+  points in mm, which equals the distance transform of the complement of the other surface.
 * The Jacobian determinant is that of ``x -> x + d(x)`` (the resampling map of the field) with
   central differences in voxel units of the fixed grid (one-sided at the borders); it is
   invariant to the voxel/mm choice because it is a ratio of volumes.
@@ -12,15 +29,22 @@ Conventions:
   deviation of ``log(clip(J + 3, 1e-9, 1e9))`` over the volume cropped by 2 voxels per side.
   ``sdlogj_plain`` is the standard deviation of ``log J`` over the same voxels where ``J > 0``.
 * ``folding_percent`` is 100 * (number of voxels with J <= 0) / (all voxels).
+
+Label arrays are in SimpleITK order (z, y, x); ``spacing_zyx`` is the voxel size along those
+axes in mm (``image.GetSpacing()[::-1]``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy.spatial import cKDTree
+
+LabelMap = Union[np.ndarray, torch.Tensor]
+#: Largest label value accepted (labels are counted with one histogram bin per value).
+MAX_LABEL = 2**24
 
 
 def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
@@ -51,64 +75,131 @@ def jacobian_statistics(jac: np.ndarray, crop: int = 2) -> Dict[str, float]:
     }
 
 
-def dice_scores(a: np.ndarray, b: np.ndarray, labels: Optional[Sequence[int]] = None) -> Dict[int, float]:
-    """Dice of each label present in both maps (or of ``labels``)."""
-    if labels is None:
-        labels = common_labels(a, b)
-    out = {}
-    for label in labels:
-        x, y = a == label, b == label
-        denominator = x.sum() + y.sum()
-        out[int(label)] = float(2.0 * np.logical_and(x, y).sum() / denominator) if denominator else float("nan")
-    return out
+def label_metrics(fixed: LabelMap, moving: LabelMap, warped: LabelMap, spacing_zyx: Sequence[float],
+                  device: Optional[torch.device] = None) -> Dict[str, object]:
+    """Dice and HD95 (mm) of a warped label map against the fixed one, under the module's rule.
+
+    Args:
+        fixed: the fixed label map (Z, Y, X), integer labels.
+        moving: the moving label map on any grid: only *which* labels it contains is used (the
+            labels scored are those present in both ``fixed`` and ``moving``).
+        warped: the moving labels resampled onto the fixed grid (same shape as ``fixed``): through
+            the registration's field, or through the initial alignment for the "before" score.
+        spacing_zyx: voxel size of the fixed grid along (z, y, x), mm.
+        device: where Dice is counted (default: ``warped``'s device when it is a tensor, else CPU).
+
+    Returns:
+        ``labels`` (scored, sorted), ``dice`` and ``hd95_mm`` (per label, keys are the labels as
+        strings), ``dice_mean``, ``hd95_mm_mean`` (NaN when no label is scored) and
+        ``labels_lost`` (scored labels absent from ``warped``).
+    """
+    if tuple(fixed.shape) != tuple(warped.shape):
+        raise ValueError(f"fixed and warped label maps differ in shape: {tuple(fixed.shape)} vs {tuple(warped.shape)}")
+    if device is None:
+        device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
+    f, w = _as_labels(fixed, device), _as_labels(warped, device)
+    in_fixed, in_moving, in_warped = _voxel_counts(f), _voxel_counts(_as_labels(moving, device)), _voxel_counts(w)
+    in_both = _voxel_counts(torch.where(f == w, f, torch.zeros((), dtype=f.dtype, device=device)))
+    n = max(len(in_fixed), len(in_moving), len(in_warped))
+    in_fixed, in_moving, in_warped, in_both = (torch.nn.functional.pad(c, (0, n - len(c))).double().cpu().numpy()
+                                               for c in (in_fixed, in_moving, in_warped, in_both))
+    labels = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
+    dice = {label: float(2.0 * in_both[label] / (in_fixed[label] + in_warped[label])) for label in labels}
+    fixed_points, warped_points = _surface_points(f, labels, spacing_zyx), _surface_points(w, labels, spacing_zyx)
+    diagonal = float(np.linalg.norm(np.asarray(f.shape) * np.asarray(spacing_zyx, dtype=np.float64)))
+    distances = {label: (_hd95(fixed_points[label], warped_points[label]) if in_warped[label] else diagonal)
+                 for label in labels}
+    return {
+        "labels": labels,
+        "dice": {str(k): v for k, v in dice.items()},
+        "dice_mean": float(np.mean(list(dice.values()))) if labels else float("nan"),
+        "hd95_mm": {str(k): v for k, v in distances.items()},
+        "hd95_mm_mean": float(np.mean(list(distances.values()))) if labels else float("nan"),
+        "labels_lost": [label for label in labels if not in_warped[label]],
+    }
 
 
-def common_labels(a: np.ndarray, b: np.ndarray) -> list:
-    """Non-zero labels present in both maps, sorted."""
-    return sorted(int(v) for v in np.intersect1d(np.unique(a), np.unique(b)) if v != 0)
+def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: LabelMap, warped: LabelMap,
+                               spacing_zyx: Sequence[float], device: Optional[torch.device] = None
+                               ) -> Dict[str, object]:
+    """:func:`label_metrics` of ``warped`` plus ``dice_initial_mean`` and ``hd95_mm_initial_mean``
+    of ``initial`` (the moving labels on the fixed grid before the deformable registration: through
+    the initial alignment only), scored on the same labels."""
+    after = label_metrics(fixed, moving, warped, spacing_zyx, device)
+    before = label_metrics(fixed, moving, initial, spacing_zyx, device)
+    after["dice_initial_mean"] = before["dice_mean"]
+    after["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
+    return after
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
+# ---------------------------------------------------------------------------- internals
+def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
+    """An integer tensor on ``device`` (dtypes torch cannot hold, e.g. uint16, become int32)."""
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        if x.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
+            x = x.astype(np.int32)
+        elif not x.flags.writeable:  # e.g. sitk.GetArrayViewFromImage; torch wants writable memory
+            x = x.copy()
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif x.is_floating_point():
+        x = x.round().to(torch.int32)
+    return x.to(device)
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple:
-    """Slices of the smallest box holding every True voxel of a non-empty mask, plus a margin."""
+def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
+    """Voxels per label value (index = label; values <= 0 counted as 0), one ``torch.bincount``."""
+    x = x.reshape(-1)
+    if x.numel() and int(x.max()) > MAX_LABEL:
+        raise ValueError(f"label values above {MAX_LABEL} are not supported, got {int(x.max())}")
+    if x.numel() and x.dtype != torch.uint8 and int(x.min()) < 0:
+        x = x.clamp(min=0)
+    return torch.bincount(x)
+
+
+def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequence[float]) -> Dict[int, np.ndarray]:
+    """Per label, the (N, 3) positions in mm (z, y, x) of its surface voxels in label map ``x``.
+
+    A voxel is on its label's surface when a 6-neighbour has another label or lies outside the
+    image; all labels are found in one pass over the volume.
+    """
+    box = _box(x)  # only the labelled box plus one voxel: the neighbour test needs no more
+    if box is None:
+        return {label: np.zeros((0, 3)) for label in labels}
+    offset = np.asarray([b.start for b in box], dtype=np.float64)
+    x = x[box]
+    boundary = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    for axis in range(3):
+        n = x.shape[axis]
+        differs = x.narrow(axis, 1, n - 1) != x.narrow(axis, 0, n - 1)
+        boundary.narrow(axis, 1, n - 1).logical_or_(differs)
+        boundary.narrow(axis, 0, n - 1).logical_or_(differs)
+        boundary.narrow(axis, 0, 1).fill_(True)
+        boundary.narrow(axis, n - 1, 1).fill_(True)
+    boundary &= x > 0
+    index = torch.nonzero(boundary)
+    values = x[boundary].cpu().numpy()
+    points = (index.cpu().numpy() + offset) * np.asarray(spacing_zyx, dtype=np.float64)
+    return {label: points[values == label] for label in labels}
+
+
+def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+    """Slices of the box holding every labelled (> 0) voxel of ``x``, grown by one voxel within the
+    image; None when there is none."""
+    positive = x > 0
+    in_yx = positive.any(dim=0)  # two passes over the volume, then small planes
     window = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        window.append(slice(max(int(hits[0]) - margin, 0), int(hits[-1]) + 1 + margin))
+    for hits in (positive.reshape(x.shape[0], -1).any(dim=1), in_yx.any(dim=1), in_yx.any(dim=0)):
+        index = torch.nonzero(hits).reshape(-1)
+        if not len(index):
+            return None
+        window.append(slice(max(int(index[0]) - 1, 0), int(index[-1]) + 2))
     return tuple(window)
 
 
-def hd95(a: np.ndarray, b: np.ndarray, spacing_zyx: Sequence[float]) -> float:
-    """95th-percentile symmetric surface distance (mm) between two binary masks.
+def _hd95(a: np.ndarray, b: np.ndarray) -> float:
+    """95th percentile of the pooled nearest-neighbour distances a->b and b->a (both non-empty)."""
+    to_b, _ = cKDTree(b).query(a, workers=-1)
+    to_a, _ = cKDTree(a).query(b, workers=-1)
+    return float(np.percentile(np.concatenate([to_b, to_a]), 95))
 
-    ``spacing_zyx`` is the voxel size along the array axes (z, y, x). Returns NaN when a mask is
-    empty. Work is confined to the bounding box of both masks plus a one-voxel margin.
-    """
-    if not a.any() or not b.any():
-        return float("nan")
-    window = _bounding_box(a | b, margin=1)
-    surface_a, surface_b = _surface(a[window]), _surface(b[window])
-    dist_to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing_zyx)
-    dist_to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing_zyx)
-    distances = np.concatenate([dist_to_b[surface_a], dist_to_a[surface_b]])
-    return float(np.percentile(distances, 95))
-
-
-def label_metrics(fixed: np.ndarray, warped: np.ndarray, spacing_zyx: Sequence[float],
-                  labels: Optional[Sequence[int]] = None) -> Dict[str, object]:
-    """Dice per label and mean, HD95 per label and mean (mm), for labels present in both maps."""
-    if labels is None:
-        labels = common_labels(fixed, warped)
-    dice = dice_scores(fixed, warped, labels)
-    distances = {label: hd95(fixed == label, warped == label, spacing_zyx) for label in labels}
-    valid_hd = [v for v in distances.values() if np.isfinite(v)]
-    return {
-        "labels": [int(v) for v in labels],
-        "dice": {str(k): v for k, v in dice.items()},
-        "dice_mean": float(np.nanmean(list(dice.values()))) if dice else float("nan"),
-        "hd95_mm": {str(k): v for k, v in distances.items()},
-        "hd95_mm_mean": float(np.mean(valid_hd)) if valid_hd else float("nan"),
-    }

@@ -110,7 +110,7 @@ def warp_image(
     to_field, field_offset = _affine_to_index(fixed_grid, field.grid)
     d_to_moving = np.linalg.inv(moving_grid.index_to_physical)
     t = lambda m: torch.as_tensor(np.asarray(m, dtype=np.float64), dtype=torch.float32, device=device)  # noqa: E731
-    moving_size, field_size = t(moving_grid.size), t(field.grid.size)
+    moving_size = t(moving_grid.size)
     # normalised field coordinates and moving indices are affine in the fixed index (i, j, k)
     field_norm = t(2.0 * to_field / np.asarray(field.grid.size)[:, None])
     field_norm_offset = t((2.0 * field_offset + 1.0) / np.asarray(field.grid.size) - 1.0)

@@ -15,7 +15,7 @@ from .cache import FeatureCache, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
-from .geometry import Grid, resample_image, resize_volume
+from .geometry import resample_image, resize_volume
 from .inputs import PreparedPair
 from .metrics import jacobian_statistics, label_metrics
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
@@ -67,9 +67,8 @@ def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtra
 
 def label_scores(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, object]:
     """Dice and HD95 of the warped labels against the fixed labels (the scoring module's rule)."""
-    spacing_zyx = fixed_labels.GetSpacing()[::-1]
-    return label_metrics(sitk.GetArrayViewFromImage(fixed_labels), sitk.GetArrayViewFromImage(warped_labels),
-                         spacing_zyx)
+    view = sitk.GetArrayViewFromImage
+    return label_metrics(view(fixed_labels), view(moving_labels), view(warped_labels), fixed_labels.GetSpacing()[::-1])
 
 
 def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,

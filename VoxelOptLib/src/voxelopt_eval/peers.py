@@ -1,8 +1,12 @@
-"""Peer registration tools through their Python packages (optional extras).
+"""Peer registration tools through their Python packages (optional extras), and the registry of
+peers: one :class:`.methods.Peer` entry per tool in :data:`PEERS` (add one with
+:func:`register_peer`).
 
-Every peer gets identical inputs: the fixed image and the moving image resampled onto the fixed
-grid (linear; identity in physical space), both clipped to the HU window and scaled to [0, 1]
-(the paper's preprocessing). Each returns its displacement field on the fixed grid in the
+Every peer gets identical inputs (:func:`prepare`): the fixed image and the moving image, both
+already in the run's common initial alignment (:mod:`.alignment`), the moving one resampled onto
+the fixed grid (linear; identity in physical space), both clipped to the HU window and scaled to
+[0, 1] (the paper's preprocessing). The tools may add their own affine stage (ANTs' ``SyN``
+preset and the elastix ``affine`` map do, as in their standard pipelines). Each returns its displacement field on the fixed grid in the
 harness's convention (LPS mm, ``warped(x) = moving(x + d(x))``), so its labels are warped and
 scored by the same code as VoxelOpt's (:mod:`.protocols`).
 
@@ -29,54 +33,69 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..errors import ConfigError
-from ..geometry import Grid, mm_field_to_image, resample_image, voxel_to_mm_field
-from .methods import MethodOutput
+from voxelopt.errors import ConfigError
+from voxelopt.geometry import Grid, mm_field_to_image, resample_image, voxel_to_mm_field
 
-PEER_NAMES = {"convexadam": "ConvexAdam", "ants": "ANTs SyN", "elastix": "elastix B-spline"}
+from .methods import MethodOutput, MethodSpec, Peer
 
-#: Default settings per peer; ``hu_window`` is added by :func:`.methods.peer_spec`.
-DEFAULT_SETTINGS: Dict[str, Dict[str, Any]] = {
-    # convexAdam 0.2.0 package defaults (MIND r=1 d=2, grid_sp 6, disp_hw 4, lambda 1.25,
-    # 80 Adam iterations at grid_sp_adam 2, inverse consistency on).
-    "convexadam": {"mind_r": 1, "mind_d": 2, "lambda_weight": 1.25, "grid_sp": 6, "disp_hw": 4,
-                   "selected_niter": 80, "selected_smooth": 0, "grid_sp_adam": 2, "ic": True, "threads": 0},
-    "ants": {"type_of_transform": "SyN", "random_seed": 1, "threads": 0},
-    # elastix's default "affine" then "bspline" maps; maximum_iterations None keeps their iterations.
-    "elastix": {"parameter_maps": ["affine", "bspline"], "maximum_iterations": None, "threads": 0},
-}
-
-_IMPORTS = {"convexadam": "convexAdam", "ants": "ants", "elastix": "itk"}
+#: The registry: kind -> peer (built-ins at the end of this module).
+PEERS: Dict[str, Peer] = {}
 
 
-def peer_available(kind: str) -> Tuple[bool, str]:
-    """(True, "") when the peer's package imports, else (False, the reason)."""
-    import importlib
-
-    try:
-        importlib.import_module(_IMPORTS[kind])
-        if kind == "elastix":
-            import itk
-
-            getattr(itk, "elastix_registration_method")
-    except Exception as error:  # ImportError, or a broken install raising something else
-        return False, f"{kind} is not usable ({type(error).__name__}: {error}); install the 'peers' extra"
-    return True, ""
+def register_peer(peer: Peer) -> Peer:
+    """Add ``peer`` to :data:`PEERS` (replacing one of the same kind); returns it."""
+    PEERS[peer.kind] = peer
+    return peer
 
 
-def _require(kind: str) -> None:
-    ok, reason = peer_available(kind)
+def get_peer(kind: str) -> Peer:
+    """The registered peer ``kind``; ConfigError naming the known ones otherwise."""
+    if kind not in PEERS:
+        raise ConfigError(f"unknown peer {kind!r}; choose from {', '.join(PEERS)}")
+    return PEERS[kind]
+
+
+def peer_spec(kind: str, hu_window: Sequence[float] = (-800.0, 500.0), **overrides: Any) -> MethodSpec:
+    """The spec of a peer with its default settings, ``hu_window`` and ``overrides``."""
+    peer = get_peer(kind)
+    settings = dict(peer.defaults)
+    settings["hu_window"] = [float(v) for v in hu_window]
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ConfigError(f"unknown {kind} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(settings))}")
+    settings.update(overrides)
+    return MethodSpec(peer.title, kind, settings)
+
+
+def parse_peer_list(text: str) -> List[str]:
+    """``"convexadam,ants"`` -> ``["convexadam", "ants"]`` (validated, no duplicates)."""
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in PEERS]
+    if bad:
+        raise ConfigError(f"unknown peer(s) {', '.join(bad)}; choose from {', '.join(PEERS)}")
+    return list(dict.fromkeys(names))
+
+
+def run_peer(spec: MethodSpec, fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    """Prepare the inputs (:func:`prepare`, timed as ``preprocess``) and run the peer of ``spec``."""
+    peer = get_peer(spec.kind)
+    ok, reason = peer.available()
     if not ok:
         raise ConfigError(reason)
+    start = time.perf_counter()
+    f, m = prepare(fixed, moving, spec.settings["hu_window"])
+    prepared = time.perf_counter()
+    output = peer.run(spec.settings, f, m)
+    return MethodOutput(output.field, {"preprocess": prepared - start, **output.timings})
 
 
-def preprocess(fixed: sitk.Image, moving: sitk.Image, hu_window) -> Tuple[sitk.Image, sitk.Image]:
+def prepare(fixed: sitk.Image, moving: sitk.Image, hu_window) -> Tuple[sitk.Image, sitk.Image]:
     """Fixed and moving (resampled onto the fixed grid) clipped to ``hu_window``, scaled to [0, 1]."""
     low, high = (float(v) for v in hu_window)
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
@@ -100,20 +119,18 @@ def _stage(timings: Dict[str, float], name: str, start: float) -> float:
 
 # ---------------------------------------------------------------------------- ConvexAdam
 def run_convexadam(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
-    _require("convexadam")
+    """``convex_adam_pt`` on the arrays (z, y, x); its voxel field along the array axes is converted to mm."""
     from convexAdam.convex_adam_MIND import convex_adam_pt
 
     timings: Dict[str, float] = {}
     t = time.perf_counter()
-    f, m = preprocess(fixed, moving, settings["hu_window"])
-    t = _stage(timings, "preprocess", t)
     kwargs = {k: v for k, v in settings.items() if k not in ("hu_window", "threads")}
     threads = int(settings.get("threads", 0))
     previous = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        disp = convex_adam_pt(sitk.GetArrayFromImage(f), sitk.GetArrayFromImage(m), dtype=torch.float32,
+        disp = convex_adam_pt(sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(moving), dtype=torch.float32,
                               device=torch.device("cpu"), verbose=False, **kwargs)
     finally:
         torch.set_num_threads(previous)
@@ -136,20 +153,19 @@ def _limit_itk_threads(settings: Dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------- ANTs
 def run_ants(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
-    _require("ants")
+    """``ants.registration``; its forward transforms composed into one displacement field."""
     _limit_itk_threads(settings)
     import ants
 
     timings: Dict[str, float] = {}
     t = time.perf_counter()
-    f, m = preprocess(fixed, moving, settings["hu_window"])
     extra = {k: v for k, v in settings.items() if k not in ("hu_window", "threads", "type_of_transform", "random_seed")}
     with tempfile.TemporaryDirectory(prefix="voxelopt-ants-") as tmp:
         paths = [str(Path(tmp) / name) for name in ("fixed.nii.gz", "moving.nii.gz")]
-        sitk.WriteImage(f, paths[0])
-        sitk.WriteImage(m, paths[1])
+        sitk.WriteImage(fixed, paths[0])
+        sitk.WriteImage(moving, paths[1])
         fa, ma = ants.image_read(paths[0]), ants.image_read(paths[1])
-        t = _stage(timings, "preprocess", t)
+        t = _stage(timings, "load", t)
         reg = ants.registration(fixed=fa, moving=ma, type_of_transform=settings["type_of_transform"],
                                 random_seed=settings["random_seed"], outprefix=str(Path(tmp) / "reg_"), **extra)
         t = _stage(timings, "registration", t)
@@ -178,21 +194,20 @@ def transforms_to_field(transform_files, grid: Grid) -> sitk.Image:
 
 # ---------------------------------------------------------------------------- elastix
 def run_elastix(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
-    _require("elastix")
+    """``itk.elastix_registration_method`` with elastix's default maps; the field from transformix."""
     _limit_itk_threads(settings)
     import itk
 
     timings: Dict[str, float] = {}
     t = time.perf_counter()
-    f, m = preprocess(fixed, moving, settings["hu_window"])
-    fi, mi = _to_itk(f, itk), _to_itk(m, itk)
+    fi, mi = _to_itk(fixed, itk), _to_itk(moving, itk)
     parameters = itk.ParameterObject.New()
     for name in settings["parameter_maps"]:
         parameter_map = parameters.GetDefaultParameterMap(name)
         if settings.get("maximum_iterations"):
             parameter_map["MaximumNumberOfIterations"] = [str(int(settings["maximum_iterations"]))]
         parameters.AddParameterMap(parameter_map)
-    t = _stage(timings, "preprocess", t)
+    t = _stage(timings, "load", t)
     _, result_parameters = itk.elastix_registration_method(fi, mi, parameter_object=parameters, log_to_console=False)
     t = _stage(timings, "registration", t)
     with tempfile.TemporaryDirectory(prefix="voxelopt-transformix-") as tmp:  # it writes deformationField.nii
@@ -211,8 +226,15 @@ def _to_itk(image: sitk.Image, itk) -> Any:
     return out
 
 
-RUNNERS: Dict[str, Callable[[Dict[str, Any], sitk.Image, sitk.Image], MethodOutput]] = {
-    "convexadam": run_convexadam,
-    "ants": run_ants,
-    "elastix": run_elastix,
-}
+
+# ---------------------------------------------------------------------------- the built-in peers
+# convexAdam 0.2.0 package defaults (MIND r=1 d=2, grid_sp 6, disp_hw 4, lambda 1.25, 80 Adam
+# iterations at grid_sp_adam 2, inverse consistency on).
+register_peer(Peer("convexadam", "ConvexAdam", "convexAdam", "convexAdam.convex_adam_MIND", "convex_adam_pt",
+                   {"mind_r": 1, "mind_d": 2, "lambda_weight": 1.25, "grid_sp": 6, "disp_hw": 4, "selected_niter": 80,
+                    "selected_smooth": 0, "grid_sp_adam": 2, "ic": True, "threads": 0}, run_convexadam))
+register_peer(Peer("ants", "ANTs SyN", "antspyx", "ants", "registration",
+                   {"type_of_transform": "SyN", "random_seed": 1, "threads": 0}, run_ants))
+# elastix's default "affine" then "bspline" maps; maximum_iterations None keeps their iterations.
+register_peer(Peer("elastix", "elastix B-spline", "itk-elastix", "itk", "elastix_registration_method",
+                   {"parameter_maps": ["affine", "bspline"], "maximum_iterations": None, "threads": 0}, run_elastix))

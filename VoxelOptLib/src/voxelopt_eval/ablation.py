@@ -13,14 +13,13 @@ import csv
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..config import RegistrationConfig
-from ..errors import ConfigError
+from voxelopt.config import RegistrationConfig
+from voxelopt.errors import ConfigError
+
 from .methods import MethodSpec, voxelopt_spec
 from .pairs import PairSpec
 from .report import PROTOCOL_TEXT, _atomic_write, _fmt, summarize
 from .runner import EvaluationRun, run_evaluation
-
-FACTORS = ("features", "k", "adaptive", "filter_cost")
 
 
 def ablation_variants(base: RegistrationConfig, features: Sequence[str] = ("raw", "mind"),
@@ -64,7 +63,7 @@ def run_ablation(pairs: Sequence[PairSpec], out_dir: str, base: Optional[Registr
         features, ks: the feature types and search radii to compare.
         protocol: the protocol of the table (``"half"``: the paper's; or ``"full"``).
         run_options: passed to :func:`.runner.run_evaluation` (workers, scheduler, resume,
-            threads, progress).
+            threads, progress, init).
     """
     base = base if base is not None else RegistrationConfig.preset("paper")
     if protocol not in PROTOCOL_TEXT:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import InputError
+from voxelopt.errors import InputError
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels")
 SUBJECT_COLUMNS = ("image", "labels")

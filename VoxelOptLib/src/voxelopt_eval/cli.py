@@ -1,17 +1,32 @@
-"""The ``voxelopt evaluate-dataset`` and ``voxelopt evaluate-ablation`` commands (argument
-definitions and bodies; :mod:`voxelopt.cli` only wires them in)."""
+"""The ``voxelopt-eval`` command line: dataset evaluation and the paper's ablation table.
+
+Subcommands:
+  dataset    register every pair with VoxelOpt (and optional peers) from one common initial
+             alignment; results.csv / results.md
+  ablation   the paper's ablation table (feature type, k, adaptive, cost filtering)
+
+The registration options are those of ``voxelopt register`` (:func:`voxelopt.cli.add_registration_options`);
+``--init`` is the common initial alignment of every method. Errors a user can cause print one
+``error: ...`` line and exit with status 2; exit status 1 means some pair failed (see results.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
-from ..config import RegistrationConfig
-from ..errors import ConfigError
+from voxelopt import __version__
+from voxelopt.cli import add_registration_options, config_from_options, run_command
+from voxelopt.config import RegistrationConfig
+from voxelopt.errors import ConfigError
+
 from .ablation import run_ablation
-from .methods import parse_peer_list, peer_spec, voxelopt_spec
+from .alignment import InitialAlignment
+from .methods import voxelopt_spec
 from .pairs import read_pairs
+from .peers import PEERS, parse_peer_list, peer_spec
 from .protocols import PROTOCOLS
 from .runner import EvaluationRun, run_evaluation
 
@@ -36,7 +51,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
-    p.add_argument("--peers", default="", help="comma-separated peers to run as well: convexadam, ants, elastix "
+    p.add_argument("--peers", default="", help=f"comma-separated peers to run as well: {', '.join(PEERS)} "
                                                "(need the 'peers' extra)")
     p.add_argument("--peer-pairs", type=int, help="run the peers only on the first N pairs (they are slow)")
     p.add_argument("--no-voxelopt", action="store_true", help="run only the peers")
@@ -70,12 +85,19 @@ def _print(run: EvaluationRun, quiet: bool) -> int:
     return 1 if run.failed else 0
 
 
-def evaluate_dataset_command(args: argparse.Namespace, config: RegistrationConfig) -> int:
-    """Body of ``voxelopt evaluate-dataset``; exit status 1 when any pair failed."""
+def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAlignment]:
+    """VoxelOpt's configuration without its own initial alignment, and that alignment for every method."""
+    config = config_from_options(args)
+    return config.replace(init="none"), InitialAlignment(config.init, tuple(config.hu_window))
+
+
+def dataset_command(args: argparse.Namespace) -> int:
+    """Body of ``voxelopt-eval dataset``; exit status 1 when any pair failed."""
+    config, init = _split_init(args)
     pairs = _pairs(args)
     peers = parse_peer_list(args.peers)
     options = dict(workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
-                   threads=args.threads, progress=not args.quiet)
+                   threads=args.threads, progress=not args.quiet, init=init)
     methods = [] if args.no_voxelopt else [voxelopt_spec(config)]
     peer_methods = [peer_spec(kind, config.hu_window) for kind in peers]
     if not methods and not peer_methods:
@@ -94,8 +116,9 @@ def evaluate_dataset_command(args: argparse.Namespace, config: RegistrationConfi
     return _print(run, args.quiet)
 
 
-def evaluate_ablation_command(args: argparse.Namespace, config: RegistrationConfig) -> int:
-    """Body of ``voxelopt evaluate-ablation``; exit status 1 when any pair failed."""
+def ablation_command(args: argparse.Namespace) -> int:
+    """Body of ``voxelopt-eval ablation``; exit status 1 when any pair failed."""
+    config, init = _split_init(args)
     features = [v.strip() for v in args.ablation_features.split(",") if v.strip()]
     try:
         ks = [int(v) for v in args.ablation_k.split(",") if v.strip()]
@@ -103,7 +126,35 @@ def evaluate_ablation_command(args: argparse.Namespace, config: RegistrationConf
         raise ConfigError(f"--ablation-k must be comma-separated integers, got {args.ablation_k!r}") from None
     run, paths = run_ablation(_pairs(args), args.out_dir, config, features, ks, args.protocol,
                               workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
-                              threads=args.threads, progress=not args.quiet)
+                              threads=args.threads, progress=not args.quiet, init=init)
     if not args.quiet:
         print(Path(paths["ablation_md"]).read_text())
     return _print(run, args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voxelopt-eval", description="Evaluate VoxelOpt (and peer tools) on many pairs.")
+    parser.add_argument("--version", action="version", version=f"voxelopt-eval {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("dataset", help="evaluate VoxelOpt (and peers) on many pairs",
+                       description="Register every pair of a CSV (or all ordered pairs of a subject list) and write "
+                                   "DIR/results.csv and DIR/results.md: Dice, HD95, SDlogJ, folding and times per pair "
+                                   "and on average. --init is applied once to the moving image and labels, and every "
+                                   "method starts from it. Re-runs resume; a failing pair is reported and the rest go on.")
+    add_dataset_arguments(p)
+    add_registration_options(p)
+    p.set_defaults(func=dataset_command)
+    p = sub.add_parser("ablation", help="the paper's ablation table (Table 2) on many pairs")
+    add_ablation_arguments(p)
+    add_registration_options(p)
+    p.set_defaults(func=ablation_command)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``voxelopt-eval``; returns the exit status (2: a user error, 130: interrupted)."""
+    return run_command(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

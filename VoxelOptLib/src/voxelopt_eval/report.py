@@ -6,8 +6,8 @@ left out of the means; ``n_pairs`` says how many entered). Columns: Dice as a fr
 [0, 1] (``dice_mean``, ``dice_initial_mean``, ``dice_<label>``), HD95 in mm, ``sdlogj``
 (Learn2Reg, log(J + 3)), ``sdlogj_plain``, ``folding_percent``, ``disp_error_mm_*`` when a
 ground-truth field was given, and seconds: ``time_total_s`` end to end, ``time_<stage>_s``
-per stage. ``results.md`` shows the same means (Dice in %) and the per-pair values, and each
-method's settings and package version.
+per stage. ``results.md`` shows the same means (Dice in %) and the per-pair values, the common
+initial alignment every method started from, and each method's settings and package version.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .alignment import InitialAlignment
 from .methods import MethodSpec
 
 BASE_COLUMNS = ["pair_id", "method", "protocol", "status", "n_pairs", "dice_initial_mean", "dice_mean",
@@ -75,7 +76,7 @@ def summarize(records: Sequence[Dict[str, Any]], protocol: str) -> Dict[str, Dic
 
 
 def write_results(out_dir: Path, records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec],
-                  protocols: Sequence[str], title: str) -> Dict[str, Path]:
+                  protocols: Sequence[str], title: str, init: InitialAlignment) -> Dict[str, Path]:
     """Write ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths."""
     rows: List[Dict[str, Any]] = []
     for protocol in protocols:
@@ -91,7 +92,7 @@ def write_results(out_dir: Path, records: Sequence[Dict[str, Any]], methods: Seq
     csv_path = Path(out_dir) / "results.csv"
     _atomic_write(csv_path, lambda handle: _write_csv(handle, rows, columns))
     md_path = Path(out_dir) / "results.md"
-    text = markdown(records, methods, protocols, title)
+    text = markdown(records, methods, protocols, title, init)
     _atomic_write(md_path, lambda handle: handle.write(text))
     return {"results_csv": csv_path, "results_md": md_path}
 
@@ -128,7 +129,7 @@ def _fmt(value: Optional[float], digits: int = 2, scale: float = 1.0) -> str:
 
 
 def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], protocols: Sequence[str],
-             title: str) -> str:
+             title: str, init: InitialAlignment) -> str:
     """The results as markdown (summary per protocol, stage times, per pair, settings, failures)."""
     pairs = list(dict.fromkeys(r["pair_id"] for r in records))
     has_gt = any(r.get("status") == "ok" and any("disp_error_mm_mean" in m for m in r["metrics"].values())
@@ -136,9 +137,10 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
     lines = [f"# {title}", "",
              f"{len(pairs)} pair(s) x {len(methods)} method(s); machine: {platform.machine()}, "
              f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}.",
-             "Dice in % over the labels present in both the fixed and the moving label maps; HD95 in mm; "
-             "SDlogJ = std log(J + 3) (Learn2Reg); time = end to end per pair (reading the images to the field), "
-             "in seconds.", ""]
+             init.describe(),
+             "Dice in % over the labels present in both the fixed and the moving label maps (a label the warp loses "
+             "scores 0); HD95 in mm (a lost label: the fixed box's diagonal); SDlogJ = std log(J + 3) (Learn2Reg); "
+             "time = end to end per pair (reading the images to the field), in seconds.", ""]
     for protocol in protocols:
         summary = summarize(records, protocol)
         lines += [f"## Mean over pairs — {protocol} ({PROTOCOL_TEXT[protocol]})", ""]

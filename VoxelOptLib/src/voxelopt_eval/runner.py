@@ -1,15 +1,17 @@
 """Run every (pair, method) job, serially, in a process pool or on a Dask cluster.
 
-A *job* registers one pair with one method and evaluates the field under every requested
+A *job* aligns the moving image with the run's common initial alignment (:mod:`.alignment`),
+registers one pair with one method and evaluates the field under every requested
 protocol; it never raises: a failure becomes a record with ``status == "failed"`` and the error
 message, so one bad pair does not stop the others. Each finished job is stored at once as
 ``OUT_DIR/records/<method>/<pair>.json``; a re-run skips jobs whose stored record finished
 with the same settings, protocols and inputs (failed jobs are retried). ``results.csv`` and
 ``results.md`` are then written from the records of the requested pairs and methods.
 
-Times: ``time_total_s`` is the wall-clock time of one job from reading the input files to the
-method's displacement field on the fixed grid (metrics excluded); ``timings`` holds ``load``
-(reading the files) and the method's own stages.
+Times: ``time_total_s`` is the wall-clock time of one job from reading the input images to the
+method's displacement field on the fixed grid (label reading and metrics excluded); ``timings``
+holds ``load`` (reading the images), ``align`` (the initial alignment) and the method's own
+stages.
 """
 
 from __future__ import annotations
@@ -26,21 +28,37 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from ..errors import ConfigError, InputError
-from .methods import MethodSpec, method_version, run_method
+import SimpleITK as sitk
+
+from voxelopt.errors import ConfigError, InputError
+
+from .alignment import InitialAlignment, relative_to_alignment, shifted
+from .methods import VOXELOPT, MethodOutput, MethodSpec, run_voxelopt, voxelopt_version
 from .pairs import PairSpec, safe_name
+from .peers import get_peer, run_peer
 from .protocols import check_protocols, evaluate_field
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 #: How long to wait for a Dask scheduler to answer.
 DASK_CONNECT_TIMEOUT = "20s"
 
-ProgressFactory = Callable[[int, int], "Progress"]
+
+def run_method(spec: MethodSpec, fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:
+    """Register ``moving`` onto ``fixed`` (already in the common initial alignment) with ``spec``."""
+    if spec.kind == VOXELOPT:
+        return run_voxelopt(spec.settings, fixed, moving)
+    return run_peer(spec, fixed, moving)
+
+
+def method_version(kind: str) -> str:
+    """Version of the package that implements ``kind`` ("not installed" when absent)."""
+    return voxelopt_version() if kind == VOXELOPT else get_peer(kind).version()
 
 
 @dataclasses.dataclass
 class Job:
-    """One registration: ``pair`` with ``method``, scored under ``protocols``.
+    """One registration: ``pair`` with ``method`` from the initial alignment ``init``, scored
+    under ``protocols``.
 
     ``threads`` (> 0) bounds torch's and ITK's threads in the worker; 0 leaves the defaults.
     """
@@ -49,11 +67,13 @@ class Job:
     method: MethodSpec
     protocols: Tuple[str, ...]
     threads: int = 0
+    init: InitialAlignment = InitialAlignment()
 
     def key(self) -> Dict[str, Any]:
         """What must match for a stored record to count as this job finished."""
         return {"pair": dataclasses.asdict(self.pair), "method": dataclasses.asdict(self.method),
-                "protocols": list(self.protocols), "record_version": RECORD_VERSION}
+                "protocols": list(self.protocols), "init": dataclasses.asdict(self.init),
+                "record_version": RECORD_VERSION}
 
 
 @dataclasses.dataclass
@@ -76,8 +96,8 @@ class EvaluationRun:
 
 
 def run_job(job: Job) -> Dict[str, Any]:
-    """Load, register and evaluate one pair; returns a JSON-ready record (never raises)."""
-    from ..io import read_image
+    """Load, align, register and evaluate one pair; returns a JSON-ready record (never raises)."""
+    from voxelopt.io import read_image
 
     record: Dict[str, Any] = {"key": job.key(), "pair_id": job.pair.pair_id, "method": job.method.name,
                               "kind": job.method.kind, "settings": job.method.settings,
@@ -87,14 +107,22 @@ def run_job(job: Job) -> Dict[str, Any]:
         start = time.perf_counter()
         fixed = read_image(job.pair.fixed, "fixed image")
         moving = read_image(job.pair.moving, "moving image")
-        load = time.perf_counter() - start
+        loaded = time.perf_counter()
+        translation = job.init.translation(fixed, moving)
+        moving = shifted(moving, translation)
+        aligned = time.perf_counter()
         output = run_method(job.method, fixed, moving)
         total = time.perf_counter() - start
         fixed_labels = read_image(job.pair.fixed_labels, "fixed labels") if job.pair.fixed_labels else None
         moving_labels = read_image(job.pair.moving_labels, "moving labels") if job.pair.moving_labels else None
+        if moving_labels is not None:
+            moving_labels = shifted(moving_labels, translation)
         gt = read_image(job.pair.gt_field, "ground-truth field") if job.pair.gt_field else None
+        if gt is not None:
+            gt = relative_to_alignment(gt, translation)
         metrics = {p: evaluate_field(output.field, fixed_labels, moving_labels, p, gt) for p in job.protocols}
-        record.update({"status": "ok", "time_total_s": total, "timings": {"load": load, **output.timings},
+        record.update({"status": "ok", "time_total_s": total, "initial_translation_mm": [float(v) for v in translation],
+                       "timings": {"load": loaded - start, "align": aligned - loaded, **output.timings},
                        "metrics": metrics})
     except Exception as error:  # any failure of this pair is reported, the run goes on
         record.update({"status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -235,6 +263,7 @@ def run_evaluation(
     threads: Optional[int] = None,
     progress: bool = True,
     title: str = "Evaluation",
+    init: InitialAlignment = InitialAlignment(),
 ) -> EvaluationRun:
     """Register every pair with every method, evaluate, and write ``results.csv``/``results.md``.
 
@@ -251,13 +280,16 @@ def run_evaluation(
         threads: threads per job (torch and ITK); default: CPU count / workers, at least 1.
         progress: show a progress bar on stderr.
         title: heading of ``results.md``.
+        init: the common initial alignment, applied to the moving image and labels before every
+            method (VoxelOpt specs must then have ``init == "none"``).
 
     Returns:
         An :class:`EvaluationRun`. Failed jobs are in the tables and in ``failed``.
 
     Raises:
-        InputError / ConfigError: empty pairs or methods, duplicate method names, bad
-            protocols or worker count, unreachable scheduler. Per-pair errors never raise.
+        InputError / ConfigError: empty pairs or methods, duplicate method names, an unknown
+            peer, a VoxelOpt spec with its own initial alignment, bad protocols or worker count,
+            unreachable scheduler. Per-pair errors never raise.
     """
     from .report import write_results
 
@@ -269,6 +301,13 @@ def run_evaluation(
     names = [safe_name(m.name) for m in methods]
     if len(set(names)) != len(names):
         raise ConfigError(f"method names must be unique (as file names): {[m.name for m in methods]}")
+    for method in methods:
+        if method.kind == VOXELOPT:
+            if method.settings.get("init", "none") != "none":
+                raise ConfigError(f"{method.name}: give the initial alignment to the run (init=...), not to VoxelOpt "
+                                  f"(init={method.settings['init']!r}), so that every method starts from it")
+        else:
+            get_peer(method.kind)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     if threads is None:
@@ -276,7 +315,7 @@ def run_evaluation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs = [Job(pair, method, protocols, threads) for pair in pairs for method in methods]
+    jobs = [Job(pair, method, protocols, threads, init) for pair in pairs for method in methods]
     records: Dict[Tuple[str, str], Dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -301,6 +340,6 @@ def run_evaluation(
     finally:
         bar.close()
     ordered = [records[(job.pair.pair_id, job.method.name)] for job in jobs]
-    paths = write_results(out, ordered, methods, protocols, title)
+    paths = write_results(out, ordered, methods, protocols, title, init)
     failed = [r for r in ordered if r["status"] != "ok"]
     return EvaluationRun(ordered, len(jobs) - len(todo), len(todo), failed, paths)
