@@ -77,10 +77,10 @@ def main() -> None:
             fixed_seg, moving_seg = (seg, moving_seg) if role == "fixed" else (fixed_seg, seg)
         config = voxelopt.RegistrationConfig.preset(args.preset, device="cpu")
     else:
-        nodes = phantom_nodes.add_phantom_volumes(scene, amplitude_mm=6.0, with_segmentations=True)
+        nodes = phantom_nodes.add_phantom_volumes(scene, max_displacement_mm=20.0, with_segmentations=True)
         fixed, moving = nodes["fixed"], nodes["moving"]
         fixed_seg, moving_seg = nodes["fixed_segmentation"], nodes["moving_segmentation"]
-        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=2.0, device="cpu")
+        config = voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=5.0, device="cpu")
     for node in (fixed, moving):
         node.GetDisplayNode().SetAutoWindowLevel(False)
         node.GetDisplayNode().SetWindowLevel(400, 40)  # abdominal soft-tissue window

@@ -32,10 +32,10 @@ def shots(tmp_path_factory):
     previous = getattr(slicer, "mrmlScene", None)
     app, view = make_app(400, 400)
     scene = app.scene
-    nodes = phantom_nodes.add_phantom_volumes(scene, amplitude_mm=6.0)
+    nodes = phantom_nodes.add_phantom_volumes(scene, max_displacement_mm=20.0)
     fixed, moving = nodes["fixed"], nodes["moving"]
     logic = RegistrationLogic(scene)
-    run = logic.process(fixed, moving, voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=2.0, device="cpu"),
+    run = logic.process(fixed, moving, voxelopt.RegistrationConfig.preset("fast", levels=2, feature_spacing=5.0, device="cpu"),
                         overlay="entropy", overlayOpacity=0.5)
     pictures = {}
     pictures["entropy"] = grab(view, fit=True)  # set up by the Logic: fixed + entropy at 50 %

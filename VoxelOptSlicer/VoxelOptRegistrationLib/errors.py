@@ -20,10 +20,10 @@ class MissingDependencyError(VoxelOptSlicerError, RuntimeError):
 
 #: The engine's words for a setting -> the module's words (label of the GUI control).
 _GUI_WORDS = (
-    ("try init='centers' or 'com'", "set 'Initial alignment' (Advanced) to centers or com"),
-    ("after 'none' alignment", "with 'Initial alignment' none"),
-    ("after 'centers' alignment", "with 'Initial alignment' centers"),
-    ("after 'com' alignment", "with 'Initial alignment' com"),
+    ("try another initial alignment ('centers' or 'com')", "set 'Initial alignment' (Advanced) to centers or com"),
+    ("after the 'none' initial alignment", "with 'Initial alignment' none"),
+    ("after the 'centers' initial alignment", "with 'Initial alignment' centers"),
+    ("after the 'com' initial alignment", "with 'Initial alignment' com"),
 )
 
 

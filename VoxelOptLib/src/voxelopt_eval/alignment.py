@@ -18,7 +18,7 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from voxelopt.config import INIT_MODES
+from voxelopt.config import SCHEMA
 from voxelopt.errors import ConfigError
 
 
@@ -35,8 +35,9 @@ class InitialAlignment:
     hu_window: Tuple[float, float] = (-800.0, 500.0)
 
     def __post_init__(self) -> None:
-        if self.mode not in INIT_MODES:
-            raise ConfigError(f"unknown initial alignment {self.mode!r}; choose one of {', '.join(INIT_MODES)}")
+        modes = SCHEMA["init"].choices
+        if self.mode not in modes:
+            raise ConfigError(f"unknown initial alignment {self.mode!r}; choose one of {', '.join(modes)}")
 
     def translation(self, fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
         """The translation ``t`` (mm, LPS) of this pair."""
