@@ -145,6 +145,16 @@ def test_read_initial_transform_round_trips(tmp_path, kind, suffix):
         assert np.allclose(read.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["translation", "euler", "affine"])
+def test_read_initial_transform_reads_matlab_files(tmp_path, kind):
+    """ANTs writes its linear stage as a MATLAB .mat (ITK can write single transforms only there)."""
+    transform = linear_transforms()[kind]
+    sitk.WriteTransform(transform, str(tmp_path / "initial.mat"))
+    read = read_initial_transform(tmp_path / "initial.mat")
+    for point in POINTS:
+        assert np.allclose(read.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
+
+
 def test_read_initial_transform_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_initial_transform(tmp_path / "missing.tfm")
