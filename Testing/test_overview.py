@@ -75,9 +75,17 @@ def test_writes_a_png_with_one_row_per_image(tmp_path, images):
     assert full_px.shape[0] / small_px.shape[0] == pytest.approx(8 / 5, rel=0.05)
 
 
-def test_images_off_the_fixed_grid_are_refused(tmp_path, images):
+def test_maps_on_a_coarser_grid_of_the_same_box_are_shown(tmp_path, images):
+    import matplotlib.image
+
     fixed, labels = images
-    other = make_image(np.zeros((20, 24, 29), np.float32), spacing=(2.0, 2.0, 3.0))
-    with pytest.raises(InputError, match="warped image"):
-        save_overview(tmp_path / "bad.png", fixed, fixed, other)
-    assert not (tmp_path / "bad.png").exists()
+    coarse = sitk.BinShrink(fixed, [2, 2, 2])  # the same box at twice the spacing
+    assert coarse.GetSize() != fixed.GetSize()
+    path = save_overview(tmp_path / "coarse.png", fixed, fixed, fixed, labels, labels, coarse, coarse)
+    reference = save_overview(tmp_path / "fine.png", fixed, fixed, fixed, labels, labels, fixed, fixed)
+    assert matplotlib.image.imread(path).shape == matplotlib.image.imread(reference).shape
+
+
+def test_unknown_view_is_an_input_error():
+    with pytest.raises(InputError, match="unknown view"):
+        slice_layout(IDENTITY, "oblique")

@@ -122,10 +122,11 @@ def save_overview(
     """Write the overview PNG and return its path.
 
     Args:
-        fixed: the fixed CT (HU). Every other image but ``moving`` must be on its grid.
-        moving: the moving CT, on any grid: shown resampled onto the fixed grid as it is, without
-            any alignment ("before").
-        warped: the moving CT after registration, on the fixed grid.
+        fixed: the fixed CT (HU); the picture shows its grid. Every other image may be on any grid
+            (usually the fixed grid, or a coarser grid of the same box for the maps) and is
+            resampled onto it as it lies in physical space.
+        moving: the moving CT, shown without any alignment ("before").
+        warped: the moving CT after registration.
         fixed_labels, warped_labels: organ label maps (fixed, and moving after registration);
             their outlines are drawn on the fixed CT.
         jacobian: local volume change of the registration (determinant of the Jacobian, 1 = none).
@@ -139,14 +140,10 @@ def save_overview(
     import matplotlib.pyplot as plt
 
     grid = Grid.from_image(fixed)
-    for image, what in ((warped, "warped image"), (fixed_labels, "fixed labels"), (warped_labels, "warped labels"),
-                        (jacobian, "Jacobian"), (entropy, "entropy")):
-        if image is not None and not Grid.from_image(image).same_as(grid):
-            raise InputError(f"the {what} of the overview must be on the fixed image's grid")
     low, high = (float(v) for v in window)
     gray = sitk.GetArrayFromImage(fixed).astype(np.float32)
-    before = sitk.GetArrayFromImage(resample_image(moving, grid, default=float(sitk.GetArrayViewFromImage(moving).min())))
-    after = sitk.GetArrayFromImage(warped).astype(np.float32)
+    before = _on_grid(moving, grid, sitk.sitkLinear, float(sitk.GetArrayViewFromImage(moving).min()))
+    after = _on_grid(warped, grid, sitk.sitkLinear, low).astype(np.float32)
     rows = [
         _Row("Fixed", gray, "gray", (low, high)),
         _Row("Moving (before)", before, "gray", (low, high)),
@@ -156,16 +153,16 @@ def save_overview(
              (-(high - low) / 2, (high - low) / 2), "HU"),
     ]
     if warped_labels is not None or fixed_labels is not None:
-        outlines = [(sitk.GetArrayFromImage(labels), colour) for labels, colour in
+        outlines = [(_on_grid(labels, grid, sitk.sitkNearestNeighbor, 0), colour) for labels, colour in
                     ((fixed_labels, "white"), (warped_labels, None)) if labels is not None]
         what = " and ".join(name for labels, name in ((fixed_labels, "fixed (white)"), (warped_labels, "registered (colour)"))
                             if labels is not None)
         rows.append(_Row(f"Organ outlines on fixed:\n{what}", gray, "gray", (low, high), outlines=outlines))
     if jacobian is not None:
-        rows.append(_Row("Local volume change\n(1 = none, < 1 shrink)", sitk.GetArrayFromImage(jacobian), "RdBu_r",
+        rows.append(_Row("Local volume change\n(1 = none, < 1 shrink)", _on_grid(jacobian, grid, sitk.sitkLinear, 1.0), "RdBu_r",
                          (0.0, 2.0), "ratio"))
     if entropy is not None:
-        values = sitk.GetArrayFromImage(entropy)
+        values = _on_grid(entropy, grid, sitk.sitkLinear, 0.0)
         rows.append(_Row("Uncertainty of the match\n(high = unsure)", values, "inferno",
                          (float(values.min()), float(values.max())), "nats"))
 
@@ -195,6 +192,11 @@ def save_overview(
     fig.savefig(path, dpi=72)
     plt.close(fig)
     return path
+
+
+def _on_grid(image: sitk.Image, grid: Grid, interpolator: int, default: float) -> np.ndarray:
+    """The (z, y, x) array of ``image`` resampled onto ``grid`` (identity; itself when already there)."""
+    return sitk.GetArrayFromImage(resample_image(image, grid, interpolator=interpolator, default=default))
 
 
 def result_note(result) -> str:
