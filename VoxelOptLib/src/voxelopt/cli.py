@@ -223,7 +223,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     config = config_from_options(args)
     from .io import atomic_output_dir, write_image
-    from .overview import save_overview
+    from .overview import result_note, save_overview
     from .phantom import phantom_pair
     from .pipeline import register
 
@@ -238,7 +238,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for name, image in (("fixed", pair.fixed), ("moving", pair.moving), ("fixed_labels", pair.fixed_labels),
                             ("moving_labels", pair.moving_labels), ("true_field", pair.true_field)):
             write_image(image, staging / f"{name}.nii.gz")
-        save_overview(staging / "overview.png", pair.fixed, pair.moving, result)
+        save_overview(staging / "overview.png", pair.fixed, pair.moving, result.warped, pair.fixed_labels,
+                      result.warped_labels, result.jacobian, result.entropy, note=result_note(result))
     if not args.quiet:
         _print_summary(result)
         print(f"wrote {len(paths) + 6} files to {out_dir} (overview: {out_dir / 'overview.png'})")

@@ -1,0 +1,171 @@
+"""Affine pre-alignment recovers a known affine (issue 10 item 4); ITK linear transform files."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from testdata import oblique_direction, shared_path
+from voxelopt import InputError
+from voxelopt.affine import estimate_affine, linear_to_affine, read_initial_transform
+from voxelopt.phantom import phantom
+
+AIR = -1024.0
+
+
+def known_affine(centre) -> sitk.AffineTransform:
+    """Fixed -> moving: rotation (4, -3, 10 degrees), scaling up to 5 %, shear 2-3 %, translation ~11 mm."""
+    rotation = np.asarray(oblique_direction((4.0, -3.0, 10.0))).reshape(3, 3)
+    shear = np.array([[1.0, 0.03, 0.0], [0.0, 1.0, -0.02], [0.02, 0.0, 1.0]])
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter(centre)
+    transform.SetMatrix((rotation @ np.diag([1.05, 0.96, 1.03]) @ shear).ravel().tolist())
+    transform.SetTranslation((8.0, -6.0, 5.0))
+    return transform
+
+
+def centre_of(image: sitk.Image):
+    return image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+
+
+def point_errors(estimate: sitk.Transform, truth: sitk.Transform, fixed: sitk.Image):
+    """Mean and max distance (mm) between the two transforms' images of the fixed body voxels (> -500 HU)."""
+    index_zyx = np.argwhere(sitk.GetArrayViewFromImage(fixed) > -500.0)
+    index_xyz = index_zyx[:, ::-1].astype(np.float64)
+    matrix = np.asarray(fixed.GetDirection()).reshape(3, 3) * np.asarray(fixed.GetSpacing())
+    points = index_xyz @ matrix.T + np.asarray(fixed.GetOrigin())
+
+    def apply(transform):
+        affine = linear_to_affine(transform)
+        return points @ np.asarray(affine.GetMatrix()).reshape(3, 3).T + np.asarray(affine.TransformPoint((0.0, 0.0, 0.0)))
+
+    distances = np.linalg.norm(apply(estimate) - apply(truth), axis=1)
+    return float(distances.mean()), float(distances.max())
+
+
+def thin_slab(image: sitk.Image, first: int, count: int) -> sitk.Image:
+    """``image`` with only ``count`` axial slices from ``first`` kept (the rest air): a thin field of view."""
+    array = sitk.GetArrayFromImage(image)
+    array[:first] = AIR
+    array[first + count:] = AIR
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantom_case():
+    moving, _ = phantom(size=(72, 64, 56), spacing=(3.0, 3.0, 3.0), seed=3)
+    truth = known_affine(centre_of(moving))
+    fixed = sitk.Resample(moving, moving, truth, sitk.sitkLinear, AIR)
+    return fixed, moving, truth
+
+
+def test_recovers_a_known_affine_on_a_phantom(phantom_case):
+    fixed, moving, truth = phantom_case
+    mean, worst = point_errors(estimate_affine(fixed, moving), truth, fixed)
+    assert mean <= 0.5 and worst <= 0.5, (mean, worst)
+
+
+def test_recovers_a_known_affine_from_a_thin_field_of_view(phantom_case):
+    fixed, moving, truth = phantom_case
+    slab = thin_slab(fixed, 21, 15)  # 45 mm of 168 mm scanned
+    mean, worst = point_errors(estimate_affine(slab, moving), truth, slab)
+    assert mean <= 0.5 and worst <= 1.0, (mean, worst)
+
+
+def test_recovers_a_known_affine_on_real_ct():
+    moving = sitk.ReadImage(str(shared_path("data", "totalseg_ct", "A_img.nii.gz")), sitk.sitkFloat32)
+    truth = known_affine(centre_of(moving))
+    fixed = sitk.Resample(moving, moving, truth, sitk.sitkLinear, AIR)
+    mean, worst = point_errors(estimate_affine(fixed, moving), truth, fixed)
+    assert mean <= 0.5 and worst <= 0.5, (mean, worst)
+    slab = thin_slab(fixed, 14, 20)  # 40 mm of 96 mm, like the real pair B
+    mean, worst = point_errors(estimate_affine(slab, moving), truth, slab)
+    assert mean <= 0.5 and worst <= 1.0, (mean, worst)
+
+
+def test_an_initial_transform_is_the_starting_point(phantom_case):
+    fixed, moving, truth = phantom_case
+    # a moving image with a placeholder origin 300 mm away: the initial transform carries it
+    shifted = sitk.Image(moving)
+    shifted.SetOrigin(tuple(np.asarray(moving.GetOrigin()) + (300.0, 0.0, -200.0)))
+    offset = sitk.TranslationTransform(3, (300.0, 0.0, -200.0))
+    expected = sitk.CompositeTransform([offset, truth])  # fixed -> moving, then moving -> shifted moving
+    initial = sitk.CompositeTransform([offset, sitk.Euler3DTransform()])
+    mean, worst = point_errors(estimate_affine(fixed, shifted, initial=initial), expected, fixed)
+    assert mean <= 0.5 and worst <= 0.5, (mean, worst)
+
+
+def test_bad_inputs_are_reported(phantom_case):
+    fixed, moving, _ = phantom_case
+    air = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + AIR
+    air.CopyInformation(moving)
+    with pytest.raises(InputError, match="no voxel inside the HU window"):
+        estimate_affine(fixed, air)
+    with pytest.raises(InputError, match="low < high"):
+        estimate_affine(fixed, moving, window=(500.0, -800.0))
+    empty = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(fixed)
+    with pytest.raises(InputError, match="fixed mask is empty"):
+        estimate_affine(fixed, moving, fixed_mask=empty)
+    with pytest.raises(InputError, match="not linear"):
+        estimate_affine(fixed, moving, initial=sitk.BSplineTransform(3))
+
+
+# ====================================================================== transform files
+def linear_transforms():
+    euler = sitk.Euler3DTransform((10.0, -5.0, 3.0), 0.1, -0.2, 0.3, (4.0, 5.0, -6.0))
+    similarity = sitk.Similarity3DTransform()
+    similarity.SetScale(1.1)
+    similarity.SetRotation((0.0, 0.0, 1.0), 0.4)
+    similarity.SetTranslation((1.0, 2.0, 3.0))
+    similarity.SetCenter((-20.0, 0.0, 15.0))
+    affine = known_affine((5.0, -7.0, 9.0))
+    return {
+        "translation": sitk.TranslationTransform(3, (12.0, -3.5, 7.25)),
+        "euler": euler,
+        "similarity": similarity,
+        "affine": affine,
+        "composite": sitk.CompositeTransform([sitk.TranslationTransform(3, (3.0, 0.0, -1.0)), euler, affine]),
+    }
+
+
+POINTS = [(0.0, 0.0, 0.0), (100.0, -50.0, 20.0), (-80.0, 30.0, -120.0)]
+
+
+@pytest.mark.parametrize("suffix", [".tfm", ".txt", ".h5"])
+@pytest.mark.parametrize("kind", ["translation", "euler", "similarity", "affine", "composite"])
+def test_read_initial_transform_round_trips(tmp_path, kind, suffix):
+    transform = linear_transforms()[kind]
+    path = tmp_path / f"initial{suffix}"
+    sitk.WriteTransform(transform, str(path))
+    read = read_initial_transform(path)
+    assert isinstance(read, sitk.AffineTransform)
+    for point in POINTS:
+        assert np.allclose(read.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["translation", "euler", "affine"])
+def test_read_initial_transform_reads_matlab_files(tmp_path, kind):
+    """ANTs writes its linear stage as a MATLAB .mat (ITK can write single transforms only there)."""
+    transform = linear_transforms()[kind]
+    sitk.WriteTransform(transform, str(tmp_path / "initial.mat"))
+    read = read_initial_transform(tmp_path / "initial.mat")
+    for point in POINTS:
+        assert np.allclose(read.TransformPoint(point), transform.TransformPoint(point), atol=1e-6)
+
+
+def test_read_initial_transform_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_initial_transform(tmp_path / "missing.tfm")
+    garbage = tmp_path / "garbage.tfm"
+    garbage.write_text("this is not a transform\n")
+    with pytest.raises(InputError, match="cannot read initial transform"):
+        read_initial_transform(garbage)
+    field = sitk.Image([8, 8, 8], sitk.sitkVectorFloat64, 3)
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(field), str(tmp_path / "field.h5"))
+    with pytest.raises(InputError, match="not linear"):
+        read_initial_transform(tmp_path / "field.h5")
+    sitk.WriteTransform(sitk.Euler2DTransform(), str(tmp_path / "flat.tfm"))
+    with pytest.raises(InputError, match="2-D"):
+        read_initial_transform(tmp_path / "flat.tfm")

@@ -1,0 +1,217 @@
+"""Linear pre-alignment: a 12-parameter affine estimate, and user-given ITK linear transform files.
+
+Direction convention (the same as ITK transform files, ``sitk.Resample`` and Slicer's
+"FromParent" transform): every transform here maps a point x of the **fixed** image (LPS mm)
+to the point T(x) of the **moving** image that lands on it, so the pre-aligned moving image is
+``moving(T(x))`` on the fixed grid. A deformable field u estimated after it composes as
+``d(x) = T(x + u(x)) - x``.
+
+SimpleITK only; no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .io import PathLike
+
+#: Voxel size (mm) of the images the affine metric is computed on (the finest level).
+ANALYSIS_SPACING_MM = 4.0
+
+
+def estimate_affine(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    window: Tuple[float, float] = (-800.0, 500.0),
+    initial: Optional[sitk.Transform] = None,
+    fixed_mask: Optional[sitk.Image] = None,
+    moving_mask: Optional[sitk.Image] = None,
+) -> sitk.AffineTransform:
+    """The affine transform (12 degrees of freedom) that best aligns ``moving`` to ``fixed``.
+
+    Args:
+        fixed, moving: scalar 3-D CT images (HU), any grids and orientations.
+        window: HU window; intensities are clipped to it and scaled to [0, 1] (air weighs 0).
+        initial: a linear transform (fixed -> moving points) to start from; default: the
+            translation between the centres of mass of the windowed images.
+        fixed_mask, moving_mask: non-zero where the image holds scanned anatomy; the metric
+            samples only there. Default: the box around the voxels above ``window[0]`` (the
+            scanned region, so a thin slab padded with air on a larger grid is compared only
+            where it was scanned).
+
+    Returns:
+        An ``sitk.AffineTransform`` mapping fixed LPS mm points to moving points (resampling
+        direction: ``sitk.Resample(moving, fixed, transform)`` gives the aligned moving image).
+        Its centre is the fixed image's centre of mass.
+
+    The images are windowed and reduced to :data:`ANALYSIS_SPACING_MM` (box-filter shrink);
+    the transform is found with Mattes mutual information (robust to contrast differences),
+    first rigid, then affine, each over two resolution levels (8 and 4 mm).
+    """
+    for image, what in ((fixed, "fixed image"), (moving, "moving image")):
+        _check_scalar_3d(image, what)
+    fixed_small = _windowed_and_shrunk(fixed, window)
+    moving_small = _windowed_and_shrunk(moving, window)
+    fixed_region = _mask_on(fixed_mask, fixed_small, "fixed mask") if fixed_mask is not None else _scanned_region(fixed_small)
+    moving_region = _mask_on(moving_mask, moving_small, "moving mask") if moving_mask is not None else _scanned_region(moving_small)
+
+    centre = _centre_of_mass(fixed_small, fixed_region)
+    if initial is None:
+        start = sitk.AffineTransform(3)
+        start.SetCenter(centre)
+        start.SetTranslation(tuple(_centre_of_mass(moving_small, moving_region) - np.asarray(centre)))
+    else:
+        start = _recentred(linear_to_affine(initial, "initial transform"), centre)
+
+    rigid = sitk.Euler3DTransform()
+    rigid.SetCenter(centre)
+    rigid.SetMatrix(_nearest_rotation(np.asarray(start.GetMatrix()).reshape(3, 3)).ravel().tolist())
+    rigid.SetTranslation(start.GetTranslation())
+    rigid = _register(fixed_small, moving_small, fixed_region, moving_region, rigid, iterations=60)
+
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(centre)
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    return _register(fixed_small, moving_small, fixed_region, moving_region, affine, iterations=60)
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
+              transform: sitk.Transform, iterations: int) -> sitk.Transform:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)  # every voxel of the mask is sampled
+    method.SetMetricFixedMask(fixed_region)
+    method.SetMetricMovingMask(moving_region)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.003, numberOfIterations=iterations,
+                                                     relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([2, 1])
+    method.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(transform, inPlace=True)
+    try:
+        method.Execute(fixed, moving)
+    except RuntimeError as error:
+        raise InputError(f"affine alignment failed (do the images overlap?): {_last_line(error)}") from None
+    return transform
+
+
+def _windowed_and_shrunk(image: sitk.Image, window: Tuple[float, float]) -> sitk.Image:
+    """The image clipped to ``window`` and scaled to [0, 1], box-averaged to about 4 mm voxels."""
+    low, high = (float(v) for v in window)
+    if not high > low:
+        raise InputError(f"the HU window must have low < high, got {window}")
+    windowed = sitk.IntensityWindowing(sitk.Cast(image, sitk.sitkFloat32), low, high, 0.0, 1.0)
+    factors = [max(1, int(round(ANALYSIS_SPACING_MM / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(windowed, factors)
+
+
+def _scanned_region(windowed: sitk.Image) -> sitk.Image:
+    """A mask of the box around the voxels brighter than the window's low end (the scanned region)."""
+    above = sitk.Cast(windowed > 0.0, sitk.sitkUInt8)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(above)
+    if not stats.HasLabel(1):
+        raise InputError("an image holds no voxel inside the HU window (all air?): nothing to align")
+    x, y, z, nx, ny, nz = stats.GetBoundingBox(1)
+    region = sitk.Image(windowed.GetSize(), sitk.sitkUInt8)
+    region.CopyInformation(windowed)
+    region[x:x + nx, y:y + ny, z:z + nz] = 1
+    return region
+
+
+def _mask_on(mask: sitk.Image, reference: sitk.Image, what: str) -> sitk.Image:
+    """A user mask (any grid) as a UInt8 0/1 image on ``reference``'s grid (nearest neighbour)."""
+    _check_scalar_3d(mask, what)
+    on_grid = sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    if not np.any(sitk.GetArrayViewFromImage(on_grid)):
+        raise InputError(f"the {what} is empty (no non-zero voxel inside the image)")
+    return on_grid
+
+
+def _centre_of_mass(windowed: sitk.Image, region: sitk.Image) -> Tuple[float, float, float]:
+    """Centre of mass (LPS mm) of the windowed intensities inside ``region`` (air weighs 0)."""
+    stats = sitk.LabelIntensityStatisticsImageFilter()
+    stats.Execute(region, windowed)
+    if stats.GetSum(1) <= 0:
+        raise InputError("an image holds no voxel inside the HU window within its mask: nothing to align")
+    return tuple(float(v) for v in stats.GetCenterOfGravity(1))
+
+
+def _nearest_rotation(matrix: np.ndarray) -> np.ndarray:
+    """The proper rotation closest to ``matrix`` (polar decomposition)."""
+    u, _, vt = np.linalg.svd(matrix)
+    rotation = u @ vt
+    if np.linalg.det(rotation) < 0:
+        u[:, -1] *= -1
+        rotation = u @ vt
+    return rotation
+
+
+def _recentred(affine: sitk.AffineTransform, centre) -> sitk.AffineTransform:
+    """The same mapping as ``affine``, parameterised about ``centre``."""
+    out = sitk.AffineTransform(3)
+    out.SetMatrix(affine.GetMatrix())
+    out.SetCenter(centre)
+    out.SetTranslation(tuple(np.asarray(affine.TransformPoint(centre)) - np.asarray(centre)))
+    return out
+
+
+# ====================================================================== transform files
+def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk.AffineTransform:
+    """Any 3-D linear SimpleITK transform (translation, Euler, similarity, affine, a composite
+    of linear ones) as one ``sitk.AffineTransform`` that maps every point the same way.
+
+    Raises :class:`InputError` for a non-linear (deformable) or non-3-D transform.
+    """
+    if transform.GetDimension() != 3:
+        raise InputError(f"the {what} is {transform.GetDimension()}-D; a 3-D transform is needed")
+    if not transform.IsLinear():
+        raise InputError(f"the {what} is not linear ({transform.GetName()}); give a translation, rigid, "
+                         "similarity or affine transform (a deformable field is not an initial alignment)")
+    # A linear map is fixed by the images of the origin and the unit vectors.
+    offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    matrix = np.column_stack([np.asarray(transform.TransformPoint(tuple(e))) - offset for e in np.eye(3)])
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(matrix.ravel().tolist())
+    affine.SetTranslation(offset.tolist())
+    return affine
+
+
+def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
+    """Read an ITK linear transform file (.tfm, .txt, .h5/.hdf5, .mat) as one affine transform.
+
+    ITK transform files store the **resampling** direction: the transform maps points of the
+    fixed image (LPS mm) to points of the moving image (``sitk.Resample(moving, fixed, T)``
+    aligns the moving image) -- what elastix, ANTs (``*GenericAffine.mat``) and 3D Slicer
+    (which writes the "FromParent" transform converted to LPS) save. Translation, Euler/versor
+    rigid, similarity, scale-skew, affine and composites of those are accepted.
+
+    Raises :class:`InputError` when the file is missing, unreadable or not a 3-D linear transform.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"initial transform file not found: {path}")
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as error:
+        raise InputError(f"cannot read initial transform {path}: {_last_line(error)}") from None
+    return linear_to_affine(transform, f"initial transform {path}")
+
+
+def _check_scalar_3d(image: sitk.Image, what: str) -> None:
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"the {what} must be a SimpleITK image, got {type(image).__name__}")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"the {what} must be a scalar 3-D image")
+
+
+def _last_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown error"
