@@ -84,11 +84,15 @@ def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, caps
     assert code == 0 and {p.name for p in out.iterdir()} == {"field.nii.gz", "metrics.json", "notes.txt"}
     field = sitk.ReadImage(str(out / "field.nii.gz"))
     assert field.GetSize() == sitk.ReadImage(str(files["fixed"])).GetSize()
+    picture = tmp_path / "qa" / "overview.png"
+    code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "metrics",
+                      "--overview", picture, *FAST], capsys)
+    assert code == 0 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "labels", *FAST], capsys)
     assert code == 2 and "needs --moving-labels" in err
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field,wraped", *FAST], capsys)
     assert code == 2 and "wraped" in err
-    assert {p.name for p in out.iterdir()} == {"field.nii.gz", "metrics.json", "notes.txt"}  # errors wrote nothing
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "notes.txt"}  # errors wrote nothing
 
 
 def test_other_output_formats(files, tmp_path, capsys):

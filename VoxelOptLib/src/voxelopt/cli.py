@@ -156,6 +156,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
+    if args.overview:
+        check_output_dir(Path(args.overview).parent)
     from .io import read_image  # numpy and SimpleITK: only once the arguments are good
 
     fixed = read_image(args.fixed, "fixed image")
@@ -170,6 +172,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache)
     paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
                         field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
+    if args.overview:
+        from .io import atomic_output_dir
+        from .overview import result_note, save_overview
+
+        overview = Path(args.overview)
+        with atomic_output_dir(overview.parent) as staging:
+            save_overview(staging / overview.name, fixed, moving, result.warped, fixed_labels, result.warped_labels,
+                          result.jacobian, result.entropy, note=result_note(result))
+        paths["overview"] = overview
     if not args.quiet:
         _print_summary(result)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -272,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default) or 'fixed' (the full fixed grid, for tools that need that)")
     p.add_argument("--full-size-maps", action="store_true",
                    help="write the entropy and Jacobian maps on the fixed grid (default: on their own coarser grids)")
+    p.add_argument("--overview", metavar="PNG", help="also write a picture to check the result: fixed, moving before and "
+                   "after, checkerboard, difference, organ outlines (with labels), in radiological orientation")
     p.add_argument("--feature-cache", metavar="DIR", help="keep features on disk in DIR and reuse them across runs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_registration_options(p)
