@@ -169,7 +169,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     cache = FeatureCache(directory=args.feature_cache) if args.feature_cache else None
     report = _progress_printer(args.quiet)
-    result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache)
+    result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache,
+                      initial_transform=args.initial_transform)
     paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
                         field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
     if args.overview:
@@ -283,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default) or 'fixed' (the full fixed grid, for tools that need that)")
     p.add_argument("--full-size-maps", action="store_true",
                    help="write the entropy and Jacobian maps on the fixed grid (default: on their own coarser grids)")
+    p.add_argument("--initial-transform", metavar="TFM",
+                   help="an ITK linear transform file (.tfm/.txt/.h5/.mat) mapping fixed to moving points: the initial "
+                        "alignment with --init none, the start of --init affine")
     p.add_argument("--overview", metavar="PNG", help="also write a picture to check the result: fixed, moving before and "
                    "after, checkerboard, difference, organ outlines (with labels), in radiological orientation")
     p.add_argument("--feature-cache", metavar="DIR", help="keep features on disk in DIR and reuse them across runs")

@@ -257,8 +257,9 @@ class RegistrationConfig:
         float, "weight of the refinement's smoothness term", "solver", minimum=0.0, exclusive_minimum=True,
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     init: str = _param("none", Parameter(
-        str, "initial alignment: 'none', 'centers' (image centres) or 'com' (intensity centres of mass)",
-        "features", choices=("none", "centers", "com")))
+        str, "initial alignment: 'none', 'centers' (image centres), 'com' (intensity centres of mass) or 'affine' "
+        "(12-parameter mutual-information alignment within the scanned regions)",
+        "features", choices=("none", "centers", "com", "affine")))
     device: str = _param("auto", Parameter(
         str, "where to compute: 'auto' (CUDA when present, else the CPU), 'cpu', 'cuda' or 'cuda:N'", "device",
         choices=("auto", "cpu", "cuda"), also_accepts=(_is_cuda_index, "'cuda:N'")))

@@ -8,21 +8,23 @@ imported, so that such errors are reported at once.
 Grids (see :mod:`voxelopt.geometry`): the *fixed grid* is the fixed image's own; the *feature
 grid* is its box at ``feature_spacing`` mm; the *working grid* is the feature grid scaled by
 ``working_scale``. The initial alignment is a translation t (LPS mm) with fixed point x
-corresponding to moving point x + t.
+corresponding to moving point x + t; in general the initial alignment is a linear (affine)
+map T, fixed point x corresponding to moving point T(x) (LPS mm, the direction ``sitk.Resample``
+uses), from ``init`` and/or a user-given initial transform.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .config import RegistrationConfig
-from .errors import InputError
-from .geometry import Grid, check_image, overlap_fraction, resample_image
-from .io import ImageLike, as_image
+from .errors import ConfigError, InputError
+from .geometry import Grid, check_image, resample_image
+from .io import ImageLike, PathLike, as_image
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
 MIN_OVERLAP = 0.05
@@ -41,9 +43,10 @@ _INIT_HINT = "try another initial alignment ('centers' or 'com'), or check the i
 class PreparedPair:
     """Checked images and the grids of one registration.
 
-    ``fixed`` and ``moving`` keep their pixel type (int16 CT stays int16); ``translation`` (mm) is
-    the initial alignment: fixed point x corresponds to moving point x + t. ``field_grid`` is
-    where the final field is kept: the feature grid, or the fixed grid when that is coarser.
+    ``fixed`` and ``moving`` keep their pixel type (int16 CT stays int16); ``initial`` is the initial
+    alignment as a 4x4 matrix (LPS mm): fixed point x corresponds to moving point ``initial @ (x, 1)``.
+    ``field_grid`` is where the final field is kept: the feature grid, or the fixed grid when that
+    is coarser.
     """
 
     fixed: sitk.Image
@@ -53,7 +56,17 @@ class PreparedPair:
     feature_grid: Grid
     working_grid: Grid
     field_grid: Grid
-    translation: np.ndarray
+    initial: np.ndarray
+
+    def initial_transform(self) -> sitk.AffineTransform:
+        """The initial alignment as a SimpleITK transform (fixed -> moving points)."""
+        transform = sitk.AffineTransform(3)
+        transform.SetMatrix(tuple(float(v) for v in self.initial[:3, :3].ravel()))
+        transform.SetTranslation(tuple(float(v) for v in self.initial[:3, 3]))
+        return transform
+
+    def is_identity(self) -> bool:
+        return bool(np.allclose(self.initial, np.eye(4)))
 
 
 def checked_image(image: ImageLike, what: str) -> sitk.Image:
@@ -151,8 +164,13 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
     return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
 
 
-def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> PreparedPair:
-    """Check the images, build the grids, find the initial alignment and check the overlap."""
+def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
+            initial_transform: Optional[Union[sitk.Transform, PathLike]] = None) -> PreparedPair:
+    """Check the images, build the grids, find the initial alignment and check the overlap.
+
+    ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
+    moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
+    """
     from .solver import level_shapes  # TODO(merge): torch-free home
 
     fixed_image = checked_image(fixed, "fixed image")
@@ -161,8 +179,8 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> 
     feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
     working_grid = feature_grid.scaled(config.working_scale)
     level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
-    translation = initial_translation(fixed_image, moving_image, config.init, config.hu_window)
-    overlap = overlap_fraction(fixed_grid, moving_image, translation)
+    initial = initial_alignment(fixed_image, moving_image, config, initial_transform)
+    overlap = overlap_fraction(fixed_grid, moving_image, initial)
     if overlap < MIN_OVERLAP:
         raise InputError(
             f"the fixed and moving images do not overlap after the '{config.init}' initial alignment "
@@ -171,4 +189,53 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig) -> 
         )
     field_grid = feature_grid if np.prod(feature_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
     return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
-                        working_grid, field_grid, translation)
+                        working_grid, field_grid, initial)
+
+
+def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,
+                      initial_transform: Optional[Union[sitk.Transform, PathLike]] = None) -> np.ndarray:
+    """The 4x4 matrix (LPS mm) of the initial alignment, fixed point -> moving point."""
+    from .affine import estimate_affine, linear_to_affine, read_initial_transform
+
+    start = None
+    if initial_transform is not None:
+        if config.init not in ("none", "affine"):
+            raise ConfigError(f"an initial transform is used with init 'none' or 'affine', not {config.init!r}")
+        start = (linear_to_affine(initial_transform, "initial transform") if isinstance(initial_transform, sitk.Transform)
+                 else read_initial_transform(initial_transform))
+    if config.init == "affine":
+        return _matrix(estimate_affine(fixed, moving, config.hu_window, initial=start))
+    if start is not None:
+        return _matrix(start)
+    matrix = np.eye(4)
+    matrix[:3, 3] = initial_translation(fixed, moving, config.init, config.hu_window)
+    return matrix
+
+
+def _matrix(transform: sitk.AffineTransform) -> np.ndarray:
+    """4x4 matrix of an affine transform: ``y = A (x - c) + t + c``."""
+    a = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    c = np.asarray(transform.GetCenter(), dtype=np.float64)
+    matrix = np.eye(4)
+    matrix[:3, :3] = a
+    matrix[:3, 3] = np.asarray(transform.GetTranslation()) + c - a @ c
+    return matrix
+
+
+def overlap_fraction(fixed_grid: Grid, moving: sitk.Image, initial: np.ndarray) -> float:
+    """Fraction of the fixed grid's voxels whose point ``initial(x)`` lies inside the moving image."""
+    coarse = fixed_grid.with_size(np.minimum(fixed_grid.size, 32))
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = resample_through(ones, coarse, initial, sitk.sitkNearestNeighbor, 0)
+    return float(sitk.GetArrayViewFromImage(inside).mean())
+
+
+def resample_through(image: sitk.Image, grid: Grid, initial: np.ndarray, interpolator: int, default: float,
+                     pixel_type: Optional[int] = None) -> sitk.Image:
+    """``image(initial(x))`` on ``grid`` (SimpleITK); ``pixel_type`` defaults to the image's."""
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in initial[:3, :3].ravel()))
+    transform.SetTranslation(tuple(float(v) for v in initial[:3, 3]))
+    pixel = image.GetPixelID() if pixel_type is None else pixel_type
+    return sitk.Resample(image, grid.reference_image(), transform, interpolator, float(default), pixel)

@@ -46,11 +46,17 @@ class GridField:
 
     @classmethod
     def from_solver(cls, u_voxels: torch.Tensor, working_grid: Grid, field_grid: Grid,
-                    translation_mm: np.ndarray) -> "GridField":
-        """The solver's voxel field on the working grid, plus the initial translation, on ``field_grid``."""
-        d = voxel_to_mm_field(u_voxels.float(), working_grid)
-        d = d + torch.as_tensor(np.asarray(translation_mm), dtype=d.dtype, device=d.device).view(1, 3, 1, 1, 1)
-        return cls(resize_volume(d, field_grid.shape).contiguous(), field_grid)
+                    initial: np.ndarray) -> "GridField":
+        """The total field on ``field_grid``: the solver's field u (voxels of the working grid)
+        composed with the initial alignment T (4x4, fixed -> moving, mm): ``d(x) = T(x + u(x)) - x``."""
+        u = resize_volume(voxel_to_mm_field(u_voxels.float(), working_grid), field_grid.shape)
+        a = torch.as_tensor(initial[:3, :3], dtype=u.dtype, device=u.device)
+        b = torch.as_tensor(initial[:3, 3], dtype=u.dtype, device=u.device).view(1, 3, 1, 1, 1)
+        if np.allclose(initial[:3, :3], np.eye(3)):  # a translation: d = u + t
+            return cls((u + b).contiguous(), field_grid)
+        x = field_grid.physical_points(u.device)[None]  # (1, 3, Z, Y, X) mm
+        d = torch.einsum("rc,bczyx->brzyx", a, x + u) + b - x
+        return cls(d.contiguous(), field_grid)
 
     @classmethod
     def from_image(cls, image: sitk.Image, device: torch.device) -> "GridField":

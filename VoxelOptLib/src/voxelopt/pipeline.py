@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Union
 
 from .config import RegistrationConfig
 from .errors import RegistrationCancelled
 from .inputs import checked_labels, prepare
-from .io import ImageLike
+from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
 if TYPE_CHECKING:  # the cache needs torch, which is imported only once the inputs are checked
+    import SimpleITK as sitk
+
     from .cache import FeatureCache
 
 ProgressCallback = Callable[[float, str], None]
@@ -45,6 +47,7 @@ def register(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
     cache: Optional["FeatureCache"] = None,
+    initial_transform: Optional[Union["sitk.Transform", PathLike]] = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
@@ -60,6 +63,9 @@ def register(
             the call raises :class:`RegistrationCancelled` and returns nothing.
         cache: a :class:`FeatureCache` reused across calls (features are recomputed only when
             an image or a feature parameter changes; the scores before registration once per pair).
+        initial_transform: a linear SimpleITK transform or an ITK transform file (.tfm/.txt/.h5/.mat)
+            mapping fixed points to moving points (LPS mm): the initial alignment with
+            ``init="none"``, the starting point of ``init="affine"``.
 
     Returns:
         A :class:`RegistrationResult`: the displacement field in LPS mm on the feature grid with
@@ -82,7 +88,7 @@ def register(
             raise RegistrationCancelled("registration cancelled")
 
     with timer.stage("prepare"):
-        prepared = prepare(fixed, moving, config)
+        prepared = prepare(fixed, moving, config, initial_transform)
         fixed_lab = checked_labels(fixed_labels, prepared.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, prepared.moving, "moving labels")
         # torch is imported only now, so that every input error above is reported without it
@@ -132,7 +138,7 @@ def register(
         timings=_timings(timer.seconds, solved),
         config=config,
         device=str(device),
-        initial_translation_mm=tuple(float(v) for v in prepared.translation),
+        initial_transform=tuple(tuple(float(v) for v in row) for row in prepared.initial),
         fixed_grid=prepared.fixed_grid,
         moving=prepared.moving,
         grid_field=outputs["field"],

@@ -50,7 +50,9 @@ class RegistrationResult:
             it ran, ``refine``), ``outputs``, ``total``; ``warp`` and ``write`` once they ran).
         config: the parameters used.
         device: torch device the computation ran on.
-        initial_translation_mm: translation of the initial alignment (included in ``field``).
+        initial_transform: the initial alignment as a 4x4 matrix (LPS mm, fixed -> moving points;
+            a translation unless ``init="affine"`` or an initial transform was given), included in
+            ``field``.
         fixed_grid: the fixed image's grid, where :attr:`warped` lives.
         moving: the moving image (kept to compute :attr:`warped` on demand).
     """
@@ -63,7 +65,7 @@ class RegistrationResult:
     timings: Dict[str, float]
     config: RegistrationConfig
     device: str
-    initial_translation_mm: Tuple[float, float, float]
+    initial_transform: Tuple[Tuple[float, ...], ...]
     fixed_grid: Grid
     moving: sitk.Image
     grid_field: Any = dataclasses.field(default=None, repr=False)  # the field as a tensor (voxelopt.outputs.GridField)
@@ -114,7 +116,7 @@ class RegistrationResult:
             "timings_s": self.timings,
             "config": self.config.to_dict(),
             "device": self.device,
-            "initial_translation_mm": list(self.initial_translation_mm),
+            "initial_transform": [list(row) for row in self.initial_transform],
         })
 
     # ------------------------------------------------------------------ writing

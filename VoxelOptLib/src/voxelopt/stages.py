@@ -15,8 +15,8 @@ from .cache import FeatureCache, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
-from .geometry import resample_image, resize_volume
-from .inputs import PreparedPair
+from .geometry import resize_volume
+from .inputs import PreparedPair, resample_through
 from .metrics import jacobian_statistics, label_metrics
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
@@ -45,23 +45,24 @@ def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtra
                      cache: Optional[FeatureCache] = None) -> torch.Tensor:
     """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid.
 
-    The image is resampled onto the feature grid (the moving one through the initial
-    translation; outside the image: its darkest value, i.e. air), the extractor runs there, and
-    the result is resized to the working grid. Cached in ``cache`` when one is given.
+    The image is resampled onto the feature grid (the moving one through the initial alignment;
+    outside the image: its darkest value, i.e. air), the extractor runs there, and the result is
+    resized to the working grid. Cached in ``cache`` when one is given.
     """
     image = prepared.fixed if which == "fixed" else prepared.moving
-    t = None if which == "fixed" or not np.any(prepared.translation) else tuple(float(v) for v in prepared.translation)
+    initial = np.eye(4) if which == "fixed" else prepared.initial
     feature_grid, working_grid = prepared.feature_grid, prepared.working_grid
 
     def compute() -> torch.Tensor:
         default = float(sitk.GetArrayViewFromImage(image).min())
-        on_grid = resample_image(sitk.Cast(image, sitk.sitkFloat32), feature_grid, t, sitk.sitkLinear, default)
+        on_grid = resample_through(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32)
         features = extractor.extract(on_grid, device)[None]
         return resize_volume(features, working_grid.shape).contiguous()
 
     if cache is None:
         return compute()
-    key = ("features", image_digest(image), feature_grid, working_grid, t, extractor.cache_key(), str(device))
+    key = ("features", image_digest(image), feature_grid, working_grid, initial.round(9).tobytes(), extractor.cache_key(),
+           str(device))
     return cache.get_or_compute(key, compute, device)
 
 
@@ -75,13 +76,12 @@ def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, movin
                          cache: Optional[FeatureCache]) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
-        t = tuple(float(v) for v in prepared.translation)
-        initial = resample_image(moving_labels, prepared.fixed_grid, t, sitk.sitkNearestNeighbor, 0)
+        initial = resample_through(moving_labels, prepared.fixed_grid, prepared.initial, sitk.sitkNearestNeighbor, 0)
         return label_scores(fixed_labels, moving_labels, initial)
 
     if cache is None:
         return compute()
-    key = ("initial scores", image_digest(fixed_labels), image_digest(moving_labels), tuple(prepared.translation))
+    key = ("initial scores", image_digest(fixed_labels), image_digest(moving_labels), prepared.initial.round(9).tobytes())
     return cache.get_or_compute_value(key, compute)
 
 
@@ -96,7 +96,7 @@ def solved_outputs(
 ) -> Dict[str, object]:
     """Field on the field grid (see :class:`PreparedPair`), entropy (working grid), Jacobian map and statistics, and with
     labels the warped labels and their scores before and after."""
-    field = GridField.from_solver(solved.field, prepared.working_grid, prepared.field_grid, prepared.translation)
+    field = GridField.from_solver(solved.field, prepared.working_grid, prepared.field_grid, prepared.initial)
     jacobian = field.jacobian()
     metrics: Dict[str, object] = dict(jacobian_statistics(jacobian.cpu().numpy()))
     warped_labels = None
