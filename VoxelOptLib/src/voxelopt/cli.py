@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register MOVING onto FIXED",
                        description="Register MOVING onto FIXED. Writes DIR/field.nii.gz (displacement in LPS mm on the "
-                                   "fixed grid, warped(x) = moving(x + field(x))), warped.nii.gz, warped_labels.nii.gz "
+                                   "fixed image's box at --feature-spacing mm, warped(x) = moving(x + field(x))), "
+                                   "warped.nii.gz (on the fixed grid, the moving pixel type), warped_labels.nii.gz "
                                    "(with --moving-labels), entropy.nii.gz, jacobian.nii.gz and metrics.json.")
     p.add_argument("fixed", help="fixed image file")
     p.add_argument("moving", help="moving image file")
