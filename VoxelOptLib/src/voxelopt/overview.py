@@ -6,7 +6,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .geometry import Grid, resample_image
+from .geometry import Grid, resample_image, window_hu
 from .io import PathLike
 
 
@@ -24,9 +24,9 @@ def save_overview(path: PathLike, fixed: sitk.Image, moving: sitk.Image, result,
     grid = Grid.from_image(fixed)
     moving_on_fixed = resample_image(moving, grid, default=float(sitk.GetArrayViewFromImage(moving).min()))
     panels = [
-        ("fixed", sitk.GetArrayFromImage(fixed), "gray", window),
-        ("moving (unregistered)", sitk.GetArrayFromImage(moving_on_fixed), "gray", window),
-        ("warped moving", sitk.GetArrayFromImage(result.warped), "gray", window),
+        ("fixed", window_hu(sitk.GetArrayFromImage(fixed), window), "gray", (0.0, 1.0)),
+        ("moving (unregistered)", window_hu(sitk.GetArrayFromImage(moving_on_fixed), window), "gray", (0.0, 1.0)),
+        ("warped moving", window_hu(sitk.GetArrayFromImage(result.warped), window), "gray", (0.0, 1.0)),
         ("entropy (nats)", sitk.GetArrayFromImage(result.entropy), "inferno", None),
         ("Jacobian determinant", sitk.GetArrayFromImage(result.jacobian), "RdBu_r", (0.0, 2.0)),
     ]

@@ -55,7 +55,7 @@ def phantom(size: Sequence[int] = (96, 80, 64), spacing: Sequence[float] = (3.0,
     a = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)[None, :]
     origin = -a @ centre_index
     grid = Grid(tuple(int(v) for v in size), tuple(float(v) for v in spacing), tuple(float(v) for v in origin), direction)
-    points = grid.physical_points(torch.device("cpu")).numpy()  # (3, Z, Y, X)
+    points = grid.physical_points()  # (3, Z, Y, X)
     x, y, z = points
     rng = np.random.default_rng(seed)
 
