@@ -461,3 +461,19 @@ def test_obelisk_runs_on_the_body_box_and_maps_back_to_the_image_grid(tmp_path, 
     inner = (slice(8, 22), slice(10, 28), slice(8, 30))  # body voxels at least 2 (along x 3) voxels from its edge
     hu = (f[3].numpy() - 1.0) * 1024.0
     assert np.abs(hu[inner] - arr[inner]).max() < 0.05
+
+
+def test_obelisk_with_folded_batch_norms_gives_the_same_outputs():
+    from voxelopt.networks.obelisk import fold_batch_norms
+
+    net = ObeliskHybridTCIA()
+    net.load_state_dict(_random_state(net, seed=3))
+    net.eval()
+    x = torch.rand(1, 1, 16, 24, 16) * 2.0
+    with torch.inference_mode():
+        reference, ref_feats = net(x, return_features=True)
+        folded, feats = fold_batch_norms(net)(x, return_features=True)
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in fold_batch_norms(net).modules())
+    assert reference.abs().max() > 0.1
+    assert torch.allclose(folded, reference, atol=1e-4 * float(reference.abs().max()))
+    assert torch.allclose(feats["d72"], ref_feats["d72"], atol=1e-4 * float(ref_feats["d72"].abs().max()))
