@@ -2,7 +2,7 @@
 
 Feature types (``RegistrationConfig.features`` / ``--features``):
 
-* ``obelisk``: OBELISK-hybrid TCIA abdominal CT segmentation network, 9 logits / 3
+* ``obelisk``: OBELISK-hybrid TCIA abdominal CT segmentation network, 9 logits / 10
   (weights: ``obeliskhybrid_tcia_fold1.pth``, downloaded on first use if not cached);
 * ``pdd``: PDD-Net registration features, 24 channels (``dense_reg_mind2_feat_epoch2999.pth``);
 * ``universal``: the VoxelOpt paper's Universal-Model U-Net, 8 channels (``--weights`` required);

@@ -36,12 +36,13 @@ def _lrelu(t: torch.Tensor) -> torch.Tensor:
 
 
 class ObeliskHybridTCIA(nn.Module):
-    """OBELISK-hybrid for the TCIA 9-label task. Input (B, 1, 144, 144, 144) scaled HU/1024 + 1.
+    """OBELISK-hybrid for the TCIA 9-label task. Input (B, 1, D, H, W) scaled HU/1024 + 1, trained
+    at 144^3 (see :meth:`forward` for other sizes).
 
     Tensor axes D, H, W are the x, y, z axes of the image oriented to ``"LAI"`` (toward
     patient left, anterior, inferior). :meth:`forward` returns the 9 logits; with
-    ``return_features=True`` also the decoder maps ``d144`` (9 ch, 144^3), ``d72`` (12 ch, 72^3)
-    and ``d36`` (32 ch, 36^3).
+    ``return_features=True`` also the decoder maps ``d144`` (9 ch, full size), ``d72`` (12 ch,
+    half size) and ``d36`` (32 ch, quarter size), named after their size at 144^3.
     """
 
     def __init__(self) -> None:
