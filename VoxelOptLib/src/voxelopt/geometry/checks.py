@@ -44,7 +44,7 @@ def check_image(image: sitk.Image, what: str, values: bool = False) -> None:
     if image.GetDimension() != 3:
         raise InputError(f"{what} must be a 3-D image, got {image.GetDimension()}-D")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{what} must be a scalar 3-D image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+        raise InputError(f"{what} must be a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), what)
     if values:
         array = sitk.GetArrayViewFromImage(image)
