@@ -41,16 +41,19 @@ def images(workdir: Path):
 
 
 def seconds(extractor, image: sitk.Image, device: torch.device, repeat: int):
-    times = []
+    """Best and median wall-clock seconds of ``repeat`` extract() calls, and the median CPU
+    seconds of this process per call (all threads)."""
+    times, cpu = [], []
     for _ in range(repeat):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         extractor.extract(image, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
+        cpu.append(time.process_time() - start_cpu)
+    return min(times), statistics.median(times), statistics.median(cpu)
 
 
 def main() -> None:
@@ -67,14 +70,14 @@ def main() -> None:
                   for name in args.extractors.split(",")}
     print(f"torch {torch.__version__}, {args.threads} threads, device {device}, load average before: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    print(f"| image | extractor | first call (s) | best (s) | median (s) |")
-    print("|---|---|---|---|---|")
+    print("| image | extractor | first call (s) | best (s) | median (s) | CPU s per call |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for image_name, image in images(Path(tmp)):
             for name, extractor in extractors.items():
-                first, _ = seconds(extractor, image, device, 1)
-                best, median = seconds(extractor, image, device, args.repeat)
-                print(f"| {image_name} | {name} | {first:.2f} | {best:.2f} | {median:.2f} |", flush=True)
+                first, _, _ = seconds(extractor, image, device, 1)
+                best, median, cpu = seconds(extractor, image, device, args.repeat)
+                print(f"| {image_name} | {name} | {first:.2f} | {best:.2f} | {median:.2f} | {cpu:.2f} |", flush=True)
     print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
