@@ -186,10 +186,6 @@ class ObeliskExtractor(NetworkExtractor):
     def load(self, device: torch.device) -> ObeliskHybridTCIA:
         return fold_batch_norms(load_obelisk(self.weights_path, device)).to(memory_format=torch.channels_last_3d)
 
-    @property
-    def channels(self) -> int:
-        return 21 if self.mode == "logits+d72" else 9
-
     def input_grid(self, image: sitk.Image, device: torch.device) -> Tuple[torch.Tensor, Grid]:
         """The network input (1, 1, n0, n1, n2) in HU and its grid (LAI, body box, padded)."""
         grid = oriented_grid(image, "LAI", NETWORK_SPACING_MM)
