@@ -1,5 +1,9 @@
 """The physical-geometry contract: grids, voxel/mm fields and resampling against SimpleITK."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -93,3 +97,70 @@ def test_resampling_through_a_field_matches_simpleitk(interpolator, mode):
         assert np.abs(ours[inside] - ref[inside]).max() < 1e-3
     else:  # nearest: rounding at exact half-voxel ties may differ on a handful of voxels
         assert np.mean(ours[inside] == ref[inside]) > 0.995
+
+
+def test_grid_points_match_simpleitk():
+    grid = oblique_grid()
+    image = grid.reference_image()
+    points = grid.physical_points()
+    for index in ((0, 0, 0), (19, 3, 7), (5, 15, 11)):
+        i, j, k = index
+        assert np.allclose(points[:, k, j, i], image.TransformIndexToPhysicalPoint(index))
+        assert np.allclose(grid.point(index), image.TransformIndexToPhysicalPoint(index))
+
+
+def test_crop_and_resize_follow_the_interpolate_convention():
+    """A crop resized with F.interpolate(align_corners=False) lies on grid.crop(...).with_size(...),
+    and features on a grid go back onto an image's grid exactly where the grids coincide."""
+    from voxelopt.geometry import features_to_image
+
+    grid = oblique_grid((10, 8, 6), (2.0, 1.0, 3.0))
+    resized = grid.crop((2, 0, 1), (6, 8, 4)).with_size((3, 4, 2))
+    # resized voxel (0, 0, 0) sits at crop index 0.5 * size / out - 0.5, i.e. grid index start + that
+    assert np.allclose(resized.origin, grid.point(np.add((2, 0, 1), [0.5, 0.5, 0.5])))
+    assert np.allclose(resized.spacing, (4.0, 2.0, 6.0))
+    values = torch.arange(10 * 8 * 6, dtype=torch.float32).reshape(1, 10, 8, 6)  # (C, i, j, k)
+    back = features_to_image(values, grid, grid.reference_image())
+    assert torch.allclose(back[0], values[0].permute(2, 1, 0), atol=1e-3)
+
+
+def test_sheared_or_scaled_directions_are_refused_even_with_unit_determinant():
+    from voxelopt.errors import InputError
+    from voxelopt.geometry import check_image
+
+    good = make_image(np.zeros((4, 5, 6), np.float32), direction=oblique_direction())
+    check_image(good, "fixed image")
+    shear = (1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # det 1, not orthonormal
+    sheared = make_image(np.zeros((4, 5, 6), np.float32))
+    sheared.SetDirection(shear)
+    with pytest.raises(InputError, match="fixed image has an invalid direction matrix: its axes are not orthonormal"):
+        check_image(sheared, "fixed image")
+    with pytest.raises(InputError, match="moving image must be a scalar image"):
+        check_image(sitk.Image((4, 5, 6), sitk.sitkVectorFloat32, 2), "moving image")
+    nan = make_image(np.full((4, 5, 6), np.nan, np.float32))
+    check_image(nan, "fixed image")
+    with pytest.raises(InputError, match="120 NaN or infinite"):
+        check_image(nan, "fixed image", values=True)
+
+
+def test_window_hu_is_the_same_for_numpy_and_torch():
+    from voxelopt.geometry import window_hu
+
+    hu = np.array([-2000.0, -800.0, -150.0, 500.0, 3000.0], np.float32)
+    expected = np.array([0.0, 0.0, 0.5, 1.0, 1.0], np.float32)
+    assert np.allclose(window_hu(hu, (-800, 500)), expected)
+    assert torch.allclose(window_hu(torch.from_numpy(hu), (-800, 500)), torch.from_numpy(expected))
+
+
+def test_grids_and_checks_import_without_torch():
+    """The torch-free part of the geometry package (grids, checks, HU window) imports with torch
+    blocked (the package's own parent __init__ is bypassed: it imports the torch pipeline)."""
+    src = Path(__file__).resolve().parents[1] / "VoxelOptLib" / "src" / "voxelopt"
+    code = (
+        "import sys, types; sys.modules['torch'] = None; pkg = types.ModuleType('voxelopt'); "
+        f"pkg.__path__ = [{str(src)!r}]; sys.modules['voxelopt'] = pkg; "
+        "from voxelopt.geometry import Grid, check_image, window_hu; "
+        "print(Grid((2, 2, 2), (1.0,) * 3, (0.0,) * 3, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)).with_spacing(2.0).size)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(1, 1, 1)"

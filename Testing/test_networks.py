@@ -24,9 +24,7 @@ except ImportError:  # running from a checkout without installing
 from voxelopt.config import RegistrationConfig  # noqa: E402
 from voxelopt.errors import ConfigError, InputError  # noqa: E402
 from voxelopt.features.base import available_extractors, make_extractor  # noqa: E402
-from voxelopt.networks import register_network_extractors  # noqa: E402
 from voxelopt.networks import weights as W  # noqa: E402
-from voxelopt.networks.geometry import resample_to_image, resized_grid, xyz_grid_spec  # noqa: E402
 from voxelopt.networks.layers import lattice, obelisk_sample  # noqa: E402
 from voxelopt.networks.obelisk import ObeliskHybridTCIA  # noqa: E402
 from voxelopt.networks.pdd import PDDFeatureNet, load_pdd  # noqa: E402
@@ -87,9 +85,13 @@ def test_obelisk_keys_and_shapes_match_the_checkpoint_layout():
     assert not any(k.startswith("linear") and k.endswith("bias") for k in state)
 
 
-def test_obelisk_rejects_wrong_input_size():
-    with pytest.raises(ValueError, match="144"):
-        ObeliskHybridTCIA()(torch.zeros(1, 1, 96, 96, 96))
+def test_obelisk_runs_on_multiples_of_8_and_rejects_other_sizes():
+    net = ObeliskHybridTCIA().eval()
+    with torch.inference_mode():
+        logits, feats = net(torch.rand(1, 1, 16, 24, 40), return_features=True)
+    assert logits.shape == (1, 9, 16, 24, 40) and feats["d72"].shape == (1, 12, 8, 12, 20)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.zeros(1, 1, 96, 96, 100))
 
 
 # ---------------------------------------------------------------------------------------- PDD
@@ -326,22 +328,8 @@ def test_torchscript_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="--weights"):
         TorchScriptExtractor(None)
     ex = TorchScriptExtractor(str(_script(tmp_path, None)))  # defaults
-    with pytest.raises(InputError, match="scalar 3-D"):
+    with pytest.raises(InputError, match="must be a 3-D image"):
         ex.extract(sitk.Image(8, 8, sitk.sitkFloat32), CPU)
-
-
-# ---------------------------------------------------------------------------------------- geometry
-def test_resized_grid_matches_interpolate_convention():
-    image = sitk.Image(10, 8, 6, sitk.sitkFloat32)
-    image.SetSpacing((2.0, 1.0, 3.0))
-    parent = xyz_grid_spec(image)
-    grid = resized_grid(parent, (2, 0, 1), (6, 8, 4), (3, 4, 2))
-    # network voxel (0,0,0) sits at crop index start + 0.5 * size / out - 0.5
-    assert np.allclose(grid.index_to_physical @ [0, 0, 0, 1], [2 * 2.5, 1 * 0.5, 3 * 1.5, 1])
-    # sampling a (x, y, z) tensor defined on the image's own grid is the identity
-    t = torch.arange(10 * 8 * 6, dtype=torch.float32).reshape(1, 10, 8, 6)
-    back = resample_to_image(t, parent, image)
-    assert torch.allclose(back[0], t[0].permute(2, 1, 0))
 
 
 # ---------------------------------------------------------------------------------------- weights
@@ -426,8 +414,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- registry
-def test_register_network_extractors_and_factories(tmp_path, monkeypatch, universal_file):
-    register_network_extractors()
+def test_network_extractors_are_registered_lazily(tmp_path, monkeypatch, universal_file):
     assert {"obelisk", "pdd", "universal", "torchscript"} <= set(available_extractors())
     with pytest.raises(ConfigError, match="--weights"):
         make_extractor(RegistrationConfig(features="torchscript"))
@@ -439,40 +426,54 @@ def test_register_network_extractors_and_factories(tmp_path, monkeypatch, univer
         make_extractor(RegistrationConfig(features="obelisk"))
 
 
-# ---------------------------------------------------------------------------------------- OBELISK windows
-def test_obelisk_windows_blend_back_to_the_image_grid(tmp_path, monkeypatch):
-    """With a stand-in network whose 'logits' are the physical z of each network voxel, the
-    extractor must return the physical z of every image voxel, across overlapping windows."""
-    from voxelopt.networks import geometry as G
-    from voxelopt.networks.obelisk import INPUT_SIZE, ObeliskExtractor
+# ---------------------------------------------------------------------------------------- OBELISK body box
+def test_obelisk_runs_on_the_body_box_and_maps_back_to_the_image_grid(tmp_path, monkeypatch):
+    """With a stand-in network that returns its input (HU / 1024 + 1), the extractor must give
+    back the image's own HU inside the body: the network grid (LAI, network voxel size, body box
+    padded to a multiple of 8) and the way back are placed right in physical space."""
+    from voxelopt.networks import obelisk as O
 
     path = tmp_path / "obelisk.pth"
     torch.save(ObeliskHybridTCIA().state_dict(), path)
     monkeypatch.setenv(W.ENV_ALLOW_UNVERIFIED, "1")
-    ex = ObeliskExtractor(str(path), window_mm=40.0)
-    size = (24, 20, 50)
-    image = sitk.Image(size, sitk.sitkFloat32) - 1000.0
-    image.SetSpacing((2.0, 2.0, 2.0))
+    ex = O.ObeliskExtractor(str(path))
+    size = (60, 50, 40)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in size[::-1]), indexing="ij")
+    arr = np.full(size[::-1], -1000.0, dtype=np.float32)
+    body = (slice(6, 24), slice(8, 30), slice(5, 33))
+    arr[body] = (100.0 + 3.0 * i + 2.0 * j - 4.0 * k)[body]  # linear inside the body: exact under trilinear sampling
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((1.5, 2.0, 2.5))
     image.SetOrigin((10.0, -30.0, 100.0))
-    arr = sitk.GetArrayFromImage(image)
-    arr[:, 4:16, 3:20] = 40.0  # a "body" smaller than the field of view
-    body = sitk.GetImageFromArray(arr)
-    body.CopyInformation(image)
-    oriented = G.orient(body, "LAI")
-    windows = ex.windows(oriented)
-    assert len(windows) >= 3 and windows[0][0] == 0 and sum(windows[-1]) == 50
+    volume, grid = ex.input_grid(image, CPU)
+    assert all(n % 8 == 0 for n in grid.size) and tuple(volume.shape[2:]) == grid.size
+    extent = np.asarray(grid.size) * grid.spacing
+    assert np.all(extent < np.asarray(size) * (1.5, 2.0, 2.5))  # cut to the body, not the whole image
+    assert np.allclose(grid.direction_matrix, np.diag([1.0, -1.0, -1.0]))  # LAI in LPS space
 
-    def fake_run_window(volume, start, size_, device):
-        grid = G.resized_grid(G.xyz_grid_spec(oriented), start, size_, (INPUT_SIZE,) * 3)
-        k = torch.arange(INPUT_SIZE, dtype=torch.float64)
-        z_phys = grid.index_to_physical[2, 2] * k + grid.index_to_physical[2, 3]  # LAI: z depends on a2 only
-        logits = (z_phys.float() * ex_scale).view(1, 1, 1, -1).expand(9, INPUT_SIZE, INPUT_SIZE, INPUT_SIZE)
-        return {"logits": logits.contiguous(), "d144": logits, "d72": logits[:, ::2, ::2, ::2]}
+    def identity_network(x):
+        ones = x[0].expand(9, *x.shape[2:]) * O.LOGIT_SCALE
+        return {"logits": ones, "d144": ones, "d72": ones[:, ::2, ::2, ::2]}
 
-    from voxelopt.networks import obelisk as O
-    ex_scale = O.LOGIT_SCALE
-    monkeypatch.setattr(ex, "run_window", fake_run_window)
-    f = ex.extract(body, CPU)
-    z_expected = 100.0 + 2.0 * np.arange(50)
-    assert f.shape == (9, 50, 20, 24)
-    assert np.abs(f[0].numpy() - z_expected[:, None, None]).max() < 1e-3
+    monkeypatch.setattr(ex, "run", lambda v: identity_network(v / 1024.0 + 1.0))
+    f = ex.extract(image, CPU)
+    assert f.shape == (9,) + arr.shape
+    inner = (slice(8, 22), slice(10, 28), slice(8, 30))  # body voxels at least 2 (along x 3) voxels from its edge
+    hu = (f[3].numpy() - 1.0) * 1024.0
+    assert np.abs(hu[inner] - arr[inner]).max() < 0.05
+
+
+def test_obelisk_with_folded_batch_norms_gives_the_same_outputs():
+    from voxelopt.networks.obelisk import fold_batch_norms
+
+    net = ObeliskHybridTCIA()
+    net.load_state_dict(_random_state(net, seed=3))
+    net.eval()
+    x = torch.rand(1, 1, 16, 24, 16) * 2.0
+    with torch.inference_mode():
+        reference, ref_feats = net(x, return_features=True)
+        folded, feats = fold_batch_norms(net)(x, return_features=True)
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in fold_batch_norms(net).modules())
+    assert reference.abs().max() > 0.1
+    assert torch.allclose(folded, reference, atol=1e-4 * float(reference.abs().max()))
+    assert torch.allclose(feats["d72"], ref_feats["d72"], atol=1e-4 * float(ref_feats["d72"].abs().max()))

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from .config import RegistrationConfig
 from .errors import ConfigError, InputError
-from .geometry import Grid, check_image, resample_image
+from .geometry import Grid, affine_matrix, check_image, overlap_fraction, resample_image
 from .io import ImageLike, PathLike, as_image
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
@@ -58,15 +58,6 @@ class PreparedPair:
     field_grid: Grid
     initial: np.ndarray
 
-    def initial_transform(self) -> sitk.AffineTransform:
-        """The initial alignment as a SimpleITK transform (fixed -> moving points)."""
-        transform = sitk.AffineTransform(3)
-        transform.SetMatrix(tuple(float(v) for v in self.initial[:3, :3].ravel()))
-        transform.SetTranslation(tuple(float(v) for v in self.initial[:3, 3]))
-        return transform
-
-    def is_identity(self) -> bool:
-        return bool(np.allclose(self.initial, np.eye(4)))
 
 
 def checked_image(image: ImageLike, what: str) -> sitk.Image:
@@ -204,38 +195,9 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
         start = (linear_to_affine(initial_transform, "initial transform") if isinstance(initial_transform, sitk.Transform)
                  else read_initial_transform(initial_transform))
     if config.init == "affine":
-        return _matrix(estimate_affine(fixed, moving, config.hu_window, initial=start))
+        return affine_matrix(estimate_affine(fixed, moving, config.hu_window, initial=start))
     if start is not None:
-        return _matrix(start)
+        return affine_matrix(start)
     matrix = np.eye(4)
     matrix[:3, 3] = initial_translation(fixed, moving, config.init, config.hu_window)
     return matrix
-
-
-def _matrix(transform: sitk.AffineTransform) -> np.ndarray:
-    """4x4 matrix of an affine transform: ``y = A (x - c) + t + c``."""
-    a = np.asarray(transform.GetMatrix(), dtype=np.float64).reshape(3, 3)
-    c = np.asarray(transform.GetCenter(), dtype=np.float64)
-    matrix = np.eye(4)
-    matrix[:3, :3] = a
-    matrix[:3, 3] = np.asarray(transform.GetTranslation()) + c - a @ c
-    return matrix
-
-
-def overlap_fraction(fixed_grid: Grid, moving: sitk.Image, initial: np.ndarray) -> float:
-    """Fraction of the fixed grid's voxels whose point ``initial(x)`` lies inside the moving image."""
-    coarse = fixed_grid.with_size(np.minimum(fixed_grid.size, 32))
-    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(moving)
-    inside = resample_through(ones, coarse, initial, sitk.sitkNearestNeighbor, 0)
-    return float(sitk.GetArrayViewFromImage(inside).mean())
-
-
-def resample_through(image: sitk.Image, grid: Grid, initial: np.ndarray, interpolator: int, default: float,
-                     pixel_type: Optional[int] = None) -> sitk.Image:
-    """``image(initial(x))`` on ``grid`` (SimpleITK); ``pixel_type`` defaults to the image's."""
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix(tuple(float(v) for v in initial[:3, :3].ravel()))
-    transform.SetTranslation(tuple(float(v) for v in initial[:3, 3]))
-    pixel = image.GetPixelID() if pixel_type is None else pixel_type
-    return sitk.Resample(image, grid.reference_image(), transform, interpolator, float(default), pixel)

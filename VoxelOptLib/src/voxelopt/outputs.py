@@ -54,7 +54,7 @@ class GridField:
         b = torch.as_tensor(initial[:3, 3], dtype=u.dtype, device=u.device).view(1, 3, 1, 1, 1)
         if np.allclose(initial[:3, :3], np.eye(3)):  # a translation: d = u + t
             return cls((u + b).contiguous(), field_grid)
-        x = field_grid.physical_points(u.device)[None]  # (1, 3, Z, Y, X) mm
+        x = torch.as_tensor(field_grid.physical_points(), dtype=u.dtype, device=u.device)[None]  # (1, 3, Z, Y, X) mm
         d = torch.einsum("rc,bczyx->brzyx", a, x + u) + b - x
         return cls(d.contiguous(), field_grid)
 

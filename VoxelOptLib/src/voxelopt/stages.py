@@ -15,8 +15,8 @@ from .cache import FeatureCache, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
-from .geometry import resize_volume
-from .inputs import PreparedPair, resample_through
+from .geometry import resample_image, resize_volume
+from .inputs import PreparedPair
 from .metrics import jacobian_statistics, label_metrics
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
@@ -55,7 +55,7 @@ def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtra
 
     def compute() -> torch.Tensor:
         default = float(sitk.GetArrayViewFromImage(image).min())
-        on_grid = resample_through(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32)
+        on_grid = resample_image(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32)
         features = extractor.extract(on_grid, device)[None]
         return resize_volume(features, working_grid.shape).contiguous()
 
@@ -76,7 +76,7 @@ def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, movin
                          cache: Optional[FeatureCache]) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
-        initial = resample_through(moving_labels, prepared.fixed_grid, prepared.initial, sitk.sitkNearestNeighbor, 0)
+        initial = resample_image(moving_labels, prepared.fixed_grid, prepared.initial, sitk.sitkNearestNeighbor, 0)
         return label_scores(fixed_labels, moving_labels, initial)
 
     if cache is None:

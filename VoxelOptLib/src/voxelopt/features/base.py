@@ -10,6 +10,7 @@ maps its output back to the grid of the image it was given.
 from __future__ import annotations
 
 import abc
+import importlib
 from typing import Callable, Dict, List
 
 import SimpleITK as sitk
@@ -80,6 +81,17 @@ def register_extractor(name: str, factory: ExtractorFactory) -> None:
     ``factory`` receives the :class:`voxelopt.config.RegistrationConfig` and returns an extractor.
     """
     _REGISTRY[name] = factory
+
+
+def register_lazy_extractor(name: str, target: str) -> None:
+    """Make feature type ``name`` the class ``target`` = ``"package.module:Class"``, imported only
+    when such an extractor is made; it is built as ``Class(weights=config.weights)``."""
+    module_name, class_name = target.split(":")
+
+    def factory(config) -> FeatureExtractor:
+        return getattr(importlib.import_module(module_name), class_name)(weights=config.weights)
+
+    register_extractor(name, factory)
 
 
 def available_extractors() -> List[str]:

@@ -7,14 +7,8 @@ from typing import Tuple
 import SimpleITK as sitk
 import torch
 
-from ..geometry import image_to_tensor
+from ..geometry import image_to_tensor, window_hu
 from .base import FeatureExtractor
-
-
-def window_intensity(x: torch.Tensor, window: Tuple[float, float]) -> torch.Tensor:
-    """Clip HU values to ``window`` = (low, high) and scale linearly to [0, 1]."""
-    low, high = window
-    return (x.clamp(low, high) - low) / (high - low)
 
 
 class RawIntensity(FeatureExtractor):
@@ -26,7 +20,7 @@ class RawIntensity(FeatureExtractor):
         self.window = (float(window[0]), float(window[1]))
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        return window_intensity(image_to_tensor(image, device), self.window)[0]
+        return window_hu(image_to_tensor(image, device), self.window)[0]
 
     def cache_key(self) -> str:
         return f"raw(window={self.window})"

@@ -17,9 +17,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from ..geometry import image_to_tensor
+from ..geometry import image_to_tensor, window_hu
 from .base import FeatureExtractor
-from .intensity import window_intensity
 
 
 def _pairs(dilation: int) -> List[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]:
@@ -96,7 +95,7 @@ class MindSSC(FeatureExtractor):
         self.dilation = int(dilation)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        x = window_intensity(image_to_tensor(image, device), self.window)
+        x = window_hu(image_to_tensor(image, device), self.window)
         return mind_ssc(x, self.radius, self.dilation)[0]
 
     def cache_key(self) -> str:

@@ -4,23 +4,23 @@ The network (Heinrich, Oktay, Bouteldja, MedIA 2019; weights ``obeliskhybrid_tci
 MIT licence) is written here from the architecture notes; its state-dict keys match the
 published checkpoints so they load with strict key matching. It segments 9 labels (0 background,
 1 spleen, 2 pancreas, 3 left kidney, 4 gallbladder, 5 esophagus, 6 liver, 7 stomach,
-8 duodenum) on a 144^3 grid.
+8 duodenum) on a 144^3 grid (and, with the same weights, on any grid whose sizes are multiples of 8).
 """
 
 from __future__ import annotations
 
-import math
+import copy
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ConfigError
+from ..geometry import Grid, body_grid, check_image, features_to_image, network_volume, oriented_grid, padded_to_multiple
 from .base import NetworkExtractor
-from . import geometry
 from .layers import lattice, obelisk_sample
 from .weights import load_checkpoint, resolve_weights, strict_load
 
@@ -31,16 +31,18 @@ _SLOPE = 0.025
 
 
 def _lrelu(t: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(t, _SLOPE)
+    """Leaky ReLU in place (every call site passes a fresh layer output)."""
+    return F.leaky_relu(t, _SLOPE, inplace=True)
 
 
 class ObeliskHybridTCIA(nn.Module):
-    """OBELISK-hybrid for the TCIA 9-label task. Input (B, 1, 144, 144, 144) scaled HU/1024 + 1.
+    """OBELISK-hybrid for the TCIA 9-label task. Input (B, 1, D, H, W) scaled HU/1024 + 1, trained
+    at 144^3 (see :meth:`forward` for other sizes).
 
     Tensor axes D, H, W are the x, y, z axes of the image oriented to ``"LAI"`` (toward
     patient left, anterior, inferior). :meth:`forward` returns the 9 logits; with
-    ``return_features=True`` also the decoder maps ``d144`` (9 ch, 144^3), ``d72`` (12 ch, 72^3)
-    and ``d36`` (32 ch, 36^3).
+    ``return_features=True`` also the decoder maps ``d144`` (9 ch, full size), ``d72`` (12 ch,
+    half size) and ``d36`` (32 ch, quarter size), named after their size at 144^3.
     """
 
     def __init__(self) -> None:
@@ -79,22 +81,32 @@ class ObeliskHybridTCIA(nn.Module):
         return _lrelu(getattr(self, f"linear{b}e")(getattr(self, f"batch{b}d")(t)))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        if x.dim() != 5 or tuple(x.shape[1:]) != (1, INPUT_SIZE, INPUT_SIZE, INPUT_SIZE):
-            raise ValueError(f"OBELISK-hybrid TCIA needs input (B, 1, 144, 144, 144), got {tuple(x.shape)}")
+        """Logits (B, 9, D, H, W) of ``x`` (B, 1, D, H, W), every size a multiple of 8.
+
+        At 144^3 this is the published network exactly. At other sizes the lattices keep their
+        density (a quarter / an eighth of the input size, as at 144) and the learned offsets are
+        rescaled so that they span the same number of voxels as at 144^3: the receptive field
+        stays the same in voxels, so the input should have the training voxel size.
+        """
+        if x.dim() != 5 or x.shape[1] != 1 or any(n % 8 or n < 16 for n in x.shape[2:]):
+            raise ValueError(f"OBELISK-hybrid TCIA needs input (B, 1, D, H, W) with sizes multiples of 8 (>= 16), got {tuple(x.shape)}")
+        d, h, w = x.shape[2:]
+        # grid_sample's last dimension is (W, H, D); align_corners=True: index = (u + 1) (n - 1) / 2.
+        rescale = torch.tensor([(INPUT_SIZE - 1.0) / (n - 1) for n in (w, h, d)], dtype=x.dtype, device=x.device)
         s1 = F.avg_pool3d(x, 3, stride=1, padding=1)
         s2 = F.avg_pool3d(s1, 3, stride=1, padding=1)
         e0 = self._cbr("0", x)
         e1 = self._cbr("11", self._cbr("1", e0))
         e2 = self._cbr("3", self._cbr("22", self._cbr("2", e1)))
-        o1 = self._branch("1", s1, self.offset1, (36, 36, 36))
-        o2 = self._branch("2", s2, self.offset2, (18, 36, 18))
+        o1 = self._branch("1", s1, self.offset1 * rescale, (d // 4, h // 4, w // 4))
+        o2 = self._branch("2", s2, self.offset2 * rescale, (d // 8, h // 4, w // 8))
 
-        def up(t: torch.Tensor, size: int) -> torch.Tensor:
-            return F.interpolate(t, size=(size, size, size), mode="trilinear", align_corners=False)
+        def up(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t, size=like.shape[2:], mode="trilinear", align_corners=False)
 
-        d36 = _lrelu(self.batch6bU(self.conv6bU(torch.cat((e2, up(o2, 36)), 1))))
-        d72 = _lrelu(self.batch6U(self.conv6U(torch.cat((up(d36, 72), up(o1, 72), e1), 1))))
-        d144 = _lrelu(self.batch7U(self.conv7U(torch.cat((up(d72, INPUT_SIZE), e0), 1))))
+        d36 = _lrelu(self.batch6bU(self.conv6bU(torch.cat((e2, up(o2, e2)), 1))))
+        d72 = _lrelu(self.batch6U(self.conv6U(torch.cat((up(d36, e1), up(o1, e1), e1), 1))))
+        d144 = _lrelu(self.batch7U(self.conv7U(torch.cat((up(d72, e0), e0), 1))))
         logits = self.conv77U(d144)
         if return_features:
             return logits, {"d144": d144, "d72": d72, "d36": d36}
@@ -108,137 +120,100 @@ def load_obelisk(path: str, device: torch.device) -> ObeliskHybridTCIA:
     return net.eval().to(device)
 
 
+def fold_batch_norms(net: ObeliskHybridTCIA) -> ObeliskHybridTCIA:
+    """An inference copy of ``net`` with every batch norm (running statistics) folded into its
+    convolution: into the preceding one for conv -> BN, into the following 1x1 one for the
+    branches' BN -> 1x1 conv. Same outputs up to float round-off, fewer passes over the data."""
+    net = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for name in ("0", "1", "11", "2", "22", "3", "6bU", "6U", "7U"):
+            setattr(net, "conv" + name, fuse_conv_bn_eval(getattr(net, "conv" + name), getattr(net, "batch" + name)))
+            setattr(net, "batch" + name, nn.Identity())
+        for branch in "12":
+            for bn_name, conv_name in zip("abcd", "bcde"):
+                bn, conv = getattr(net, f"batch{branch}{bn_name}"), getattr(net, f"linear{branch}{conv_name}")
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                shift = bn.bias - bn.running_mean * scale
+                fused = nn.Conv3d(conv.in_channels, conv.out_channels, 1, bias=True).to(conv.weight.device).eval()
+                fused.weight.copy_(conv.weight * scale.view(1, -1, 1, 1, 1))
+                fused.bias.copy_(conv.weight[:, :, 0, 0, 0] @ shift)
+                setattr(net, f"linear{branch}{conv_name}", fused)
+                setattr(net, f"batch{branch}{bn_name}", nn.Identity())
+    return net
+
+
 #: Feature modes of :class:`ObeliskExtractor` (see README.md, "Pretrained-network features" for the measurement).
 OBELISK_MODES = ("logits", "softmax", "d144", "logits+d72")
 #: Divisor of the logits. Their per-channel std on the real CT is 1.0-2.2 (MIND-SSC: about 0.36);
 #: registration error on A -> Adef fell slightly from /3 to /10 and hardly beyond (README.md, "Pretrained-network features").
 LOGIT_SCALE = 10.0
+#: Network voxel size (mm) along the LAI x, y, z axes: the median training crop (about
+#: 316 x 246 x 194 mm) resampled to 144^3 (feature_networks.md 1.2).
+NETWORK_SPACING_MM = (2.2, 1.7, 1.35)
+#: The body: voxels above this HU; the network runs on their bounding box widened by
+#: :data:`BODY_MARGIN_MM` (context for the border voxels' receptive field).
+BODY_THRESHOLD_HU = -500.0
+BODY_MARGIN_MM = 10.0
 
 
 class ObeliskExtractor(NetworkExtractor):
     """OBELISK-hybrid TCIA features of an abdominal CT, on the image's own grid.
 
-    Preprocessing (inside :meth:`extract`): orient to LAI; split the craniocaudal extent into
-    windows of at most ``window_mm`` (overlapping by about a third, logits blended with
-    linear ramps); crop each window in-plane to the body (HU > -500); resize to 144^3
-    (trilinear); scale ``HU / 1024 + 1``; run the network; resample the outputs back to the
-    image's voxel grid (trilinear, nearest border value outside the body box).
+    Preprocessing (inside :meth:`extract`): resample the image (linear) onto its box oriented to
+    LAI at :data:`NETWORK_SPACING_MM`; keep the body's bounding box (HU > -500, widened by
+    10 mm) and pad it with air to a multiple of 8 voxels; scale ``HU / 1024 + 1``; run the
+    network once on that box at its own voxel size (half precision on CUDA); resample the
+    outputs back to the image's voxel grid (trilinear, nearest border value outside the box).
 
     Modes: ``"logits"`` (the default: 9 pre-softmax outputs divided by :data:`LOGIT_SCALE`),
     ``"softmax"`` (9 probabilities), ``"d144"`` (9 last decoder maps), ``"logits+d72"`` (logits
-    and the 12 72^3 decoder maps, each group scaled to unit mean absolute value).
+    and the 12 half-resolution decoder maps, each group scaled to unit mean absolute value).
     """
 
     name = "obelisk"
     default_weights = "obeliskhybrid_tcia_fold1.pth"
 
-    def __init__(self, weights: Optional[str] = None, mode: str = "logits", window_mm: float = 180.0,
-                 allow_download: bool = True) -> None:
+    def __init__(self, weights: Optional[str] = None, mode: str = "logits", allow_download: bool = True) -> None:
         if mode not in OBELISK_MODES:
             raise ConfigError(f"unknown OBELISK feature mode {mode!r}; choose one of {', '.join(OBELISK_MODES)}")
-        if not (isinstance(window_mm, (int, float)) and math.isfinite(window_mm) and window_mm > 0):
-            raise ConfigError(f"window_mm must be > 0 mm, got {window_mm!r}")
         self.mode = mode
-        self.window_mm = float(window_mm)
         self.weights_path, self.sha256 = resolve_weights("obelisk", weights, self.default_weights, allow_download)
 
     def cache_key(self) -> str:
-        return f"obelisk:{self.sha256[:16]}:{self.mode}:s{LOGIT_SCALE:g}:w{self.window_mm:g}"
+        spacing = "x".join(f"{v:g}" for v in NETWORK_SPACING_MM)
+        return f"obelisk:{self.sha256[:16]}:{self.mode}:s{LOGIT_SCALE:g}:box{spacing}"
 
     def load(self, device: torch.device) -> ObeliskHybridTCIA:
-        return load_obelisk(self.weights_path, device)
+        return fold_batch_norms(load_obelisk(self.weights_path, device)).to(memory_format=torch.channels_last_3d)
 
-    @property
-    def channels(self) -> int:
-        return 21 if self.mode == "logits+d72" else 9
+    def input_grid(self, image: sitk.Image, device: torch.device) -> Tuple[torch.Tensor, Grid]:
+        """The network input (1, 1, n0, n1, n2) in HU and its grid (LAI, body box, padded)."""
+        grid = oriented_grid(image, "LAI", NETWORK_SPACING_MM)
+        box = padded_to_multiple(body_grid(network_volume(image, grid, device), grid, BODY_THRESHOLD_HU, BODY_MARGIN_MM), 8)
+        return network_volume(image, box, device), box
 
-    def windows(self, oriented: sitk.Image) -> List[Tuple[int, int]]:
-        """(start, length) of the craniocaudal windows along the LAI z axis."""
-        nz = oriented.GetSize()[2]
-        length = max(1, min(nz, int(round(self.window_mm / oriented.GetSpacing()[2]))))
-        if length >= nz:
-            return [(0, nz)]
-        count = int(math.ceil((nz - length) / (length * 2.0 / 3.0))) + 1
-        starts = np.round(np.linspace(0, nz - length, count)).astype(int)
-        return [(int(s), length) for s in starts]
-
-    def run_window(self, volume: torch.Tensor, start: Sequence[int], size: Sequence[int],
-                   device: torch.device) -> Dict[str, torch.Tensor]:
-        """Network outputs for a crop of the LAI (x, y, z) HU tensor; each (C, n, n, n)."""
-        crop = volume[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
-        x = F.interpolate(crop[None, None], size=(INPUT_SIZE,) * 3, mode="trilinear", align_corners=False)
-        x = x / 1024.0 + 1.0
-        with torch.no_grad():
+    def run(self, volume: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Network outputs of an HU volume (1, 1, n0, n1, n2): ``logits``, ``d144`` (C, n0, n1, n2)
+        and ``d72`` (C, n0/2, n1/2, n2/2), float32."""
+        device = volume.device
+        x = (volume / 1024.0 + 1.0).contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
             logits, feats = self.network(device)(x, return_features=True)
-        return {"logits": logits[0], "d144": feats["d144"][0], "d72": feats["d72"][0]}
+        return {"logits": logits[0].float(), "d144": feats["d144"][0].float(), "d72": feats["d72"][0].float()}
 
-    def _channels_of(self, outputs: Dict[str, torch.Tensor]) -> List[Tuple[torch.Tensor, int]]:
+    def _channels_of(self, outputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
         if self.mode == "logits":
-            return [(outputs["logits"] / LOGIT_SCALE, INPUT_SIZE)]
+            return [outputs["logits"] / LOGIT_SCALE]
         if self.mode == "softmax":
-            return [(torch.softmax(outputs["logits"], dim=0), INPUT_SIZE)]
+            return [torch.softmax(outputs["logits"], dim=0)]
         if self.mode == "d144":
-            return [(outputs["d144"], INPUT_SIZE)]
+            return [outputs["d144"]]
         logits = outputs["logits"]
         d72 = outputs["d72"]
-        return [(logits / logits.abs().mean().clamp_min(1e-6), INPUT_SIZE),
-                (d72 / d72.abs().mean().clamp_min(1e-6), 72)]
+        return [logits / logits.abs().mean().clamp_min(1e-6), d72 / d72.abs().mean().clamp_min(1e-6)]
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        geometry.check_image(image)
-        device = torch.device(device)
-        oriented = geometry.orient(sitk.Cast(image, sitk.sitkFloat32), "LAI")
-        volume = geometry.to_xyz_tensor(oriented, device)
-        parent = geometry.xyz_grid_spec(oriented)
-        size_x, size_y, size_z = image.GetSize()
-        out = torch.zeros((self.channels, size_z, size_y, size_x), dtype=torch.float32, device=device)
-        windows = self.windows(oriented)
-        blend = len(windows) > 1
-        weight_sum = torch.zeros((size_z, size_y, size_x), dtype=torch.float32, device=device) if blend else None
-        nz = oriented.GetSize()[2]
-        for z0, length in windows:
-            start, size = self._body_box(volume, z0, length)
-            outputs = self.run_window(volume, start, size, device)
-            weight_fn = _ramp_weight(z0 == 0, z0 + length == nz) if blend else None
-            first = 0
-            for maps, n in self._channels_of(outputs):
-                grid = geometry.resized_grid(parent, start, size, (n, n, n))
-                geometry.resample_to_image(maps, grid, image, out=out[first:first + maps.shape[0]],
-                                           weight_fn=None if weight_fn is None else weight_fn(n),
-                                           weight_sum=weight_sum if first == 0 else None)
-                first += maps.shape[0]
-            del outputs
-        if weight_sum is not None:
-            out.div_(weight_sum.clamp_min_(1e-12))
-        return out
-
-    @staticmethod
-    def _body_box(volume: torch.Tensor, z0: int, length: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
-        """In-plane bounding box of HU > -500 in the slab; the whole plane when there is no body."""
-        body = volume[:, :, z0:z0 + length] > -500.0
-        if not bool(body.any()):
-            return (0, 0, z0), (volume.shape[0], volume.shape[1], length)
-        xs = torch.nonzero(body.any(dim=2).any(dim=1)).flatten()
-        ys = torch.nonzero(body.any(dim=2).any(dim=0)).flatten()
-        start = (int(xs[0]), int(ys[0]), z0)
-        return start, (int(xs[-1]) - start[0] + 1, int(ys[-1]) - start[1] + 1, length)
-
-
-def _ramp_weight(at_start: bool, at_end: bool):
-    """Window blending weight along the window's craniocaudal grid axis (a2), per grid size n.
-
-    The weight rises linearly over the outer quarter of the window, except at an end of the
-    image (no other window covers it there).
-    """
-
-    def for_size(n: int):
-        ramp = n / 4.0
-
-        def weight(a0: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
-            lo = torch.full_like(a2, float("inf")) if at_start else a2 + 0.5
-            hi = torch.full_like(a2, float("inf")) if at_end else (n - 0.5) - a2
-            return (torch.minimum(lo, hi) / ramp).clamp(0.0, 1.0)
-
-        return weight
-
-    return for_size
+        check_image(image, "the image for network features")
+        volume, grid = self.input_grid(image, torch.device(device))
+        maps = [features_to_image(m, grid.with_size(m.shape[1:]), image) for m in self._channels_of(self.run(volume))]
+        return torch.cat(maps, dim=0)

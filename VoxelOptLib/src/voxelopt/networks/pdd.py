@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import check_image, features_to_image, network_volume, oriented_grid
 from .base import NetworkExtractor
-from . import geometry
 from .layers import lattice, obelisk_sample
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
 
@@ -91,7 +91,7 @@ def load_pdd(path: str, device: torch.device) -> PDDFeatureNet:
 class PDDExtractor(NetworkExtractor):
     """PDD-Net features on the image's own grid.
 
-    Preprocessing: orient to RAS, resample linearly to 2 mm isotropic, scale ``HU / 500``, run
+    Preprocessing: resample linearly onto the image's box oriented to RAS at about 2 mm (box kept), scale ``HU / 500``, run
     the network, divide the 24 outputs by :data:`PDD_SCALE` and resample them trilinearly from
     the network lattice (whose exact voxel positions are known) back to the image grid.
     """
@@ -109,13 +109,14 @@ class PDDExtractor(NetworkExtractor):
         return load_pdd(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
+        check_image(image, "the image for network features")
         device = torch.device(device)
-        prepared, volume = geometry.network_input(image, PDD_ORIENTATION, PDD_SPACING_MM, device)
+        grid = oriented_grid(image, PDD_ORIENTATION, PDD_SPACING_MM)
+        volume = network_volume(image, grid, device)
         net = self.network(device)
-        with torch.no_grad():
-            feats = net(volume[None, None] / 500.0)[0] / PDD_SCALE
-        parent = geometry.xyz_grid_spec(prepared)
-        quarter = [((n + 1) // 2 + 1) // 2 for n in volume.shape]
+        with torch.inference_mode():
+            feats = net(volume / 500.0)[0] / PDD_SCALE
+        quarter = [((n + 1) // 2 + 1) // 2 for n in volume.shape[2:]]
         lattice_shape = feats.shape[1:]
         origin, step = [], []
         for m, n in zip(quarter, lattice_shape):
@@ -125,5 +126,4 @@ class PDDExtractor(NetworkExtractor):
             else:
                 origin.append(0.0)
                 step.append(4.0 * (m - 1) / max(n - 1, 1))
-        grid = geometry.lattice_grid(parent, origin, step, lattice_shape)
-        return geometry.resample_to_image(feats, grid, image)
+        return features_to_image(feats, grid.lattice(origin, step, lattice_shape), image)

@@ -10,9 +10,9 @@ How the input is prepared is read from an optional JSON entry ``voxelopt.json`` 
 file (``torch.jit.save(model, path, _extra_files={"voxelopt.json": json.dumps(meta)})``)::
 
     {"orientation": "RAS",        # axes n0, n1, n2 = x, y, z of the image oriented like this
-     "spacing_mm": 2.0,           # isotropic input spacing; null keeps the image's grid
+     "spacing_mm": 2.0,           # about isotropic input spacing on the image's box; null keeps the image's voxels
      "hu_window": [-500, 800],    # clip HU and scale to [0, 1]; null passes raw HU
-     "multiple_of": 8}            # pad each axis with the window's low value to a multiple
+     "multiple_of": 8}            # pad each axis with air (-1024 HU) to a multiple
 
 Defaults: :data:`DEFAULT_META`. A TorchScript file is a program: TorchScript cannot run
 arbitrary Python, but only load models you trust.
@@ -26,11 +26,10 @@ from typing import Any, Dict, Optional
 
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..features.base import FeatureExtractor
-from . import geometry
+from ..geometry import check_image, features_to_image, network_volume, oriented_grid, padded_to_multiple, window_hu
 from .weights import WeightsError, resolve_weights
 
 META_FILE = "voxelopt.json"
@@ -95,31 +94,20 @@ class TorchScriptExtractor(FeatureExtractor):
         return self._models[key]
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
-        geometry.check_image(image)
+        check_image(image, "the image for network features")
         device = torch.device(device)
-        prepared = geometry.orient(sitk.Cast(image, sitk.sitkFloat32), self.meta["orientation"])
-        if self.meta["spacing_mm"] is not None:
-            prepared = geometry.resample_isotropic(prepared, float(self.meta["spacing_mm"]))
-        volume = geometry.to_xyz_tensor(prepared, device)
-        pad_value = -1024.0
+        grid = padded_to_multiple(oriented_grid(image, self.meta["orientation"], self.meta["spacing_mm"]),
+                                  self.meta["multiple_of"])
+        x = network_volume(image, grid, device)
         if self.meta["hu_window"] is not None:
-            low, high = (float(v) for v in self.meta["hu_window"])
-            volume = ((volume - low) / (high - low)).clamp_(0.0, 1.0)
-            pad_value = 0.0
-        sizes = tuple(volume.shape)
-        multiple = self.meta["multiple_of"]
-        padded = [int(math.ceil(n / multiple) * multiple) for n in sizes]
-        x = F.pad(volume, (0, padded[2] - sizes[2], 0, padded[1] - sizes[1], 0, padded[0] - sizes[0]), value=pad_value)
-        with torch.no_grad():
-            y = self.model(device)(x[None, None])
+            x = window_hu(x, self.meta["hu_window"])
+        with torch.inference_mode():
+            y = self.model(device)(x)
         if not isinstance(y, torch.Tensor):
             raise WeightsError(f"{self.path}: the model returned {type(y).__name__}, expected a tensor")
         if y.dim() == 5 and y.shape[0] == 1:
             y = y[0]
         if y.dim() != 4 or y.shape[0] < 1 or not torch.is_floating_point(y):
             raise WeightsError(f"{self.path}: the model must return a float tensor (1, C, m0, m1, m2), got {tuple(y.shape)}")
-        y = y.float()
-        out_shape = tuple(y.shape[1:])
-        # Output voxels span the padded input; keep only the part over the real image.
-        grid = geometry.resized_grid(geometry.xyz_grid_spec(prepared), (0, 0, 0), padded, out_shape)
-        return geometry.resample_to_image(y, grid, image)
+        # Output voxels span the padded input (the image's box, padded).
+        return features_to_image(y.float(), grid.with_size(y.shape[1:]), image)

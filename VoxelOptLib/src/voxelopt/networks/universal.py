@@ -16,7 +16,6 @@ convolutions and two-pass statistics, so a 512x512x300 CT at 2 mm fits in well u
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import SimpleITK as sitk
@@ -24,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry import check_image, features_to_image, network_volume, oriented_grid, padded_to_multiple, window_hu
 from .base import NetworkExtractor
-from . import geometry
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
 
 BN_EPS = 1e-5
@@ -266,8 +265,8 @@ class UniversalExtractor(NetworkExtractor):
     """The paper's 8-channel Universal-Model features on the image's own grid.
 
     Preprocessing as VoxelOpt: clip HU to [-500, 800] and scale to [0, 1]; 2 mm isotropic
-    (VoxelOpt's grid); orientation RAS (the Universal Model's training orientation); pad each
-    axis with 0 (air) to a multiple of 8; one whole-volume pass (exact low-memory path above
+    (VoxelOpt's grid; the image's box is kept); orientation RAS (the Universal Model's training
+    orientation); pad each axis with air to a multiple of 8; one whole-volume pass (exact low-memory path above
     :data:`LOW_MEMORY_VOXELS`); features resampled back to the image grid, unnormalised.
     """
 
@@ -284,18 +283,14 @@ class UniversalExtractor(NetworkExtractor):
         return load_universal(self.weights_path, device)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
+        check_image(image, "the image for network features")
         device = torch.device(device)
-        prepared, volume = geometry.network_input(image, UNIVERSAL_ORIENTATION, UNIVERSAL_SPACING_MM, device)
-        low, high = UNIVERSAL_HU_WINDOW
-        volume = ((volume - low) / (high - low)).clamp_(0.0, 1.0)
-        sizes = volume.shape
-        padded = [int(math.ceil(n / 8.0) * 8) for n in sizes]
-        x = F.pad(volume, (0, padded[2] - sizes[2], 0, padded[1] - sizes[1], 0, padded[0] - sizes[0]))[None, None]
+        grid = padded_to_multiple(oriented_grid(image, UNIVERSAL_ORIENTATION, UNIVERSAL_SPACING_MM), 8)
+        x = window_hu(network_volume(image, grid, device), UNIVERSAL_HU_WINDOW)
         net = self.network(device)
-        with torch.no_grad():
+        with torch.inference_mode():
             if x.numel() > LOW_MEMORY_VOXELS:
                 feats = net.forward_low_memory(x, self.slab)[0]
             else:
                 feats = net(x)[0]
-        feats = feats[:, :sizes[0], :sizes[1], :sizes[2]].contiguous()
-        return geometry.resample_to_image(feats, geometry.xyz_grid_spec(prepared), image)
+        return features_to_image(feats, grid, image)

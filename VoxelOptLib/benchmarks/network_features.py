@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Seconds per image of each feature extractor on the real CT A_img (192x160x48, 2 mm) and on a
+BTCV label-derived pseudo-CT (192x160x256, 2 mm, made with ../shared/tools/make_pseudoct.py).
+
+    python VoxelOptLib/benchmarks/network_features.py [--threads 2] [--repeat 3] [--device cpu]
+        [--extractors obelisk,pdd,mind] [--models DIR]
+
+The network is loaded (and run once on the image: oneDNN/cuDNN set-up) before timing; each
+figure is the best and the median of ``--repeat`` extract() calls (features not cached). The
+system load average is printed with the table: on a shared machine the figures are only as
+good as it is idle. Needs ../shared (the CT, the BTCV labels and the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from voxelopt.config import RegistrationConfig
+from voxelopt.features import make_extractor
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+
+def images(workdir: Path):
+    """(name, image) of the two benchmark images."""
+    yield "A_img 192x160x48", sitk.ReadImage(str(SHARED / "data" / "totalseg_ct" / "A_img.nii.gz"), sitk.sitkFloat32)
+    label = SHARED / "data" / "btcv_labels" / "label0001.nii.gz"
+    subprocess.run([sys.executable, str(SHARED / "tools" / "make_pseudoct.py"), str(workdir), str(label)],
+                   check=True, capture_output=True)
+    yield "BTCV 1 pseudo-CT 192x160x256", sitk.ReadImage(str(workdir / "case0001_img.nii.gz"), sitk.sitkFloat32)
+
+
+def seconds(extractor, image: sitk.Image, device: torch.device, repeat: int):
+    """Best and median wall-clock seconds of ``repeat`` extract() calls, and the median CPU
+    seconds of this process per call (all threads)."""
+    times, cpu = [], []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start, start_cpu = time.perf_counter(), time.process_time()
+        extractor.extract(image, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return min(times), statistics.median(times), statistics.median(cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--extractors", default="obelisk,pdd,mind")
+    parser.add_argument("--models", default=str(SHARED / "models"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    extractors = {name: make_extractor(RegistrationConfig(features=name, weights=args.models))
+                  for name in args.extractors.split(",")}
+    print(f"torch {torch.__version__}, {args.threads} threads, device {device}, load average before: "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print("| image | extractor | first call (s) | best (s) | median (s) | CPU s per call |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for image_name, image in images(Path(tmp)):
+            for name, extractor in extractors.items():
+                first, _, _ = seconds(extractor, image, device, 1)
+                best, median, cpu = seconds(extractor, image, device, args.repeat)
+                print(f"| {image_name} | {name} | {first:.2f} | {best:.2f} | {median:.2f} | {cpu:.2f} |", flush=True)
+    print("load average after: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Input checks of images and displacement fields (numpy and SimpleITK only: no torch).
+
+Every check raises :class:`~voxelopt.errors.InputError` with a message naming the input
+(``what``) and the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+
+#: Tolerance on ``D^T D = I`` for a direction matrix D.
+ORTHONORMAL_TOLERANCE = 1e-4
+
+
+def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float], what: str) -> None:
+    """Raise unless spacing is finite and > 0 mm, the origin finite and the 3x3 direction
+    matrix (row-major, columns = axis directions, any handedness) orthonormal.
+
+    A sheared or scaled direction matrix is refused even when its determinant is +-1.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputError(f"{what} has an invalid spacing {tuple(spacing)} (must be finite and > 0 mm)")
+    matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not np.all(np.isfinite(matrix)) or not np.allclose(matrix.T @ matrix, np.eye(3), atol=ORTHONORMAL_TOLERANCE):
+        raise InputError(
+            f"{what} has an invalid direction matrix: its axes are not orthonormal (sheared, scaled or "
+            f"not finite): {tuple(matrix.ravel())}"
+        )
+    if not np.all(np.isfinite(origin)):
+        raise InputError(f"{what} has a non-finite origin {tuple(origin)}")
+
+
+def check_image(image: sitk.Image, what: str, values: bool = False) -> None:
+    """Raise unless ``image`` is a scalar 3-D SimpleITK image with a usable geometry
+    (:func:`check_geometry`) and, with ``values``, no NaN or infinite voxel."""
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"{what} must be a SimpleITK image, got {type(image).__name__}")
+    if image.GetDimension() != 3:
+        raise InputError(f"{what} must be a 3-D image, got {image.GetDimension()}-D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{what} must be a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), what)
+    if values:
+        array = sitk.GetArrayViewFromImage(image)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise InputError(f"{what} contains {bad} NaN or infinite voxel(s); fix or mask them first")
+
+
+def check_field_image(image: sitk.Image, what: str = "a displacement field") -> None:
+    """Raise unless ``image`` is a 3-D image with 3 components per voxel (x, y, z mm)."""
+    if image.GetNumberOfComponentsPerPixel() != 3 or image.GetDimension() != 3:
+        raise InputError(f"{what} must be a 3-D image with 3 components (x, y, z mm)")

@@ -1,0 +1,76 @@
+"""A network's input grid and volume, and its outputs back on an image's grid.
+
+A network sees an image resampled onto a *network grid*: the image's box turned to the
+network's orientation (``DICOMOrient`` letters: ``"LPS"`` is the identity direction, ``"LAI"``
+points the i, j, k axes to patient left, anterior, inferior), at the network's voxel size (the
+box is kept, so the spacing is ``extent / count``), optionally cut to the body and padded at the
+far end of each axis to a multiple of the network's stride. Voxels outside the image are air
+(:data:`AIR_HU`). The network's tensor axes (n0, n1, n2) are the grid's (i, j, k), i.e. the
+(x, y, z) axes of the oriented image (the reverse of SimpleITK's array order).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .grid import Grid
+from .sampling import resample_image, resample_through_field
+from .tensors import image_to_tensor
+
+#: HU of air: the value of network-grid voxels outside the image.
+AIR_HU = -1024.0
+
+
+def oriented_grid(image: sitk.Image, orientation: str, spacing_mm: Optional[Sequence[float]] = None) -> Grid:
+    """The grid of ``image``'s box with axes toward ``orientation`` (a permutation/flip of the
+    axes, no interpolation) and, if given, voxels of about ``spacing_mm`` along (i, j, k) of the
+    oriented grid (a number for isotropic voxels); the box is kept."""
+    reference = Grid.from_image(image).reference_image()
+    grid = Grid.from_image(sitk.DICOMOrient(reference, orientation))
+    if spacing_mm is None:
+        return grid
+    return grid.with_spacings(np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))
+
+
+def padded_to_multiple(grid: Grid, multiple: int) -> Grid:
+    """``grid`` extended at the far end of each axis to a multiple of ``multiple`` voxels."""
+    size = [int(np.ceil(n / multiple) * multiple) for n in grid.size]
+    return grid.crop((0, 0, 0), size)
+
+
+def network_volume(image: sitk.Image, grid: Grid, device: torch.device) -> torch.Tensor:
+    """``image`` (HU) resampled linearly onto ``grid``, air outside, as a (1, 1, n0, n1, n2)
+    float32 tensor in the grid's (i, j, k) axis order."""
+    sampled = resample_image(image, grid, default=AIR_HU, pixel_type=sitk.sitkFloat32)
+    return image_to_tensor(sampled, torch.device(device)).permute(0, 1, 4, 3, 2).contiguous()
+
+
+def body_grid(volume: torch.Tensor, grid: Grid, threshold_hu: float, margin_mm: float) -> Grid:
+    """The part of ``grid`` holding the body: the bounding box of ``volume > threshold_hu``
+    ((1, 1, n0, n1, n2) HU on ``grid``) widened by ``margin_mm`` and kept inside ``grid``;
+    the whole grid when nothing exceeds the threshold."""
+    body = volume[0, 0] > threshold_hu
+    if not bool(body.any()):
+        return grid
+    start, stop = [], []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = torch.nonzero(body.any(dim=others[1]).any(dim=others[0])).flatten()
+        margin = int(np.ceil(margin_mm / grid.spacing[axis]))
+        start.append(max(0, int(hits[0]) - margin))
+        stop.append(min(grid.size[axis], int(hits[-1]) + 1 + margin))
+    return grid.crop(start, np.subtract(stop, start))
+
+
+def features_to_image(features: torch.Tensor, grid: Grid, image: sitk.Image) -> torch.Tensor:
+    """Network outputs (C, n0, n1, n2) lying on ``grid`` ((i, j, k) axis order) resampled
+    trilinearly onto ``image``'s voxel grid: (C, Z, Y, X); image voxels outside ``grid`` take
+    the nearest border value."""
+    if features.dim() != 4 or tuple(features.shape[1:]) != tuple(grid.size):
+        raise ValueError(f"features {tuple(features.shape)} do not match grid size {grid.size}")
+    zyx = features.float().permute(0, 3, 2, 1)[None]
+    return resample_through_field(zyx, grid, Grid.from_image(image), None, default=None)[0]
