@@ -73,7 +73,8 @@ def pair():
 
 def _outputs(pair, config):
     result = register(pair.fixed, pair.moving, config)
-    return sitk.GetArrayFromImage(result.field), sitk.GetArrayFromImage(result.entropy)
+    entropy = result.output_image("entropy", full_size=True)  # entropy on the fixed grid, whatever the working grid
+    return sitk.GetArrayFromImage(result.field_image("fixed")), sitk.GetArrayFromImage(entropy)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,6 @@ from voxelopt.features.base import register_extractor  # noqa: E402
 from voxelopt.metrics import label_metrics  # noqa: E402
 from voxelopt.networks import obelisk as obelisk_mod  # noqa: E402
 from voxelopt.networks import pdd as pdd_mod  # noqa: E402
-from voxelopt.networks import register_network_extractors  # noqa: E402
 from voxelopt.networks.obelisk import ObeliskExtractor  # noqa: E402
 from voxelopt.networks.pdd import PDDExtractor  # noqa: E402
 
@@ -62,7 +61,7 @@ class _ScaledObelisk(ObeliskExtractor):
         return super().cache_key() + f":s{self.scale:g}"
 
     def _channels_of(self, outputs):
-        return [(outputs["logits"] / self.scale, obelisk_mod.INPUT_SIZE)]
+        return [outputs["logits"] / self.scale]
 
 
 class _ScaledPDD(PDDExtractor):
@@ -81,7 +80,6 @@ class _ScaledPDD(PDDExtractor):
 
 def register_variants(models: Path) -> None:
     """Extra feature names for this measurement."""
-    register_network_extractors()
     register_extractor("obelisk_softmax", lambda c: ObeliskExtractor(c.weights, mode="softmax"))
     register_extractor("obelisk_d144", lambda c: ObeliskExtractor(c.weights, mode="d144"))
     register_extractor("obelisk_logits_d72", lambda c: ObeliskExtractor(c.weights, mode="logits+d72"))

@@ -166,7 +166,7 @@ class RegistrationResult:
                 elif key == "field":
                     write_field(self.field_image(field_grid), staging / names[key])
                 else:
-                    write_image(self._output_image(key, full_size_maps), staging / names[key])
+                    write_image(self.output_image(key, full_size_maps), staging / names[key])
             report(1.0, "written")
         self.timings["write"] = time.perf_counter() - start
         return {key: Path(out_dir) / name for key, name in names.items()}
@@ -184,9 +184,13 @@ class RegistrationResult:
             raise InputError("the 'labels' output needs moving labels")
         return tuple(key for key in OUTPUTS if key in wanted)
 
-    def _output_image(self, key: str, full_size: bool) -> sitk.Image:
+    def output_image(self, key: str, full_size: bool = False) -> sitk.Image:
+        """The image of output ``key`` ("warped", "labels", "entropy" or "jacobian"); with
+        ``full_size`` the entropy and Jacobian maps are resampled onto the fixed grid (trilinear)."""
         from .outputs import resample_map
 
+        if key == "labels" and self.warped_labels is None:
+            raise InputError("the 'labels' output needs moving labels")
         if key == "warped":
             return self.warped
         if key == "labels":

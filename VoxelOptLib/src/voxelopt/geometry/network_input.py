@@ -18,7 +18,8 @@ import SimpleITK as sitk
 import torch
 
 from .grid import Grid
-from .sampling import resample_image, resample_through_field
+from .resampling import resample_image
+from .sampling import resample_through_field
 from .tensors import image_to_tensor
 
 #: HU of air: the value of network-grid voxels outside the image.
