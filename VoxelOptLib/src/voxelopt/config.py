@@ -68,9 +68,17 @@ class RegistrationConfig:
         smoothing_passes: how many times each filtering applies the 3-tap separable filter.
         thetas: coupling schedule of the coordinate descent (paper: 150, 50, 15, 5, 1.5, 0.5).
         ss_steps: scaling-and-squaring steps per level (0 = add the residual, no integration).
-        refine_iterations: Adam steps of the optional continuous refinement of the final field on
-            the working grid (0 = off, the paper's method; see :mod:`voxelopt.solver.refine`).
-        refine_weight: weight of the refinement's smoothness term (dimensionless).
+        refine_iterations: Gauss-Newton steps of the optional continuous refinement of the final
+            field (0 = off, the paper's method; see :mod:`voxelopt.solver.refine`).
+        refine_weight: damping of the refinement's steps relative to the features' mean
+            curvature (dimensionless; larger = smaller, smoother steps).
+        refine_scale: the refinement runs on the working grid scaled by this factor (same box);
+            1 = the working grid itself (slower, finest).
+        padding_mask: leave each image's unscanned voxels out of the cost (outside its grid, and
+            border slabs of its minimum value padding a thin scan; see :mod:`voxelopt.masks`).
+        search_fraction: caps each level's search radius along an axis at this fraction of the
+            fixed image's scanned extent along it (level voxels), so thin or partial fields of
+            view are not searched beyond their own size; 0 = no cap (only ``k``).
         init: initial alignment: ``"none"``, ``"centers"`` (image centres) or ``"com"``
             (intensity centres of mass).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
@@ -96,7 +104,10 @@ class RegistrationConfig:
     thetas: Tuple[float, ...] = (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)
     ss_steps: int = 7
     refine_iterations: int = 0
-    refine_weight: float = 1.25
+    refine_weight: float = 1.0
+    refine_scale: float = 0.5
+    padding_mask: bool = True
+    search_fraction: float = 0.25
     init: str = "none"
     device: str = "auto"
 
@@ -170,6 +181,10 @@ class RegistrationConfig:
         _require(_is_int(self.refine_iterations) and 0 <= self.refine_iterations <= 1000,
                  f"refine_iterations must be an integer from 0 to 1000, got {self.refine_iterations!r}")
         _require(_positive(self.refine_weight), f"refine_weight must be > 0, got {self.refine_weight!r}")
+        _require(_positive(self.refine_scale) and self.refine_scale <= 1.0, f"refine_scale must be in (0, 1], got {self.refine_scale!r}")
+        _require(isinstance(self.padding_mask, bool), f"padding_mask must be True or False, got {self.padding_mask!r}")
+        _require(isinstance(self.search_fraction, (int, float)) and not isinstance(self.search_fraction, bool)
+                 and 0 <= self.search_fraction <= 1, f"search_fraction must be from 0 to 1, got {self.search_fraction!r}")
         _require(self.init in INIT_MODES, f"init must be one of {INIT_MODES}, got {self.init!r}")
         _require(isinstance(self.device, str) and _valid_device_name(self.device), f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

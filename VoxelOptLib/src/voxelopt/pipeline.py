@@ -40,6 +40,7 @@ from .geometry import (
     voxel_to_mm_field,
 )
 from .io import ImageLike, as_image
+from .masks import user_mask, working_mask
 from .metrics import jacobian_determinant, jacobian_statistics, label_metrics
 from .result import RegistrationResult
 from .solver import level_shapes, solve_pyramid
@@ -63,6 +64,8 @@ def register(
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
     cache: Optional[FeatureCache] = None,
+    fixed_mask: Optional[ImageLike] = None,
+    moving_mask: Optional[ImageLike] = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
@@ -78,6 +81,9 @@ def register(
             :class:`RegistrationCancelled` and returns nothing.
         cache: a :class:`FeatureCache` reused across calls (features are recomputed only when
             an image or a feature parameter changes).
+        fixed_mask, moving_mask: optional masks of the images (label maps on their image's
+            grid, nonzero = use the voxel in the cost), e.g. to leave out a tumour, metal or the
+            table; combined with the scanned-region mask (``config.padding_mask``).
 
     Returns:
         A :class:`RegistrationResult`: the displacement field in LPS mm on the fixed grid with
@@ -105,6 +111,7 @@ def register(
         fixed_lab = _checked_labels(fixed_labels, prepared.fixed, "fixed labels")
         moving_lab = _checked_labels(moving_labels, prepared.moving, "moving labels")
         extractor = make_extractor(config)
+        masks = cost_masks(prepared, config, device, fixed_mask, moving_mask)
     check_cancel()
 
     report(0.0, "features")
@@ -121,7 +128,7 @@ def register(
         report(_FEATURES_DONE + (_LEVELS_DONE - _FEATURES_DONE) * done / total, f"pyramid level {done}/{total}")
 
     with timer.stage("solver"):
-        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock)
+        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock, *masks)
     check_cancel()
 
     with timer.stage("outputs"):
@@ -262,6 +269,16 @@ def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtra
         return compute()
     key = ("features", image_digest(image), feature_grid, working_grid, t, extractor.cache_key(), str(device))
     return cache.get_or_compute(key, compute, device)
+
+
+def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch.device,
+               fixed_mask: Optional[ImageLike] = None, moving_mask: Optional[ImageLike] = None
+               ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The solver's (fixed, moving) cost masks on the working grid (see :mod:`voxelopt.masks`)."""
+    t = None if not np.any(prepared.translation) else tuple(float(v) for v in prepared.translation)
+    grids = (prepared.feature_grid, prepared.working_grid, device, config.padding_mask)
+    return (working_mask(prepared.fixed, *grids, user_mask(fixed_mask, prepared.fixed, "fixed mask")),
+            working_mask(prepared.moving, *grids, user_mask(moving_mask, prepared.moving, "moving mask"), t))
 
 
 # ====================================================================== outputs
