@@ -73,7 +73,8 @@ class RegistrationConfig:
         refine_weight: damping of the refinement's steps relative to the features' mean
             curvature (dimensionless; larger = smaller, smoother steps).
         refine_scale: the refinement runs on the working grid scaled by this factor (same box);
-            1 = the working grid itself (slower, finest).
+            1 = the working grid itself (finest); 0.5 meets about 2 s on 2 CPU cores for a
+            192x160x256 pair (``benchmarks/refinement.py``) at some accuracy.
         padding_mask: leave each image's unscanned voxels out of the cost (outside its grid, and
             border slabs of its minimum value padding a thin scan; see :mod:`voxelopt.masks`).
         search_fraction: caps each level's search radius along an axis at this fraction of the
@@ -105,7 +106,7 @@ class RegistrationConfig:
     ss_steps: int = 7
     refine_iterations: int = 0
     refine_weight: float = 1.0
-    refine_scale: float = 0.5
+    refine_scale: float = 1.0
     padding_mask: bool = True
     search_fraction: float = 0.25
     init: str = "none"
