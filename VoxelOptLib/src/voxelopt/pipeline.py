@@ -111,7 +111,7 @@ def register(
         fixed_lab = _checked_labels(fixed_labels, prepared.fixed, "fixed labels")
         moving_lab = _checked_labels(moving_labels, prepared.moving, "moving labels")
         extractor = make_extractor(config)
-        masks = cost_masks(prepared, config, device, fixed_mask, moving_mask)
+        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, fixed_mask, moving_mask)
     check_cancel()
 
     report(0.0, "features")
@@ -128,7 +128,8 @@ def register(
         report(_FEATURES_DONE + (_LEVELS_DONE - _FEATURES_DONE) * done / total, f"pyramid level {done}/{total}")
 
     with timer.stage("solver"):
-        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock, *masks)
+        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, clock,
+                               fixed_mask=fixed_cost_mask, moving_mask=moving_cost_mask)
     check_cancel()
 
     with timer.stage("outputs"):
