@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from .config import RegistrationConfig
 from .errors import ConfigError, InputError
-from .geometry import Grid, affine_matrix, check_image, overlap_fraction, resample_image
+from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image
 from .io import ImageLike, PathLike, as_image
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
@@ -102,19 +102,6 @@ def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) ->
     return on_image
 
 
-def checked_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[sitk.Image]:
-    """A binary mask (UInt8, 1 = use the voxel) on ``image``'s grid, or None; any nonzero voxel counts."""
-    if mask is None:
-        return None
-    mask = as_image(mask, what)
-    check_image(mask, what)
-    binary = sitk.Cast(sitk.NotEqual(mask, 0), sitk.sitkUInt8)
-    on_image = resample_image(binary, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    if not np.any(sitk.GetArrayViewFromImage(on_image)):
-        raise InputError(f"{what} is empty on its image (no nonzero voxel inside it)")
-    return on_image
-
-
 def _label_pixel_type(max_label: int) -> int:
     if max_label <= np.iinfo(np.uint8).max:
         return sitk.sitkUInt8
@@ -162,8 +149,6 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
     ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
     moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
     """
-    from .solver import level_shapes  # TODO(merge): torch-free home
-
     fixed_image = checked_image(fixed, "fixed image")
     moving_image = checked_image(moving, "moving image")
     fixed_grid = Grid.from_image(fixed_image)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Union
 from .config import RegistrationConfig
 from .errors import RegistrationCancelled
 from .inputs import checked_labels, prepare
+from .masks import user_mask
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
@@ -48,6 +49,8 @@ def register(
     cancel: Optional[CancelCallback] = None,
     cache: Optional["FeatureCache"] = None,
     initial_transform: Optional[Union["sitk.Transform", PathLike]] = None,
+    fixed_mask: Optional[ImageLike] = None,
+    moving_mask: Optional[ImageLike] = None,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
@@ -66,6 +69,9 @@ def register(
         initial_transform: a linear SimpleITK transform or an ITK transform file (.tfm/.txt/.h5/.mat)
             mapping fixed points to moving points (LPS mm): the initial alignment with
             ``init="none"``, the starting point of ``init="affine"``.
+        fixed_mask, moving_mask: optional masks of the images (label maps on their image's grid,
+            nonzero = use the voxel in the cost), e.g. to leave out a tumour, metal or the table;
+            combined with the scanned-region mask (``config.padding_mask``).
 
     Returns:
         A :class:`RegistrationResult`: the displacement field in LPS mm on the feature grid with
@@ -91,16 +97,19 @@ def register(
         prepared = prepare(fixed, moving, config, initial_transform)
         fixed_lab = checked_labels(fixed_labels, prepared.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, prepared.moving, "moving labels")
+        fixed_use = user_mask(fixed_mask, prepared.fixed, "fixed mask")
+        moving_use = user_mask(moving_mask, prepared.moving, "moving mask")
         # torch is imported only now, so that every input error above is reported without it
         from .device import make_clock, resolve_device
         from .features import make_extractor
         from .solver import solve_pyramid
-        from .stages import check_memory, solved_outputs, working_features
+        from .stages import check_memory, cost_masks, solved_outputs, working_features
 
         device = resolve_device(config.device)
         timer.clock = make_clock(device)
         extractor = make_extractor(config)
         check_memory(prepared, config, extractor, device, moving_lab is not None)
+        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, fixed_use, moving_use)
     check_cancel()
 
     report(0.0, "features")
@@ -117,7 +126,8 @@ def register(
         report(_FEATURES_DONE + (_LEVELS_DONE - _FEATURES_DONE) * done / total, f"pyramid level {done}/{total}")
 
     with timer.stage("solver"):
-        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, timer.clock)
+        solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, timer.clock,
+                               fixed_mask=fixed_cost_mask, moving_mask=moving_cost_mask)
     del fixed_features, moving_features
     check_cancel()
 

@@ -5,7 +5,7 @@ outputs computed after the solver (see :mod:`voxelopt.pipeline` for the order, a
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +17,7 @@ from .errors import InputError
 from .features import FeatureExtractor
 from .geometry import resample_image, resize_volume
 from .inputs import PreparedPair
+from .masks import working_mask
 from .metrics import jacobian_statistics, label_metrics
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
@@ -64,6 +65,16 @@ def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtra
     key = ("features", image_digest(image), feature_grid, working_grid, initial.round(9).tobytes(), extractor.cache_key(),
            str(device))
     return cache.get_or_compute(key, compute, device)
+
+
+def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch.device,
+               fixed_mask: Optional[np.ndarray] = None, moving_mask: Optional[np.ndarray] = None
+               ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The solver's (fixed, moving) cost masks on the working grid (see :mod:`voxelopt.masks`);
+    ``fixed_mask``/``moving_mask`` are the user's masks as checked by :func:`voxelopt.masks.user_mask`."""
+    grids = (prepared.feature_grid, prepared.working_grid, device, config.padding_mask)
+    return (working_mask(prepared.fixed, *grids, fixed_mask),
+            working_mask(prepared.moving, *grids, moving_mask, prepared.initial))
 
 
 def label_scores(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, object]:

@@ -22,8 +22,8 @@ Conventions (read once, used everywhere):
   exact (the official code's ``x2`` under-scales coarse motion by up to 10 %).
 
 Modules: :mod:`.grid` (``Grid``), :mod:`.checks` (image and field checks), :mod:`.intensity`
-(the HU window), :mod:`.resampling` (SimpleITK resampling through the initial alignment) need no
-torch; :mod:`.fields` (voxel/mm fields, resolution changes, ITK field
+(the HU window), :mod:`.resampling` (SimpleITK resampling through the initial alignment) and
+:mod:`.pyramid` (the shapes of the pyramid levels) need no torch; :mod:`.fields` (voxel/mm fields, resolution changes, ITK field
 images), :mod:`.sampling` (warping and resampling), :mod:`.tensors` (images <-> tensors) and
 :mod:`.network_input` (a network's input grid and volume) use torch and are imported on first
 use of one of their names, so ``from voxelopt.geometry import Grid, check_image`` does not
@@ -39,6 +39,7 @@ from typing import Any
 from .checks import check_field_image, check_geometry, check_image  # noqa: F401  (re-exported)
 from .grid import Grid  # noqa: F401
 from .intensity import window_hu  # noqa: F401
+from .pyramid import MIN_LEVEL_SIZE, level_shapes  # noqa: F401
 from .resampling import affine_matrix, affine_transform, overlap_fraction, resample_image  # noqa: F401
 
 _LAZY = {
@@ -50,7 +51,7 @@ _LAZY = {
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = sorted(["Grid", "affine_matrix", "affine_transform", "check_field_image", "check_geometry", "check_image",
+__all__ = sorted(["Grid", "MIN_LEVEL_SIZE", "affine_matrix", "level_shapes", "affine_transform", "check_field_image", "check_geometry", "check_image",
                   "overlap_fraction", "resample_image", "window_hu", *_MODULE_OF])
 
 

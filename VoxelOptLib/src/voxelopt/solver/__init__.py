@@ -1,6 +1,6 @@
 """The VoxelOpt solver: cost volume, entropy, adaptive message passing, coordinate descent, pyramid."""
 
-from .cost import cost_volume, label_offsets
+from .cost import cost_volume, label_offsets, mask_cost_
 from .descent import argmin_labels, coordinate_descent
 from .entropy import displacement_entropy, neighbour_weight, sigma_from_entropy
 from .message_passing import smooth_
@@ -13,6 +13,7 @@ __all__ = [
     "cost_volume",
     "displacement_entropy",
     "label_offsets",
+    "mask_cost_",
     "level_shapes",
     "neighbour_weight",
     "scaling_and_squaring",

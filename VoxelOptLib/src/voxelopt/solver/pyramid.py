@@ -12,41 +12,14 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..config import RegistrationConfig
-from ..errors import InputError
-from ..geometry import resize_volume, resize_voxel_field, warp
-from .cost import cost_volume, label_offsets
+from ..geometry import level_shapes, resize_volume, resize_voxel_field, warp
+from .cost import cost_volume, label_offsets, mask_cost_
 from .descent import coordinate_descent
 from .entropy import displacement_entropy, neighbour_weight, sigma_from_entropy
 from .message_passing import smooth_
 from .refine import refine_field
 
-#: An axis is halved for the next level only while it keeps at least this many voxels.
-MIN_LEVEL_SIZE = 4
-
 Shape = Tuple[int, int, int]
-
-
-def level_shapes(shape: Sequence[int], levels: int) -> List[Shape]:
-    """Array shapes of the pyramid, finest first.
-
-    Each level halves (rounding down) every axis that keeps at least ``MIN_LEVEL_SIZE`` voxels;
-    thin axes stay as they are. Raises :class:`InputError` when the image is too small for
-    ``levels`` distinct levels.
-    """
-    shapes = [tuple(int(n) for n in shape)]
-    if min(shapes[0]) < 2:
-        raise InputError(f"the working grid {shapes[0]} (z, y, x) is too small: every axis needs at least 2 voxels")
-    for level in range(1, levels):
-        previous = shapes[-1]
-        nxt = tuple(n // 2 if n // 2 >= MIN_LEVEL_SIZE else n for n in previous)
-        if nxt == previous:
-            raise InputError(
-                f"the image is too small for {levels} pyramid levels: the working grid {shapes[0]} (z, y, x) "
-                f"allows at most {level} (no axis of {previous} can be halved and keep {MIN_LEVEL_SIZE} voxels); "
-                "use fewer levels or a finer working resolution"
-            )
-        shapes.append(nxt)
-    return shapes
 
 
 def scaling_and_squaring(r: torch.Tensor, steps: int) -> torch.Tensor:
@@ -72,10 +45,15 @@ class LevelOutput:
 
 
 def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationConfig,
-                check_cancel: Optional[Callable[[], None]] = None) -> LevelOutput:
-    """One level: cost volume, entropy, sigma, optional cost filtering, coordinate descent, SS."""
-    offsets = label_offsets(config.k, fixed.device)
+                check_cancel: Optional[Callable[[], None]] = None, fixed_mask: Optional[torch.Tensor] = None,
+                moving_mask: Optional[torch.Tensor] = None) -> LevelOutput:
+    """One level: cost volume (restricted to the masks), entropy, sigma, optional cost filtering,
+    coordinate descent, SS. Masks are (1, 1, Z, Y, X) in [0, 1] on the level's grid, the moving one
+    already warped like ``moving``."""
+    offsets = label_offsets(search_radii(config, fixed_mask), fixed.device)
     cost = cost_volume(moving, fixed, offsets)
+    mask_cost_(cost, offsets, None if fixed_mask is None else fixed_mask[0, 0],
+               None if moving_mask is None else moving_mask[0, 0])
     entropy = displacement_entropy(cost, config.beta)
     if config.adaptive:
         sigma = sigma_from_entropy(entropy, config.sigma_mode, config.sigma_range, config.alpha)
@@ -90,6 +68,24 @@ def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationC
     del cost
     residual = scaling_and_squaring(u[None], config.ss_steps)
     return LevelOutput(residual, entropy, sigma)
+
+
+def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor]) -> Tuple[int, int, int]:
+    """Search radius per array axis (z, y, x) of a level, voxels.
+
+    ``config.k``, capped along each axis at ``config.search_fraction`` of the extent of the
+    level's (1, 1, Z, Y, X) fixed mask along it (the planes where it is not all zero), so a thin
+    or partial field of view is not searched beyond its own size. No mask: ``k`` on every axis.
+    """
+    if config.search_fraction == 0 or fixed_mask is None:
+        return (config.k,) * 3
+    present = fixed_mask[0, 0] > 0
+    radii = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        extent = int(present.any(dim=others[1]).any(dim=others[0]).sum().item())
+        radii.append(min(config.k, int(config.search_fraction * extent)))
+    return (radii[0], radii[1], radii[2])
 
 
 @dataclasses.dataclass
@@ -108,19 +104,23 @@ def solve_pyramid(
     on_level: Optional[Callable[[int, int], None]] = None,
     check_cancel: Optional[Callable[[], None]] = None,
     clock: Optional[Callable[[], float]] = None,
+    fixed_mask: Optional[torch.Tensor] = None,
+    moving_mask: Optional[torch.Tensor] = None,
 ) -> PyramidOutput:
     """Coarse-to-fine registration of (1, C, Z, Y, X) feature maps on the same grid.
 
     Args:
+        fixed_mask, moving_mask: optional (1, 1, Z, Y, X) weights in [0, 1] on the same grid
+            (1 = use the voxel in the cost; the moving mask in the fixed space through the initial
+            alignment, like ``moving``). Each level uses them downsampled, the moving mask warped
+            with the level's field (see :func:`voxelopt.solver.cost.mask_cost_`).
         on_level: called as ``on_level(done, total)`` after each level.
         check_cancel: called between steps; raises to cancel.
         clock: a timer (e.g. one that synchronises CUDA) for per-level seconds.
     """
     shapes = level_shapes(fixed.shape[2:], config.levels)
-    fixed_levels, moving_levels = [fixed], [moving]
-    for shape in shapes[1:]:
-        fixed_levels.append(resize_volume(fixed_levels[-1], shape))
-        moving_levels.append(resize_volume(moving_levels[-1], shape))
+    fixed_levels, moving_levels = _pyramid(fixed, shapes), _pyramid(moving, shapes)
+    fixed_masks, moving_masks = _pyramid(fixed_mask, shapes), _pyramid(moving_mask, shapes)
 
     field: Optional[torch.Tensor] = None
     seconds: List[float] = []
@@ -129,11 +129,12 @@ def solve_pyramid(
         start = clock() if clock else 0.0
         if check_cancel is not None:
             check_cancel()
-        mov = moving_levels[level]
+        mov, mov_mask = moving_levels[level], moving_masks[level]
         if field is not None:
             field = resize_voxel_field(field, shapes[level])
             mov = warp(mov, field)
-        out = solve_level(mov, fixed_levels[level], config, check_cancel)
+            mov_mask = None if mov_mask is None else warp(mov_mask, field)
+        out = solve_level(mov, fixed_levels[level], config, check_cancel, fixed_masks[level], mov_mask)
         field = out.residual if field is None else compose(field, out.residual)
         seconds.append((clock() - start) if clock else 0.0)
         if on_level is not None:
@@ -143,6 +144,17 @@ def solve_pyramid(
     if config.refine_iterations > 0:
         start = clock() if clock else 0.0
         field = refine_field(moving_levels[0], fixed_levels[0], field, config.refine_iterations, config.refine_weight,
-                             check_cancel)
+                             check_cancel, fixed_mask, moving_mask, config.refine_scale)
         refine_seconds = (clock() - start) if clock else 0.0
     return PyramidOutput(field, out.entropy, out.sigma, seconds, refine_seconds)
+
+
+def _pyramid(volume: Optional[torch.Tensor], shapes: Sequence[Shape]) -> List[Optional[torch.Tensor]]:
+    """``volume`` resized to every level's shape, finest first (all None for None)."""
+    if volume is None:
+        return [None] * len(shapes)
+    levels = [volume]
+    for shape in shapes[1:]:
+        levels.append(resize_volume(levels[-1], shape))
+    return levels
+
