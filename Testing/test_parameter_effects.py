@@ -1,10 +1,12 @@
 """Every configuration field reaches the registration: changing it (where it applies) changes the result.
 
-One small phantom pair (32 x 28 x 24 voxels of 10 mm, warped by up to 20 mm; features and solver
+One small phantom pair (32 x 28 x 24 voxels of 10 mm, warped by up to 20 mm, the fixed one a thin scan padded with air slabs; features and solver
 on a 10 mm grid, two levels; about 0.4 s a registration) is registered with a base configuration and with each field changed; the displacement
 field or the entropy map must differ. A field that a solver module ignored (e.g. a constant in
 place of ``config.alpha``) keeps the result identical and fails its case.
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -39,6 +41,9 @@ CHANGES = {
     "ss_steps": ({}, 0),
     "refine_iterations": ({}, 5),
     "refine_weight": ({"refine_iterations": 5}, 20.0),
+    "refine_scale": ({"refine_iterations": 5}, 0.5),
+    "padding_mask": ({}, False),
+    "search_fraction": ({}, 0.05),
     "init": ({}, "com"),
 }
 
@@ -68,7 +73,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def pair():
-    return phantom_pair(size=(32, 28, 24), spacing=(10.0, 10.0, 10.0), max_displacement_mm=20.0, seed=3)
+    """The phantom pair, the fixed image a thin scan: its first and last 5 slices are padding (its
+    minimum value), so the field-of-view parameters (padding_mask, search_fraction) apply."""
+    pair = phantom_pair(size=(32, 28, 24), spacing=(10.0, 10.0, 10.0), max_displacement_mm=20.0, seed=3)
+    array = sitk.GetArrayFromImage(pair.fixed)
+    array[:5] = array[-5:] = array.min()
+    thin = sitk.GetImageFromArray(array)
+    thin.CopyInformation(pair.fixed)
+    return dataclasses.replace(pair, fixed=thin)
 
 
 def _outputs(pair, config):
