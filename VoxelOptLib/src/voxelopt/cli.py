@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="register MOVING onto FIXED",
                        description="Register MOVING onto FIXED. Writes DIR/field.nii.gz (displacement in LPS mm on the "
-                                   "fixed image's box at --feature-spacing mm, warped(x) = moving(x + field(x))), "
+                                   "solver's grid over the fixed image's box, warped(x) = moving(x + field(x))), "
                                    "warped.nii.gz (on the fixed grid, the moving pixel type), warped_labels.nii.gz "
                                    "(with --moving-labels), entropy.nii.gz, jacobian.nii.gz and metrics.json.")
     p.add_argument("fixed", help="fixed image file")
@@ -280,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", type=_name_list, default=None, metavar="A,B,...",
                    help=f"what to write, from {','.join(OUTPUTS)} (default: all; 'labels' = the warped moving labels, "
                         "written when --moving-labels is given)")
-    p.add_argument("--field-grid", choices=FIELD_GRIDS, default="feature",
-                   help="grid of the written field: 'feature' (its own grid, the fixed box at --feature-spacing mm; "
-                        "default) or 'fixed' (the full fixed grid, for tools that need that)")
+    p.add_argument("--field-grid", choices=FIELD_GRIDS, default="working",
+                   help="grid of the written field: 'working' (its own grid: the solver's, the fixed box at "
+                        "--feature-spacing x --working-scale, 4 mm by default) or 'fixed' (the full fixed grid, for "
+                        "tools that need that)")
     p.add_argument("--full-size-maps", action="store_true",
                    help="write the entropy and Jacobian maps on the fixed grid (default: on their own coarser grids)")
     p.add_argument("--initial-transform", metavar="TFM",

@@ -25,6 +25,7 @@ from .geometry import (
     resize_volume,
 )
 from .metrics import jacobian_determinant, jacobian_statistics, registration_label_metrics
+from .outputs import resample_map
 
 _CPU = torch.device("cpu")
 
@@ -49,11 +50,13 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
                    scale: float = 1.0) -> Dict[str, Any]:
     """Metrics of ``field`` (LPS mm on the fixed grid, ``warped(x) = moving(x + field(x))``).
 
-    Everything is computed on the *evaluation grid*: the field's grid when ``scale`` is 1, else
-    that box with ``scale`` times the voxels per axis (:meth:`Grid.scaled`; the official code's
-    protocol uses 0.5). There the field is resized (:func:`resize_volume`), the fixed labels
-    are resampled with nearest neighbour, and the moving labels, resampled with nearest
-    neighbour onto their own grid scaled the same way, are warped through the field (nearest).
+    The Jacobian statistics describe the field on its own grid; the label scores are computed on
+    the fixed labels' grid. Both are *evaluation grids*: the grid itself when ``scale`` is 1,
+    else that box with ``scale`` times the voxels per axis (:meth:`Grid.scaled`; the official
+    code's protocol uses 0.5). The field is sampled on the label grid as ITK samples it, the
+    fixed labels are resampled there with nearest neighbour, and the moving labels, resampled
+    with nearest neighbour onto their own grid scaled the same way, are warped through the
+    field (nearest).
 
     Args:
         fixed_labels, moving_labels: the label maps (each on its own grid), or both None (then
@@ -74,6 +77,10 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
     metrics.update(jacobian_statistics(jacobian_determinant(mm_to_voxel_field(d, grid)).numpy()))
     if fixed_labels is not None:
+        label_grid = evaluation_grid(Grid.from_image(fixed_labels), scale)
+        if not label_grid.same_as(grid):
+            grid = label_grid
+            d = image_to_mm_field(resample_map(field, label_grid, vector=True), _CPU)
         fixed_np = evaluation_grid_labels(fixed_labels, grid)
         moving_eval_grid = evaluation_grid(Grid.from_image(moving_labels), scale)
         moving_t = image_to_tensor(resample_image(moving_labels, moving_eval_grid, None, sitk.sitkNearestNeighbor, 0), _CPU)

@@ -15,8 +15,9 @@ FIELD_FORMATS = IMAGE_FORMATS + ("h5",)
 #: The outputs a registration can write, in writing order ("labels": the warped moving labels).
 OUTPUTS = ("field", "warped", "labels", "entropy", "jacobian", "metrics")
 
-#: Where the written field lives: its own grid (the feature grid) or the full fixed grid.
-FIELD_GRIDS = ("feature", "fixed")
+#: Where the written field lives: its own grid (the solver's working grid, 4 mm by default) or
+#: the full fixed grid.
+FIELD_GRIDS = ("working", "fixed")
 
 
 def check_format(fmt: str, allowed: Sequence[str], what: str) -> str:

@@ -7,10 +7,10 @@ imported, so that such errors are reported at once.
 
 Grids (see :mod:`voxelopt.geometry`): the *fixed grid* is the fixed image's own; the *feature
 grid* is its box at ``feature_spacing`` mm; the *working grid* is the feature grid scaled by
-``working_scale``. The initial alignment is a translation t (LPS mm) with fixed point x
-corresponding to moving point x + t; in general the initial alignment is a linear (affine)
-map T, fixed point x corresponding to moving point T(x) (LPS mm, the direction ``sitk.Resample``
-uses), from ``init`` and/or a user-given initial transform.
+``working_scale`` (the final field is kept there, or on the fixed grid when that is coarser).
+The initial alignment is a linear (affine) map T, fixed point x corresponding to moving point
+T(x) (LPS mm, the direction ``sitk.Resample`` uses; a translation t for ``init`` none, centers
+and com), from ``init`` and/or a user-given initial transform.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class PreparedPair:
 
     ``fixed`` and ``moving`` keep their pixel type (int16 CT stays int16); ``initial`` is the initial
     alignment as a 4x4 matrix (LPS mm): fixed point x corresponds to moving point ``initial @ (x, 1)``.
-    ``field_grid`` is where the final field is kept: the feature grid, or the fixed grid when that
-    is coarser.
+    ``field_grid`` is where the final field is kept: the working grid (the solver's finest, where
+    the field has all its information), or the fixed grid when that is coarser.
     """
 
     fixed: sitk.Image
@@ -163,7 +163,7 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
             f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
             + _INIT_HINT
         )
-    field_grid = feature_grid if np.prod(feature_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
+    field_grid = working_grid if np.prod(working_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
     return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
                         working_grid, field_grid, initial)
 

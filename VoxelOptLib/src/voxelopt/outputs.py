@@ -1,9 +1,10 @@
 """The outputs of a registration: computed on the grid where they carry information, streamed where
 they must be on the full fixed grid.
 
-* The **field** lives on the *feature grid* (2 mm by default; the fixed image's box), float32, in
-  LPS mm, resampling direction ``warped(x) = moving(x + d(x))``. It is the solver's field upsampled
-  once; anywhere else it is sampled with trilinear interpolation exactly as ITK's
+* The **field** lives on the solver's *working grid* (4 mm by default; the fixed image's box),
+  float32, in LPS mm, resampling direction ``warped(x) = moving(x + d(x))``: the solver's field
+  plus the initial alignment, no upsampled copy. Anywhere else it is sampled with trilinear
+  interpolation exactly as ITK's
   ``DisplacementFieldTransform`` does (align_corners=False on the shared box, border values
   repeated), so ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))`` gives the
   library's warped image.

@@ -8,7 +8,7 @@ Steps and grids (all share the fixed image's box and direction; see :mod:`voxelo
 2. both images are resampled onto the feature grid (the moving one through the initial
    alignment), features are computed there and moved to the working grid;
 3. the pyramid solver runs from the working grid down to ``levels`` coarser grids;
-4. the final field (LPS mm, resampling direction) is kept on the feature grid; the Jacobian is
+4. the final field (LPS mm, resampling direction) is kept on the working grid; the Jacobian is
    computed there, the entropy stays on the working grid, and with labels the moving labels are
    warped onto the fixed grid (streamed) and scored. The warped image is computed on demand
    (:attr:`RegistrationResult.warped`, :meth:`RegistrationResult.save`).
@@ -74,7 +74,7 @@ def register(
             combined with the scanned-region mask (``config.padding_mask``).
 
     Returns:
-        A :class:`RegistrationResult`: the displacement field in LPS mm on the feature grid with
+        A :class:`RegistrationResult`: the displacement field in LPS mm on the working grid with
         ``warped(x) = moving(x + field(x))``, the entropy and Jacobian maps, the warped labels,
         metrics and per-stage timings; the warped image on demand.
 

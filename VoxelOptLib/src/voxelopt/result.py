@@ -33,10 +33,11 @@ class RegistrationResult:
     """Everything a registration produces.
 
     Attributes:
-        field: the displacement field, an ITK displacement-field image (VectorFloat32) on the
-            *feature grid* (the fixed image's box at ``feature_spacing`` mm), (x, y, z) LPS
-            millimetres, resampling direction ``warped(x) = moving(x + field(x))``;
-            :meth:`field_image` gives it on the full fixed grid.
+        field: the displacement field, an ITK displacement-field image (VectorFloat32) on its own
+            grid: the solver's *working grid* (the fixed image's box at ``feature_spacing *
+            working_scale``: 4 mm by default; the fixed grid when that is coarser), where all its
+            information is; (x, y, z) LPS millimetres, resampling direction
+            ``warped(x) = moving(x + field(x))``; :meth:`field_image` gives it on the fixed grid.
         entropy: displacement entropy (nats) of the finest pyramid level, on the working grid;
             high = uncertain.
         jacobian: determinant of the Jacobian of ``x -> x + field(x)`` on the field's grid;
@@ -96,14 +97,14 @@ class RegistrationResult:
             self.timings["warp"] = time.perf_counter() - start
         return self._warped
 
-    def field_image(self, grid: str = "feature") -> sitk.Image:
+    def field_image(self, grid: str = "working") -> sitk.Image:
         """The field as an ITK displacement field (VectorFloat32, LPS mm) on its own grid
-        (``"feature"``) or on the full fixed grid (``"fixed"``, trilinear as ITK samples it)."""
+        (``"working"``) or on the full fixed grid (``"fixed"``, trilinear as ITK samples it)."""
         from .outputs import resample_map
 
         if grid not in FIELD_GRIDS:
             raise InputError(f"unknown field grid {grid!r}; choose one of {', '.join(FIELD_GRIDS)}")
-        return self.field if grid == "feature" else resample_map(self.field, self.fixed_grid, vector=True)
+        return self.field if grid == "working" else resample_map(self.field, self.fixed_grid, vector=True)
 
     def transform(self) -> sitk.DisplacementFieldTransform:
         """A SimpleITK transform of the field (sampled by ITK exactly as the library samples it)."""
@@ -126,7 +127,7 @@ class RegistrationResult:
         image_format: str = "nii.gz",
         field_format: str = "nii.gz",
         outputs: Optional[Iterable[str]] = None,
-        field_grid: str = "feature",
+        field_grid: str = "working",
         full_size_maps: bool = False,
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
@@ -136,7 +137,7 @@ class RegistrationResult:
         Args:
             outputs: names from :data:`OUTPUTS` (default: all; ``"labels"`` only when moving
                 labels were given — asking for it without them is an error).
-            field_grid: ``"feature"`` (the field's own grid, default) or ``"fixed"``.
+            field_grid: ``"working"`` (the field's own grid, default) or ``"fixed"``.
             full_size_maps: write the entropy and Jacobian maps on the fixed grid (trilinear)
                 instead of their own grids.
             progress: ``progress(fraction, message)`` per output; ``cancel`` polled in between
