@@ -1,4 +1,4 @@
-"""Affine pre-alignment recovers a known affine (issue 10 item 4); ITK linear transform files."""
+"""Affine pre-alignment recovers a known affine ; ITK linear transform files."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The ``voxelopt`` command end to end, including every bad input of issue 2 section 5."""
+"""The ``voxelopt`` command end to end, including every kind of bad input a user can give."""
 
 import argparse
 import json

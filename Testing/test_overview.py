@@ -1,4 +1,4 @@
-"""The QA overview picture (issue 11): display orientation, edge letters, the PNG itself."""
+"""The QA overview picture: display orientation, edge letters, the PNG itself."""
 
 import numpy as np
 import pytest

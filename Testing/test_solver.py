@@ -1,4 +1,4 @@
-"""The solver's building blocks against hand-computed values and the spec's test vectors."""
+"""The solver's building blocks against hand-computed values and reference values of the official code's formulas."""
 
 import math
 

@@ -1,5 +1,5 @@
 """The module in clinical use, on real slicer-core: repeated runs, views, saving, rollback, the worker
-thread, the inverse transform, warping other nodes, presets and visual QA (issue 11).
+thread, the inverse transform, warping other nodes, presets and visual QA.
 
 Small synthetic CT phantoms (see test_logic.py), "fast" preset with 2 levels.
 """

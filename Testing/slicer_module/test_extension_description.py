@@ -1,4 +1,4 @@
-"""The extension's description passes the Slicer Extensions Index checks (issue 11, item 4).
+"""The extension's description passes the Slicer Extensions Index checks.
 
 What the index's checks and submission checklist ask: the extension (CMake project) name does not
 start with "Slicer" (the repository may), a LICENSE file at the root, contributors as

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quality and time of the initial alignments: none / centers / com / affine (issue 10 item 4).
+"""Quality and time of the initial alignments: none / centers / com / affine.
 
 For each pair the moving labels are resampled onto the fixed grid through the initial alignment
 alone (nearest neighbour) and scored with Dice against the fixed labels (labels present in both);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the development data and run the dataset evaluation on it (issue 5).
+"""Make the development data and run the dataset evaluation on it.
 
 1. Label-derived pseudo-CT of Learn2Reg subjects 17-23 (BTCV files ``label0027`` ...
    ``label0033`` in ``../shared/data/btcv_labels``: files 0001-0010 and 0021-0033 are subjects
