@@ -88,6 +88,10 @@ def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, caps
     code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "metrics",
                       "--overview", picture, *FAST], capsys)
     assert code == 0 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty_mask.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(files["fixed_labels"])) * 0, str(empty))
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--fixed-mask", empty, *FAST], capsys)
+    assert code == 2 and "fixed mask" in err
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "labels", *FAST], capsys)
     assert code == 2 and "needs --moving-labels" in err
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field,wraped", *FAST], capsys)

@@ -164,13 +164,15 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, "moving image")
     fixed_labels = read_image(args.fixed_labels, "fixed labels") if args.fixed_labels else None
     moving_labels = read_image(args.moving_labels, "moving labels") if args.moving_labels else None
+    fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
+    moving_mask = read_image(args.moving_mask, "moving mask") if args.moving_mask else None
     from .cache import FeatureCache  # torch: only once the inputs are known to be good
     from .pipeline import register
 
     cache = FeatureCache(directory=args.feature_cache) if args.feature_cache else None
     report = _progress_printer(args.quiet)
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache,
-                      initial_transform=args.initial_transform)
+                      initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask)
     paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
                         field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
     if args.overview:
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tools that need that)")
     p.add_argument("--full-size-maps", action="store_true",
                    help="write the entropy and Jacobian maps on the fixed grid (default: on their own coarser grids)")
+    p.add_argument("--fixed-mask", metavar="MASK", help="label map of the fixed image's voxels to use in the cost "
+                   "(nonzero = use; e.g. leave out a tumour, metal or the table)")
+    p.add_argument("--moving-mask", metavar="MASK", help="likewise for the moving image")
     p.add_argument("--initial-transform", metavar="TFM",
                    help="an ITK linear transform file (.tfm/.txt/.h5/.mat) mapping fixed to moving points: the initial "
                         "alignment with --init none, the start of --init affine")
