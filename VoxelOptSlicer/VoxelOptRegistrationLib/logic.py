@@ -83,7 +83,9 @@ _OUTPUT_PARAMETERS = {
 class EngineInputs:
     """What the engine needs, read from the scene: SimpleITK images (LPS) and the config, no MRML node.
 
-    ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them).
+    ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them);
+    ``fixed_mask``/``moving_mask``: uint8 masks (1 = use the voxel in the cost) or None;
+    ``initial_transform``: a ``sitk.AffineTransform`` (LPS mm, fixed -> moving points) or None.
     """
 
     fixed_image: Any
@@ -91,6 +93,9 @@ class EngineInputs:
     config: Any
     fixed_labels: Any = None
     moving_labels: Any = None
+    fixed_mask: Any = None
+    moving_mask: Any = None
+    initial_transform: Any = None
 
 
 @dataclasses.dataclass
@@ -280,6 +285,9 @@ class RegistrationLogic:
             fixedSegmentation=get("fixedSegmentation"),
             movingSegmentation=get("movingSegmentation"),
             outputs=outputs,
+            fixedMask=get("fixedMask"),
+            movingMask=get("movingMask"),
+            initialTransform=get("initialTransform"),
         )
 
     def applyParameterNode(self, parameterNode, request: "RegistrationRequest", computed: "EngineOutput",
@@ -320,6 +328,9 @@ class RegistrationLogic:
         showResult: bool = True,
         overlay: str = "entropy",
         overlayOpacity: float = 0.5,
+        fixedMask=None,
+        movingMask=None,
+        initialTransform=None,
     ) -> RegistrationRun:
         """Register ``movingVolume`` onto ``fixedVolume`` and write the result nodes.
 
@@ -340,6 +351,11 @@ class RegistrationLogic:
             showResult: put the moving volume under the transform (live warp) and show the fixed
                 volume with the ``overlay`` ("entropy", "jacobian", "warped" or "none") in the
                 slice views at ``overlayOpacity``; harmless without views.
+            fixedMask, movingMask: optional masks of the volumes' voxels used in the cost (e.g. to
+                leave out a tumour, metal or the table): a segmentation node (all its segments) or a
+                label map volume node (its nonzero voxels).
+            initialTransform: optional linear transform node whose FromParent side (fixed -> moving
+                points) is the initial alignment with ``init="none"``, the start of ``init="affine"``.
 
         Raises:
             InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform).
@@ -348,7 +364,8 @@ class RegistrationLogic:
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
         """
         _check_display(overlay, overlayOpacity)
-        request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs)
+        request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs,
+                               fixedMask, movingMask, initialTransform)
         computed = self.compute(request.engineInputs, progress, cancel)
         return self.apply(request, computed, showResult, overlay, overlayOpacity)
 
@@ -360,6 +377,9 @@ class RegistrationLogic:
         fixedSegmentation=None,
         movingSegmentation=None,
         outputs: Optional[RegistrationOutputs] = None,
+        fixedMask=None,
+        movingMask=None,
+        initialTransform=None,
     ) -> "RegistrationRequest":
         """Step 1 (main thread): validate every input node and convert it for the engine; the scene is not changed.
 
@@ -369,7 +389,7 @@ class RegistrationLogic:
         dependencies.require_torch()
         import voxelopt
 
-        from . import segmentations, volumes
+        from . import segmentations, transforms, volumes
 
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
@@ -386,7 +406,17 @@ class RegistrationLogic:
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
             fixedSegmentation, movingSegmentation, fixedVolume, movingVolume
         )
-        engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels)
+        masks = {}
+        for role, node, volume in (("fixed", fixedMask, fixedVolume), ("moving", movingMask, movingVolume)):
+            if node is not None:
+                volumes.parent_transform_check(node, ignore_roles=())
+                masks[role] = segmentations.mask_for_registration(node, volume, role)
+        initial = None
+        if initialTransform is not None:
+            volumes.parent_transform_check(initialTransform, ignore_roles=())
+            initial = transforms.sitk_transform_from_linear_node(initialTransform)
+        engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels,
+                                     masks.get("fixed"), masks.get("moving"), initial)
         return RegistrationRequest(
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
             label_names, label_colors, time.perf_counter() - start,
@@ -416,6 +446,9 @@ class RegistrationLogic:
             progress=progress,
             cancel=cancel,
             cache=cache,
+            initial_transform=inputs.initial_transform,
+            fixed_mask=inputs.fixed_mask,
+            moving_mask=inputs.moving_mask,
         )
         return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
