@@ -85,7 +85,8 @@ class EngineInputs:
 
     ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them);
     ``fixed_mask``/``moving_mask``: uint8 masks (1 = use the voxel in the cost) or None;
-    ``initial_transform``: a ``sitk.AffineTransform`` (LPS mm, fixed -> moving points) or None.
+    ``initial_transform``: a ``sitk.AffineTransform`` (LPS mm, fixed -> moving points) or None;
+    ``weight_downloads``: network weights (``WeightsInfo``) to download into ``config.weights`` first.
     """
 
     fixed_image: Any
@@ -96,6 +97,7 @@ class EngineInputs:
     fixed_mask: Any = None
     moving_mask: Any = None
     initial_transform: Any = None
+    weight_downloads: Tuple[Any, ...] = ()
 
 
 @dataclasses.dataclass
@@ -195,6 +197,8 @@ class RegistrationLogic:
         self._lastRun: Optional[RegistrationRun] = None
         #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
         self.presetStore = PresetStore()
+        #: Folder of network weights (see :mod:`.network_weights`); None: ``<Slicer cache>/VoxelOpt``.
+        self.weightsDirectory: Optional[str] = None
 
     @property
     def lastRun(self) -> Optional[RegistrationRun]:
@@ -274,8 +278,9 @@ class RegistrationLogic:
             self.featureCache = voxelopt.FeatureCache()
         return self.featureCache
 
-    def prepareParameterNode(self, parameterNode) -> "RegistrationRequest":
-        """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked."""
+    def prepareParameterNode(self, parameterNode, allowWeightsDownload: bool = False) -> "RegistrationRequest":
+        """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked
+        (``allowWeightsDownload``: see :meth:`prepare`)."""
         get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
         outputs = RegistrationOutputs(**{field: get(name) for field, name in _OUTPUT_PARAMETERS.items()})
         return self.prepare(
@@ -288,6 +293,7 @@ class RegistrationLogic:
             fixedMask=get("fixedMask"),
             movingMask=get("movingMask"),
             initialTransform=get("initialTransform"),
+            allowWeightsDownload=allowWeightsDownload,
         )
 
     def applyParameterNode(self, parameterNode, request: "RegistrationRequest", computed: "EngineOutput",
@@ -331,6 +337,7 @@ class RegistrationLogic:
         fixedMask=None,
         movingMask=None,
         initialTransform=None,
+        allowWeightsDownload: bool = False,
     ) -> RegistrationRun:
         """Register ``movingVolume`` onto ``fixedVolume`` and write the result nodes.
 
@@ -356,6 +363,9 @@ class RegistrationLogic:
                 label map volume node (its nonzero voxels).
             initialTransform: optional linear transform node whose FromParent side (fixed -> moving
                 points) is the initial alignment with ``init="none"``, the start of ``init="affine"``.
+            allowWeightsDownload: network features (obelisk, pdd) whose weights are not in
+                :attr:`weightsDirectory` are downloaded there (by :meth:`compute`); when False they
+                raise :class:`WeightsDownloadRequired` instead, before anything is done.
 
         Raises:
             InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform).
@@ -365,7 +375,7 @@ class RegistrationLogic:
         """
         _check_display(overlay, overlayOpacity)
         request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs,
-                               fixedMask, movingMask, initialTransform)
+                               fixedMask, movingMask, initialTransform, allowWeightsDownload)
         computed = self.compute(request.engineInputs, progress, cancel)
         return self.apply(request, computed, showResult, overlay, overlayOpacity)
 
@@ -380,16 +390,18 @@ class RegistrationLogic:
         fixedMask=None,
         movingMask=None,
         initialTransform=None,
+        allowWeightsDownload: bool = False,
     ) -> "RegistrationRequest":
         """Step 1 (main thread): validate every input node and convert it for the engine; the scene is not changed.
 
-        Arguments as in :meth:`process`. Raises InputNodeError, MissingDependencyError, ConfigError.
+        Arguments as in :meth:`process`. Raises InputNodeError, MissingDependencyError, ConfigError,
+        WeightsDownloadRequired.
         """
         start = time.perf_counter()
         dependencies.require_torch()
         import voxelopt
 
-        from . import segmentations, transforms, volumes
+        from . import network_weights, segmentations, transforms, volumes
 
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
@@ -415,8 +427,10 @@ class RegistrationLogic:
         if initialTransform is not None:
             volumes.parent_transform_check(initialTransform, ignore_roles=())
             initial = transforms.sitk_transform_from_linear_node(initialTransform)
+        config = network_weights.with_weights_directory(config, self.weightsDirectory or network_weights.default_directory())
+        downloads = network_weights.check_downloads(config, allowWeightsDownload)
         engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels,
-                                     masks.get("fixed"), masks.get("moving"), initial)
+                                     masks.get("fixed"), masks.get("moving"), initial, tuple(downloads))
         return RegistrationRequest(
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
             label_names, label_colors, time.perf_counter() - start,
@@ -435,6 +449,10 @@ class RegistrationLogic:
         import voxelopt
 
         start = time.perf_counter()
+        if inputs.weight_downloads:
+            from . import network_weights
+
+            network_weights.download(inputs.weight_downloads, inputs.config.weights, progress)
         cache = self.getFeatureCache()
         hits, misses = cache.hits, cache.misses
         result = voxelopt.register(
