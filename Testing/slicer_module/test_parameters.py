@@ -156,6 +156,14 @@ def test_registration_key_ignores_display_parameters(scene):
     arr = volumes.array_from_volume_node(nodes["moving"])
     volumes.set_volume_array(nodes["moving"], arr + 1, *volumes.node_geometry_ras(nodes["moving"]))
     assert logic.registrationInputsKey(node) != key_alpha
+    # the initial transform's matrix is an input too: moving it re-runs the registration
+    initial = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "initial")
+    parameters.set_node(node, "initialTransform", initial)
+    key_initial = logic.registrationInputsKey(node)
+    shift = np.eye(4)
+    shift[0, 3] = 5.0
+    initial.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(shift))
+    assert logic.registrationInputsKey(node) != key_initial
 
 
 def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):

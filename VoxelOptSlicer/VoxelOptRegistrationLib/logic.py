@@ -705,11 +705,13 @@ def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[in
 
 
 def _content_mtime(node) -> int:
-    """Modification time of a node's content (image data or segmentation), 0 for None."""
+    """Modification time of a node's content (image data, segmentation or transform), 0 for None."""
     if node is None:
         return 0
     if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
         return int(node.GetImageData().GetMTime())
     if node.IsA("vtkMRMLSegmentationNode"):
         return int(node.GetSegmentation().GetMTime())
+    if node.IsA("vtkMRMLTransformNode") and node.GetTransformFromParent() is not None:
+        return int(node.GetTransformFromParent().GetMTime())
     return int(node.GetMTime())
