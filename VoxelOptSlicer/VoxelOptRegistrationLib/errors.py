@@ -36,6 +36,7 @@ _GUI_WORDS = (
     ("after the 'none' initial alignment", "with 'Initial alignment' none"),
     ("after the 'centers' initial alignment", "with 'Initial alignment' centers"),
     ("after the 'com' initial alignment", "with 'Initial alignment' com"),
+    ("after the 'affine' initial alignment", "with 'Initial alignment' affine"),
 )
 
 
