@@ -112,3 +112,20 @@ def test_the_folder_is_in_slicers_cache(monkeypatch, tmp_path):
     from voxelopt.networks.weights import cache_dir
 
     assert network_weights.default_directory() == str(cache_dir())  # headless slicer-core: the engine's folder
+
+
+def test_engine_weights_helpers(tmp_path, no_network):
+    """voxelopt.networks.weights.default_weights / weights_available, which the bridge relies on."""
+    from voxelopt.networks.weights import KNOWN_WEIGHTS, default_weights, weights_available
+
+    assert default_weights("obelisk") is KNOWN_WEIGHTS["obeliskhybrid_tcia_fold1.pth"]
+    assert default_weights("pdd") is KNOWN_WEIGHTS["dense_reg_mind2_feat_epoch2999.pth"]
+    assert default_weights("universal") is None and default_weights("mind") is None
+    assert not weights_available("obelisk", str(tmp_path))  # empty folder: missing, and not downloaded
+    assert not weights_available("universal", str(tmp_path))  # needs a file
+    (tmp_path / "obeliskhybrid_tcia_fold1.pth").write_bytes(b"not the checkpoint")
+    assert not weights_available("obelisk", str(tmp_path))  # present but fails its checksum
+    if os.path.isfile(SHARED_OBELISK):
+        shutil.copy(SHARED_OBELISK, tmp_path)
+        assert weights_available("obelisk", str(tmp_path)) and weights_available("obelisk", SHARED_OBELISK)
+    assert list(tmp_path.iterdir()) == [tmp_path / "obeliskhybrid_tcia_fold1.pth"]
