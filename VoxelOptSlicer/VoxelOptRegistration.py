@@ -37,7 +37,7 @@ from slicer.util import VTKObservationMixin
 
 from VoxelOptRegistrationLib import RegistrationLogic, parameters
 from VoxelOptRegistrationLib import dependencies, transforms
-from VoxelOptRegistrationLib.errors import message_for_gui
+from VoxelOptRegistrationLib.errors import WeightsDownloadRequired, message_for_gui
 from VoxelOptRegistrationLib.worker import EngineWorker
 
 #: Where the documentation lives (a file of the repository named in the top-level CMakeLists.txt).
@@ -315,7 +315,15 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         """Read the inputs here, run the engine on a worker thread, write the results in :meth:`onPollWorker`."""
         self._runKey = self.logic.registrationInputsKey(self._parameterNode)
         try:
-            self._request = self.logic.prepareParameterNode(self._parameterNode)
+            try:
+                self._request = self.logic.prepareParameterNode(self._parameterNode)
+            except WeightsDownloadRequired as needed:  # never download behind the user's back
+                question = _("Download the network weights {files} into {folder}?\nFrom: {urls}").format(
+                    files=", ".join(needed.files), folder=needed.directory, urls=", ".join(needed.urls))
+                if not slicer.util.confirmOkCancelDisplay(question, _("VoxelOpt network weights")):
+                    self.ui.resultsTextEdit.setPlainText(message_for_gui(needed))
+                    return
+                self._request = self.logic.prepareParameterNode(self._parameterNode, allowWeightsDownload=True)
         except Exception as error:
             self.showError(error)
             return

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import slicer
+import slicer.util
+import vtk
 from voxelopt.config import SCHEMA
 from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters, phantom_nodes, volumes
 from VoxelOptRegistrationLib.errors import MissingDependencyError
@@ -82,7 +84,8 @@ def test_engine_values_are_derived_from_the_engine_schema():
                "featureSpacing": 0.0, "workingScale": 0.25, "levels": 3, "k": 2, "beta": 4.0, "sigmaMode": "code",
                "alpha": 2.0, "sigmaLow": 0.2, "sigmaHigh": 0.7, "adaptive": False, "fixedSigma": 0.9,
                "filterCost": False, "smoothingPasses": 2, "thetas": "50, 5", "ssSteps": 4, "refineIterations": 10,
-               "refineWeight": 2.0, "init": "com", "device": "cpu"}
+               "refineWeight": 2.0, "init": "com", "device": "cpu", "paddingMask": False, "searchFraction": 0.5,
+               "refineScale": 0.5}
     assert set(changed) == {p.name for p in parameters.ENGINE_PARAMETERS}
     config = voxelopt.RegistrationConfig(**parameters.config_values(changed))
     default = voxelopt.RegistrationConfig()
@@ -98,6 +101,8 @@ import sys
 sys.modules["torch"] = None  # as if PyTorch were not installed: "import torch" raises ImportError
 sys.path[:0] = [%r, %r]
 import slicer
+import slicer.util
+import vtk
 from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters
 scene = slicer.vtkMRMLScene()
 logic = RegistrationLogic(scene)
@@ -151,6 +156,14 @@ def test_registration_key_ignores_display_parameters(scene):
     arr = volumes.array_from_volume_node(nodes["moving"])
     volumes.set_volume_array(nodes["moving"], arr + 1, *volumes.node_geometry_ras(nodes["moving"]))
     assert logic.registrationInputsKey(node) != key_alpha
+    # the initial transform's matrix is an input too: moving it re-runs the registration
+    initial = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "initial")
+    parameters.set_node(node, "initialTransform", initial)
+    key_initial = logic.registrationInputsKey(node)
+    shift = np.eye(4)
+    shift[0, 3] = 5.0
+    initial.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(shift))
+    assert logic.registrationInputsKey(node) != key_initial
 
 
 def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):
@@ -164,6 +177,16 @@ def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path)
     parameters.set_node(node, "fixedVolume", nodes["fixed"])
     parameters.set_node(node, "movingVolume", nodes["moving"])
     parameters.set_node(node, "movingSegmentation", nodes["moving_segmentation"])
+    parameters.set_node(node, "movingMask", nodes["moving_segmentation"])
+    initial = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "initial alignment")
+    matrix = np.array([[0.0, -1.0, 0.0, 12.5], [1.0, 0.0, 0.0, -4.0], [0.0, 0.0, 1.0, 7.25], [0.0, 0.0, 0.0, 1.0]])
+    initial.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(matrix))
+    parameters.set_node(node, "initialTransform", initial)
+    storage = initial.CreateDefaultStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "initial.h5"))
+    assert storage.WriteData(initial)
+    initial.SetAndObserveStorageNodeID(storage.GetID())
     for name in ("fixed", "moving"):  # volumes with their data, as "Save scene" writes them
         storage = nodes[name].CreateDefaultStorageNode()
         scene.AddNode(storage)
@@ -191,6 +214,13 @@ def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path)
     assert fixed.GetName() == "fixed" and moving.GetName() == "moving"
     assert parameters.get_node(reloaded_node, "movingSegmentation").GetName() == "moving segmentation"
     assert parameters.get_node(reloaded_node, "fixedSegmentation") is None
+    assert parameters.get_node(reloaded_node, "movingMask").GetName() == "moving segmentation"
+    assert parameters.get_node(reloaded_node, "fixedMask") is None
+    reloaded_initial = parameters.get_node(reloaded_node, "initialTransform")
+    assert reloaded_initial.GetName() == "initial alignment" and reloaded_initial.IsLinear()
+    reloaded_matrix = vtk.vtkMatrix4x4()
+    reloaded_initial.GetMatrixTransformFromParent(reloaded_matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(reloaded_matrix), matrix, atol=1e-9)
     np.testing.assert_array_equal(volumes.array_from_volume_node(moving), volumes.array_from_volume_node(nodes["moving"]))
     np.testing.assert_allclose(volumes.ijk_to_ras_matrix(fixed), volumes.ijk_to_ras_matrix(nodes["fixed"]), atol=1e-6)
     reloaded.Clear(1)

@@ -57,6 +57,17 @@ def test_ui_parses_and_every_bound_name_is_a_parameter():
     assert len(params) == len(set(params))
 
 
+def test_every_engine_parameter_has_a_widget():
+    """Every field of the engine's schema has a bound widget, except those listed in NOT_IN_GUI
+    (checked against SCHEMA itself, not against the bridge's derived parameter list)."""
+    _, widgets = ui_widgets()
+    bound = {param for _, (_, param, _) in widgets.items() if param}
+    fields_with_widget = {parameters.VALUE_BY_NAME[param].config_field for param in bound if param in parameters.VALUE_BY_NAME}
+    missing = sorted(set(SCHEMA) - set(parameters.NOT_IN_GUI) - fields_with_widget)
+    assert not missing, f"engine parameters without a widget: {missing}"
+    assert set(parameters.NOT_IN_GUI) == {"weights"}, "a new exception needs a reason in parameters.NOT_IN_GUI"
+
+
 def test_ui_has_every_control_the_issue_lists():
     _, widgets = ui_widgets()
     by_param = {param: cls for _, (cls, param, _) in widgets.items() if param}
@@ -68,6 +79,8 @@ def test_ui_has_every_control_the_issue_lists():
         "filterCost": "QCheckBox", "ssSteps": "QSpinBox", "device": "QComboBox",
         "outputTransform": "qMRMLNodeComboBox", "outputVolume": "qMRMLNodeComboBox",
         "outputEntropy": "qMRMLNodeComboBox", "outputJacobian": "qMRMLNodeComboBox", "autoUpdate": "QCheckBox",
+        "fixedMask": "qMRMLNodeComboBox", "movingMask": "qMRMLNodeComboBox", "initialTransform": "qMRMLNodeComboBox",
+        "paddingMask": "QCheckBox", "searchFraction": "QDoubleSpinBox", "refineScale": "QDoubleSpinBox",
     }
     for param, cls in required.items():
         assert by_param.get(param) == cls, f"{param}: expected a {cls}, found {by_param.get(param)}"
@@ -78,7 +91,8 @@ def test_ui_has_every_control_the_issue_lists():
     assert prop_value(advanced, "collapsed") == "true"
     inside = {w.get("name") for w in advanced.iter("widget")}
     for name in ("levelsSpinBox", "alphaSpinBox", "betaSpinBox", "thetasLineEdit", "kSpinBox", "adaptiveCheckBox",
-                 "filterCostCheckBox", "ssStepsSpinBox"):
+                 "filterCostCheckBox", "ssStepsSpinBox", "paddingMaskCheckBox", "searchFractionSpinBox", "refineScaleSpinBox",
+                 "initialTransformSelector"):
         assert name in inside, f"{name} should be in the Advanced section"
 
 

@@ -5,7 +5,7 @@ for real. Nothing here imports torch at import time: the engine is imported when
 runs (see :mod:`.dependencies`).
 """
 
-from .errors import InputNodeError, MissingDependencyError, VoxelOptSlicerError
+from .errors import InputNodeError, MissingDependencyError, VoxelOptSlicerError, WeightsDownloadRequired
 from .logic import EngineInputs, EngineOutput, RegistrationLogic, RegistrationOutputs, RegistrationRequest, RegistrationRun
 from .presets import PresetError, PresetStore
 from .worker import EngineWorker
@@ -23,4 +23,5 @@ __all__ = [
     "RegistrationRequest",
     "RegistrationRun",
     "VoxelOptSlicerError",
+    "WeightsDownloadRequired",
 ]

@@ -18,12 +18,25 @@ class MissingDependencyError(VoxelOptSlicerError, RuntimeError):
     """A Python package the registration needs (PyTorch) is not installed."""
 
 
+class WeightsDownloadRequired(VoxelOptSlicerError):
+    """The chosen network features need weights files that are not on this computer yet and
+    downloads were not allowed: ``files`` (names), ``urls`` and the ``directory`` they would go to."""
+
+    def __init__(self, files, urls, directory: str) -> None:
+        self.files, self.urls, self.directory = list(files), list(urls), directory
+        super().__init__(
+            f"the network features need the weights file(s) {', '.join(self.files)}, not found in {directory}. "
+            f"Allow the download (from {', '.join(self.urls)}), or put the file(s) there by hand"
+        )
+
+
 #: The engine's words for a setting -> the module's words (label of the GUI control).
 _GUI_WORDS = (
     ("try another initial alignment ('centers' or 'com')", "set 'Initial alignment' (Advanced) to centers or com"),
     ("after the 'none' initial alignment", "with 'Initial alignment' none"),
     ("after the 'centers' initial alignment", "with 'Initial alignment' centers"),
     ("after the 'com' initial alignment", "with 'Initial alignment' com"),
+    ("after the 'affine' initial alignment", "with 'Initial alignment' affine"),
 )
 
 

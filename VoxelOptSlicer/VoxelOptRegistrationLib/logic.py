@@ -83,7 +83,10 @@ _OUTPUT_PARAMETERS = {
 class EngineInputs:
     """What the engine needs, read from the scene: SimpleITK images (LPS) and the config, no MRML node.
 
-    ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them).
+    ``fixed_labels``/``moving_labels``: label maps of the matched segments (None without them);
+    ``fixed_mask``/``moving_mask``: uint8 masks (1 = use the voxel in the cost) or None;
+    ``initial_transform``: a ``sitk.AffineTransform`` (LPS mm, fixed -> moving points) or None;
+    ``weight_downloads``: network weights (``WeightsInfo``) to download into ``config.weights`` first.
     """
 
     fixed_image: Any
@@ -91,6 +94,10 @@ class EngineInputs:
     config: Any
     fixed_labels: Any = None
     moving_labels: Any = None
+    fixed_mask: Any = None
+    moving_mask: Any = None
+    initial_transform: Any = None
+    weight_downloads: Tuple[Any, ...] = ()
 
 
 @dataclasses.dataclass
@@ -190,6 +197,8 @@ class RegistrationLogic:
         self._lastRun: Optional[RegistrationRun] = None
         #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
         self.presetStore = PresetStore()
+        #: Folder of network weights (see :mod:`.network_weights`); None: ``<Slicer cache>/VoxelOpt``.
+        self.weightsDirectory: Optional[str] = None
 
     @property
     def lastRun(self) -> Optional[RegistrationRun]:
@@ -269,8 +278,9 @@ class RegistrationLogic:
             self.featureCache = voxelopt.FeatureCache()
         return self.featureCache
 
-    def prepareParameterNode(self, parameterNode) -> "RegistrationRequest":
-        """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked."""
+    def prepareParameterNode(self, parameterNode, allowWeightsDownload: bool = False) -> "RegistrationRequest":
+        """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked
+        (``allowWeightsDownload``: see :meth:`prepare`)."""
         get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
         outputs = RegistrationOutputs(**{field: get(name) for field, name in _OUTPUT_PARAMETERS.items()})
         return self.prepare(
@@ -280,6 +290,10 @@ class RegistrationLogic:
             fixedSegmentation=get("fixedSegmentation"),
             movingSegmentation=get("movingSegmentation"),
             outputs=outputs,
+            fixedMask=get("fixedMask"),
+            movingMask=get("movingMask"),
+            initialTransform=get("initialTransform"),
+            allowWeightsDownload=allowWeightsDownload,
         )
 
     def applyParameterNode(self, parameterNode, request: "RegistrationRequest", computed: "EngineOutput",
@@ -320,6 +334,10 @@ class RegistrationLogic:
         showResult: bool = True,
         overlay: str = "entropy",
         overlayOpacity: float = 0.5,
+        fixedMask=None,
+        movingMask=None,
+        initialTransform=None,
+        allowWeightsDownload: bool = False,
     ) -> RegistrationRun:
         """Register ``movingVolume`` onto ``fixedVolume`` and write the result nodes.
 
@@ -340,6 +358,14 @@ class RegistrationLogic:
             showResult: put the moving volume under the transform (live warp) and show the fixed
                 volume with the ``overlay`` ("entropy", "jacobian", "warped" or "none") in the
                 slice views at ``overlayOpacity``; harmless without views.
+            fixedMask, movingMask: optional masks of the volumes' voxels used in the cost (e.g. to
+                leave out a tumour, metal or the table): a segmentation node (all its segments) or a
+                label map volume node (its nonzero voxels).
+            initialTransform: optional linear transform node whose FromParent side (fixed -> moving
+                points) is the initial alignment with ``init="none"``, the start of ``init="affine"``.
+            allowWeightsDownload: network features (obelisk, pdd) whose weights are not in
+                :attr:`weightsDirectory` are downloaded there (by :meth:`compute`); when False they
+                raise :class:`WeightsDownloadRequired` instead, before anything is done.
 
         Raises:
             InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform).
@@ -348,7 +374,8 @@ class RegistrationLogic:
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
         """
         _check_display(overlay, overlayOpacity)
-        request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs)
+        request = self.prepare(fixedVolume, movingVolume, config, fixedSegmentation, movingSegmentation, outputs,
+                               fixedMask, movingMask, initialTransform, allowWeightsDownload)
         computed = self.compute(request.engineInputs, progress, cancel)
         return self.apply(request, computed, showResult, overlay, overlayOpacity)
 
@@ -360,16 +387,21 @@ class RegistrationLogic:
         fixedSegmentation=None,
         movingSegmentation=None,
         outputs: Optional[RegistrationOutputs] = None,
+        fixedMask=None,
+        movingMask=None,
+        initialTransform=None,
+        allowWeightsDownload: bool = False,
     ) -> "RegistrationRequest":
         """Step 1 (main thread): validate every input node and convert it for the engine; the scene is not changed.
 
-        Arguments as in :meth:`process`. Raises InputNodeError, MissingDependencyError, ConfigError.
+        Arguments as in :meth:`process`. Raises InputNodeError, MissingDependencyError, ConfigError,
+        WeightsDownloadRequired.
         """
         start = time.perf_counter()
         dependencies.require_torch()
         import voxelopt
 
-        from . import segmentations, volumes
+        from . import network_weights, segmentations, transforms, volumes
 
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
@@ -386,7 +418,19 @@ class RegistrationLogic:
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
             fixedSegmentation, movingSegmentation, fixedVolume, movingVolume
         )
-        engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels)
+        masks = {}
+        for role, node, volume in (("fixed", fixedMask, fixedVolume), ("moving", movingMask, movingVolume)):
+            if node is not None:
+                volumes.parent_transform_check(node, ignore_roles=())
+                masks[role] = segmentations.mask_for_registration(node, volume, role)
+        initial = None
+        if initialTransform is not None:
+            volumes.parent_transform_check(initialTransform, ignore_roles=())
+            initial = transforms.sitk_transform_from_linear_node(initialTransform)
+        config = network_weights.with_weights_directory(config, self.weightsDirectory or network_weights.default_directory())
+        downloads = network_weights.check_downloads(config, allowWeightsDownload)
+        engine_inputs = EngineInputs(fixed_image, moving_image, config, fixed_labels, moving_labels,
+                                     masks.get("fixed"), masks.get("moving"), initial, tuple(downloads))
         return RegistrationRequest(
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
             label_names, label_colors, time.perf_counter() - start,
@@ -405,6 +449,10 @@ class RegistrationLogic:
         import voxelopt
 
         start = time.perf_counter()
+        if inputs.weight_downloads:
+            from . import network_weights
+
+            network_weights.download(inputs.weight_downloads, inputs.config.weights, progress)
         cache = self.getFeatureCache()
         hits, misses = cache.hits, cache.misses
         result = voxelopt.register(
@@ -416,6 +464,9 @@ class RegistrationLogic:
             progress=progress,
             cancel=cancel,
             cache=cache,
+            initial_transform=inputs.initial_transform,
+            fixed_mask=inputs.fixed_mask,
+            moving_mask=inputs.moving_mask,
         )
         return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
@@ -654,11 +705,13 @@ def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[in
 
 
 def _content_mtime(node) -> int:
-    """Modification time of a node's content (image data or segmentation), 0 for None."""
+    """Modification time of a node's content (image data, segmentation or transform), 0 for None."""
     if node is None:
         return 0
     if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
         return int(node.GetImageData().GetMTime())
     if node.IsA("vtkMRMLSegmentationNode"):
         return int(node.GetSegmentation().GetMTime())
+    if node.IsA("vtkMRMLTransformNode") and node.GetTransformFromParent() is not None:
+        return int(node.GetTransformFromParent().GetMTime())
     return int(node.GetMTime())

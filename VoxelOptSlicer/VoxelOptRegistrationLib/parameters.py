@@ -98,11 +98,18 @@ VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
     ValueParameter("autoUpdate", bool, False, None, doc="re-run the registration when a parameter changes"),
 )
 
+#: Node classes a mask may be: a segmentation (all its segments) or a label map (its nonzero voxels).
+MASK_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode")
+
 NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter("fixedVolume", ("vtkMRMLScalarVolumeNode",), doc="fixed (reference) volume"),
     NodeParameter("movingVolume", ("vtkMRMLScalarVolumeNode",), doc="moving volume, warped onto the fixed one"),
     NodeParameter("fixedSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the fixed volume"),
     NodeParameter("movingSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the moving volume"),
+    NodeParameter("fixedMask", MASK_CLASSES, doc="optional mask of the fixed volume: voxels used in the cost"),
+    NodeParameter("movingMask", MASK_CLASSES, doc="optional mask of the moving volume: voxels used in the cost"),
+    NodeParameter("initialTransform", ("vtkMRMLLinearTransformNode",),
+                  doc="optional initial alignment; its FromParent side maps fixed to moving points"),
     NodeParameter("outputTransform", ("vtkMRMLGridTransformNode",), True, "displacement field (FromParent)"),
     NodeParameter("outputVolume", ("vtkMRMLScalarVolumeNode",), True, "moving volume resampled on the fixed grid"),
     NodeParameter("outputEntropy", ("vtkMRMLScalarVolumeNode",), True, "entropy map (nats)"),

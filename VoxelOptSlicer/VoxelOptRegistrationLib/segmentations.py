@@ -61,6 +61,27 @@ def export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_vol
     return image
 
 
+def mask_for_registration(mask_node, volume_node, role: str) -> sitk.Image:
+    """A mask node as a uint8 image (LPS, 1 = use the voxel in the cost, 0 = leave it out).
+
+    A segmentation gives the union of all its segments, exported onto ``volume_node``'s own grid
+    like the registration labels (never through the volume's parent transform); a label map
+    volume node gives its nonzero voxels on its own grid (the engine resamples it onto its
+    image's grid, nearest neighbour). An empty mask is refused by the engine.
+    """
+    label = f"{role} mask '{mask_node.GetName()}'"
+    if mask_node.IsA("vtkMRMLSegmentationNode"):
+        ids = _segment_ids(mask_node)
+        if not ids:
+            raise InputNodeError(f"{label} has no segments")
+        labels = export_labelmap(mask_node, ids, volume_node, f"{role} mask")
+    elif mask_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        labels = sitk_from_volume_node(mask_node, f"{role} mask")
+    else:
+        raise InputNodeError(f"{label} is a {mask_node.GetClassName()}; a segmentation or a label map volume is needed")
+    return sitk.Cast(labels != 0, sitk.sitkUInt8)
+
+
 def _dimensions_kji(volume_node) -> Tuple[int, int, int]:
     i, j, k = volume_node.GetImageData().GetDimensions()
     return k, j, i

@@ -19,7 +19,9 @@ import vtk
 from vtkmodules.util import numpy_support
 
 import slicer
+import slicer.util
 
+from .errors import InputNodeError
 from .volumes import LPS_TO_RAS, sitk_geometry_ras
 
 #: Node attribute storing the grid interpolation ("linear" or "cubic"): the ITK file formats do not
@@ -86,6 +88,32 @@ def set_field_on_transform_node(
     transform_node.SetAndObserveTransformFromParent(grid_transform_from_field(field, "linear"))
     transform_node.SetAttribute(INTERPOLATION_ATTRIBUTE, "linear")
     set_registration_references(transform_node, moving_node, fixed_node)
+
+
+def sitk_transform_from_linear_node(transform_node) -> sitk.AffineTransform:
+    """The FromParent side of a linear transform node as an ITK affine transform (LPS millimetres).
+
+    FromParent maps points of the parent (fixed) space to the node's child (moving) space: the
+    direction ``voxelopt.register(initial_transform=...)`` and ``sitk.Resample`` use. In LPS the
+    4x4 RAS matrix M becomes ``F M F`` with ``F = diag(-1, -1, 1, 1)``. Only the node's own
+    matrix is read (the caller refuses a node under another transform).
+
+    Raises:
+        InputNodeError: the node holds a non-linear (grid, B-spline, thin-plate) transform.
+    """
+    if not transform_node.IsLinear():
+        raise InputNodeError(
+            f"initial transform '{transform_node.GetName()}' is not linear; VoxelOpt starts from a linear "
+            "(rigid or affine) transform only: choose a linear transform node"
+        )
+    matrix = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformFromParent(matrix)
+    flip = np.diag([*LPS_TO_RAS.diagonal(), 1.0])
+    lps = flip @ slicer.util.arrayFromVTKMatrix(matrix) @ flip
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(tuple(float(v) for v in lps[:3, :3].ravel()))
+    transform.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+    return transform
 
 
 def restore_interpolation(scene) -> int:

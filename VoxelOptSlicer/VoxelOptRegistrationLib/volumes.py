@@ -55,7 +55,9 @@ def ijk_to_ras_matrix(node) -> np.ndarray:
 
 
 def _node_label(node) -> str:
-    return f"volume '{node.GetName()}'" if node is not None else "volume"
+    if node is None:
+        return "volume"
+    return f"{'volume' if node.IsA('vtkMRMLVolumeNode') else 'node'} '{node.GetName()}'"
 
 
 def parent_transform_check(node, ignore_roles: Iterable[str] = ("transform",)) -> None:

@@ -215,6 +215,35 @@ def resolve_weights(network: str, user_path: Optional[str], default_filename: Op
     return path, expected.sha256
 
 
+def default_weights(network: str) -> Optional[WeightsInfo]:
+    """The published checkpoint feature network ``network`` ("obelisk", "pdd") loads when no weights
+    are given (its extractor's ``default_weights``); None for networks without one ("universal",
+    "torchscript": ``config.weights`` is required) and for names that are not networks."""
+    from .obelisk import ObeliskExtractor
+    from .pdd import PDDExtractor
+
+    extractor = {cls.name: cls for cls in (ObeliskExtractor, PDDExtractor)}.get(network)
+    return KNOWN_WEIGHTS[extractor.default_weights] if extractor is not None else None
+
+
+def weights_available(network: str, weights: Optional[str] = None) -> bool:
+    """True when feature network ``network`` finds verified weights *without downloading*: in
+    ``weights`` (a file, or a directory holding the default file, as ``RegistrationConfig.weights``)
+    or else in :func:`cache_dir`. False when they are missing (a registration with ``weights=None``
+    would download them, one with a directory would fail), unverifiable, or the network needs a
+    file that was not given. Never downloads; reads (and hashes) the file when it exists.
+
+    Passing a directory as ``RegistrationConfig.weights`` is the way to forbid downloads: the
+    engine downloads only into :func:`cache_dir`, and only when ``weights`` is None.
+    """
+    info = default_weights(network)
+    try:
+        resolve_weights(network, weights, info.filename if info is not None else None, allow_download=False)
+    except WeightsError:
+        return False
+    return True
+
+
 def load_checkpoint(path: Path) -> Any:
     """``torch.load`` with ``weights_only=True`` on the CPU, with a clear error for non-checkpoints."""
     try:
