@@ -22,8 +22,6 @@ import SimpleITK as sitk
 import vtk
 from vtkmodules.util import numpy_support
 
-import slicer
-
 from .errors import InputNodeError
 
 #: LPS <-> RAS flip (its own inverse).
