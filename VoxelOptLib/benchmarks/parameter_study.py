@@ -49,7 +49,7 @@ def main() -> None:
     for overrides in variants:
         config = voxelopt.RegistrationConfig.preset("paper", **overrides)
         result = voxelopt.register(fixed, moving, config, fixed_lab, moving_lab, cache=caches["ct"])
-        error = np.linalg.norm(sitk.GetArrayFromImage(result.field) - truth, axis=-1)[body].mean()
+        error = np.linalg.norm(sitk.GetArrayFromImage(result.field_image("fixed")) - truth, axis=-1)[body].mean()
         dice, sdlogj, seconds = [], [], []
         for key, (f, m, fl, ml) in pct.items():
             r = voxelopt.register(f, m, config, fl, ml, cache=caches[key])

@@ -63,7 +63,7 @@ def accuracy(args: argparse.Namespace) -> None:
         config = voxelopt.RegistrationConfig.preset(args.preset, device=args.device, refine_iterations=iterations,
                                                     refine_weight=args.weight, refine_scale=args.scale)
         result = voxelopt.register(fixed, moving, config, read("Adef_lab.nii.gz"), read("A_lab.nii.gz"), cache=cache)
-        error = np.linalg.norm(sitk.GetArrayFromImage(result.field) - truth, axis=-1)[body].mean()
+        error = np.linalg.norm(sitk.GetArrayFromImage(result.field_image("fixed")) - truth, axis=-1)[body].mean()
         m = result.metrics
         print(f"A->Adef {args.preset} refine_iterations={iterations}: displacement error {error:.2f} mm (body), "
               f"Dice {m['dice_mean']:.3f} (before {m['dice_initial_mean']:.3f}), SDlogJ {m['sdlogj']:.3f}, "
