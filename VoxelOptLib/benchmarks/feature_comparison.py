@@ -132,8 +132,8 @@ def main(argv: List[str] = None) -> int:
         start = time.perf_counter()
         result = voxelopt.register(fixed, moving, config=config, fixed_labels=fixed_lab, moving_labels=moving_lab)
         wall = time.perf_counter() - start
-        e_body = displacement_error(result.field, truth, body)
-        e_org = displacement_error(result.field, truth, organs)
+        e_body = displacement_error(result.field_image("fixed"), truth, body)
+        e_org = displacement_error(result.field_image("fixed"), truth, organs)
         timings = result.timings
         row = {
             "features": name,
