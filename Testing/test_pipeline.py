@@ -283,3 +283,18 @@ def test_affine_initial_alignment_and_a_given_initial_transform_are_composed_int
     assert affine_error_mm(given, fixed, transform)[0] < 0.75
     with pytest.raises(voxelopt.ConfigError, match="initial transform is used with init"):
         register(fixed, moving, config.replace(init="com"), initial_transform=path)
+
+
+@pytest.mark.parametrize("nearest", [False, True])
+def test_the_torch_and_simpleitk_warps_agree(pair, nearest):
+    """The CUDA path (torch) and the CPU path (SimpleITK) of the streamed warp give the same image."""
+    from voxelopt.outputs import GridField, warp_image_itk, warp_image_torch
+
+    result = register(pair.fixed, pair.moving, SMALL.replace(feature_spacing=4.0))
+    field = GridField.from_image(result.field, torch.device("cpu"))
+    image = sitk.Cast(pair.moving_labels, sitk.sitkUInt8) if nearest else sitk.Cast(pair.moving, sitk.sitkInt16)
+    grid = Grid.from_image(pair.fixed)
+    a = sitk.GetArrayFromImage(warp_image_itk(image, field, grid, nearest))
+    b = sitk.GetArrayFromImage(warp_image_torch(image, field, grid, nearest))
+    assert a.dtype == b.dtype == sitk.GetArrayViewFromImage(image).dtype
+    assert np.mean(a != b) < 1e-4 and np.abs(a.astype(float) - b).max() <= (0 if nearest else 1)

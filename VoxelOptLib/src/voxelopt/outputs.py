@@ -93,6 +93,63 @@ def warp_image(
 ) -> sitk.Image:
     """``moving(x + d(x))`` on ``fixed_grid``, streamed in slabs; keeps the moving pixel type.
 
+    On a CUDA device the slabs are sampled with torch (:func:`warp_image_torch`); on the CPU
+    with SimpleITK's multi-threaded resampling through the field's ``DisplacementFieldTransform``
+    (:func:`warp_image_itk`), about 3x faster there. Both give the same values (a test compares
+    them). Arguments as in :func:`warp_image_torch`.
+    """
+    if field.data.device.type == "cuda":
+        return warp_image_torch(moving, field, fixed_grid, nearest, default, progress, cancel)
+    return warp_image_itk(moving, field, fixed_grid, nearest, default, progress, cancel)
+
+
+def warp_image_itk(
+    moving: sitk.Image,
+    field: GridField,
+    fixed_grid: Grid,
+    nearest: bool = False,
+    default: Optional[float] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> sitk.Image:
+    """:func:`warp_image` with SimpleITK: each slab of fixed-grid slices is resampled through the
+    field's ``DisplacementFieldTransform`` (float32 for trilinear, then rounded and clipped like
+    :func:`warp_image_torch`)."""
+    array = sitk.GetArrayViewFromImage(moving)
+    if default is None:
+        default = 0.0 if nearest else float(array.min())
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field.to_image(), sitk.sitkVectorFloat64))
+    out = np.empty(fixed_grid.shape, dtype=array.dtype)
+    Z, Y, X = fixed_grid.shape
+    slab = max(1, SLAB_VOXELS // (X * Y))
+    pixel = moving.GetPixelID() if nearest else sitk.sitkFloat32
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    for z0 in range(0, Z, slab):
+        if cancel is not None and cancel():
+            raise RegistrationCancelled("registration cancelled")
+        z1 = min(Z, z0 + slab)
+        reference = sitk.Image([X, Y, z1 - z0], sitk.sitkUInt8)
+        reference.SetSpacing(fixed_grid.spacing)
+        reference.SetDirection(fixed_grid.direction)
+        reference.SetOrigin(tuple(np.asarray(fixed_grid.origin) + fixed_grid.index_to_physical @ np.array([0.0, 0.0, z0])))
+        resampled = sitk.Resample(moving, reference, transform, interpolator, float(default), pixel)
+        out[z0:z1] = _to_dtype(sitk.GetArrayViewFromImage(resampled), out.dtype)  # the view needs ``resampled``
+        if progress is not None:
+            progress(z1 / Z)
+    return fixed_grid.apply_to(sitk.GetImageFromArray(out))
+
+
+def warp_image_torch(
+    moving: sitk.Image,
+    field: GridField,
+    fixed_grid: Grid,
+    nearest: bool = False,
+    default: Optional[float] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> sitk.Image:
+    """``moving(x + d(x))`` on ``fixed_grid`` with torch on the field's device, streamed in slabs.
+
     Args:
         moving: scalar image (any integer or float type) on its own grid.
         field: the displacement field (mm) with its grid, sampled trilinearly as ITK does.
@@ -166,8 +223,12 @@ def _sample_block(source: torch.Tensor, q: torch.Tensor, size: torch.Tensor, nea
     sampled = F.grid_sample(block, q[None], mode="nearest" if nearest else "bilinear", padding_mode="border",
                             align_corners=False)[0, 0]
     sampled.masked_fill_(~inside, default)
-    values = sampled.cpu().numpy()
-    if np.issubdtype(dtype, np.integer):
+    return _to_dtype(sampled.cpu().numpy(), dtype)
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Sampled values in the output type: rounded and clipped to an integer type's range."""
+    if np.issubdtype(dtype, np.integer) and not np.issubdtype(values.dtype, np.integer):
         info = np.iinfo(dtype)
         values = np.clip(np.rint(values), info.min, info.max)
     return values.astype(dtype, copy=False)
