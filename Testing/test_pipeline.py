@@ -294,7 +294,7 @@ def test_the_torch_and_simpleitk_warps_agree(pair, nearest):
     field = GridField.from_image(result.field, torch.device("cpu"))
     image = sitk.Cast(pair.moving_labels, sitk.sitkUInt8) if nearest else sitk.Cast(pair.moving, sitk.sitkInt16)
     grid = Grid.from_image(pair.fixed)
-    a = sitk.GetArrayFromImage(warp_image_itk(image, field, grid, nearest))
-    b = sitk.GetArrayFromImage(warp_image_torch(image, field, grid, nearest))
+    a = sitk.GetArrayFromImage(warp_image_itk(image, field, grid, nearest, None, None, None))
+    b = sitk.GetArrayFromImage(warp_image_torch(image, field, grid, nearest, None, None, None))
     assert a.dtype == b.dtype == sitk.GetArrayViewFromImage(image).dtype
     assert np.mean(a != b) < 1e-4 and np.abs(a.astype(float) - b).max() <= (0 if nearest else 1)

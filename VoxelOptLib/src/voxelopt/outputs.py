@@ -96,22 +96,25 @@ def warp_image(
     On a CUDA device the slabs are sampled with torch (:func:`warp_image_torch`); on the CPU
     with SimpleITK's multi-threaded resampling through the field's ``DisplacementFieldTransform``
     (:func:`warp_image_itk`), about 3x faster there. Both give the same values (a test compares
-    them). Arguments as in :func:`warp_image_torch`.
+    them).
+
+    Args:
+        moving: scalar image (any integer or float type) on its own grid.
+        field: the displacement field (mm) with its grid, sampled trilinearly as ITK does.
+        nearest: nearest-neighbour interpolation (label maps); otherwise trilinear, rounded and
+            clipped to the range of an integer pixel type.
+        default: value of points outside the moving image (default: its minimum, i.e. air; 0
+            for labels). Points within half a voxel outside take the border value (ITK's rule).
+        progress: called with the fraction done after each slab.
+        cancel: polled between slabs; True raises :class:`RegistrationCancelled`.
     """
     if field.data.device.type == "cuda":
         return warp_image_torch(moving, field, fixed_grid, nearest, default, progress, cancel)
     return warp_image_itk(moving, field, fixed_grid, nearest, default, progress, cancel)
 
 
-def warp_image_itk(
-    moving: sitk.Image,
-    field: GridField,
-    fixed_grid: Grid,
-    nearest: bool = False,
-    default: Optional[float] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelCallback] = None,
-) -> sitk.Image:
+def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, nearest: bool, default: Optional[float],
+                   progress: Optional[ProgressCallback], cancel: Optional[CancelCallback]) -> sitk.Image:
     """:func:`warp_image` with SimpleITK: each slab of fixed-grid slices is resampled through the
     field's ``DisplacementFieldTransform`` (float32 for trilinear, then rounded and clipped like
     :func:`warp_image_torch`)."""
@@ -139,27 +142,10 @@ def warp_image_itk(
     return fixed_grid.apply_to(sitk.GetImageFromArray(out))
 
 
-def warp_image_torch(
-    moving: sitk.Image,
-    field: GridField,
-    fixed_grid: Grid,
-    nearest: bool = False,
-    default: Optional[float] = None,
-    progress: Optional[ProgressCallback] = None,
-    cancel: Optional[CancelCallback] = None,
-) -> sitk.Image:
-    """``moving(x + d(x))`` on ``fixed_grid`` with torch on the field's device, streamed in slabs.
-
-    Args:
-        moving: scalar image (any integer or float type) on its own grid.
-        field: the displacement field (mm) with its grid, sampled trilinearly as ITK does.
-        nearest: nearest-neighbour interpolation (label maps); otherwise trilinear, rounded and
-            clipped to the range of an integer pixel type.
-        default: value of points outside the moving image (default: its minimum, i.e. air; 0
-            for labels). Points within half a voxel outside take the border value (ITK's rule).
-        progress: called with the fraction done after each slab.
-        cancel: polled between slabs; True raises :class:`RegistrationCancelled`.
-    """
+def warp_image_torch(moving: sitk.Image, field: GridField, fixed_grid: Grid, nearest: bool, default: Optional[float],
+                     progress: Optional[ProgressCallback], cancel: Optional[CancelCallback]) -> sitk.Image:
+    """:func:`warp_image` with torch on the field's device: the field and the moving indices of each
+    slab by broadcasting, then the block of the moving image the slab needs, sampled once."""
     device = field.data.device
     moving_grid = Grid.from_image(moving)
     array = sitk.GetArrayViewFromImage(moving)
