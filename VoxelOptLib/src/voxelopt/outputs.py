@@ -8,9 +8,9 @@ they must be on the full fixed grid.
   ``DisplacementFieldTransform`` does (align_corners=False on the shared box, border values
   repeated), so ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))`` gives the
   library's warped image.
-* **Warped images and labels** are computed slab by slab of fixed-grid slices on the compute
-  device, reading only the block of the moving image that each slab needs, so the peak memory is a
-  few slabs plus the input and output arrays; the output keeps the moving image's pixel type.
+* **Warped images and labels** are computed slab by slab of fixed-grid slices (SimpleITK's
+  resampling through the field on the CPU, torch on CUDA), so the peak memory is a few slabs plus
+  the input and output arrays; the output keeps the moving image's pixel type.
 * **Jacobian determinant**, SDlogJ and folding come from the field on its own grid; the
   **entropy** map stays on the working grid.
 """
