@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .geometry import check_image
 from .io import PathLike
 
 #: Voxel size (mm) of the images the affine metric is computed on (the finest level).
@@ -54,7 +55,7 @@ def estimate_affine(
     first rigid, then affine, each over two resolution levels (8 and 4 mm).
     """
     for image, what in ((fixed, "fixed image"), (moving, "moving image")):
-        _check_scalar_3d(image, what)
+        check_image(image, what)
     fixed_small = _windowed_and_shrunk(fixed, window)
     moving_small = _windowed_and_shrunk(moving, window)
     fixed_region = _mask_on(fixed_mask, fixed_small, "fixed mask") if fixed_mask is not None else _scanned_region(fixed_small)
@@ -128,7 +129,7 @@ def _scanned_region(windowed: sitk.Image) -> sitk.Image:
 
 def _mask_on(mask: sitk.Image, reference: sitk.Image, what: str) -> sitk.Image:
     """A user mask (any grid) as a UInt8 0/1 image on ``reference``'s grid (nearest neighbour)."""
-    _check_scalar_3d(mask, what)
+    check_image(mask, what)
     on_grid = sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     if not np.any(sitk.GetArrayViewFromImage(on_grid)):
         raise InputError(f"the {what} is empty (no non-zero voxel inside the image)")
@@ -203,13 +204,6 @@ def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
     except RuntimeError as error:
         raise InputError(f"cannot read initial transform {path}: {_last_line(error)}") from None
     return linear_to_affine(transform, f"initial transform {path}")
-
-
-def _check_scalar_3d(image: sitk.Image, what: str) -> None:
-    if not isinstance(image, sitk.Image):
-        raise InputError(f"the {what} must be a SimpleITK image, got {type(image).__name__}")
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"the {what} must be a scalar 3-D image")
 
 
 def _last_line(error: Exception) -> str:

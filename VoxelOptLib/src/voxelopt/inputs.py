@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from .config import RegistrationConfig
 from .errors import ConfigError, InputError
-from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image
+from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image, window_hu
 from .io import ImageLike, PathLike, as_image
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
@@ -35,7 +35,7 @@ _INTEGER_TYPES = (
     sitk.sitkUInt64, sitk.sitkInt64,
 )
 
-#: How the GUI and the CLI name the initial-alignment choices in messages.
+#: What a user can do when the images do not overlap (the Slicer bridge rewrites it in GUI words).
 _INIT_HINT = "try another initial alignment ('centers' or 'com'), or check the image headers"
 
 
@@ -52,7 +52,6 @@ class PreparedPair:
     fixed: sitk.Image
     moving: sitk.Image
     fixed_grid: Grid
-    moving_grid: Grid
     feature_grid: Grid
     working_grid: Grid
     field_grid: Grid
@@ -63,14 +62,8 @@ class PreparedPair:
 def checked_image(image: ImageLike, what: str) -> sitk.Image:
     """A scalar 3-D image with a usable geometry and finite voxels (its pixel type is kept)."""
     image = as_image(image, what)
-    check_image(image, what)
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        values = sitk.GetArrayViewFromImage(image)
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = int(values.size - np.count_nonzero(finite))
-            raise InputError(f"{what} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
-    elif image.GetPixelID() not in _INTEGER_TYPES:
+    check_image(image, what, values=True)
+    if image.GetPixelID() not in _INTEGER_TYPES + (sitk.sitkFloat32, sitk.sitkFloat64):
         raise InputError(f"{what} has an unsupported pixel type {image.GetPixelIDTypeAsString()}; need integer or float voxels")
     return image
 
@@ -127,10 +120,8 @@ def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
 
 
 def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarray:
-    low, high = window
     step = 2  # every 2nd voxel per axis is plenty for a centre of mass
-    sub = sitk.GetArrayViewFromImage(image)[::step, ::step, ::step].astype(np.float32)
-    weights = np.clip((sub - low) / (high - low), 0.0, 1.0)
+    weights = window_hu(sitk.GetArrayViewFromImage(image)[::step, ::step, ::step].astype(np.float32), window)
     total = weights.sum()
     grid = Grid.from_image(image)
     if total <= 0:
@@ -164,8 +155,7 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
             + _INIT_HINT
         )
     field_grid = working_grid if np.prod(working_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
-    return PreparedPair(fixed_image, moving_image, fixed_grid, Grid.from_image(moving_image), feature_grid,
-                        working_grid, field_grid, initial)
+    return PreparedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid, field_grid, initial)
 
 
 def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,

@@ -125,8 +125,13 @@ def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: Label
     """:func:`label_metrics` of ``warped`` plus ``dice_initial_mean`` and ``hd95_mm_initial_mean``
     of ``initial`` (the moving labels on the fixed grid before the deformable registration: through
     the initial alignment only), scored on the same labels."""
-    after = label_metrics(fixed, moving, warped, spacing_zyx, device)
-    before = label_metrics(fixed, moving, initial, spacing_zyx, device)
+    return with_initial_scores(label_metrics(fixed, moving, warped, spacing_zyx, device),
+                               label_metrics(fixed, moving, initial, spacing_zyx, device))
+
+
+def with_initial_scores(after: Dict[str, object], before: Dict[str, object]) -> Dict[str, object]:
+    """``after`` (the scores of the warped labels) with ``dice_initial_mean`` and
+    ``hd95_mm_initial_mean`` from ``before`` (the same labels scored before registration)."""
     after["dice_initial_mean"] = before["dice_mean"]
     after["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
     return after

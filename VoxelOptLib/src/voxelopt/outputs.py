@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RegistrationCancelled
-from .geometry import Grid, mm_to_voxel_field, resize_volume, voxel_to_mm_field
+from .geometry import Grid, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resize_volume, voxel_to_mm_field
 from .metrics import jacobian_determinant
 
 #: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
@@ -62,14 +62,11 @@ class GridField:
     @classmethod
     def from_image(cls, image: sitk.Image, device: torch.device) -> "GridField":
         """A field from an ITK displacement-field image (3 components, LPS mm)."""
-        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # (Z, Y, X, 3)
-        data = torch.from_numpy(array).to(device).permute(3, 0, 1, 2)[None].contiguous()
-        return cls(data, Grid.from_image(image))
+        return cls(image_to_mm_field(image, device), Grid.from_image(image))
 
     def to_image(self) -> sitk.Image:
         """An ITK displacement-field image (VectorFloat32) on the field's grid."""
-        array = self.data[0].permute(1, 2, 3, 0).detach().to("cpu", torch.float32).numpy()
-        return self.grid.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True))
+        return mm_field_to_image(self.data, self.grid, torch.float32)
 
     def jacobian(self) -> torch.Tensor:
         """det of the Jacobian of ``x -> x + d(x)`` on the field's grid, (Z, Y, X)."""
@@ -121,7 +118,7 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
     array = sitk.GetArrayViewFromImage(moving)
     if default is None:
         default = 0.0 if nearest else float(array.min())
-    transform = sitk.DisplacementFieldTransform(sitk.Cast(field.to_image(), sitk.sitkVectorFloat64))
+    transform = sitk.DisplacementFieldTransform(mm_field_to_image(field.data, field.grid))  # ITK takes 64-bit vectors
     out = np.empty(fixed_grid.shape, dtype=array.dtype)
     Z, Y, X = fixed_grid.shape
     slab = max(1, SLAB_VOXELS // (X * Y))

@@ -15,10 +15,10 @@ from .cache import FeatureCache, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
-from .geometry import resample_image, resize_volume
+from .geometry import resample_image, resize_volume, tensor_to_image
 from .inputs import PreparedPair
 from .masks import working_mask
-from .metrics import jacobian_statistics, label_metrics
+from .metrics import jacobian_statistics, label_metrics, with_initial_scores
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
 #: Share of the free memory a registration may plan to use.
@@ -115,11 +115,8 @@ def solved_outputs(
         warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
                                    progress=progress, cancel=cancel)
         if fixed_labels is not None:
-            metrics.update(label_scores(fixed_labels, moving_labels, warped_labels))
-            before = initial_label_scores(prepared, fixed_labels, moving_labels, cache)
-            metrics["dice_initial_mean"] = before["dice_mean"]
-            metrics["hd95_mm_initial_mean"] = before["hd95_mm_mean"]
-    entropy = prepared.working_grid.apply_to(sitk.GetImageFromArray(solved.entropy.float().cpu().numpy()))
-    jacobian_image = field.grid.apply_to(sitk.GetImageFromArray(jacobian.float().cpu().numpy()))
-    return {"field": field, "entropy": entropy, "jacobian": jacobian_image, "warped_labels": warped_labels,
+            metrics.update(with_initial_scores(label_scores(fixed_labels, moving_labels, warped_labels),
+                                               initial_label_scores(prepared, fixed_labels, moving_labels, cache)))
+    return {"field": field, "entropy": tensor_to_image(solved.entropy.float(), prepared.working_grid),
+            "jacobian": tensor_to_image(jacobian.float(), field.grid), "warped_labels": warped_labels,
             "metrics": metrics}

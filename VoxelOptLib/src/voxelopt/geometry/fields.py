@@ -42,9 +42,10 @@ def resize_voxel_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return resize_volume(u, shape) * scale.view(1, 3, 1, 1, 1)
 
 
-def mm_field_to_image(d: torch.Tensor, grid: Grid) -> sitk.Image:
-    """mm field (1, 3, Z, Y, X) to an ITK displacement-field image (VectorFloat64) on ``grid``."""
-    arr = d[0].permute(1, 2, 3, 0).detach().to("cpu", torch.float64).numpy()
+def mm_field_to_image(d: torch.Tensor, grid: Grid, dtype: torch.dtype = torch.float64) -> sitk.Image:
+    """mm field (1, 3, Z, Y, X) to an ITK displacement-field image on ``grid`` (VectorFloat64, or
+    VectorFloat32 with ``dtype=torch.float32``)."""
+    arr = d[0].permute(1, 2, 3, 0).detach().to("cpu", dtype).numpy()
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=True)
     return grid.apply_to(image)
 
