@@ -108,7 +108,7 @@ def register(
         device = resolve_device(config.device)
         timer.clock = make_clock(device)
         extractor = make_extractor(config)
-        check_memory(prepared, config, extractor, device, moving_lab is not None)
+        check_memory(prepared, config, device, moving_lab is not None)
         fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, fixed_use, moving_use)
     check_cancel()
 

@@ -23,14 +23,14 @@ from .outputs import GridField, available_bytes, estimate_peak_bytes, human_byte
 
 #: Share of the free memory a registration may plan to use.
 MEMORY_SHARE = 0.9
+#: Feature channels assumed by the memory estimate (MIND-SSC's 12; the networks' are of that order).
+ESTIMATED_CHANNELS = 12
 
 
-def check_memory(prepared: PreparedPair, config: RegistrationConfig, extractor: FeatureExtractor,
-                 device: torch.device, with_labels: bool) -> int:
+def check_memory(prepared: PreparedPair, config: RegistrationConfig, device: torch.device, with_labels: bool) -> int:
     """Refuse a registration that would not fit in ``device``'s free memory; returns the estimate (bytes)."""
-    channels = int(getattr(extractor, "channels", 12) or 12)
     needed = estimate_peak_bytes(prepared.fixed, prepared.moving, prepared.feature_grid, prepared.working_grid,
-                                 config.k, channels, with_labels)
+                                 config.k, ESTIMATED_CHANNELS, with_labels)
     free = available_bytes(device)
     if free is not None and needed > MEMORY_SHARE * free:
         grid = "x".join(str(n) for n in prepared.feature_grid.size)
