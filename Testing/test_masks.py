@@ -9,7 +9,8 @@ import torch
 
 from testdata import make_image, smooth_random_volume
 from voxelopt import InputError, RegistrationConfig, register
-from voxelopt.masks import padding_slabs, user_mask
+from voxelopt.geometry import Grid, image_to_tensor, resample_image
+from voxelopt.masks import _box_on_grid, padding_slabs, scanned_box, user_mask
 from voxelopt.solver import cost_volume, displacement_entropy, label_offsets, mask_cost_, solve_pyramid
 from test_solver import crop_shifted, smooth_features
 
@@ -91,6 +92,29 @@ def test_padding_slabs_are_border_planes_of_the_minimum_only():
     expected[:, :, 8] = True
     assert np.array_equal(slabs, expected)
     assert not padding_slabs(np.zeros((4, 4, 4))).any()
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_scanned_box_on_a_grid_equals_resampling_the_image_sized_mask(oblique):
+    """The scanned region is sampled per axis (no image-sized mask); the result is what SimpleITK's
+    linear resampling of the full indicator image gives, also through an oblique alignment onto a
+    grid reaching past the image."""
+    array = np.full((20, 18, 16), -1000.0, dtype=np.float32)
+    array[5:14, 2:17, 3:12] = 30.0
+    image = make_image(array, spacing=(1.3, 1.1, 2.0), origin=(4.0, -3.0, 7.0))
+    assert scanned_box(array) == ((5, 13), (2, 16), (3, 11))
+    alignment = None
+    if oblique:
+        alignment = np.eye(4)
+        alignment[:3, :3] = np.asarray(sitk.Euler3DTransform((0, 0, 0), 0.2, -0.1, 0.15).GetMatrix()).reshape(3, 3)
+        alignment[:3, 3] = (2.5, -1.0, 3.0)
+    grid = Grid.from_image(image).with_spacing(1.7).crop((-2, -1, -3), (14, 16, 24))
+    indicator = sitk.GetImageFromArray((~padding_slabs(array)).astype(np.float32))
+    indicator.CopyInformation(image)
+    expected = image_to_tensor(resample_image(indicator, grid, alignment, sitk.sitkLinear, 0.0), CPU)
+    sampled = _box_on_grid(image, scanned_box(array), grid, alignment, CPU)
+    assert 0.05 < float(expected.mean()) < 0.95  # partly inside, with fractional borders
+    assert torch.allclose(sampled, expected, atol=1e-5)
 
 
 def test_user_mask_is_checked_and_resampled_onto_the_image_grid():

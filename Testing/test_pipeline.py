@@ -286,15 +286,36 @@ def test_affine_initial_alignment_and_a_given_initial_transform_are_composed_int
 
 
 @pytest.mark.parametrize("nearest", [False, True])
-def test_the_torch_and_simpleitk_warps_agree(pair, nearest):
-    """The CUDA path (torch) and the CPU path (SimpleITK) of the streamed warp give the same image."""
-    from voxelopt.outputs import GridField, warp_image_itk, warp_image_torch
+@pytest.mark.parametrize("field_grid", ["working", "oblique"])
+def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid):
+    """The CUDA path (torch, run here on the CPU) and the CPU path (SimpleITK) of the streamed warp
+    give the same image, for a field on the fixed box (separable field sampling) and on a grid of
+    its own (general sampling); an image and its labels warped in one torch pass equal the two
+    warps done alone."""
+    from voxelopt.outputs import GridField, warp_image_itk, warp_images_torch
 
     result = register(pair.fixed, pair.moving, SMALL.replace(feature_spacing=4.0))
-    field = GridField.from_image(result.field, torch.device("cpu"))
+    field_image = result.field
+    if field_grid == "oblique":  # the same field on a rotated, shifted grid of another size
+        # (covering the fixed box: outside its grid ITK's field transform has no displacement)
+        grid = Grid.from_image(field_image)
+        rotation = sitk.Euler3DTransform((0, 0, 0), 0.05, -0.03, 0.1)
+        reference = sitk.Image([int(n * 1.6) for n in grid.size], sitk.sitkUInt8)
+        reference.SetSpacing([s * 0.9 for s in grid.spacing])
+        reference.SetDirection(np.asarray(rotation.GetMatrix()))
+        reference.SetOrigin(tuple(grid.center() - np.asarray(rotation.GetMatrix()).reshape(3, 3)
+                                  @ ((np.asarray(reference.GetSize()) - 1) / 2 * np.asarray(reference.GetSpacing()))))
+        field_image = sitk.Resample(field_image, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                    sitk.sitkVectorFloat32)
+    field = GridField.from_image(field_image, torch.device("cpu"))
     image = sitk.Cast(pair.moving_labels, sitk.sitkUInt8) if nearest else sitk.Cast(pair.moving, sitk.sitkInt16)
     grid = Grid.from_image(pair.fixed)
     a = sitk.GetArrayFromImage(warp_image_itk(image, field, grid, nearest, None, None, None))
-    b = sitk.GetArrayFromImage(warp_image_torch(image, field, grid, nearest, None, None, None))
+    b = sitk.GetArrayFromImage(warp_images_torch([image], field, grid, [nearest], [None], None, None)[0])
     assert a.dtype == b.dtype == sitk.GetArrayViewFromImage(image).dtype
     assert np.mean(a != b) < 1e-4 and np.abs(a.astype(float) - b).max() <= (0 if nearest else 1)
+    other = sitk.Cast(pair.moving_labels, sitk.sitkUInt8)
+    both = warp_images_torch([image, other], field, grid, [nearest, True], [None, 0], None, None)
+    alone = warp_images_torch([other], field, grid, [True], [0], None, None)[0]
+    assert np.array_equal(sitk.GetArrayFromImage(both[0]), b)
+    assert np.array_equal(sitk.GetArrayFromImage(both[1]), sitk.GetArrayFromImage(alone))

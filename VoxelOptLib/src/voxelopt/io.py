@@ -71,11 +71,19 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise InputError(f"cannot read {what} {path}: {first_line}") from None
-    if path.name.endswith((".nii", ".nii.gz")):
+    if path.name.endswith((".nii", ".nii.gz")) and _may_hold_nonfinite(image):
         bad = nifti_nonfinite_count(path)
         if bad:
             raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
     return image
+
+
+def _may_hold_nonfinite(image: sitk.Image) -> bool:
+    """False when ITK's reading proves the file has no NaN/Inf voxel: a float image with no voxel
+    exactly 0 (ITK's NIfTI reader turns NaN and Inf into 0), or an integer image."""
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
+        return False
+    return bool((sitk.GetArrayViewFromImage(image) == 0).any())
 
 
 #: NIfTI-1 datatype codes of floating-point voxels and their numpy types.
@@ -129,9 +137,33 @@ def as_image(value: ImageLike, what: str) -> sitk.Image:
     raise InputError(f"{what} must be a SimpleITK image, an ArrayImage or a file path, got {type(value).__name__}")
 
 
+#: gzip level of compressed outputs: the fastest; CT compresses about as well as at the default level.
+COMPRESSION_LEVEL = 1
+
+
 def write_image(image: sitk.Image, path: PathLike) -> None:
-    """Write an image (gzip level 1 for .nii.gz: fast, still small; ``.nii`` is uncompressed)."""
-    sitk.WriteImage(image, str(path), True, 1)
+    """Write an image; its format follows the file name (``.nii`` is uncompressed).
+
+    ``.nii.gz`` is written by SimpleITK as an uncompressed ``.nii`` beside the target, then
+    gzip-compressed on every core (:mod:`voxelopt.compression`; SimpleITK's own writer compresses
+    on one core); other compressed formats (``.nrrd``, ``.mha``) at gzip level 1 by SimpleITK.
+    """
+    path = Path(path)
+    if not path.name.endswith(".nii.gz"):
+        sitk.WriteImage(image, str(path), True, COMPRESSION_LEVEL)
+        return
+    from .compression import gzip_file
+
+    plain = path.with_name(f".{path.name[:-len('.gz')]}")
+    try:
+        sitk.WriteImage(image, str(plain), False)
+        gzip_file(plain, path, COMPRESSION_LEVEL)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no partial file under the output's name
+        raise
+    finally:
+        if plain.exists():
+            plain.unlink()
 
 
 def write_field(field: sitk.Image, path: PathLike) -> None:

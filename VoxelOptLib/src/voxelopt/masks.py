@@ -17,7 +17,7 @@ the initial alignment, like the moving features (outside the moving grid: 0).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,27 +30,29 @@ if TYPE_CHECKING:  # torch is needed by working_mask only; the user-mask checks 
     import torch
 
 
-def padding_slabs(array: np.ndarray) -> np.ndarray:
-    """Boolean (Z, Y, X) map of the padding slabs of an image array (see the module docstring).
-
-    Along each axis, the leading and trailing runs of planes whose every voxel equals the
-    array's minimum. An array that is constant everywhere has no slabs (nothing is scanned, or
-    everything is).
-    """
-    padding = np.zeros(array.shape, dtype=bool)
+def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
+    """The scanned region of an image array: per array axis (z, y, x), the first and last index
+    of the planes that are not padding (see the module docstring); the whole axis when the array
+    is constant (nothing is scanned, or everything is)."""
     is_min = array == array.min()
     if is_min.all():
-        return padding
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        flat_plane = is_min.all(axis=others)  # one entry per plane along ``axis``
+        return tuple((0, n - 1) for n in array.shape)
+    # one pass over the volume per axis pair, then small planes and lines
+    flat_z = is_min.all(axis=(1, 2))
+    in_yx = is_min.all(axis=0)
+    box = []
+    for flat_plane in (flat_z, in_yx.all(axis=1), in_yx.all(axis=0)):
         scanned = np.flatnonzero(~flat_plane)
-        first, last = scanned[0], scanned[-1]
-        index = [slice(None)] * 3
-        index[axis] = slice(0, first)
-        padding[tuple(index)] = True
-        index[axis] = slice(last + 1, None)
-        padding[tuple(index)] = True
+        box.append((int(scanned[0]), int(scanned[-1])))
+    return tuple(box)
+
+
+def padding_slabs(array: np.ndarray) -> np.ndarray:
+    """Boolean (Z, Y, X) map of the padding slabs of an image array: the complement of
+    :func:`scanned_box` (leading and trailing runs of planes, along each axis, whose every voxel
+    equals the array's minimum). An array that is constant everywhere has no slabs."""
+    padding = np.ones(array.shape, dtype=bool)
+    padding[tuple(slice(first, last + 1) for first, last in scanned_box(array))] = False
     return padding
 
 
@@ -89,15 +91,55 @@ def working_mask(image: sitk.Image, feature_grid: Grid, working_grid: Grid, devi
     if not padding and user is None:
         return None
     array = sitk.GetArrayViewFromImage(image)
-    use = np.ones(array.shape, dtype=bool) if user is None else user.copy()
-    if padding:
-        use &= ~padding_slabs(array)
-    on_image = sitk.GetImageFromArray(use.astype(np.float32))
-    on_image.CopyInformation(image)
-    on_grid = resample_image(on_image, feature_grid, alignment, sitk.sitkLinear, 0.0)
-    mask = resize_volume(image_to_tensor(on_grid, device), working_grid.shape).clamp_(0.0, 1.0)
+    if user is None:  # the scanned region only: a box, sampled without an image-sized mask
+        on_grid = _box_on_grid(image, scanned_box(array), feature_grid, alignment, device)
+    else:
+        use = user.copy()
+        if padding:
+            use &= ~padding_slabs(array)
+        on_image = sitk.GetImageFromArray(use.astype(np.float32))
+        on_image.CopyInformation(image)
+        on_grid = image_to_tensor(resample_image(on_image, feature_grid, alignment, sitk.sitkLinear, 0.0), device)
+    mask = resize_volume(on_grid, working_grid.shape).clamp_(0.0, 1.0)
     if bool((mask == 1.0).all()):
         return None
     if not bool((mask > 0).any()):
         raise InputError("the masks leave no voxel of the working grid to register")
     return mask.contiguous()
+
+
+def _box_on_grid(image: sitk.Image, box_zyx: Tuple[Tuple[int, int], ...], grid: Grid,
+                 alignment: Optional[np.ndarray], device: "torch.device") -> "torch.Tensor":
+    """(1, 1, Z, Y, X) float32 on ``grid``: the indicator of an index box of ``image``, sampled
+    at ``alignment(x)`` with linear interpolation and 0 more than half a voxel outside the
+    image, exactly as ``sitk.Resample(indicator, grid, alignment, sitkLinear, 0)`` would.
+
+    Trilinear interpolation of a product of per-axis indicators is the product of their linear
+    interpolations, so no image-sized array is made: per axis, the continuous image index p of
+    every grid point (affine in the grid index) and the ramp ``clamp(min(p - first + 1,
+    last + 1 - p), 0, 1)`` at p clamped to the image.
+    """
+    import torch
+
+    image_grid = Grid.from_image(image)
+    matrix = np.eye(4) if alignment is None else np.asarray(alignment, dtype=np.float64)
+    # image continuous index p = inv(A_img) (T(origin_g + A_g q) - origin_img), affine in the grid index q
+    to_image = np.linalg.inv(image_grid.index_to_physical)
+    linear = to_image @ matrix[:3, :3] @ grid.index_to_physical
+    offset = to_image @ (matrix[:3, :3] @ np.asarray(grid.origin) + matrix[:3, 3] - np.asarray(image_grid.origin))
+    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in grid.size]  # i, j, k
+    views = [axes[0].view(1, 1, -1), axes[1].view(1, -1, 1), axes[2].view(-1, 1, 1)]
+    out = None
+    for a, (first, last) in zip(range(3), reversed(box_zyx)):  # image axes i, j, k
+        # broadcast sums of the grid axes p depends on (axis-aligned grids: one axis, no grid-sized array)
+        p = torch.full((1, 1, 1), float(offset[a]), dtype=torch.float64, device=device)
+        for b in range(3):
+            if abs(linear[a, b]) > 1e-12:
+                p = p + views[b] * linear[a, b]
+        p = p.to(torch.float32)
+        n = image_grid.size[a]
+        inside = (p >= -0.5) & (p <= n - 0.5)
+        p.clamp_(0, n - 1)
+        ramp = torch.minimum(p - (first - 1), (last + 1) - p).clamp_(0.0, 1.0).masked_fill_(~inside, 0.0)
+        out = ramp if out is None else out * ramp  # broadcast: grid-sized only once the axes meet
+    return out.expand(grid.shape).contiguous()[None, None]

@@ -9,8 +9,8 @@ they must be on the full fixed grid.
   repeated), so ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))`` gives the
   library's warped image.
 * **Warped images and labels** are computed slab by slab of fixed-grid slices (SimpleITK's
-  resampling through the field on the CPU, torch on CUDA), so the peak memory is a few slabs plus
-  the input and output arrays; the output keeps the moving image's pixel type.
+  resampling through the field on the CPU; torch on CUDA, an image and its labels in one pass), so the peak memory is a few
+  slabs plus the input and output arrays; the output keeps the moving image's pixel type.
 * **Jacobian determinant**, SDlogJ and folding come from the field on its own grid; the
   **entropy** map stays on the working grid.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -90,10 +90,8 @@ def warp_image(
 ) -> sitk.Image:
     """``moving(x + d(x))`` on ``fixed_grid``, streamed in slabs; keeps the moving pixel type.
 
-    On a CUDA device the slabs are sampled with torch (:func:`warp_image_torch`); on the CPU
-    with SimpleITK's multi-threaded resampling through the field's ``DisplacementFieldTransform``
-    (:func:`warp_image_itk`), about 3x faster there. Both give the same values (a test compares
-    them).
+    Sampled exactly as ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))``
+    does: by SimpleITK itself on the CPU, by torch on CUDA (a test compares the two). See :func:`warp_images` for several images of one grid in one pass.
 
     Args:
         moving: scalar image (any integer or float type) on its own grid.
@@ -105,9 +103,83 @@ def warp_image(
         progress: called with the fraction done after each slab.
         cancel: polled between slabs; True raises :class:`RegistrationCancelled`.
     """
-    if field.data.device.type == "cuda":
-        return warp_image_torch(moving, field, fixed_grid, nearest, default, progress, cancel)
-    return warp_image_itk(moving, field, fixed_grid, nearest, default, progress, cancel)
+    return warp_images([moving], field, fixed_grid, [nearest], [default], progress, cancel)[0]
+
+
+def warp_images(
+    movings: Sequence[sitk.Image],
+    field: GridField,
+    fixed_grid: Grid,
+    nearest: Sequence[bool],
+    defaults: Optional[Sequence[Optional[float]]] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelCallback] = None,
+) -> List[sitk.Image]:
+    """:func:`warp_image` of several images on one moving grid (e.g. a CT and its labels) in
+    one pass on CUDA: the field and the moving coordinates of each slab are computed once for all.
+    On the CPU each image is resampled by SimpleITK through the field's ``DisplacementFieldTransform``
+    (:func:`warp_image_itk`; multi-threaded, faster there than torch's ``grid_sample``).
+
+    Per slab (torch) of fixed-grid slices: the field at the slab's voxels (when the field's grid shares
+    the fixed box and direction, as every field of a registration does, by separable trilinear
+    upsampling; otherwise by a general trilinear sampling), the moving indices
+    ``q = M^-1 (x + d(x) - origin)``, then for each image the block of voxels the slab needs,
+    sampled once.
+    """
+    if not movings:
+        return []
+    defaults = list(defaults) if defaults is not None else [None] * len(movings)
+    if field.data.device.type != "cuda":
+        out = []
+        for number, (moving, near, default) in enumerate(zip(movings, nearest, defaults)):
+            part = None if progress is None else (lambda f, n=number: progress((n + f) / len(movings)))
+            out.append(warp_image_itk(moving, field, fixed_grid, near, default, part, cancel))
+        return out
+    return warp_images_torch(movings, field, fixed_grid, nearest, defaults, progress, cancel)
+
+
+def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_grid: Grid, nearest: Sequence[bool],
+                      defaults: Sequence[Optional[float]], progress: Optional[ProgressCallback],
+                      cancel: Optional[CancelCallback]) -> List[sitk.Image]:
+    """:func:`warp_images` with torch on the field's device (any device; used on CUDA)."""
+    moving_grid = Grid.from_image(movings[0])
+    if any(not Grid.from_image(m).same_as(moving_grid) for m in movings[1:]):
+        raise ValueError("warp_images needs images on one grid")
+    device = field.data.device
+    arrays = [sitk.GetArrayViewFromImage(m) for m in movings]
+    defaults = [float(value) if value is not None else (0.0 if near else float(array.min()))
+                for value, near, array in zip(defaults, nearest, arrays)]
+    with warnings.catch_warnings():  # read-only views of the image buffers: never written to
+        warnings.simplefilter("ignore", UserWarning)
+        sources = [torch.from_numpy(_torch_compatible(array)).to(device) for array in arrays]
+    outs = [np.empty(fixed_grid.shape, dtype=array.dtype) for array in arrays]
+
+    to_moving, moving_offset = _affine_to_index(fixed_grid, moving_grid)
+    d_to_moving = np.linalg.inv(moving_grid.index_to_physical)  # mm -> moving (i, j, k) voxels
+    moving_size = np.asarray(moving_grid.size, dtype=np.float64)
+    # the field in moving-index units, (i, j, k) channels: q = to_moving @ p + offset + e(p)
+    e_field = GridField(torch.einsum("rc,bczyx->brzyx", torch.as_tensor(d_to_moving, dtype=field.data.dtype,
+                                                                      device=device), field.data), field.grid)
+    field_on_slab = _field_sampler(e_field, fixed_grid)
+    Z, Y, X = fixed_grid.shape
+    slab = max(1, SLAB_VOXELS // (X * Y))
+    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in (X, Y)]
+    for z0 in range(0, Z, slab):
+        if cancel is not None and cancel():
+            raise RegistrationCancelled("registration cancelled")
+        z1 = min(Z, z0 + slab)
+        k = torch.arange(z0, z1, dtype=torch.float64, device=device)
+        q = field_on_slab(z0, z1)  # (3, z, Y, X): channel c = moving index i, j, k; contiguous planes
+        for c in range(3):  # + to_moving @ (i, j, k) + offset, as two broadcast additions per plane
+            kj = (k.view(-1, 1, 1) * to_moving[c, 2] + axes[1].view(1, -1, 1) * to_moving[c, 1] + moving_offset[c])
+            q[c].add_(kj.to(q.dtype)).add_((axes[0] * to_moving[c, 0]).to(q.dtype).view(1, 1, -1))
+        points, inside = _normalised_block_points(q, moving_size)
+        del q
+        for source, out, near, default in zip(sources, outs, nearest, defaults):
+            out[z0:z1] = _sample_block(source, points, inside, near, default, out.dtype)
+        if progress is not None:
+            progress(z1 / Z)
+    return [fixed_grid.apply_to(sitk.GetImageFromArray(out)) for out in outs]
 
 
 def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, nearest: bool, default: Optional[float],
@@ -139,73 +211,91 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
     return fixed_grid.apply_to(sitk.GetImageFromArray(out))
 
 
-def warp_image_torch(moving: sitk.Image, field: GridField, fixed_grid: Grid, nearest: bool, default: Optional[float],
-                     progress: Optional[ProgressCallback], cancel: Optional[CancelCallback]) -> sitk.Image:
-    """:func:`warp_image` with torch on the field's device: the field and the moving indices of each
-    slab by broadcasting, then the block of the moving image the slab needs, sampled once."""
-    device = field.data.device
-    moving_grid = Grid.from_image(moving)
-    array = sitk.GetArrayViewFromImage(moving)
-    if default is None:
-        default = 0.0 if nearest else float(array.min())
-    with warnings.catch_warnings():  # read-only view of the image buffer: never written to
-        warnings.simplefilter("ignore", UserWarning)
-        source = torch.from_numpy(_torch_compatible(array)).to(device)
-    out = np.empty(fixed_grid.shape, dtype=array.dtype)
-
-    to_moving, moving_offset = _affine_to_index(fixed_grid, moving_grid)
+def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], torch.Tensor]:
+    """A function ``(z0, z1) -> (3, z1 - z0, Y, X)``: the field (mm) at fixed-grid slices z0..z1-1,
+    trilinear with border values (ITK's ``DisplacementFieldTransform`` interpolation)."""
     to_field, field_offset = _affine_to_index(fixed_grid, field.grid)
-    d_to_moving = np.linalg.inv(moving_grid.index_to_physical)
+    scale = np.asarray(field.grid.size, dtype=np.float64) / np.asarray(fixed_grid.size)
+    data = field.data[0]  # (3, z, y, x)
+    Z, Y, X = fixed_grid.shape
+    if np.allclose(to_field, np.diag(scale), atol=1e-6) and np.allclose(field_offset, 0.5 * scale - 0.5, atol=1e-4):
+        # The field's grid is the fixed box at another resolution: field index = (fixed index +
+        # 1/2) * n_field / n_fixed - 1/2 per axis, which is F.interpolate's align_corners=False
+        # rule (indices clamped to the grid = border values). Interpolate along z, then in-plane.
+        nz = data.shape[1]
+
+        def separable(z0: int, z1: int) -> torch.Tensor:
+            fz = ((torch.arange(z0, z1, dtype=torch.float64) + 0.5) * scale[2] - 0.5).clamp_(0, nz - 1)
+            low = fz.floor().long()
+            high = torch.clamp(low + 1, max=nz - 1)
+            w = (fz - low).to(data.dtype).to(data.device).view(1, -1, 1, 1)
+            planes = data[:, low.to(data.device)] * (1 - w) + data[:, high.to(data.device)] * w  # (3, z, y, x)
+            if planes.shape[-2:] == (Y, X):
+                return planes
+            flat = planes.reshape(1, -1, *planes.shape[-2:])
+            return F.interpolate(flat, size=(Y, X), mode="bilinear", align_corners=False).view(3, z1 - z0, Y, X)
+
+        return separable
+
+    device = data.device
     t = lambda m: torch.as_tensor(np.asarray(m, dtype=np.float64), dtype=torch.float32, device=device)  # noqa: E731
-    moving_size = t(moving_grid.size)
-    # normalised field coordinates and moving indices are affine in the fixed index (i, j, k)
     field_norm = t(2.0 * to_field / np.asarray(field.grid.size)[:, None])
     field_norm_offset = t((2.0 * field_offset + 1.0) / np.asarray(field.grid.size) - 1.0)
-    to_moving, moving_offset, d_to_moving = t(to_moving), t(moving_offset), t(d_to_moving)
-    Z, Y, X = fixed_grid.shape
-    slab = max(1, SLAB_VOXELS // (X * Y))
     i_terms = torch.arange(X, dtype=torch.float32, device=device).view(1, 1, X, 1)
     j_terms = torch.arange(Y, dtype=torch.float32, device=device).view(1, Y, 1, 1)
-    for z0 in range(0, Z, slab):
-        if cancel is not None and cancel():
-            raise RegistrationCancelled("registration cancelled")
-        z1 = min(Z, z0 + slab)
+
+    def general(z0: int, z1: int) -> torch.Tensor:
         k_terms = torch.arange(z0, z1, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
+        points = (k_terms * field_norm[:, 2] + field_norm_offset) + j_terms * field_norm[:, 1] + i_terms * field_norm[:, 0]
+        return F.grid_sample(field.data, points[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
 
-        def affine(matrix: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-            # (z, Y, X, 3): matrix @ (i, j, k) + offset, by broadcasting
-            return (k_terms * matrix[:, 2] + offset) + j_terms * matrix[:, 1] + i_terms * matrix[:, 0]
-
-        d = F.grid_sample(field.data, affine(field_norm, field_norm_offset)[None], mode="bilinear",
-                          padding_mode="border", align_corners=False)[0]  # (3, z, Y, X) mm
-        q = affine(to_moving, moving_offset)
-        for c in range(3):  # q += d_to_moving @ d, without a (z, Y, X, 3) matmul copy
-            q += d[c, ..., None] * d_to_moving[:, c]
-        del d
-        out[z0:z1] = _sample_block(source, q, moving_size, nearest, float(default), out.dtype)
-        if progress is not None:
-            progress(z1 / Z)
-    return fixed_grid.apply_to(sitk.GetImageFromArray(out))
+    return general
 
 
-def _sample_block(source: torch.Tensor, q: torch.Tensor, size: torch.Tensor, nearest: bool, default: float,
-                  dtype: np.dtype) -> np.ndarray:
-    """Sample ``source`` (Z, Y, X) at moving indices ``q`` (z, Y, X, 3) reading only the block they need.
+def _normalised_block_points(q: torch.Tensor, size: np.ndarray):
+    """The block of the moving image that moving indices ``q`` (3, z, Y, X; channels i, j, k) read,
+    ``q`` normalised to it for ``grid_sample`` (align_corners=False), and where ``q`` is inside.
 
-    Points more than half a voxel outside the image take ``default``; the others are clamped to
-    the image box, so the block holds every voxel trilinear interpolation reads.
+    Returns ``((block, points), inside)``: ``block`` as ((k0, k1), (j0, j1), (i0, i1)) inclusive
+    index ranges, ``points`` (1, z, Y, X, 3), ``inside`` (z, Y, X) bool or None when every point
+    is inside. A point is inside within half a voxel of the image (ITK's rule); points between the
+    border voxel centre and half a voxel out take the border value (``padding_mode="border"``).
     """
-    inside = ((q >= -0.5) & (q <= size - 0.5)).all(dim=-1)
-    q = torch.minimum(torch.maximum(q, torch.full_like(size, -0.5)), size - 0.5)
-    low = q.reshape(-1, 3).amin(dim=0).floor().clamp(min=0)
-    high = torch.minimum(q.reshape(-1, 3).amax(dim=0).floor() + 1, size - 1)
-    (i0, j0, k0), (i1, j1, k1) = low.long().tolist(), high.long().tolist()
+    low, high, ranges, all_inside = [], [], [], True
+    for c in range(3):
+        q_min, q_max = float(q[c].min()), float(q[c].max())
+        all_inside &= q_min >= -0.5 and q_max <= size[c] - 0.5
+        first = int(min(max(np.floor(q_min), 0), size[c] - 1))
+        last = int(min(max(np.floor(q_max) + 1, 0), size[c] - 1))
+        low.append(first)
+        high.append(last)
+    inside = None
+    if not all_inside:
+        inside = (q[0] >= -0.5) & (q[0] <= size[0] - 0.5)
+        for c in (1, 2):
+            inside &= (q[c] >= -0.5) & (q[c] <= size[c] - 0.5)
+    points = torch.empty(q.shape[1:] + (3,), dtype=torch.float32, device=q.device)
+    for c in range(3):
+        n = high[c] - low[c] + 1
+        # normalised coordinate of index v in a block of n voxels from ``low``: (2 (v - low) + 1) / n - 1
+        points[..., c] = q[c] * (2.0 / n) + ((1.0 - 2.0 * low[c]) / n - 1.0)
+    block = tuple((low[c], high[c]) for c in (2, 1, 0))
+    return (block, points[None]), inside
+
+
+def _sample_block(source: torch.Tensor, points, inside: Optional[torch.Tensor], nearest: bool, default: float,
+                  dtype: np.dtype) -> np.ndarray:
+    """Sample ``source`` (Z, Y, X) at the block points of :func:`_normalised_block_points` (points
+    outside the image take ``default``), in ``dtype`` (rounded and clipped for integer types)."""
+    ((k0, k1), (j0, j1), (i0, i1)), grid = points
     block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
-    q -= low
-    q.mul_(2.0 / (high - low + 1)).add_(1.0 / (high - low + 1) - 1.0)  # normalised, align_corners=False
-    sampled = F.grid_sample(block, q[None], mode="nearest" if nearest else "bilinear", padding_mode="border",
+    sampled = F.grid_sample(block, grid, mode="nearest" if nearest else "bilinear", padding_mode="border",
                             align_corners=False)[0, 0]
-    sampled.masked_fill_(~inside, default)
+    if inside is not None:
+        sampled.masked_fill_(~inside, default)
+    if np.issubdtype(dtype, np.integer) and not nearest:  # rounded and clipped to the type's range, on the device
+        info = np.iinfo(dtype)
+        sampled.round_().clamp_(float(info.min), float(info.max))
     return _to_dtype(sampled.cpu().numpy(), dtype)
 
 

@@ -1,0 +1,44 @@
+"""The parallel gzip writer produces ordinary gzip files that every reader accepts."""
+
+import gzip
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from voxelopt import compression
+from voxelopt.io import write_image
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 3 * 4096 + 17])
+def test_gzip_file_round_trips_through_the_standard_gzip_reader(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(compression, "BLOCK_BYTES", 4096)  # several blocks on small data
+    data = np.random.default_rng(size).integers(0, 8, size, dtype=np.uint8).tobytes()
+    (tmp_path / "raw").write_bytes(data)
+    compression.gzip_file(tmp_path / "raw", tmp_path / "raw.gz", level=1, threads=3)
+    assert gzip.decompress((tmp_path / "raw.gz").read_bytes()) == data  # also checks the CRC and length
+
+
+def test_write_image_nii_gz_is_read_back_by_simpleitk_and_leaves_no_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(compression, "BLOCK_BYTES", 64 * 1024)
+    array = np.random.default_rng(0).integers(-1024, 2000, (20, 30, 40), dtype=np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.9, 1.5))
+    image.SetOrigin((10.0, -5.0, 3.0))
+    write_image(image, tmp_path / "ct.nii.gz")
+    back = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+    assert back.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), array)
+    np.testing.assert_allclose(back.GetSpacing(), image.GetSpacing())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_a_failed_compression_leaves_no_output(tmp_path, monkeypatch):
+    def failing(*args, **kwargs):
+        (tmp_path / "ct.nii.gz").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(compression, "gzip_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        write_image(sitk.Image(4, 4, 4, sitk.sitkInt16), tmp_path / "ct.nii.gz")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,60 @@
+"""gzip files compressed on every core (the standard library's zlib, no extra dependency).
+
+A single gzip member whose deflate stream is made of independently compressed blocks (the
+approach of ``pigz``): each block is compressed by its own ``zlib`` compressor in a worker
+thread (zlib releases the GIL while it compresses), ends on a byte boundary with a sync flush,
+and the blocks are concatenated; the last one finishes the stream. Any gzip reader (ITK's
+``znzlib``, ``gzip``, ``nibabel``) reads the result as one ordinary stream. Compression ratio is
+within a fraction of a percent of single-threaded ``zlib`` at the same level, because blocks
+are large.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Union
+
+#: Uncompressed bytes per independently compressed block.
+BLOCK_BYTES = 8 * 1024 * 1024
+
+_GZIP_HEADER = bytes([0x1F, 0x8B, 8, 0, 0, 0, 0, 0, 4, 255])  # deflate, no name, mtime 0, fastest, unknown OS
+
+
+def _deflate_block(data: memoryview, level: int, last: bool) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def gzip_file(source: Union[str, "os.PathLike[str]"], target: Union[str, "os.PathLike[str]"], level: int = 1,
+              threads: Optional[int] = None) -> None:
+    """Write ``source``'s bytes gzip-compressed (``level`` 1-9) to ``target``, on ``threads``
+    worker threads (default: the machine's cores)."""
+    source, target = Path(source), Path(target)
+    size = source.stat().st_size
+    threads = threads or os.cpu_count() or 1
+    with open(source, "rb") as handle, open(target, "wb") as out:
+        out.write(_GZIP_HEADER)
+        if size == 0:
+            out.write(_deflate_block(memoryview(b""), level, True))
+            out.write(struct.pack("<II", 0, 0))
+            return
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                starts = range(0, size, BLOCK_BYTES)
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    blocks = [pool.submit(_deflate_block, view[start:start + BLOCK_BYTES], level,
+                                          start + BLOCK_BYTES >= size) for start in starts]
+                    crc = 0
+                    for start in starts:  # the checksum runs while the workers compress
+                        crc = zlib.crc32(view[start:start + BLOCK_BYTES], crc)
+                    for block in blocks:
+                        out.write(block.result())
+                out.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+            finally:
+                view.release()
