@@ -107,8 +107,9 @@ from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters
 scene = slicer.vtkMRMLScene()
 logic = RegistrationLogic(scene)
 node = logic.getParameterNode()
-logic.applyPreset(node, "fast")
-assert parameters.get_value(node, "featureSpacing") == 3.0 and parameters.get_value(node, "thetas") == "50, 5, 0.5"
+parameters.set_value(node, "featureSpacing", 5.0)
+logic.applyPreset(node, "fast")  # a preset sets every parameter: its own values and the defaults
+assert parameters.get_value(node, "featureSpacing") == 2.0 and parameters.get_value(node, "thetas") == "50, 5, 0.5"
 print(logic.configFromParameterNode(node).levels, dependencies.describe_device("auto"))
 print(sorted(name for name in ("torch", "SimpleITK") if sys.modules.get(name) is not None))
 """ % (MODULE_DIR, ENGINE_DIR)

@@ -32,7 +32,7 @@ SHAPES = ("scalar", "pair", "list")
 PRESET_DESCRIPTIONS: Dict[str, str] = {
     "paper": "Table 1 of the paper: MIND-SSC features at 2 mm, solved at 4 mm, 5 levels, k = 1",
     "accurate": "paper with a wider search (k = 2) and alpha = 1.0: more accurate, about 4.5x the solver time",
-    "fast": "interactive preview: MIND-SSC at 3 mm, solved at 6 mm, 4 levels, a shorter schedule",
+    "fast": "interactive preview: the paper's grids (MIND-SSC at 2 mm, solved at 4 mm), 4 levels, a shorter schedule",
 }
 NON_NETWORK_FEATURES = ("raw", "mind")
 
@@ -211,7 +211,7 @@ class RegistrationConfig:
     feature_spacing: Optional[float] = _param(2.0, Parameter(
         float, "isotropic spacing of the grid on which features are computed, keeping the fixed image's "
         "extent and direction (none: the fixed image's own grid)", "features", unit="mm", minimum=0.0,
-        exclusive_minimum=True, optional=True, presets={"fast": 3.0}))
+        exclusive_minimum=True, optional=True))
     working_scale: float = _param(0.5, Parameter(
         float, "the solver's finest level is the feature grid scaled by this factor (paper: 0.5, i.e. 4 mm "
         "voxels for 2 mm features)", "features", minimum=0.0, maximum=1.0, exclusive_minimum=True))
