@@ -122,11 +122,7 @@ def _box_on_grid(image: sitk.Image, box_zyx: Tuple[Tuple[int, int], ...], grid: 
     import torch
 
     image_grid = Grid.from_image(image)
-    matrix = np.eye(4) if alignment is None else np.asarray(alignment, dtype=np.float64)
-    # image continuous index p = inv(A_img) (T(origin_g + A_g q) - origin_img), affine in the grid index q
-    to_image = np.linalg.inv(image_grid.index_to_physical)
-    linear = to_image @ matrix[:3, :3] @ grid.index_to_physical
-    offset = to_image @ (matrix[:3, :3] @ np.asarray(grid.origin) + matrix[:3, 3] - np.asarray(image_grid.origin))
+    linear, offset = grid.index_map_to(image_grid, alignment)  # image continuous index, affine in the grid index
     axes = [torch.arange(n, dtype=torch.float64, device=device) for n in grid.size]  # i, j, k
     views = [axes[0].view(1, 1, -1), axes[1].view(1, -1, 1), axes[2].view(-1, 1, 1)]
     out = None

@@ -73,12 +73,6 @@ class GridField:
         return jacobian_determinant(mm_to_voxel_field(self.data, self.grid))
 
 
-def _affine_to_index(source: Grid, target: Grid):
-    """(M, c) with ``target_index = M @ source_index + c`` for (i, j, k) indices (float64)."""
-    inv = np.linalg.inv(target.index_to_physical)
-    return inv @ source.index_to_physical, inv @ (np.asarray(source.origin) - np.asarray(target.origin))
-
-
 def warp_image(
     moving: sitk.Image,
     field: GridField,
@@ -154,7 +148,7 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
         sources = [torch.from_numpy(_torch_compatible(array)).to(device) for array in arrays]
     outs = [np.empty(fixed_grid.shape, dtype=array.dtype) for array in arrays]
 
-    to_moving, moving_offset = _affine_to_index(fixed_grid, moving_grid)
+    to_moving, moving_offset = fixed_grid.index_map_to(moving_grid)
     d_to_moving = np.linalg.inv(moving_grid.index_to_physical)  # mm -> moving (i, j, k) voxels
     moving_size = np.asarray(moving_grid.size, dtype=np.float64)
     # the field in moving-index units, (i, j, k) channels: q = to_moving @ p + offset + e(p)
@@ -173,10 +167,10 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
         for c in range(3):  # + to_moving @ (i, j, k) + offset, as two broadcast additions per plane
             kj = (k.view(-1, 1, 1) * to_moving[c, 2] + axes[1].view(1, -1, 1) * to_moving[c, 1] + moving_offset[c])
             q[c].add_(kj.to(q.dtype)).add_((axes[0] * to_moving[c, 0]).to(q.dtype).view(1, 1, -1))
-        points, inside = _normalised_block_points(q, moving_size)
+        block, points, inside = _normalised_block_points(q, moving_size)
         del q
         for source, out, near, default in zip(sources, outs, nearest, defaults):
-            out[z0:z1] = _sample_block(source, points, inside, near, default, out.dtype)
+            out[z0:z1] = _sample_block(source, block, points, inside, near, default, out.dtype)
         if progress is not None:
             progress(z1 / Z)
     return [fixed_grid.apply_to(sitk.GetImageFromArray(out)) for out in outs]
@@ -214,7 +208,7 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
 def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], torch.Tensor]:
     """A function ``(z0, z1) -> (3, z1 - z0, Y, X)``: the field (mm) at fixed-grid slices z0..z1-1,
     trilinear with border values (ITK's ``DisplacementFieldTransform`` interpolation)."""
-    to_field, field_offset = _affine_to_index(fixed_grid, field.grid)
+    to_field, field_offset = fixed_grid.index_map_to(field.grid)
     scale = np.asarray(field.grid.size, dtype=np.float64) / np.asarray(fixed_grid.size)
     data = field.data[0]  # (3, z, y, x)
     Z, Y, X = fixed_grid.shape
@@ -256,12 +250,12 @@ def _normalised_block_points(q: torch.Tensor, size: np.ndarray):
     """The block of the moving image that moving indices ``q`` (3, z, Y, X; channels i, j, k) read,
     ``q`` normalised to it for ``grid_sample`` (align_corners=False), and where ``q`` is inside.
 
-    Returns ``((block, points), inside)``: ``block`` as ((k0, k1), (j0, j1), (i0, i1)) inclusive
+    Returns ``(block, points, inside)``: ``block`` as ((k0, k1), (j0, j1), (i0, i1)) inclusive
     index ranges, ``points`` (1, z, Y, X, 3), ``inside`` (z, Y, X) bool or None when every point
     is inside. A point is inside within half a voxel of the image (ITK's rule); points between the
     border voxel centre and half a voxel out take the border value (``padding_mode="border"``).
     """
-    low, high, ranges, all_inside = [], [], [], True
+    low, high, all_inside = [], [], True
     for c in range(3):
         q_min, q_max = float(q[c].min()), float(q[c].max())
         all_inside &= q_min >= -0.5 and q_max <= size[c] - 0.5
@@ -280,22 +274,19 @@ def _normalised_block_points(q: torch.Tensor, size: np.ndarray):
         # normalised coordinate of index v in a block of n voxels from ``low``: (2 (v - low) + 1) / n - 1
         points[..., c] = q[c] * (2.0 / n) + ((1.0 - 2.0 * low[c]) / n - 1.0)
     block = tuple((low[c], high[c]) for c in (2, 1, 0))
-    return (block, points[None]), inside
+    return block, points[None], inside
 
 
-def _sample_block(source: torch.Tensor, points, inside: Optional[torch.Tensor], nearest: bool, default: float,
-                  dtype: np.dtype) -> np.ndarray:
+def _sample_block(source: torch.Tensor, block_range, points: torch.Tensor, inside: Optional[torch.Tensor],
+                  nearest: bool, default: float, dtype: np.dtype) -> np.ndarray:
     """Sample ``source`` (Z, Y, X) at the block points of :func:`_normalised_block_points` (points
     outside the image take ``default``), in ``dtype`` (rounded and clipped for integer types)."""
-    ((k0, k1), (j0, j1), (i0, i1)), grid = points
+    (k0, k1), (j0, j1), (i0, i1) = block_range
     block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
-    sampled = F.grid_sample(block, grid, mode="nearest" if nearest else "bilinear", padding_mode="border",
+    sampled = F.grid_sample(block, points, mode="nearest" if nearest else "bilinear", padding_mode="border",
                             align_corners=False)[0, 0]
     if inside is not None:
         sampled.masked_fill_(~inside, default)
-    if np.issubdtype(dtype, np.integer) and not nearest:  # rounded and clipped to the type's range, on the device
-        info = np.iinfo(dtype)
-        sampled.round_().clamp_(float(info.min), float(info.max))
     return _to_dtype(sampled.cpu().numpy(), dtype)
 
 

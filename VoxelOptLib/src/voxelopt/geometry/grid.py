@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,6 +52,16 @@ class Grid:
     def point(self, index: Sequence[float]) -> np.ndarray:
         """Physical point (LPS, mm) of a continuous (i, j, k) index."""
         return np.asarray(self.origin) + self.index_to_physical @ np.asarray(index, dtype=np.float64)
+
+    def index_map_to(self, target: "Grid", alignment: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """(M, c) with ``target_index = M @ index + c`` for continuous (i, j, k) indices of this grid
+        (float64): the point of ``index`` is mapped by the 4x4 LPS mm ``alignment`` (None: the
+        identity) and expressed as a continuous index of ``target``."""
+        matrix = np.eye(4) if alignment is None else np.asarray(alignment, dtype=np.float64)
+        to_target = np.linalg.inv(target.index_to_physical)
+        linear = to_target @ matrix[:3, :3] @ self.index_to_physical
+        offset = to_target @ (matrix[:3, :3] @ np.asarray(self.origin) + matrix[:3, 3] - np.asarray(target.origin))
+        return linear, offset
 
     def center(self) -> np.ndarray:
         """Physical centre of the grid (mm)."""
