@@ -21,7 +21,6 @@ Prints a Markdown table. Nothing is written into the repository.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from development_pairs import pseudoct_pairs, real_ct_pairs
 from voxelopt.affine import estimate_affine
 from voxelopt.inputs import initial_translation
 
@@ -55,31 +55,14 @@ def mean_dice(fixed_labels: sitk.Image, moving_labels: sitk.Image, transform: si
     return float(np.mean([2.0 * both[v] / (in_a[v] + in_b[v]) for v in labels]))
 
 
-def pseudoct_pairs(shared: Path, work: Path, subjects) -> list:
-    """Make the pseudo-CT of ``subjects`` (BTCV files label0001...) if needed; consecutive ordered pairs."""
-    data = work / "pseudoct"
-    cases = [f"case{s:04d}" for s in subjects]
-    todo = [str(shared / "data" / "btcv_labels" / f"label{s:04d}.nii.gz") for s, c in zip(subjects, cases)
-            if not (data / f"{c}_img.nii.gz").exists()]
-    if todo:
-        subprocess.run([sys.executable, str(shared / "tools" / "make_pseudoct.py"), str(data)] + todo, check=True)
-    pairs = []
-    for fixed, moving in zip(cases, cases[1:] + cases[:1]):
-        pairs.append((f"{fixed} <- {moving}", data / f"{fixed}_img.nii.gz", data / f"{moving}_img.nii.gz",
-                      data / f"{fixed}_lab.nii.gz", data / f"{moving}_lab.nii.gz"))
-    return pairs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dir", type=Path)
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--subjects", default="1,2,3,4,5,6", help="BTCV subjects 1-10 for the pseudo-CT pairs")
     args = parser.parse_args()
-    real = args.shared / "data" / "totalseg_ct"
-    pairs = [("real B <- A (thin slab)", real / "B_img.nii.gz", real / "A_img.nii.gz", real / "B_lab.nii.gz", real / "A_lab.nii.gz"),
-             ("real Adef <- A", real / "Adef_img.nii.gz", real / "A_img.nii.gz", real / "Adef_lab.nii.gz", real / "A_lab.nii.gz")]
-    pairs += pseudoct_pairs(args.shared, args.work_dir, [int(s) for s in args.subjects.split(",")])
+    subjects = [int(s) for s in args.subjects.split(",")]
+    pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, list(zip(subjects, subjects[1:] + subjects[:1])))
 
     print("| pair (fixed <- moving) | " + " | ".join(f"{m} Dice" for m in METHODS) + " | affine s | affine cpu s |")
     print("|---|" + "---|" * (len(METHODS) + 2))

@@ -20,7 +20,6 @@ Variants (overrides of the preset) are listed in ``VARIANTS``; edit them to test
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from development_pairs import pseudoct_pairs, real_ct_pairs
 from voxelopt import RegistrationConfig, register
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -43,20 +43,6 @@ INITS = ("com", "affine")
 MIN_THIN_GAIN = 0.02
 
 
-def development_pairs(shared: Path, work: Path, pseudo_pairs) -> list:
-    real = shared / "data" / "totalseg_ct"
-    pairs = [("B <- A", real / "B", real / "A"), ("Adef <- A", real / "Adef", real / "A")]
-    data = work / "pseudoct"
-    subjects = sorted({s for pair in pseudo_pairs for s in pair})
-    todo = [str(shared / "data" / "btcv_labels" / f"label{s:04d}.nii.gz") for s in subjects
-            if not (data / f"case{s:04d}_img.nii.gz").exists()]
-    if todo:
-        subprocess.run([sys.executable, str(shared / "tools" / "make_pseudoct.py"), str(data)] + todo, check=True,
-                       capture_output=True)
-    pairs += [(f"case{f:04d} <- case{m:04d}", data / f"case{f:04d}", data / f"case{m:04d}") for f, m in pseudo_pairs]
-    return pairs
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dir", type=Path)
@@ -65,16 +51,15 @@ def main() -> int:
     parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
     args = parser.parse_args()
     pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
-    pairs = development_pairs(args.shared, args.work_dir, pseudo)
+    pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
 
     print("| pair | init | " + " | ".join(VARIANTS) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))
     gains = {(v, i): [] for v in VARIANTS for i in INITS}
     thin = {(v, i): 0.0 for v in VARIANTS for i in INITS}
     seconds = {v: [] for v in VARIANTS}
-    for name, fixed, moving in pairs:
-        images = [sitk.ReadImage(str(p) + suffix) for p in (fixed, moving) for suffix in ("_img.nii.gz", "_lab.nii.gz")]
-        fixed_image, fixed_labels, moving_image, moving_labels = images
+    for name, *paths in pairs:
+        fixed_image, moving_image, fixed_labels, moving_labels = (sitk.ReadImage(str(p)) for p in paths)
         for init in INITS:
             cells = []
             for variant, overrides in VARIANTS.items():
@@ -84,7 +69,7 @@ def main() -> int:
                 elapsed = time.perf_counter() - start
                 m = result.metrics
                 gains[(variant, init)].append(m["dice_mean"] - m["dice_initial_mean"])
-                if name == "B <- A":
+                if name == "real B <- A":
                     thin[(variant, init)] = gains[(variant, init)][-1]
                 seconds[variant].append(result.timings.get("solver", float("nan")))
                 cells.append(f"{m['dice_initial_mean']:.3f} → {m['dice_mean']:.3f} ({elapsed:.1f} s, solver "
