@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from testdata import make_image, smooth_random_volume
 from voxelopt import RegistrationConfig
 from voxelopt.cli import add_registration_options, config_from_options, main
-from voxelopt.config import SCHEMA
+from voxelopt.config import DEFAULT_PRESET, SCHEMA
 from voxelopt.phantom import phantom_pair
 
 FAST = ["--levels", "3", "--feature-spacing", "none", "--quiet"]
@@ -152,7 +152,7 @@ def _bad_file(tmp_path, kind):
         ("vector", [], "must be a scalar image"),
         ("nan", [], "NaN or infinite"),
         ("tiny", ["--preset", "paper"], "too small"),
-        ("far", [], "do not overlap"),
+        ("far", ["--init", "none"], "do not overlap"),
         (None, ["--alpha", "-1"], "alpha must be > 0"),
         (None, ["--beta", "-1"], "beta must be > 0"),
         (None, ["--thetas", ""], "thetas must not be empty"),
@@ -232,7 +232,7 @@ def test_features_of_a_featureless_pair_have_maximal_entropy(tmp_path, capsys):
     flat = make_image(np.full((24, 24, 24), 40.0, np.float32), (2.0, 2.0, 2.0))
     path = tmp_path / "flat.nii.gz"
     sitk.WriteImage(flat, str(path))
-    code, _, _ = run(["features", path, path, "--types", "raw", "--levels", "2", "--out-dir", tmp_path / "f"], capsys)
+    code, _, _ = run(["features", path, path, "--types", "raw", "--levels", "2", "--init", "none", "--out-dir", tmp_path / "f"], capsys)
     assert code == 0
     stats = json.loads((tmp_path / "f" / "entropy.json").read_text())["raw"]
     assert stats["relative_mean"] == pytest.approx(1.0, abs=1e-5)
@@ -257,7 +257,7 @@ def _changed_value(spec):
 def test_every_config_field_is_an_option_that_reaches_the_config():
     parser = argparse.ArgumentParser()
     add_registration_options(parser)
-    assert config_from_options(parser.parse_args([])) == RegistrationConfig.preset("paper")
+    assert config_from_options(parser.parse_args([])) == RegistrationConfig.preset(DEFAULT_PRESET) == RegistrationConfig()
     assert config_from_options(parser.parse_args(["--preset", "fast"])) == RegistrationConfig.preset("fast")
     for name, spec in SCHEMA.items():
         value, words = _changed_value(spec)

@@ -1,7 +1,7 @@
 import pytest
 
 from voxelopt import ConfigError, RegistrationConfig
-from voxelopt.config import PRESETS, SCHEMA
+from voxelopt.config import DEFAULT_PRESET, PRESETS, SCHEMA
 
 
 def test_presets_build_and_differ():
@@ -12,8 +12,11 @@ def test_presets_build_and_differ():
     assert paper.features == "mind" and paper.feature_spacing == 2.0 and paper.working_scale == 0.5
     fast = RegistrationConfig.preset("fast")
     assert fast != paper
-    assert set(PRESETS) >= {"paper", "fast", "accurate"}
-    assert RegistrationConfig.preset("accurate").k == 2
+    assert set(PRESETS) >= {"abdomen", "paper", "fast", "accurate"}
+    assert paper.init == "none" and paper.refine_iterations == 0
+    default = RegistrationConfig.preset(DEFAULT_PRESET)
+    assert default == RegistrationConfig() and default.init == "affine" and default.levels == 4
+    assert RegistrationConfig.preset("accurate").refine_iterations > 0 and fast.init == "com"
 
 
 def test_overrides_and_replace_validate():
@@ -40,8 +43,8 @@ def test_schema_describes_every_field_once():
         for preset, value in spec.presets.items():
             assert getattr(RegistrationConfig.preset(preset), name) == value
     # the preset table is the schema's per-preset values, nothing else
-    assert PRESETS["accurate"] == {"k": 2, "alpha": 1.0}
-    assert PRESETS["paper"] == {}
+    assert PRESETS["accurate"] == {"refine_iterations": 40, "refine_weight": 1.25, "refine_scale": 0.5}
+    assert PRESETS[DEFAULT_PRESET] == {}  # the schema's defaults are the default preset
 
 
 def test_when_parameters_apply():

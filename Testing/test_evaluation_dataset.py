@@ -262,6 +262,22 @@ def test_cli_evaluate_dataset(data, tmp_path, capsys):
     assert [(r["pair_id"], r["protocol"]) for r in rows] == [("S1<-S0", "full"), ("MEAN", "full")]
 
 
+def test_the_common_start_of_an_affine_run_is_the_centres_of_mass():
+    import argparse
+
+    from voxelopt.cli import add_registration_options
+    from voxelopt_eval.cli import _split_init
+
+    parser = argparse.ArgumentParser()
+    add_registration_options(parser)
+    config, init = _split_init(parser.parse_args(["--init", "affine"]))
+    assert config.init == "affine" and init.mode == "com"  # every method from the com; VoxelOpt adds its affine stage
+    config, init = _split_init(parser.parse_args(["--init", "centers"]))
+    assert config.init == "none" and init.mode == "centers"  # a translation is applied once, for every method
+    with pytest.raises(ConfigError, match="unknown initial alignment 'affine'"):
+        InitialAlignment("affine")
+
+
 def test_cli_unknown_peer_is_an_error(data, tmp_path, capsys):
     code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "deeds"])
     assert code == 2

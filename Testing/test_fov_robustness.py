@@ -29,7 +29,7 @@ MIN_GAIN = 0.02
 
 
 @pytest.mark.parametrize("init", ["none", "affine"])
-@pytest.mark.parametrize("preset", ["paper", "accurate", "fast"])
+@pytest.mark.parametrize("preset", ["abdomen", "paper", "accurate", "fast"])
 def test_every_preset_gains_dice_on_a_thin_field_of_view(preset, init):
     folder = shared_path("data", "totalseg_ct")
     read = lambda name: sitk.ReadImage(str(folder / name))  # noqa: E731

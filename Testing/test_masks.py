@@ -139,9 +139,30 @@ def test_register_uses_the_masks_and_rejects_an_empty_one():
     mask_array = np.ones(rng_volume.shape, np.uint8)
     mask_array[:, :, :12] = 0
     mask = make_image(mask_array, spacing=(2.0, 2.0, 2.0))
-    config = RegistrationConfig(levels=2, device="cpu")
+    config = RegistrationConfig(levels=2, device="cpu", init="none")
     plain = sitk.GetArrayFromImage(register(fixed, moving, config).field)
     masked = sitk.GetArrayFromImage(register(fixed, moving, config, fixed_mask=mask).field)
     assert not np.allclose(plain, masked, atol=1e-3)
     with pytest.raises(InputError, match="moving mask has no nonzero voxel"):
         register(fixed, moving, config, moving_mask=make_image(0 * mask_array, spacing=(2.0, 2.0, 2.0)))
+
+
+def test_the_masks_restrict_the_affine_stage_too(monkeypatch):
+    import voxelopt.affine
+
+    volume = smooth_random_volume((24, 28, 32), seed=5)
+    fixed = make_image(volume, spacing=(2.0, 2.0, 2.0))
+    moving = make_image(np.roll(volume, 2, axis=2), spacing=(2.0, 2.0, 2.0))
+    mask_array = np.zeros(volume.shape, np.uint8)
+    mask_array[4:20, 4:24, 4:28] = 1
+    seen = {}
+    estimate = voxelopt.affine.estimate_affine
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(voxelopt.affine, "estimate_affine", spy)
+    register(fixed, moving, RegistrationConfig(levels=2, device="cpu", init="affine"),
+             fixed_mask=make_image(mask_array, spacing=(2.0, 2.0, 2.0)))
+    assert np.array_equal(sitk.GetArrayFromImage(seen["fixed_mask"]), mask_array) and seen["moving_mask"] is None

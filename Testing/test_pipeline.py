@@ -185,6 +185,22 @@ def test_cache_reuses_features_when_only_solver_parameters_change(pair):
     assert cache.misses == 4
 
 
+def test_cache_keeps_the_affine_alignment_of_a_pair(pair, monkeypatch):
+    import voxelopt.affine
+
+    calls = []
+    estimate = voxelopt.affine.estimate_affine
+    monkeypatch.setattr(voxelopt.affine, "estimate_affine", lambda *a, **k: calls.append(1) or estimate(*a, **k))
+    cache = FeatureCache()
+    first = register(pair.fixed, pair.moving, SMALL.replace(init="affine"), cache=cache)
+    second = register(pair.fixed, pair.moving, SMALL.replace(init="affine", alpha=3.0), cache=cache)
+    assert len(calls) == 1 and cache.hits >= 3  # the alignment and both images' features
+    assert second.initial_transform == first.initial_transform
+    register(pair.fixed, pair.moving, SMALL.replace(init="affine", hu_window=(-900.0, 400.0)), cache=cache)
+    register(pair.moving, pair.fixed, SMALL.replace(init="affine"), cache=cache)
+    assert len(calls) == 3  # another window, another pair: estimated again
+
+
 def test_progress_is_reported_per_level_and_cancel_stops(pair):
     seen = []
     register(pair.fixed, pair.moving, SMALL, progress=lambda f, m: seen.append((f, m)))

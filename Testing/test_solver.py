@@ -250,3 +250,17 @@ def test_refinement_recovers_a_sub_voxel_shift_and_never_raises_the_cost(grid_sc
     # already at the answer: early stop keeps the field (no step lowers the data term)
     exact = truth.expand(1, 3, 32, 32, 32).contiguous()
     assert cost(refine_field(moving, fixed, exact, 10, 1.0, grid_scale=grid_scale)) <= cost(exact) + 1e-6
+
+
+def test_refinement_smoothing_is_three_box_filters():
+    from voxelopt.solver.refine import smooth_field
+
+    u = torch.rand(1, 3, 14, 15, 16, generator=torch.Generator().manual_seed(0))
+    boxed = u
+    for _ in range(3):
+        boxed = F.avg_pool3d(F.pad(boxed, [1] * 6, mode="replicate"), 3, stride=1)
+    smooth = smooth_field(u)
+    assert smooth.shape == u.shape
+    assert torch.allclose(smooth[..., 3:-3, 3:-3, 3:-3], boxed[..., 3:-3, 3:-3, 3:-3], atol=1e-6)
+    constant = torch.full((1, 3, 9, 9, 9), 2.5)
+    assert torch.allclose(smooth_field(constant), constant)  # borders replicated: nothing leaks in

@@ -47,12 +47,13 @@ def test_parameter_node_is_a_scene_singleton(scene):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
 
 
-def test_defaults_are_the_engine_paper_preset_and_presets_round_trip(scene):
+def test_defaults_are_the_engine_default_preset_and_presets_round_trip(scene):
     import voxelopt
 
-    paper = parameters.values_from_config_dict(voxelopt.RegistrationConfig.preset("paper").to_dict())
+    default = parameters.values_from_config_dict(voxelopt.RegistrationConfig.preset(voxelopt.config.DEFAULT_PRESET).to_dict())
     defaults = {p.name: p.default for p in parameters.VALUE_PARAMETERS}
-    assert paper == {name: defaults[name] for name in paper}
+    assert default == {name: defaults[name] for name in default}
+    assert defaults["preset"] == voxelopt.config.DEFAULT_PRESET
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
     assert set(parameters.PRESET_CHOICES) == set(voxelopt.PRESETS)

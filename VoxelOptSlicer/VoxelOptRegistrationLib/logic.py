@@ -348,7 +348,7 @@ class RegistrationLogic:
             fixedVolume, movingVolume: scalar volume nodes (HU for CT). Their own voxel geometry
                 is used; a parent transform is refused, except a VoxelOpt transform on the moving
                 volume (a previous run's live warp), which is ignored.
-            config: a ``voxelopt.RegistrationConfig``, a dict of its fields, or None ("paper").
+            config: a ``voxelopt.RegistrationConfig``, a dict of its fields, or None (the default preset, "abdomen").
             fixedSegmentation, movingSegmentation: optional segmentation nodes; segments are matched
                 by name. The moving one gives ``warpedSegmentation``; both give the Dice table.
             outputs: existing nodes to overwrite (None fields: new nodes are created).
@@ -628,7 +628,7 @@ class RegistrationLogic:
 # ---------------------------------------------------------------------- helpers
 def _as_config(voxelopt, config):
     if config is None:
-        return voxelopt.RegistrationConfig.preset("paper")
+        return voxelopt.RegistrationConfig.preset(voxelopt.config.DEFAULT_PRESET)
     if isinstance(config, voxelopt.RegistrationConfig):
         return config
     if isinstance(config, Mapping):

@@ -24,7 +24,7 @@ solved level for ``k`` and sigmas). GUI-only values (preset, overlay, ...) are d
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from voxelopt.config import PRESET_DESCRIPTIONS, SCHEMA, Parameter
+from voxelopt.config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter
 
 MODULE_NAME = "VoxelOptRegistration"
 
@@ -91,7 +91,7 @@ ENGINE_PARAMETERS: Tuple[ValueParameter, ...] = tuple(
 )
 
 VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
-    ValueParameter("preset", str, "paper", None, PRESET_CHOICES, "preset last applied to the fields below"),
+    ValueParameter("preset", str, DEFAULT_PRESET, None, PRESET_CHOICES, "preset last applied to the fields below"),
     *ENGINE_PARAMETERS,
     ValueParameter("overlay", str, "entropy", None, OVERLAY_CHOICES, "foreground shown over the fixed volume"),
     ValueParameter("overlayOpacity", float, 0.5, None, doc="foreground opacity (0-1)"),

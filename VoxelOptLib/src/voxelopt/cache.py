@@ -16,17 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, Optional, Union
 
-import numpy as np
-import SimpleITK as sitk
 import torch
-
-
-def image_digest(image: sitk.Image) -> str:
-    """A content digest of an image's voxels and geometry (BLAKE2b, 128 bit)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelIDValue())).encode())
-    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
-    return h.hexdigest()
 
 
 class FeatureCache:

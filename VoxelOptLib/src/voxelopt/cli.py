@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 
 from . import __version__
-from .config import PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
+from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, VoxelOptError
 from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
 
@@ -88,7 +88,7 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
     """
     group = parser.add_argument_group("registration parameters (default: the preset's value)")
     presets = "; ".join(f"{name}: {text}" for name, text in PRESET_DESCRIPTIONS.items())
-    group.add_argument("--preset", default="paper", help=f"parameter preset (default: paper). {presets}")
+    group.add_argument("--preset", default=DEFAULT_PRESET, help=f"parameter preset (default: {DEFAULT_PRESET}). {presets}")
     for spec in SCHEMA.values():
         group.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name, default=argparse.SUPPRESS,
                            help=_option_help(spec), **_option_keywords(spec))

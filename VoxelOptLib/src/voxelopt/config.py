@@ -30,10 +30,15 @@ GROUPS = ("features", "solver", "device")
 SHAPES = ("scalar", "pair", "list")
 #: Preset names and what each is for (values: the ``presets`` of each :class:`Parameter`).
 PRESET_DESCRIPTIONS: Dict[str, str] = {
-    "paper": "Table 1 of the paper: MIND-SSC features at 2 mm, solved at 4 mm, 5 levels, k = 1",
-    "accurate": "paper with a wider search (k = 2) and alpha = 1.0: more accurate, about 4.5x the solver time",
-    "fast": "interactive preview: the paper's grids (MIND-SSC at 2 mm, solved at 4 mm), 4 levels, a shorter schedule",
+    "abdomen": "the default for abdominal CT: affine initial alignment, then MIND-SSC at 2 mm solved at 4 mm over "
+               "4 levels with a short schedule (chosen with benchmarks/choose_default.py)",
+    "accurate": "abdomen with the continuous refinement: the most accurate on the development data, about 2 s more",
+    "fast": "abdomen started from the centres of mass instead of the affine alignment: no affine stage",
+    "paper": "Table 1 of the paper: MIND-SSC at 2 mm solved at 4 mm, 5 levels, 6 coupling values, no initial alignment",
 }
+#: The preset used when none is named (command line, ``register`` without a config, the Slicer
+#: module); its values are the schema's defaults.
+DEFAULT_PRESET = "abdomen"
 NON_NETWORK_FEATURES = ("raw", "mind")
 
 
@@ -215,12 +220,12 @@ class RegistrationConfig:
     working_scale: float = _param(0.5, Parameter(
         float, "the solver's finest level is the feature grid scaled by this factor (paper: 0.5, i.e. 4 mm "
         "voxels for 2 mm features)", "features", minimum=0.0, maximum=1.0, exclusive_minimum=True))
-    levels: int = _param(5, Parameter(
+    levels: int = _param(4, Parameter(
         int, "pyramid levels; each level halves every axis that stays >= 4 voxels", "solver",
-        minimum=1, maximum=7, presets={"fast": 4}))
+        minimum=1, maximum=7, presets={"paper": 5}))
     k: int = _param(1, Parameter(
         int, "search radius: (2k+1)^3 integer offsets per voxel and level", "solver", unit="voxels",
-        minimum=1, maximum=3, presets={"accurate": 2}))
+        minimum=1, maximum=3))
     beta: float = _param(10.0, Parameter(
         float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
     sigma_mode: str = _param("paper", Parameter(
@@ -229,7 +234,7 @@ class RegistrationConfig:
         applies=lambda c: c.adaptive, applies_text="with adaptive message passing"))
     alpha: float = _param(1.5, Parameter(
         float, "blurring strength cap of the paper's sigma form", "solver", unit="voxels", minimum=0.0,
-        exclusive_minimum=True, presets={"accurate": 1.0},
+        exclusive_minimum=True,
         applies=lambda c: c.adaptive and c.sigma_mode == "paper", applies_text="with adaptive message passing and sigma_mode 'paper'"))
     sigma_range: Tuple[float, float] = _param((0.1, 0.5), Parameter(
         float, "sigma range (low, high) of the official code's sigma form", "solver", unit="voxels", shape="pair",
@@ -244,23 +249,24 @@ class RegistrationConfig:
         bool, "pre-filter the cost volume with the message passing (paper: on)", "solver"))
     smoothing_passes: int = _param(3, Parameter(
         int, "how many times each filtering applies the 3-tap separable filter", "solver", minimum=1))
-    thetas: Tuple[float, ...] = _param((150.0, 50.0, 15.0, 5.0, 1.5, 0.5), Parameter(
+    thetas: Tuple[float, ...] = _param((50.0, 5.0, 0.5), Parameter(
         float, "coupling schedule of the coordinate descent, one iteration per value", "solver", shape="list",
-        minimum=0.0, exclusive_minimum=True, presets={"fast": (50.0, 5.0, 0.5)}))
-    ss_steps: int = _param(7, Parameter(
+        minimum=0.0, exclusive_minimum=True, presets={"paper": (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)}))
+    ss_steps: int = _param(5, Parameter(
         int, "scaling-and-squaring steps per level (0: add the residual, no integration)", "solver",
-        minimum=0, maximum=20, presets={"fast": 5}))
+        minimum=0, maximum=20, presets={"paper": 7}))
     refine_iterations: int = _param(0, Parameter(
         int, "Gauss-Newton steps of the optional continuous refinement of the final field (0: off, the paper's "
-        "method); it stops early when a step does not lower the data term", "solver", minimum=0, maximum=1000))
+        "method); it stops early when a step does not lower the data term", "solver", minimum=0, maximum=1000,
+        presets={"accurate": 40}))
     refine_weight: float = _param(1.0, Parameter(
         float, "damping of the refinement's steps relative to the features' mean curvature (larger: smaller, "
-        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True,
+        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True, presets={"accurate": 1.25},
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     refine_scale: float = _param(1.0, Parameter(
         float, "the refinement runs on the working grid scaled by this factor (1: the working grid itself; 0.5: "
         "about 2 s on 2 CPU cores for a 192x160x256 pair, at some accuracy)", "solver", minimum=0.0,
-        exclusive_minimum=True, maximum=1.0,
+        exclusive_minimum=True, maximum=1.0, presets={"accurate": 0.5},
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     padding_mask: bool = _param(True, Parameter(
         bool, "leave each image's unscanned voxels out of the cost: outside its grid, and border slabs of its "
@@ -269,10 +275,10 @@ class RegistrationConfig:
         float, "cap each level's search radius along an axis at this fraction of the fixed image's scanned extent "
         "along it, so thin or partial fields of view are not searched beyond their size (0: only k)", "solver",
         minimum=0.0, maximum=1.0))
-    init: str = _param("none", Parameter(
+    init: str = _param("affine", Parameter(
         str, "initial alignment: 'none', 'centers' (image centres), 'com' (intensity centres of mass) or 'affine' "
         "(12-parameter mutual-information alignment within the scanned regions)",
-        "features", choices=("none", "centers", "com", "affine")))
+        "features", choices=("none", "centers", "com", "affine"), presets={"paper": "none", "fast": "com"}))
     device: str = _param("auto", Parameter(
         str, "where to compute: 'auto' (CUDA when present, else the CPU), 'cpu', 'cuda' or 'cuda:N'", "device",
         choices=("auto", "cpu", "cuda"), also_accepts=(_is_cuda_index, "'cuda:N'")))

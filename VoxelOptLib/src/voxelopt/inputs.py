@@ -16,15 +16,23 @@ and com), from ``init`` and/or a user-given initial transform.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, Hashable, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .config import RegistrationConfig
+from .digest import image_digest
 from .errors import ConfigError, InputError
 from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image, window_hu
 from .io import ImageLike, PathLike, as_image
+
+
+class ValueCache(Protocol):
+    """Anything that keeps computed values by key, as :meth:`voxelopt.FeatureCache.get_or_compute_value`."""
+
+    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any]) -> Any: ...
+
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
 MIN_OVERLAP = 0.05
@@ -56,6 +64,9 @@ class PreparedPair:
     working_grid: Grid
     field_grid: Grid
     initial: np.ndarray
+    #: The user masks on their image's grid ((Z, Y, X) booleans, nonzero = use), or None.
+    fixed_use: Optional[np.ndarray] = None
+    moving_use: Optional[np.ndarray] = None
 
 
 
@@ -134,19 +145,28 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
 
 
 def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
-            initial_transform: Optional[Union[sitk.Transform, PathLike]] = None) -> PreparedPair:
+            initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
+            cache: Optional[ValueCache] = None, fixed_mask: Optional[ImageLike] = None,
+            moving_mask: Optional[ImageLike] = None) -> PreparedPair:
     """Check the images, build the grids, find the initial alignment and check the overlap.
 
     ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
     moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
+    ``cache``: where the affine estimate is kept between calls (see :func:`initial_alignment`).
+    ``fixed_mask``, ``moving_mask``: optional user masks (see :func:`voxelopt.masks.user_mask`),
+    checked here and used by the affine stage as well as by the cost.
     """
+    from .masks import user_mask
+
     fixed_image = checked_image(fixed, "fixed image")
     moving_image = checked_image(moving, "moving image")
     fixed_grid = Grid.from_image(fixed_image)
     feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
     working_grid = feature_grid.scaled(config.working_scale)
     level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
-    initial = initial_alignment(fixed_image, moving_image, config, initial_transform)
+    fixed_use = user_mask(fixed_mask, fixed_image, "fixed mask")
+    moving_use = user_mask(moving_mask, moving_image, "moving mask")
+    initial = initial_alignment(fixed_image, moving_image, config, initial_transform, cache, fixed_use, moving_use)
     overlap = overlap_fraction(fixed_grid, moving_image, initial)
     if overlap < MIN_OVERLAP:
         raise InputError(
@@ -155,12 +175,28 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
             + _INIT_HINT
         )
     field_grid = working_grid if np.prod(working_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
-    return PreparedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid, field_grid, initial)
+    return PreparedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid, field_grid, initial,
+                        fixed_use, moving_use)
+
+
+def _mask_image(use: np.ndarray, image: sitk.Image) -> sitk.Image:
+    """A boolean (Z, Y, X) mask as a UInt8 image on ``image``'s grid."""
+    mask = sitk.GetImageFromArray(use.astype(np.uint8))
+    mask.CopyInformation(image)
+    return mask
 
 
 def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,
-                      initial_transform: Optional[Union[sitk.Transform, PathLike]] = None) -> np.ndarray:
-    """The 4x4 matrix (LPS mm) of the initial alignment, fixed point -> moving point."""
+                      initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
+                      cache: Optional[ValueCache] = None, fixed_use: Optional[np.ndarray] = None,
+                      moving_use: Optional[np.ndarray] = None) -> np.ndarray:
+    """The 4x4 matrix (LPS mm) of the initial alignment, fixed point -> moving point.
+
+    With a ``cache`` (e.g. a :class:`voxelopt.FeatureCache`), the affine estimate is computed
+    once per pair of image contents, HU window and starting transform (it is deterministic), so
+    a re-run with other solver parameters does not repeat it. ``fixed_use``, ``moving_use``:
+    user masks ((Z, Y, X) booleans on the image's grid) the affine metric is restricted to.
+    """
     from .affine import estimate_affine, linear_to_affine, read_initial_transform
 
     start = None
@@ -170,7 +206,18 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
         start = (linear_to_affine(initial_transform, "initial transform") if isinstance(initial_transform, sitk.Transform)
                  else read_initial_transform(initial_transform))
     if config.init == "affine":
-        return affine_matrix(estimate_affine(fixed, moving, config.hu_window, initial=start))
+        masks = [None if use is None else _mask_image(use, image) for use, image in ((fixed_use, fixed), (moving_use, moving))]
+
+        def estimate() -> np.ndarray:
+            return affine_matrix(estimate_affine(fixed, moving, config.hu_window, initial=start,
+                                                 fixed_mask=masks[0], moving_mask=masks[1]))
+
+        if cache is None:
+            return estimate()
+        key = ("affine", image_digest(fixed), image_digest(moving), tuple(config.hu_window),
+               None if start is None else start.GetParameters() + start.GetFixedParameters(),
+               *(None if m is None else image_digest(m) for m in masks))
+        return cache.get_or_compute_value(key, estimate).copy()
     if start is not None:
         return affine_matrix(start)
     matrix = np.eye(4)

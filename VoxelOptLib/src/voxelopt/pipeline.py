@@ -20,10 +20,9 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Union
 
-from .config import RegistrationConfig
+from .config import DEFAULT_PRESET, RegistrationConfig
 from .errors import RegistrationCancelled
 from .inputs import checked_labels, prepare
-from .masks import user_mask
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
@@ -57,7 +56,7 @@ def register(
     Args:
         fixed, moving: 3-D scalar CT images (SimpleITK images, file paths, or
             :class:`voxelopt.io.ArrayImage`), intensities in HU, any size, spacing and direction.
-        config: parameters (default: the ``paper`` preset).
+        config: parameters (default: the :data:`~voxelopt.config.DEFAULT_PRESET` preset, ``abdomen``).
         fixed_labels, moving_labels: optional label maps of the images (integers, 0 =
             background); resampled with nearest neighbour onto their image's grid when their
             geometry differs. With both, Dice and HD95 are computed (see :mod:`voxelopt.metrics`).
@@ -65,7 +64,8 @@ def register(
         cancel: polled between steps (also between slabs of the outputs); when it returns True
             the call raises :class:`RegistrationCancelled` and returns nothing.
         cache: a :class:`FeatureCache` reused across calls (features are recomputed only when
-            an image or a feature parameter changes; the scores before registration once per pair).
+            an image or a feature parameter changes; the affine initial alignment and the scores
+            before registration once per pair).
         initial_transform: a linear SimpleITK transform or an ITK transform file (.tfm/.txt/.h5/.mat)
             mapping fixed points to moving points (LPS mm): the initial alignment with
             ``init="none"``, the starting point of ``init="affine"``.
@@ -85,7 +85,7 @@ def register(
         ConfigError: invalid parameters or unavailable device.
         RegistrationCancelled: ``cancel()`` returned True.
     """
-    config = config if config is not None else RegistrationConfig.preset("paper")
+    config = config if config is not None else RegistrationConfig.preset(DEFAULT_PRESET)
     report = progress or (lambda fraction, message: None)
     timer = _StageTimer(time.perf_counter)
 
@@ -94,11 +94,9 @@ def register(
             raise RegistrationCancelled("registration cancelled")
 
     with timer.stage("prepare"):
-        prepared = prepare(fixed, moving, config, initial_transform)
+        prepared = prepare(fixed, moving, config, initial_transform, cache, fixed_mask, moving_mask)
         fixed_lab = checked_labels(fixed_labels, prepared.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, prepared.moving, "moving labels")
-        fixed_use = user_mask(fixed_mask, prepared.fixed, "fixed mask")
-        moving_use = user_mask(moving_mask, prepared.moving, "moving mask")
         # torch is imported only now, so that every input error above is reported without it
         from .device import make_clock, resolve_device
         from .features import make_extractor
@@ -109,7 +107,7 @@ def register(
         timer.clock = make_clock(device)
         extractor = make_extractor(config)
         check_memory(prepared, config, device, moving_lab is not None)
-        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, fixed_use, moving_use)
+        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use)
     check_cancel()
 
     report(0.0, "features")

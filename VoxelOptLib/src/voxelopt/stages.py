@@ -11,7 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cache import FeatureCache, image_digest
+from .cache import FeatureCache
+from .digest import image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor

@@ -35,7 +35,7 @@ class InitialAlignment:
     hu_window: Tuple[float, float] = (-800.0, 500.0)
 
     def __post_init__(self) -> None:
-        modes = SCHEMA["init"].choices
+        modes = tuple(m for m in SCHEMA["init"].choices if m != "affine")  # a translation: applied without resampling
         if self.mode not in modes:
             raise ConfigError(f"unknown initial alignment {self.mode!r}; choose one of {', '.join(modes)}")
 

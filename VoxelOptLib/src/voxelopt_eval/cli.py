@@ -6,7 +6,8 @@ Subcommands:
   ablation   the paper's ablation table (feature type, k, adaptive, cost filtering)
 
 The registration options are those of ``voxelopt register`` (:func:`voxelopt.cli.add_registration_options`);
-``--init`` is the common initial alignment of every method. Errors a user can cause print one
+``--init`` is the common initial alignment of every method (``affine``: every method starts from the
+centres of mass and VoxelOpt adds its own affine stage, as the peers add theirs). Errors a user can cause print one
 ``error: ...`` line and exit with status 2; exit status 1 means some pair failed (see results.md).
 """
 
@@ -86,9 +87,18 @@ def _print(run: EvaluationRun, quiet: bool) -> int:
 
 
 def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAlignment]:
-    """VoxelOpt's configuration without its own initial alignment, and that alignment for every method."""
+    """VoxelOpt's configuration and the common initial alignment every method starts from.
+
+    A translation (``none``, ``centers``, ``com``) is applied to the moving image for every
+    method, and VoxelOpt then runs with ``init="none"``. With ``init="affine"`` every method
+    starts from the centres of mass and VoxelOpt keeps its own affine stage, as elastix and ANTs
+    keep theirs in their standard pipelines.
+    """
     config = config_from_options(args)
-    return config.replace(init="none"), InitialAlignment(config.init, tuple(config.hu_window))
+    window = tuple(config.hu_window)
+    if config.init == "affine":
+        return config, InitialAlignment("com", window)
+    return config.replace(init="none"), InitialAlignment(config.init, window)
 
 
 def dataset_command(args: argparse.Namespace) -> int:
@@ -140,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Register every pair of a CSV (or all ordered pairs of a subject list) and write "
                                    "DIR/results.csv and DIR/results.md: Dice, HD95, SDlogJ, folding and times per pair "
                                    "and on average. --init is applied once to the moving image and labels, and every "
-                                   "method starts from it. Re-runs resume; a failing pair is reported and the rest go on.")
+                                   "method starts from it (affine: every method starts from the centres of mass and "
+                                   "VoxelOpt adds its own affine stage). Re-runs resume; a failing pair is reported and the rest go on.")
     add_dataset_arguments(p)
     add_registration_options(p)
     p.set_defaults(func=dataset_command)

@@ -303,7 +303,9 @@ def run_evaluation(
         raise ConfigError(f"method names must be unique (as file names): {[m.name for m in methods]}")
     for method in methods:
         if method.kind == VOXELOPT:
-            if method.settings.get("init", "none") != "none":
+            # VoxelOpt may keep its own affine stage (as elastix and ANTs keep theirs); a translation
+            # is the common start of every method and belongs to the run
+            if method.settings.get("init", "none") not in ("none", "affine"):
                 raise ConfigError(f"{method.name}: give the initial alignment to the run (init=...), not to VoxelOpt "
                                   f"(init={method.settings['init']!r}), so that every method starts from it")
         else:

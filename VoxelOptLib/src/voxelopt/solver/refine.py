@@ -15,9 +15,13 @@ the finest level's features by a few Gauss-Newton steps in the manner of the dem
    ``MAX_STEP`` voxels. H and its inverse depend on the fixed features only: computed once;
    the iterations stop early when a step does not lower the masked data term (the field before
    that step is returned);
-3. ``u <- u + S(delta)`` with S three 3x3x3 box filters (replicated borders): the steps are
-   smooth and the discrete solution's own shape is kept (smoothing the whole field instead
-   flattened large inter-patient deformations: -8 Dice points on a pseudo-CT pair).
+3. the smoothed step is composed with the field, ``u <- s + u o (id + s)`` with ``s = S(delta)``
+   (``x -> x + s(x)`` first, then the field: the update of diffeomorphic demons), where S is
+   three 3x3x3 box filters (:func:`smooth_field`): the steps are smooth and the discrete
+   solution's own shape is kept (smoothing the whole field instead flattened large
+   inter-patient deformations: -8 Dice points on a pseudo-CT pair). Adding the steps
+   (``u <- u + s``) folded 0.5-1.9 % of the voxels after 40 steps on pseudo-CT pairs; composing
+   them folded 0-0.02 % at the same Dice (``benchmarks/choose_default.py``).
 
 Units: u and delta in voxels of the working grid. Every operation is a whole-volume tensor
 operation (CPU or CUDA); the 3x3 systems are inverted in closed form. One iteration costs one
@@ -37,11 +41,24 @@ from ..geometry import resize_volume, resize_voxel_field, warp
 MAX_STEP = 0.5
 
 
+#: Three 3-tap box filters in a row, as one 7-tap kernel (1, 3, 6, 7, 6, 3, 1) / 27.
+_SMOOTHING_TAPS = (1.0, 3.0, 6.0, 7.0, 6.0, 3.0, 1.0)
+
+
 def smooth_field(u: torch.Tensor) -> torch.Tensor:
-    """Three 3x3x3 box filters with replicated borders of a (1, C, Z, Y, X) tensor."""
-    for _ in range(3):
-        u = F.avg_pool3d(F.pad(u, [1] * 6, mode="replicate"), 3, stride=1)
-    return u
+    """Three 3x3x3 box filters of a (1, C, Z, Y, X) tensor, borders replicated (once, by 3 voxels).
+
+    Applied as one separable 7-tap kernel per axis (2.3x faster than three 3-D box filters on the
+    CPU).
+    """
+    kernel = torch.tensor(_SMOOTHING_TAPS, dtype=u.dtype, device=u.device) / 27.0
+    n, c, *shape = u.shape
+    x = F.pad(u, [3] * 6, mode="replicate").reshape(n * c, 1, *(d + 6 for d in shape))
+    for axis in range(3):
+        view = [1, 1, 1, 1, 1]
+        view[2 + axis] = 7
+        x = F.conv3d(x, kernel.view(view))
+    return x.reshape(u.shape)
 
 
 def _gradient(x: torch.Tensor) -> List[torch.Tensor]:
@@ -125,7 +142,8 @@ def _refine(moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor, iter
                              i01 * b0 + i11 * b1 + i12 * b2,
                              i02 * b0 + i12 * b1 + i22 * b2])
         step = step * (MAX_STEP / step.norm(dim=0, keepdim=True).clamp_min(MAX_STEP))
-        candidate = u + smooth_field(step[None])
+        smooth_step = smooth_field(step[None])
+        candidate = smooth_step + warp(u, smooth_step)  # u o (id + s), then + s
         candidate_residual = residual_of(candidate)
         candidate_cost = float(candidate_residual.square().mean())
         if candidate_cost >= cost:  # early stop: the step no longer lowers the data term

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Fixed protocol for the default configuration: what each ingredient adds, and which candidate wins.
+
+Every candidate (a preset with overrides: initial alignment, search radius, refinement, network
+features) registers every development pair with labels; the table gives, per candidate, the
+mean Dice after registration over all pairs, the gain over its own start on each pair, the worst
+SDlogJ and folding, and the mean ``register()`` seconds on the 192x160x256 pseudo-CT pairs.
+
+Pairs (``development_pairs.py``): the real CT B <- A (inter-patient, B scanned over 40 mm of a
+96 mm grid) and Adef <- A (a known smooth warp), and label-derived pseudo-CT of BTCV subjects
+(192x160x256 at 2 mm) 1 <- 2, 3 <- 4, 5 <- 6 (``--pseudo-pairs``).
+
+The rule, fixed before the candidates were run: a candidate qualifies when it
+
+* gains Dice over its start on every pair and >= :data:`MIN_THIN_GAIN` on B <- A,
+* keeps SDlogJ <= :data:`MAX_SDLOGJ` and folding < :data:`MAX_FOLDING_PERCENT` on every pair,
+* takes <= :data:`MAX_SECONDS` of ``register()`` on the pseudo-CT pairs on average (so the whole
+  process, with reading, importing and writing, stays below deeds' 13-21 s on 2 CPU cores);
+
+the qualifying candidate with the highest mean Dice over all pairs is the default.
+
+Usage::
+
+    python VoxelOptLib/benchmarks/choose_default.py WORK_DIR [--shared ../shared] [--candidates NAME,...]
+
+Network candidates read their weights from ``SHARED/models``. Prints Markdown tables; nothing is
+written into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from development_pairs import pseudoct_pairs, real_ct_pairs
+from voxelopt import RegistrationConfig, register
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+REFINE = {"refine_iterations": 40, "refine_weight": 1.25, "refine_scale": 0.5}
+SHORT_REFINE = {**REFINE, "refine_iterations": 20}
+#: Candidate name -> (preset, overrides). ``weights`` of network candidates is filled in at run time.
+CANDIDATES: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "paper (no initial alignment)": ("paper", {"init": "none"}),
+    "paper + com": ("paper", {"init": "com"}),
+    "paper + affine": ("paper", {"init": "affine"}),
+    "fast + affine": ("fast", {"init": "affine"}),
+    "paper + affine + k=2": ("paper", {"init": "affine", "k": 2}),
+    "paper + affine + refinement": ("paper", {"init": "affine", **REFINE}),
+    "fast + affine + refinement": ("fast", {"init": "affine", **REFINE}),
+    "fast + affine + 20 refinement steps": ("fast", {"init": "affine", **SHORT_REFINE}),
+    "paper + affine + OBELISK": ("paper", {"init": "affine", "features": "mind+obelisk"}),
+}
+MIN_THIN_GAIN = 0.02
+MAX_SDLOGJ = 0.15
+MAX_FOLDING_PERCENT = 0.1
+MAX_SECONDS = 9.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", type=Path)
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidates: {unknown}; choose from {list(CANDIDATES)}")
+    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
+    pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
+    weights = str(args.shared / "models")
+
+    rows: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    print("| pair | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for pair_name, *paths in pairs:
+        fixed, moving, fixed_labels, moving_labels = (sitk.ReadImage(str(p)) for p in paths)
+        cells = []
+        for name in names:
+            preset, overrides = CANDIDATES[name]
+            if "obelisk" in overrides.get("features", ""):
+                overrides = {**overrides, "weights": weights}
+            start = time.perf_counter()
+            result = register(fixed, moving, RegistrationConfig.preset(preset, **overrides), fixed_labels, moving_labels)
+            m = result.metrics
+            row = {"dice": m["dice_mean"], "gain": m["dice_mean"] - m["dice_initial_mean"], "sdlogj": m["sdlogj"],
+                   "folding": m["folding_percent"], "seconds": time.perf_counter() - start,
+                   "pseudo": not pair_name.startswith("real"), "thin": pair_name == "real B <- A"}
+            rows[name].append(row)
+            cells.append(f"{m['dice_initial_mean']:.3f} → {m['dice_mean']:.3f} ({row['seconds']:.1f} s)")
+        print(f"| {pair_name} | " + " | ".join(cells) + " |", flush=True)
+
+    print()
+    print("| candidate | mean Dice | min gain (points) | B <- A gain | max SDlogJ | max folding % "
+          "| pseudo-CT register() s | qualifies |")
+    print("|---|---|---|---|---|---|---|---|")
+    best, best_dice = None, -1.0
+    for name in names:
+        r = rows[name]
+        dice = float(np.mean([x["dice"] for x in r]))
+        min_gain = min(x["gain"] for x in r)
+        thin = [x["gain"] for x in r if x["thin"]]
+        seconds = float(np.mean([x["seconds"] for x in r if x["pseudo"]] or [float("nan")]))
+        sdlogj, folding = max(x["sdlogj"] for x in r), max(x["folding"] for x in r)
+        ok = (min_gain > 0 and all(g >= MIN_THIN_GAIN for g in thin) and sdlogj <= MAX_SDLOGJ
+              and folding < MAX_FOLDING_PERCENT and seconds <= MAX_SECONDS)
+        if ok and dice > best_dice:
+            best, best_dice = name, dice
+        print(f"| {name} | {dice:.3f} | {100 * min_gain:+.1f} | {', '.join(f'{100 * g:+.1f}' for g in thin)} "
+              f"| {sdlogj:.3f} | {folding:.3f} | {seconds:.1f} | {'yes' if ok else 'no'} |")
+    print()
+    print(f"chosen: {best}" if best else "no candidate qualifies")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
