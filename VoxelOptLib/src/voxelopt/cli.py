@@ -166,10 +166,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving_labels = read_image(args.moving_labels, "moving labels") if args.moving_labels else None
     fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
     moving_mask = read_image(args.moving_mask, "moving mask") if args.moving_mask else None
-    from .cache import FeatureCache  # torch: only once the inputs are known to be good
-    from .pipeline import register
+    from .pipeline import register  # imports torch once the inputs are checked (during the affine stage)
 
-    cache = FeatureCache(directory=args.feature_cache) if args.feature_cache else None
+    cache = None
+    if args.feature_cache:
+        from .cache import FeatureCache  # torch
+
+        cache = FeatureCache(directory=args.feature_cache)
     report = _progress_printer(args.quiet)
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache,
                       initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask)

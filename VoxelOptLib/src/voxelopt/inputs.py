@@ -144,17 +144,25 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
     return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
 
 
-def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
-            initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
-            cache: Optional[ValueCache] = None, fixed_mask: Optional[ImageLike] = None,
-            moving_mask: Optional[ImageLike] = None) -> PreparedPair:
-    """Check the images, build the grids, find the initial alignment and check the overlap.
+@dataclasses.dataclass(frozen=True)
+class CheckedPair:
+    """A pair whose images, grids and masks are checked (see :func:`check_inputs`); not yet aligned."""
 
-    ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
-    moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
-    ``cache``: where the affine estimate is kept between calls (see :func:`initial_alignment`).
-    ``fixed_mask``, ``moving_mask``: optional user masks (see :func:`voxelopt.masks.user_mask`),
-    checked here and used by the affine stage as well as by the cost.
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_grid: Grid
+    feature_grid: Grid
+    working_grid: Grid
+    fixed_use: Optional[np.ndarray]
+    moving_use: Optional[np.ndarray]
+
+
+def check_inputs(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
+                 fixed_mask: Optional[ImageLike] = None, moving_mask: Optional[ImageLike] = None) -> CheckedPair:
+    """Check the images and the user masks (see :func:`voxelopt.masks.user_mask`) and build the grids.
+
+    Fast (no alignment, no torch): every error a user can cause with the inputs themselves is
+    raised here.
     """
     from .masks import user_mask
 
@@ -164,19 +172,40 @@ def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
     feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
     working_grid = feature_grid.scaled(config.working_scale)
     level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
-    fixed_use = user_mask(fixed_mask, fixed_image, "fixed mask")
-    moving_use = user_mask(moving_mask, moving_image, "moving mask")
-    initial = initial_alignment(fixed_image, moving_image, config, initial_transform, cache, fixed_use, moving_use)
-    overlap = overlap_fraction(fixed_grid, moving_image, initial)
+    return CheckedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid,
+                       user_mask(fixed_mask, fixed_image, "fixed mask"), user_mask(moving_mask, moving_image, "moving mask"))
+
+
+def align(checked: CheckedPair, config: RegistrationConfig,
+          initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
+          cache: Optional[ValueCache] = None) -> PreparedPair:
+    """Find the initial alignment of a checked pair (see :func:`initial_alignment`) and check the overlap.
+
+    ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
+    moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
+    ``cache``: where the affine estimate is kept between calls. The user masks restrict the
+    affine stage as well as the cost.
+    """
+    c = checked
+    initial = initial_alignment(c.fixed, c.moving, config, initial_transform, cache, c.fixed_use, c.moving_use)
+    overlap = overlap_fraction(c.fixed_grid, c.moving, initial)
     if overlap < MIN_OVERLAP:
         raise InputError(
             f"the fixed and moving images do not overlap after the '{config.init}' initial alignment "
             f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
             + _INIT_HINT
         )
-    field_grid = working_grid if np.prod(working_grid.size) <= np.prod(fixed_grid.size) else fixed_grid
-    return PreparedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid, field_grid, initial,
-                        fixed_use, moving_use)
+    field_grid = c.working_grid if np.prod(c.working_grid.size) <= np.prod(c.fixed_grid.size) else c.fixed_grid
+    return PreparedPair(c.fixed, c.moving, c.fixed_grid, c.feature_grid, c.working_grid, field_grid, initial,
+                        c.fixed_use, c.moving_use)
+
+
+def prepare(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
+            initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
+            cache: Optional[ValueCache] = None, fixed_mask: Optional[ImageLike] = None,
+            moving_mask: Optional[ImageLike] = None) -> PreparedPair:
+    """:func:`check_inputs` then :func:`align`: checked images, grids, masks and the initial alignment."""
+    return align(check_inputs(fixed, moving, config, fixed_mask, moving_mask), config, initial_transform, cache)
 
 
 def _mask_image(use: np.ndarray, image: sitk.Image) -> sitk.Image:

@@ -17,12 +17,13 @@ Steps and grids (all share the fixed image's box and direction; see :mod:`voxelo
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Union
 
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .errors import RegistrationCancelled
-from .inputs import checked_labels, prepare
+from .inputs import align, check_inputs, checked_labels
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
@@ -36,6 +37,26 @@ CancelCallback = Callable[[], bool]
 
 # Fractions of the progress bar: features up to 0.2, the pyramid up to 0.85, outputs to 1.0.
 _FEATURES_DONE, _LEVELS_DONE = 0.2, 0.85
+
+
+def _import_compute_modules() -> None:
+    try:
+        from . import device, features, solver, stages  # noqa: F401  (torch and the code that uses it)
+    except BaseException:  # the main thread's own import reports it
+        pass
+
+
+@contextlib.contextmanager
+def _imported_meanwhile(enabled: bool) -> Iterator[None]:
+    """Import torch and the compute modules in a background thread while the block runs (when
+    ``enabled``): SimpleITK releases the GIL while it computes, so the import is almost free."""
+    if not enabled:
+        yield
+        return
+    thread = threading.Thread(target=_import_compute_modules, name="voxelopt-import", daemon=True)
+    thread.start()
+    yield
+    thread.join()  # not on an exception: the error is reported at once
 
 
 def register(
@@ -94,10 +115,13 @@ def register(
             raise RegistrationCancelled("registration cancelled")
 
     with timer.stage("prepare"):
-        prepared = prepare(fixed, moving, config, initial_transform, cache, fixed_mask, moving_mask)
-        fixed_lab = checked_labels(fixed_labels, prepared.fixed, "fixed labels")
-        moving_lab = checked_labels(moving_labels, prepared.moving, "moving labels")
-        # torch is imported only now, so that every input error above is reported without it
+        checked = check_inputs(fixed, moving, config, fixed_mask, moving_mask)
+        fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
+        moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
+        # torch is imported only once the inputs are checked, so that every input error is
+        # reported without it; while the affine stage runs (SimpleITK, one thread), meanwhile
+        with _imported_meanwhile(config.init == "affine"):
+            prepared = align(checked, config, initial_transform, cache)
         from .device import make_clock, resolve_device
         from .features import make_extractor
         from .solver import solve_pyramid
