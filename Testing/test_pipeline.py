@@ -201,6 +201,17 @@ def test_cache_keeps_the_affine_alignment_of_a_pair(pair, monkeypatch):
     assert len(calls) == 3  # another window, another pair: estimated again
 
 
+def test_an_affine_stage_failing_in_the_background_is_reported(pair):
+    flat = sitk.Image(pair.moving.GetSize(), sitk.sitkFloat32) + 40.0
+    flat.CopyInformation(pair.moving)
+    with pytest.raises(InputError, match="moving image is uniform"):
+        register(pair.fixed, flat, SMALL.replace(init="affine"))
+    # the stage is deterministic, also while the features are computed beside it
+    first, second = (register(pair.fixed, pair.moving, SMALL.replace(init="affine")) for _ in range(2))
+    assert first.initial_transform == second.initial_transform
+    assert np.array_equal(sitk.GetArrayFromImage(first.field), sitk.GetArrayFromImage(second.field))
+
+
 def test_progress_is_reported_per_level_and_cancel_stops(pair):
     seen = []
     register(pair.fixed, pair.moving, SMALL, progress=lambda f, m: seen.append((f, m)))

@@ -13,6 +13,7 @@ import collections
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, Optional, Union
 
@@ -35,14 +36,17 @@ class FeatureCache:
         self.hits = 0
         self.disk_hits = 0
         self.misses = 0
+        # a registration may use the cache from two threads (the affine stage runs in the background)
+        self._lock = threading.Lock()
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor],
                        device: Optional[torch.device] = None) -> torch.Tensor:
         """The cached tensor for ``key`` (moved to ``device`` when read from disk), or ``compute()``."""
-        if key in self._items:
-            self.hits += 1
-            self._items.move_to_end(key)
-            return self._items[key]
+        with self._lock:
+            if key in self._items:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return self._items[key]
         path = self._path(key)
         if path is not None and path.is_file():
             try:
@@ -50,10 +54,12 @@ class FeatureCache:
             except Exception:  # an unreadable or foreign file is recomputed and replaced
                 value = None
             if isinstance(value, torch.Tensor):
-                self.hits += 1
-                self.disk_hits += 1
+                with self._lock:
+                    self.hits += 1
+                    self.disk_hits += 1
                 return self._remember(key, value.to(device) if device is not None else value)
-        self.misses += 1
+        with self._lock:
+            self.misses += 1
         value = compute()
         if path is not None:
             self._write(path, value)
@@ -61,19 +67,23 @@ class FeatureCache:
 
     def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """Like :meth:`get_or_compute` for any value (e.g. scores before registration); memory only."""
-        if key in self._values:
-            self.hits += 1
-            return self._values[key]
-        self.misses += 1
-        value = self._values[key] = compute()
-        while len(self._values) > 4 * self.max_items:
-            self._values.pop(next(iter(self._values)))
+        with self._lock:
+            if key in self._values:
+                self.hits += 1
+                return self._values[key]
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > 4 * self.max_items:
+                self._values.pop(next(iter(self._values)))
         return value
 
     def _remember(self, key: Hashable, value: torch.Tensor) -> torch.Tensor:
-        self._items[key] = value
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
         return value
 
     def _path(self, key: Hashable) -> Optional[Path]:

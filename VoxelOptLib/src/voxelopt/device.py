@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import Iterator
 
 import torch
 
@@ -46,3 +48,19 @@ def make_clock(device: torch.device):
             return time.perf_counter()
         return clock
     return time.perf_counter
+
+
+@contextlib.contextmanager
+def one_core_left(enabled: bool = True) -> Iterator[None]:
+    """torch's CPU thread count lowered by one (to at least 1) inside the block, restored after:
+    room for work that runs meanwhile on another thread (the affine stage). No-op when not
+    ``enabled``."""
+    if not enabled:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads - 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

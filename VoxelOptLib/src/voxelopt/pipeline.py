@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .errors import RegistrationCancelled
@@ -39,24 +39,37 @@ CancelCallback = Callable[[], bool]
 _FEATURES_DONE, _LEVELS_DONE = 0.2, 0.85
 
 
-def _import_compute_modules() -> None:
-    try:
-        from . import device, features, solver, stages  # noqa: F401  (torch and the code that uses it)
-    except BaseException:  # the main thread's own import reports it
-        pass
+class _Deferred:
+    """``function(*args)``, run in a daemon thread when ``background`` (else at once, so that its
+    errors are raised at once); :meth:`result` waits for it and returns its value or raises its
+    exception. A daemon thread, so that an interrupted process exits at once."""
 
+    def __init__(self, background: bool, function: Callable[..., Any], *args: Any):
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        if not background:
+            self._value = function(*args)
+            return
+        self._thread = threading.Thread(target=self._run, args=(function, args), name="voxelopt-background",
+                                        daemon=True)
+        self._thread.start()
 
-@contextlib.contextmanager
-def _imported_meanwhile(enabled: bool) -> Iterator[None]:
-    """Import torch and the compute modules in a background thread while the block runs (when
-    ``enabled``): SimpleITK releases the GIL while it computes, so the import is almost free."""
-    if not enabled:
-        yield
-        return
-    thread = threading.Thread(target=_import_compute_modules, name="voxelopt-import", daemon=True)
-    thread.start()
-    yield
-    thread.join()  # not on an exception: the error is reported at once
+    def _run(self, function: Callable[..., Any], args: Tuple[Any, ...]) -> None:
+        try:
+            self._value = function(*args)
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def result(self) -> Any:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def register(
@@ -118,11 +131,12 @@ def register(
         checked = check_inputs(fixed, moving, config, fixed_mask, moving_mask)
         fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
-        # torch is imported only once the inputs are checked, so that every input error is
-        # reported without it; while the affine stage runs (SimpleITK, one thread), meanwhile
-        with _imported_meanwhile(config.init == "affine"):
-            prepared = align(checked, config, initial_transform, cache)
-        from .device import make_clock, resolve_device
+        # The affine stage (SimpleITK on one thread, which releases the GIL) runs in the background
+        # while torch is imported and the fixed image's features, which do not depend on the
+        # alignment, are computed; any other alignment is quick and done at once, so that its
+        # errors come before torch is imported, as every input error above does.
+        alignment = _Deferred(config.init == "affine", align, checked, config, initial_transform, cache)
+        from .device import make_clock, one_core_left, resolve_device
         from .features import make_extractor
         from .solver import solve_pyramid
         from .stages import check_memory, cost_masks, solved_outputs, working_features
@@ -130,13 +144,16 @@ def register(
         device = resolve_device(config.device)
         timer.clock = make_clock(device)
         extractor = make_extractor(config)
-        check_memory(prepared, config, device, moving_lab is not None)
-        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use)
+        check_memory(checked, config, device, moving_lab is not None)
     check_cancel()
 
     report(0.0, "features")
-    with timer.stage("features_fixed"):
-        fixed_features = working_features(prepared, "fixed", extractor, device, cache)
+    with timer.stage("features_fixed"), one_core_left(device.type == "cpu" and alignment.running()):
+        fixed_features = working_features(checked, "fixed", extractor, device, cache)
+    check_cancel()
+    with timer.stage("alignment"):  # the rest of the initial alignment, if it is still running
+        prepared = alignment.result()
+        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use)
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):

@@ -5,7 +5,7 @@ outputs computed after the solver (see :mod:`voxelopt.pipeline` for the order, a
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,7 +17,7 @@ from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
 from .geometry import resample_image, resize_volume, tensor_to_image
-from .inputs import PreparedPair
+from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
 from .metrics import jacobian_statistics, label_metrics, with_initial_scores
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
@@ -28,7 +28,8 @@ MEMORY_SHARE = 0.9
 ESTIMATED_CHANNELS = 12
 
 
-def check_memory(prepared: PreparedPair, config: RegistrationConfig, device: torch.device, with_labels: bool) -> int:
+def check_memory(prepared: Union[CheckedPair, PreparedPair], config: RegistrationConfig, device: torch.device,
+                 with_labels: bool) -> int:
     """Refuse a registration that would not fit in ``device``'s free memory; returns the estimate (bytes)."""
     needed = estimate_peak_bytes(prepared.fixed, prepared.moving, prepared.feature_grid, prepared.working_grid,
                                  config.k, ESTIMATED_CHANNELS, with_labels)
@@ -43,9 +44,10 @@ def check_memory(prepared: PreparedPair, config: RegistrationConfig, device: tor
     return needed
 
 
-def working_features(prepared: PreparedPair, which: str, extractor: FeatureExtractor, device: torch.device,
-                     cache: Optional[FeatureCache] = None) -> torch.Tensor:
-    """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid.
+def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, extractor: FeatureExtractor,
+                     device: torch.device, cache: Optional[FeatureCache] = None) -> torch.Tensor:
+    """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid
+    (the fixed image's need no alignment: a :class:`CheckedPair` will do).
 
     The image is resampled onto the feature grid (the moving one through the initial alignment;
     outside the image: its darkest value, i.e. air), the extractor runs there, and the result is
