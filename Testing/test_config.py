@@ -16,7 +16,8 @@ def test_presets_build_and_differ():
     assert paper.init == "none" and paper.refine_iterations == 0
     default = RegistrationConfig.preset(DEFAULT_PRESET)
     assert default == RegistrationConfig() and default.init == "affine" and default.levels == 4
-    assert RegistrationConfig.preset("accurate").refine_iterations > 0 and fast.init == "com"
+    assert default.refine_iterations > 0 and fast.init == "com" and fast.refine_iterations == 0
+    assert RegistrationConfig.preset("accurate") == default.replace(k=2)
 
 
 def test_overrides_and_replace_validate():
@@ -43,12 +44,12 @@ def test_schema_describes_every_field_once():
         for preset, value in spec.presets.items():
             assert getattr(RegistrationConfig.preset(preset), name) == value
     # the preset table is the schema's per-preset values, nothing else
-    assert PRESETS["accurate"] == {"refine_iterations": 40, "refine_weight": 1.25, "refine_scale": 0.5}
+    assert PRESETS["accurate"] == {"k": 2}
     assert PRESETS[DEFAULT_PRESET] == {}  # the schema's defaults are the default preset
 
 
 def test_when_parameters_apply():
-    paper = RegistrationConfig()
+    paper = RegistrationConfig.preset("paper")
     assert paper.applies("alpha") and not paper.applies("sigma_range") and not paper.applies("fixed_sigma")
     code = paper.replace(sigma_mode="code")
     assert code.applies("sigma_range") and not code.applies("alpha")

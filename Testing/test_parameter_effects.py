@@ -41,7 +41,7 @@ CHANGES = {
     "ss_steps": ({}, 0),
     "refine_iterations": ({}, 5),
     "refine_weight": ({"refine_iterations": 5}, 20.0),
-    "refine_scale": ({"refine_iterations": 5}, 0.5),
+    "refine_scale": ({"refine_iterations": 5}, 0.25),
     "padding_mask": ({}, False),
     "search_fraction": ({}, 0.05),
     "init": ({}, "com"),

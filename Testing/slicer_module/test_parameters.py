@@ -86,7 +86,7 @@ def test_engine_values_are_derived_from_the_engine_schema():
                "alpha": 2.0, "sigmaLow": 0.2, "sigmaHigh": 0.7, "adaptive": False, "fixedSigma": 0.9,
                "filterCost": False, "smoothingPasses": 2, "thetas": "50, 5", "ssSteps": 4, "refineIterations": 10,
                "refineWeight": 2.0, "init": "com", "device": "cpu", "paddingMask": False, "searchFraction": 0.5,
-               "refineScale": 0.5}
+               "refineScale": 0.25}
     assert set(changed) == {p.name for p in parameters.ENGINE_PARAMETERS}
     config = voxelopt.RegistrationConfig(**parameters.config_values(changed))
     default = voxelopt.RegistrationConfig()

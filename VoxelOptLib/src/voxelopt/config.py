@@ -30,10 +30,10 @@ GROUPS = ("features", "solver", "device")
 SHAPES = ("scalar", "pair", "list")
 #: Preset names and what each is for (values: the ``presets`` of each :class:`Parameter`).
 PRESET_DESCRIPTIONS: Dict[str, str] = {
-    "abdomen": "the default for abdominal CT: affine initial alignment, then MIND-SSC at 2 mm solved at 4 mm over "
-               "4 levels with a short schedule (chosen with benchmarks/choose_default.py)",
-    "accurate": "abdomen with the continuous refinement: the most accurate on the development data, about 2 s more",
-    "fast": "abdomen started from the centres of mass instead of the affine alignment: no affine stage",
+    "abdomen": "the default for abdominal CT: affine initial alignment, MIND-SSC at 2 mm solved at 4 mm over "
+               "4 levels with a short schedule, then the continuous refinement (chosen with benchmarks/choose_default.py)",
+    "accurate": "abdomen with a wider search (k = 2): the most accurate on the development data, about 5 s more",
+    "fast": "abdomen from the centres of mass and without the refinement: no affine stage, a quick preview",
     "paper": "Table 1 of the paper: MIND-SSC at 2 mm solved at 4 mm, 5 levels, 6 coupling values, no initial alignment",
 }
 #: The preset used when none is named (command line, ``register`` without a config, the Slicer
@@ -225,7 +225,7 @@ class RegistrationConfig:
         minimum=1, maximum=7, presets={"paper": 5}))
     k: int = _param(1, Parameter(
         int, "search radius: (2k+1)^3 integer offsets per voxel and level", "solver", unit="voxels",
-        minimum=1, maximum=3))
+        minimum=1, maximum=3, presets={"accurate": 2}))
     beta: float = _param(10.0, Parameter(
         float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
     sigma_mode: str = _param("paper", Parameter(
@@ -255,18 +255,18 @@ class RegistrationConfig:
     ss_steps: int = _param(5, Parameter(
         int, "scaling-and-squaring steps per level (0: add the residual, no integration)", "solver",
         minimum=0, maximum=20, presets={"paper": 7}))
-    refine_iterations: int = _param(0, Parameter(
+    refine_iterations: int = _param(40, Parameter(
         int, "Gauss-Newton steps of the optional continuous refinement of the final field (0: off, the paper's "
         "method); it stops early when a step does not lower the data term", "solver", minimum=0, maximum=1000,
-        presets={"accurate": 40}))
-    refine_weight: float = _param(1.0, Parameter(
+        presets={"paper": 0, "fast": 0}))
+    refine_weight: float = _param(1.25, Parameter(
         float, "damping of the refinement's steps relative to the features' mean curvature (larger: smaller, "
-        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True, presets={"accurate": 1.25},
+        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True,
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
-    refine_scale: float = _param(1.0, Parameter(
+    refine_scale: float = _param(0.5, Parameter(
         float, "the refinement runs on the working grid scaled by this factor (1: the working grid itself; 0.5: "
         "about 2 s on 2 CPU cores for a 192x160x256 pair, at some accuracy)", "solver", minimum=0.0,
-        exclusive_minimum=True, maximum=1.0, presets={"accurate": 0.5},
+        exclusive_minimum=True, maximum=1.0,
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     padding_mask: bool = _param(True, Parameter(
         bool, "leave each image's unscanned voxels out of the cost: outside its grid, and border slabs of its "
