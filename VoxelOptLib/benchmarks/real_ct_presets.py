@@ -10,7 +10,7 @@ Protocol: ``voxelopt.register`` with the preset (and ``--init``), labels given; 
 labels present in both label maps (``voxelopt.metrics``), before -> after; SDlogJ, folding and the
 whole register() time on this machine. Usage:
 
-    python VoxelOptLib/benchmarks/real_ct_presets.py [--shared ../shared] [--presets paper,accurate,fast]
+    python VoxelOptLib/benchmarks/real_ct_presets.py [--shared ../shared] [--presets abdomen,accurate,fast,paper]
         [--inits none,affine] [--threads 2] [--extra refine_iterations=5 ...]
 """
 
@@ -38,7 +38,7 @@ def value(text: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
-    parser.add_argument("--presets", default="paper,accurate,fast")
+    parser.add_argument("--presets", default="abdomen,accurate,fast,paper")
     parser.add_argument("--inits", default="none")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--extra", nargs="*", default=[], help="further config fields, NAME=VALUE")
