@@ -346,3 +346,47 @@ def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid):
     alone = warp_images_torch([other], field, grid, [True], [0], None, None)[0]
     assert np.array_equal(sitk.GetArrayFromImage(both[0]), b)
     assert np.array_equal(sitk.GetArrayFromImage(both[1]), sitk.GetArrayFromImage(alone))
+
+
+@pytest.mark.parametrize("case", ["registration", "large smooth field", "labels at a border", "no label reached"])
+def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
+    """The CPU label warp resamples only the fixed box the field can carry labelled voxels to; the
+    result equals SimpleITK's resampling of the whole grid through the same field."""
+    from voxelopt.outputs import GridField, labelled_region, warp_image_itk
+
+    labels = sitk.Cast(pair.moving_labels, sitk.sitkUInt8)
+    array = sitk.GetArrayFromImage(labels)
+    values, counts = np.unique(array[array > 0], return_counts=True)
+    array[array != values[np.argmin(counts)]] = 0  # one small organ: a box well inside the grid
+    if case == "labels at a border":
+        array[:] = 0
+        array[:3, :, :5] = 7  # a corner block: the box must reach the grid's edge
+    elif case == "no label reached":
+        array[:] = 0
+        array[-2:, -2:, -2:] = 3
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(pair.moving_labels)
+    field_image = register(pair.fixed, pair.moving, SMALL.replace(feature_spacing=4.0)).field
+    if case != "registration":  # a smooth field of up to about 15 mm on the same grid
+        rng = np.random.default_rng(3)
+        coarse = rng.normal(0.0, 6.0, (3, 4, 4, 4))
+        shape = sitk.GetArrayViewFromImage(field_image).shape[:3]
+        smooth = np.stack([torch.nn.functional.interpolate(torch.as_tensor(c)[None, None], size=shape, mode="trilinear",
+                                                           align_corners=True)[0, 0].numpy() for c in coarse], axis=-1)
+        if case == "no label reached":
+            smooth = smooth * 0.0 - 60.0  # everything moved far from the corner block
+        big = sitk.GetImageFromArray(smooth.astype(np.float32), isVector=True)
+        big.CopyInformation(field_image)
+        field_image = big
+    field = GridField.from_image(field_image, torch.device("cpu"))
+    grid = Grid.from_image(pair.fixed)
+    expected = sitk.Resample(labels, pair.fixed, sitk.DisplacementFieldTransform(sitk.Cast(field_image, sitk.sitkVectorFloat64)),
+                             sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    warped = warp_image_itk(labels, field, grid, True, None, None, None)
+    assert np.array_equal(sitk.GetArrayFromImage(warped), sitk.GetArrayFromImage(expected))
+    box = labelled_region(array, Grid.from_image(labels), field, grid)
+    if case == "no label reached":
+        assert box is None and not sitk.GetArrayFromImage(expected).any()
+    else:  # the shortcut is taken: a box smaller than the grid, holding labels
+        assert sitk.GetArrayFromImage(expected).any()
+        assert np.prod([b.stop - b.start for b in box]) < 0.5 * np.prod(grid.shape), box

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -185,24 +185,88 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
     if default is None:
         default = 0.0 if nearest else float(array.min())
     transform = sitk.DisplacementFieldTransform(mm_field_to_image(field.data, field.grid))  # ITK takes 64-bit vectors
-    out = np.empty(fixed_grid.shape, dtype=array.dtype)
     Z, Y, X = fixed_grid.shape
-    slab = max(1, SLAB_VOXELS // (X * Y))
+    box = (slice(0, Z), slice(0, Y), slice(0, X))
+    if nearest and default == 0:  # labels: 0 wherever the field cannot reach a labelled voxel
+        box = labelled_region(array, Grid.from_image(moving), field, fixed_grid)
+        if box is None:
+            return fixed_grid.apply_to(sitk.GetImageFromArray(np.zeros(fixed_grid.shape, dtype=array.dtype)))
+    out = np.zeros(fixed_grid.shape, dtype=array.dtype)
+    (bz, by, bx) = box
+    slab = max(1, SLAB_VOXELS // ((by.stop - by.start) * (bx.stop - bx.start)))
     pixel = moving.GetPixelID() if nearest else sitk.sitkFloat32
     interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
-    for z0 in range(0, Z, slab):
+    for z0 in range(bz.start, bz.stop, slab):
         if cancel is not None and cancel():
             raise RegistrationCancelled("registration cancelled")
-        z1 = min(Z, z0 + slab)
-        reference = sitk.Image([X, Y, z1 - z0], sitk.sitkUInt8)
+        z1 = min(bz.stop, z0 + slab)
+        reference = sitk.Image([bx.stop - bx.start, by.stop - by.start, z1 - z0], sitk.sitkUInt8)
         reference.SetSpacing(fixed_grid.spacing)
         reference.SetDirection(fixed_grid.direction)
-        reference.SetOrigin(tuple(np.asarray(fixed_grid.origin) + fixed_grid.index_to_physical @ np.array([0.0, 0.0, z0])))
+        reference.SetOrigin(tuple(fixed_grid.point([bx.start, by.start, z0])))
         resampled = sitk.Resample(moving, reference, transform, interpolator, float(default), pixel)
-        out[z0:z1] = _to_dtype(sitk.GetArrayViewFromImage(resampled), out.dtype)  # the view needs ``resampled``
+        out[z0:z1, by, bx] = _to_dtype(sitk.GetArrayViewFromImage(resampled), out.dtype)  # the view needs ``resampled``
         if progress is not None:
-            progress(z1 / Z)
+            progress((z1 - bz.start) / (bz.stop - bz.start))
     return fixed_grid.apply_to(sitk.GetImageFromArray(out))
+
+
+def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
+                    fixed_grid: Grid) -> Optional[Tuple[slice, slice, slice]]:
+    """The (z, y, x) slices of the fixed-grid box outside which a label map warped through
+    ``field`` (nearest neighbour, 0 outside) is 0; None when ``labels`` has no nonzero voxel.
+
+    Exact, not a guess: between the field's voxel centres ITK interpolates the field trilinearly,
+    so ``x + d(x)`` is the same convex combination of the cell corners' ``p + d(p)``; a cell can
+    reach a labelled voxel only when the box of its corners' images meets the labels' box
+    (grown by half a voxel, nearest neighbour's reach). The cells that can, grown by one fixed
+    voxel, and out to the grid's edge where they touch the field grid's border (outside the
+    field's voxel centres ITK holds the border value), give the box.
+    """
+    everywhere = tuple(slice(0, n) for n in fixed_grid.shape)
+    to_fixed, offset = field.grid.index_map_to(fixed_grid)
+    if not np.allclose(to_fixed, np.diag(np.diag(to_fixed)), atol=1e-9):
+        return everywhere  # a field grid turned against the fixed one (not made by a registration)
+    nonzero = labels != 0
+    low, high = [], []
+    for axis in (2, 1, 0):  # moving (i, j, k) = array axes (x, y, z)
+        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        if not len(hits):
+            return None
+        low.append(hits[0] - 0.5 - 1e-3)
+        high.append(hits[-1] + 0.5 + 1e-3)
+    # the field grid's voxel centres mapped to moving continuous indices, (Z, Y, X, 3) as (i, j, k)
+    points = field.grid.physical_points() + field.data[0].detach().double().cpu().numpy()
+    to_moving = np.linalg.inv(moving_grid.index_to_physical)
+    q = np.einsum("rc,czyx->zyxr", to_moving, points - np.reshape(moving_grid.origin, (3, 1, 1, 1)))
+    lo, hi = q, q
+    for axis in range(3):  # min and max over each cell's 2x2x2 corners (the field grid needs >= 2 per axis)
+        if q.shape[axis] < 2:
+            return everywhere
+        first, second = (slice(None, -1), slice(1, None))
+        take = [slice(None)] * 4
+        a, b = list(take), list(take)
+        a[axis], b[axis] = first, second
+        lo, hi = np.minimum(lo[tuple(a)], lo[tuple(b)]), np.maximum(hi[tuple(a)], hi[tuple(b)])
+    reach = np.all((hi >= np.asarray(low)) & (lo <= np.asarray(high)), axis=-1)  # (Z-1, Y-1, X-1) cells
+    if not reach.any():
+        return None
+    cells = [np.flatnonzero(reach.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    # the field-index box of those cells, (i, j, k) order, and its corners in fixed indices
+    start = np.asarray([cells[2][0], cells[1][0], cells[0][0]], dtype=np.float64)
+    stop = np.asarray([cells[2][-1], cells[1][-1], cells[0][-1]], dtype=np.float64) + 1.0
+    corners = np.array([[(start, stop)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
+    in_fixed = corners @ to_fixed.T + offset
+    first_fixed = np.floor(in_fixed.min(axis=0)) - 1
+    last_fixed = np.ceil(in_fixed.max(axis=0)) + 1
+    field_size = np.asarray(field.grid.size)
+    out = []
+    for axis in range(3):  # (i, j, k)
+        n = fixed_grid.size[axis]
+        begin = 0 if start[axis] <= 0 else int(max(0, first_fixed[axis]))
+        end = n if stop[axis] >= field_size[axis] - 1 else int(min(n, last_fixed[axis] + 1))
+        out.append(slice(begin, max(begin + 1, end)))
+    return out[2], out[1], out[0]
 
 
 def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], torch.Tensor]:
