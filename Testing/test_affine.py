@@ -184,3 +184,19 @@ def test_read_initial_transform_errors(tmp_path):
     sitk.WriteTransform(sitk.Euler2DTransform(), str(tmp_path / "flat.tfm"))
     with pytest.raises(InputError, match="2-D"):
         read_initial_transform(tmp_path / "flat.tfm")
+
+
+def test_concurrent_estimates_restore_the_thread_setting(phantom_case):
+    import threading
+
+    fixed, moving, _ = phantom_case
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(estimate_affine(fixed, moving).GetParameters()))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(results) == 3 and results[0] == results[1] == results[2]
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads

@@ -11,6 +11,7 @@ SimpleITK only; no torch.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
@@ -128,13 +129,26 @@ def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, m
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """SimpleITK's global default thread count set to 1, restored afterwards."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    """SimpleITK's global default thread count set to 1, restored when the last of the
+    overlapping users (registrations in several threads) leaves."""
+    global _one_thread_users, _threads_before
+    with _one_thread_lock:
+        if _one_thread_users == 0:
+            _threads_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        _one_thread_users += 1
     try:
         yield
     finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+        with _one_thread_lock:
+            _one_thread_users -= 1
+            if _one_thread_users == 0:
+                sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(_threads_before)
+
+
+_one_thread_lock = threading.Lock()
+_one_thread_users = 0
+_threads_before = 0
 
 
 def _windowed_and_shrunk(image: sitk.Image, window: Tuple[float, float]) -> sitk.Image:
