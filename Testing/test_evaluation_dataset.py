@@ -260,6 +260,8 @@ def test_cli_evaluate_dataset(data, tmp_path, capsys):
     assert code == 0
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [(r["pair_id"], r["protocol"]) for r in rows] == [("S1<-S0", "full"), ("MEAN", "full")]
+    report = (tmp_path / "results.md").read_text()  # the default's own affine stage, from the common com start
+    assert "Initial alignment: com" in report and "adds its own affine stage" in report
 
 
 def test_the_common_start_of_an_affine_run_is_the_centres_of_mass():

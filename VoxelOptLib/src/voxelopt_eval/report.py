@@ -138,6 +138,8 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
              f"{len(pairs)} pair(s) x {len(methods)} method(s); machine: {platform.machine()}, "
              f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}.",
              init.describe(),
+             *[f"{m.name} adds its own affine stage from there (init 'affine'), as elastix's affine map and ANTs' SyN "
+               "preset add theirs." for m in methods if m.settings.get("init") == "affine"],
              "Dice in % over the labels present in both the fixed and the moving label maps (a label the warp loses "
              "scores 0); HD95 in mm (a lost label: the fixed box's diagonal); SDlogJ = std log(J + 3) (Learn2Reg); "
              "time = end to end per pair (reading the images to the field), in seconds.", ""]
