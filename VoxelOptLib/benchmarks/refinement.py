@@ -10,7 +10,9 @@
 
 Usage:
 
-    python VoxelOptLib/benchmarks/refinement.py [--iterations 5] [--weight 1.0] [--scale 0.5] [--repeat 3] [--device auto]
+    python VoxelOptLib/benchmarks/refinement.py [--iterations 40] [--weight 1.25] [--scale 0.5] [--repeat 3] [--device auto]
+
+(defaults: the default preset's refinement)
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ def accuracy(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--weight", type=float, default=1.0)
-    parser.add_argument("--scale", type=float, default=0.5)
+    defaults = voxelopt.RegistrationConfig()  # the default preset's refinement
+    parser.add_argument("--iterations", type=int, default=defaults.refine_iterations)
+    parser.add_argument("--weight", type=float, default=defaults.refine_weight)
+    parser.add_argument("--scale", type=float, default=defaults.refine_scale)
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="auto")
