@@ -35,18 +35,18 @@ from typing import Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from development_pairs import btcv_labels, make_pseudoct
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5))}
 
 
 def paper_pair(workdir: Path) -> Tuple[str, List[Path]]:
     """Write the paper-grid pair into ``workdir``; returns its description and its four paths."""
-    tool = SHARED / "tools" / "make_pseudoct.py"
-    labels = [SHARED / "data" / "btcv_labels" / f"label000{i}.nii.gz" for i in (1, 2)]
-    if tool.exists() and all(p.exists() for p in labels):
-        subprocess.run([sys.executable, str(tool), str(workdir)] + [str(p) for p in labels], check=True, capture_output=True)
-        names = ["case0002_img", "case0001_img", "case0002_lab", "case0001_lab"]
-        return "pseudo-CT case0002 (fixed) <- case0001 (moving)", [workdir / f"{n}.nii.gz" for n in names]
+    labels = [btcv_labels(SHARED, i) for i in (1, 2)]
+    if (SHARED / "tools" / "make_pseudoct.py").exists() and all(p.exists() for p in labels):
+        (moving, moving_lab), (fixed, fixed_lab) = make_pseudoct(SHARED, workdir, labels)
+        return "pseudo-CT case0002 (fixed) <- case0001 (moving)", [fixed, moving, fixed_lab, moving_lab]
     from voxelopt.phantom import phantom_pair
 
     pair = phantom_pair(size=(192, 160, 256), spacing=(2.0, 2.0, 2.0), max_displacement_mm=10.0)

@@ -2,8 +2,10 @@
 
 * ``real_ct_pairs``: the real CT of ``../shared/data/totalseg_ct``: B <- A (inter-patient; B is
   scanned over 40 mm of a 96 mm grid) and Adef <- A (A under a known smooth warp);
-* ``pseudoct_pair``: label-derived pseudo-CT of BTCV subjects, made on first use with
-  ``../shared/tools/make_pseudoct.py`` (192x160x256 at 2 mm) into ``WORK/pseudoct``.
+* ``pseudoct_pairs``: label-derived pseudo-CT of BTCV subjects, made on first use with
+  ``../shared/tools/make_pseudoct.py`` (192x160x256 at 2 mm) into ``WORK/pseudoct``;
+* ``make_pseudoct``: the pseudo-CT of any BTCV label files, made once into a folder (every
+  benchmark script that needs pseudo-CT makes it here).
 
 A pair is ``(name, fixed_image, moving_image, fixed_labels, moving_labels)``, paths.
 """
@@ -24,14 +26,26 @@ def real_ct_pairs(shared: Path) -> List[Pair]:
             for fixed, moving in (("B", "A"), ("Adef", "A"))]
 
 
-def pseudoct_pairs(shared: Path, work: Path, pairs: Sequence[Tuple[int, int]]) -> List[Pair]:
-    """Pseudo-CT pairs (fixed subject, moving subject), the images made if needed."""
-    data = work / "pseudoct"
-    subjects = sorted({s for pair in pairs for s in pair})
-    todo = [str(shared / "data" / "btcv_labels" / f"label{s:04d}.nii.gz") for s in subjects
-            if not (data / f"case{s:04d}_img.nii.gz").exists()]
+def make_pseudoct(shared: Path, out_dir: Path, label_files: Sequence[Path], quiet: bool = True) -> List[Tuple[Path, Path]]:
+    """Label-derived pseudo-CT (``SHARED/tools/make_pseudoct.py``, 192x160x256 at 2 mm) of each
+    BTCV label file, made into ``out_dir`` unless it is there already; returns the (image,
+    labels) paths per file, named ``caseNNNN_img/lab.nii.gz`` after ``labelNNNN.nii.gz``."""
+    out_dir = Path(out_dir)
+    stems = [Path(f).name.split(".")[0].replace("label", "case") for f in label_files]
+    todo = [str(f) for f, stem in zip(label_files, stems) if not (out_dir / f"{stem}_img.nii.gz").exists()]
     if todo:
-        subprocess.run([sys.executable, str(shared / "tools" / "make_pseudoct.py"), str(data)] + todo, check=True,
-                       capture_output=True)
-    return [(f"case{f:04d} <- case{m:04d}",) + tuple(data / f"case{s:04d}_{kind}.nii.gz" for kind in ("img", "lab") for s in (f, m))
-            for f, m in pairs]
+        subprocess.run([sys.executable, str(shared / "tools" / "make_pseudoct.py"), str(out_dir)] + todo, check=True,
+                       capture_output=quiet)
+    return [(out_dir / f"{stem}_img.nii.gz", out_dir / f"{stem}_lab.nii.gz") for stem in stems]
+
+
+def btcv_labels(shared: Path, subject: int) -> Path:
+    """The label file of BTCV training subject ``subject`` in ``SHARED/data/btcv_labels``."""
+    return shared / "data" / "btcv_labels" / f"label{subject:04d}.nii.gz"
+
+
+def pseudoct_pairs(shared: Path, work: Path, pairs: Sequence[Tuple[int, int]]) -> List[Pair]:
+    """Pseudo-CT pairs (fixed subject, moving subject), the images made into ``WORK/pseudoct`` if needed."""
+    subjects = sorted({s for pair in pairs for s in pair})
+    made = dict(zip(subjects, make_pseudoct(shared, work / "pseudoct", [btcv_labels(shared, s) for s in subjects])))
+    return [(f"case{f:04d} <- case{m:04d}", made[f][0], made[m][0], made[f][1], made[m][1]) for f, m in pairs]

@@ -28,6 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from development_pairs import make_pseudoct
+
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 SUBJECTS = range(17, 24)
 
@@ -47,10 +49,7 @@ def make_data(shared: Path, work: Path) -> tuple:
     missing = [f for f in files if not f.exists()]
     if missing:
         sys.exit(f"error: missing label files {missing}")
-    cases = [f.name.split(".")[0].replace("label", "case") for f in files]
-    todo = [str(f) for f, c in zip(files, cases) if not (data / f"{c}_img.nii.gz").exists()]
-    if todo:
-        subprocess.run([sys.executable, str(shared / "tools" / "make_pseudoct.py"), str(data)] + todo, check=True)
+    cases = [image.name.split("_")[0] for image, _ in make_pseudoct(shared, data, files, quiet=False)]
     subjects = work / "subjects_17_23.csv"
     lines = ["id,image,labels"] + [f"S{s},pseudoct/{c}_img.nii.gz,pseudoct/{c}_lab.nii.gz" for s, c in zip(SUBJECTS, cases)]
     subjects.write_text("\n".join(lines) + "\n")

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
+from development_pairs import btcv_labels, make_pseudoct
 from voxelopt.config import RegistrationConfig
 from voxelopt.features import make_extractor
 
@@ -34,10 +33,8 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 def images(workdir: Path):
     """(name, image) of the two benchmark images."""
     yield "A_img 192x160x48", sitk.ReadImage(str(SHARED / "data" / "totalseg_ct" / "A_img.nii.gz"), sitk.sitkFloat32)
-    label = SHARED / "data" / "btcv_labels" / "label0001.nii.gz"
-    subprocess.run([sys.executable, str(SHARED / "tools" / "make_pseudoct.py"), str(workdir), str(label)],
-                   check=True, capture_output=True)
-    yield "BTCV 1 pseudo-CT 192x160x256", sitk.ReadImage(str(workdir / "case0001_img.nii.gz"), sitk.sitkFloat32)
+    [(image, _)] = make_pseudoct(SHARED, workdir, [btcv_labels(SHARED, 1)])
+    yield "BTCV 1 pseudo-CT 192x160x256", sitk.ReadImage(str(image), sitk.sitkFloat32)
 
 
 def seconds(extractor, image: sitk.Image, device: torch.device, repeat: int):

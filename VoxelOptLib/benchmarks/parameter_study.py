@@ -16,7 +16,6 @@ Each argument is a JSON object of overrides of the `paper` preset.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 import voxelopt
+from development_pairs import btcv_labels, make_pseudoct
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 PAIRS = [("0002", "0001"), ("0004", "0003"), ("0006", "0005"), ("0003", "0006")]
@@ -39,8 +39,7 @@ def main() -> None:
     truth = sitk.GetArrayFromImage(read(ct / "Adef_gt_disp_mm.nii.gz"))
     body = sitk.GetArrayFromImage(fixed) > -500
     with tempfile.TemporaryDirectory() as tmp:
-        labels = [str(SHARED / "data" / "btcv_labels" / f"label000{i}.nii.gz") for i in range(1, 7)]
-        subprocess.run([sys.executable, str(SHARED / "tools" / "make_pseudoct.py"), tmp] + labels, check=True, capture_output=True)
+        make_pseudoct(SHARED, Path(tmp), [btcv_labels(SHARED, i) for i in range(1, 7)])
         pct = {(f, m): [read(Path(tmp) / f"case{c}_{k}.nii.gz") for c, k in ((f, "img"), (m, "img"), (f, "lab"), (m, "lab"))]
                for f, m in PAIRS}
     caches = {key: voxelopt.FeatureCache(8) for key in list(pct) + ["ct"]}
