@@ -212,6 +212,29 @@ def test_an_affine_stage_failing_in_the_background_is_reported(pair):
     assert np.array_equal(sitk.GetArrayFromImage(first.field), sitk.GetArrayFromImage(second.field))
 
 
+def test_cancel_is_heard_while_the_affine_stage_runs(pair, monkeypatch):
+    import threading
+    import time
+
+    import voxelopt.pipeline
+
+    finished = threading.Event()
+    align = voxelopt.pipeline.align
+
+    def slow_align(*args, **kwargs):
+        time.sleep(3.0)  # an affine stage that outlasts the fixed features
+        result = align(*args, **kwargs)
+        finished.set()
+        return result
+
+    monkeypatch.setattr(voxelopt.pipeline, "align", slow_align)
+    messages = []
+    with pytest.raises(RegistrationCancelled):
+        register(pair.fixed, pair.moving, SMALL.replace(init="affine"), progress=lambda f, m: messages.append(m),
+                 cancel=lambda: "affine alignment" in messages)
+    assert not finished.is_set()  # cancelled while waiting, not after the alignment
+
+
 def test_progress_is_reported_per_level_and_cancel_stops(pair):
     seen = []
     register(pair.fixed, pair.moving, SMALL, progress=lambda f, m: seen.append((f, m)))

@@ -40,9 +40,10 @@ _FEATURES_DONE, _LEVELS_DONE = 0.2, 0.85
 
 
 class _Deferred:
-    """``function(*args)``, run in a daemon thread when ``background`` (else at once, so that its
-    errors are raised at once); :meth:`result` waits for it and returns its value or raises its
-    exception. A daemon thread, so that an interrupted process exits at once."""
+    """``function(*args)``, run in a thread when ``background`` (else at once, so that its errors
+    are raised at once); :meth:`result` waits for it and returns its value or raises its
+    exception. Not a daemon thread: a process that stops meanwhile (cancel, Ctrl-C) waits for it
+    at exit, as a daemon thread killed inside ITK aborts the process ("exception not rethrown")."""
 
     def __init__(self, background: bool, function: Callable[..., Any], *args: Any):
         self._value: Any = None
@@ -51,8 +52,7 @@ class _Deferred:
         if not background:
             self._value = function(*args)
             return
-        self._thread = threading.Thread(target=self._run, args=(function, args), name="voxelopt-background",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(function, args), name="voxelopt-background")
         self._thread.start()
 
     def _run(self, function: Callable[..., Any], args: Tuple[Any, ...]) -> None:
@@ -64,9 +64,13 @@ class _Deferred:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def result(self) -> Any:
-        if self._thread is not None:
-            self._thread.join()
+    def result(self, poll: Optional[Callable[[], None]] = None) -> Any:
+        """The value; ``poll`` is called every 0.1 s while waiting (it may raise, e.g. to cancel:
+        the thread then finishes on its own and its result is dropped)."""
+        while self._thread is not None and self._thread.is_alive():
+            if poll is not None:
+                poll()
+            self._thread.join(0.1)
         if self._error is not None:
             raise self._error
         return self._value
@@ -152,7 +156,9 @@ def register(
         fixed_features = working_features(checked, "fixed", extractor, device, cache)
     check_cancel()
     with timer.stage("alignment"):  # the rest of the initial alignment, if it is still running
-        prepared = alignment.result()
+        if alignment.running():
+            report(_FEATURES_DONE / 2, "affine alignment")
+        prepared = alignment.result(poll=check_cancel)
         fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use)
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
