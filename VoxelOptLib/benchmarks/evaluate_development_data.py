@@ -10,13 +10,15 @@
 3. ``voxelopt-eval dataset`` on both (VoxelOpt on every pair; peers on the real-CT pair and
    on the first ``--peer-pairs`` pseudo-CT pairs), and ``voxelopt-eval ablation`` on the first
    ``--ablation-pairs`` pseudo-CT pairs. ``--init`` is the common initial alignment of every
-   method (applied to the moving image and labels before any method runs).
+   method (applied to the moving image and labels before any method runs); by default the
+   preset's own (``abdomen``: affine, i.e. every method starts from the centres of mass and
+   VoxelOpt adds its affine stage, as the peers add theirs).
 
 Nothing is written into the repository: data and results go to WORK_DIR. Usage:
 
     python VoxelOptLib/benchmarks/evaluate_development_data.py WORK_DIR [--shared ../shared]
         [--peers convexadam,ants,elastix] [--peer-pairs 6] [--ablation-pairs 3] [--threads 2]
-        [--init none|centers|com] [--skip real,pseudoct,ablation]
+        [--preset abdomen] [--init none|centers|com|affine] [--skip real,pseudoct,ablation]
 
 Re-running resumes: finished pairs are skipped.
 """
@@ -77,14 +79,18 @@ def main() -> None:
     parser.add_argument("--peer-pairs", type=int, default=6)
     parser.add_argument("--ablation-pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--init", default="none", help="common initial alignment: none, centers or com")
+    parser.add_argument("--preset", default=None, help="VoxelOpt preset (default: the default preset)")
+    parser.add_argument("--init", default=None, help="common initial alignment: none, centers, com or affine "
+                        "(default: the preset's)")
     parser.add_argument("--skip", default="", help="comma-separated steps to skip: real, pseudoct, ablation")
     args = parser.parse_args()
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
     subjects, real_csv = make_data(Path(args.shared).resolve(), work)
-    common = ["--threads", str(args.threads), "--device", "cpu", "--init", args.init]
+    common = ["--threads", str(args.threads), "--device", "cpu"]
+    common += ["--init", args.init] if args.init else []
+    common += ["--preset", args.preset] if args.preset else []
     peers = ["--peers", args.peers] if args.peers else []
     if "real" not in skip:
         voxelopt_eval("dataset", str(real_csv), "--out-dir", str(work / "results_real_ct"), *peers, *common)
