@@ -5,9 +5,12 @@ Steps and grids (all share the fixed image's box and direction; see :mod:`voxelo
 1. the inputs are checked and the grids built (:mod:`voxelopt.inputs`, no torch): the *fixed
    grid* (the fixed image as given), the *feature grid* (the fixed box at ``feature_spacing`` mm,
    paper: 2 mm) and the *working grid* (the feature grid scaled by ``working_scale``, paper: 4 mm);
-2. both images are resampled onto the feature grid (the moving one through the initial
+2. the initial alignment is found (``init``; the affine stage runs in a background thread while
+   torch is imported and the fixed image's features are computed, as they do not depend on it);
+   both images are resampled onto the feature grid (the moving one through the initial
    alignment), features are computed there and moved to the working grid;
-3. the pyramid solver runs from the working grid down to ``levels`` coarser grids;
+3. the pyramid solver runs from the working grid down to ``levels`` coarser grids, then the
+   optional continuous refinement (on in the default preset);
 4. the final field (LPS mm, resampling direction) is kept on the working grid; the Jacobian is
    computed there, the entropy stays on the working grid, and with labels the moving labels are
    warped onto the fixed grid (streamed) and scored. The warped image is computed on demand
