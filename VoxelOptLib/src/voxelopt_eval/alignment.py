@@ -22,6 +22,12 @@ from voxelopt.config import SCHEMA
 from voxelopt.errors import ConfigError
 
 
+#: The initial alignments a run applies once to the moving image for every method: translations,
+#: applied without resampling. VoxelOpt's ``affine`` is not one of them: it is VoxelOpt's own
+#: stage, run from such a common start, as elastix and ANTs run theirs.
+COMMON_MODES: Tuple[str, ...] = tuple(m for m in SCHEMA["init"].choices if m != "affine")
+
+
 @dataclasses.dataclass(frozen=True)
 class InitialAlignment:
     """How the moving image is aligned before every method.
@@ -35,9 +41,8 @@ class InitialAlignment:
     hu_window: Tuple[float, float] = (-800.0, 500.0)
 
     def __post_init__(self) -> None:
-        modes = tuple(m for m in SCHEMA["init"].choices if m != "affine")  # a translation: applied without resampling
-        if self.mode not in modes:
-            raise ConfigError(f"unknown initial alignment {self.mode!r}; choose one of {', '.join(modes)}")
+        if self.mode not in COMMON_MODES:
+            raise ConfigError(f"unknown initial alignment {self.mode!r}; choose one of {', '.join(COMMON_MODES)}")
 
     def translation(self, fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
         """The translation ``t`` (mm, LPS) of this pair."""

@@ -24,7 +24,7 @@ from voxelopt.config import RegistrationConfig
 from voxelopt.errors import ConfigError
 
 from .ablation import run_ablation
-from .alignment import InitialAlignment
+from .alignment import COMMON_MODES, InitialAlignment
 from .methods import voxelopt_spec
 from .pairs import read_pairs
 from .peers import PEERS, parse_peer_list, peer_spec
@@ -96,7 +96,7 @@ def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAl
     """
     config = config_from_options(args)
     window = tuple(config.hu_window)
-    if config.init == "affine":
+    if config.init not in COMMON_MODES:  # VoxelOpt's own stage, from the centres of mass
         return config, InitialAlignment("com", window)
     return config.replace(init="none"), InitialAlignment(config.init, window)
 

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from voxelopt.errors import ConfigError, InputError
 
-from .alignment import InitialAlignment, relative_to_alignment, shifted
+from .alignment import COMMON_MODES, InitialAlignment, relative_to_alignment, shifted
 from .methods import VOXELOPT, MethodOutput, MethodSpec, run_voxelopt, voxelopt_version
 from .pairs import PairSpec, safe_name
 from .peers import get_peer, run_peer
@@ -303,9 +303,10 @@ def run_evaluation(
         raise ConfigError(f"method names must be unique (as file names): {[m.name for m in methods]}")
     for method in methods:
         if method.kind == VOXELOPT:
-            # VoxelOpt may keep its own affine stage (as elastix and ANTs keep theirs); a translation
-            # is the common start of every method and belongs to the run
-            if method.settings.get("init", "none") not in ("none", "affine"):
+            # a translation is the common start of every method and belongs to the run; VoxelOpt
+            # keeps its own affine stage (see COMMON_MODES)
+            own = method.settings.get("init", "none")
+            if own != "none" and own in COMMON_MODES:
                 raise ConfigError(f"{method.name}: give the initial alignment to the run (init=...), not to VoxelOpt "
                                   f"(init={method.settings['init']!r}), so that every method starts from it")
         else:
