@@ -201,6 +201,19 @@ def test_cache_keeps_the_affine_alignment_of_a_pair(pair, monkeypatch):
     assert len(calls) == 3  # another window, another pair: estimated again
 
 
+def test_each_image_is_digested_once_per_registration(pair, monkeypatch):
+    import voxelopt.digest
+    import voxelopt.inputs
+    import voxelopt.stages
+
+    digested = []
+    digest = voxelopt.digest.image_digest
+    for module in (voxelopt.digest, voxelopt.inputs, voxelopt.stages):  # wherever the name was imported
+        monkeypatch.setattr(module, "image_digest", lambda image: digested.append(image) or digest(image))
+    register(pair.fixed, pair.moving, SMALL.replace(init="affine"), cache=FeatureCache())
+    assert len(digested) == 2  # the fixed and the moving image: for the affine stage's and the features' keys
+
+
 def test_an_affine_stage_failing_in_the_background_is_reported(pair):
     flat = sitk.Image(pair.moving.GetSize(), sitk.sitkFloat32) + 40.0
     flat.CopyInformation(pair.moving)

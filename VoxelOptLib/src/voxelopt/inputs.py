@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import RegistrationConfig
-from .digest import image_digest
+from .digest import Digest, image_digest
 from .errors import ConfigError, InputError
 from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image, window_hu
 from .io import ImageLike, PathLike, as_image
@@ -178,16 +178,16 @@ def check_inputs(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig
 
 def align(checked: CheckedPair, config: RegistrationConfig,
           initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
-          cache: Optional[ValueCache] = None) -> PreparedPair:
+          cache: Optional[ValueCache] = None, digest: Digest = image_digest) -> PreparedPair:
     """Find the initial alignment of a checked pair (see :func:`initial_alignment`) and check the overlap.
 
     ``initial_transform``: a linear transform (or an ITK transform file) mapping fixed points to
     moving points; used as it is with ``init="none"``, as the start of ``init="affine"``.
-    ``cache``: where the affine estimate is kept between calls. The user masks restrict the
-    affine stage as well as the cost.
+    ``cache``: where the affine estimate is kept between calls (its key uses ``digest``). The
+    user masks restrict the affine stage as well as the cost.
     """
     c = checked
-    initial = initial_alignment(c.fixed, c.moving, config, initial_transform, cache, c.fixed_use, c.moving_use)
+    initial = initial_alignment(c.fixed, c.moving, config, initial_transform, cache, c.fixed_use, c.moving_use, digest)
     overlap = overlap_fraction(c.fixed_grid, c.moving, initial)
     if overlap < MIN_OVERLAP:
         raise InputError(
@@ -218,7 +218,7 @@ def _mask_image(use: np.ndarray, image: sitk.Image) -> sitk.Image:
 def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: RegistrationConfig,
                       initial_transform: Optional[Union[sitk.Transform, PathLike]] = None,
                       cache: Optional[ValueCache] = None, fixed_use: Optional[np.ndarray] = None,
-                      moving_use: Optional[np.ndarray] = None) -> np.ndarray:
+                      moving_use: Optional[np.ndarray] = None, digest: Digest = image_digest) -> np.ndarray:
     """The 4x4 matrix (LPS mm) of the initial alignment, fixed point -> moving point.
 
     With a ``cache`` (e.g. a :class:`voxelopt.FeatureCache`), the affine estimate is computed
@@ -243,7 +243,7 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
 
         if cache is None:
             return estimate()
-        key = ("affine", image_digest(fixed), image_digest(moving), tuple(config.hu_window),
+        key = ("affine", digest(fixed), digest(moving), tuple(config.hu_window),
                None if start is None else start.GetParameters() + start.GetFixedParameters(),
                *(None if m is None else image_digest(m) for m in masks))
         return cache.get_or_compute_value(key, estimate).copy()

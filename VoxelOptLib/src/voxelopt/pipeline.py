@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from .config import DEFAULT_PRESET, RegistrationConfig
+from .digest import DigestMemo
 from .errors import RegistrationCancelled
 from .inputs import align, check_inputs, checked_labels
 from .io import ImageLike, PathLike
@@ -142,7 +143,8 @@ def register(
         # while torch is imported and the fixed image's features, which do not depend on the
         # alignment, are computed; any other alignment is quick and done at once, so that its
         # errors come before torch is imported, as every input error above does.
-        alignment = _Deferred(config.init == "affine", align, checked, config, initial_transform, cache)
+        digest = DigestMemo()  # each image's digest once, for the alignment's and the features' cache keys
+        alignment = _Deferred(config.init == "affine", align, checked, config, initial_transform, cache, digest)
         from .device import make_clock, one_core_left, resolve_device
         from .features import make_extractor
         from .solver import solve_pyramid
@@ -156,7 +158,7 @@ def register(
 
     report(0.0, "features")
     with timer.stage("features_fixed"), one_core_left(device.type == "cpu" and alignment.running()):
-        fixed_features = working_features(checked, "fixed", extractor, device, cache)
+        fixed_features = working_features(checked, "fixed", extractor, device, cache, digest)
     check_cancel()
     with timer.stage("alignment"):  # the rest of the initial alignment, if it is still running
         if alignment.running():
@@ -166,7 +168,7 @@ def register(
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):
-        moving_features = working_features(prepared, "moving", extractor, device, cache)
+        moving_features = working_features(prepared, "moving", extractor, device, cache, digest)
     check_cancel()
     report(_FEATURES_DONE, "features done")
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from .cache import FeatureCache
-from .digest import image_digest
+from .digest import Digest, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
@@ -45,7 +45,8 @@ def check_memory(prepared: Union[CheckedPair, PreparedPair], config: Registratio
 
 
 def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, extractor: FeatureExtractor,
-                     device: torch.device, cache: Optional[FeatureCache] = None) -> torch.Tensor:
+                     device: torch.device, cache: Optional[FeatureCache] = None,
+                     digest: Digest = image_digest) -> torch.Tensor:
     """(1, C, Z, Y, X) features of the ``"fixed"`` or ``"moving"`` image on the working grid
     (the fixed image's need no alignment: a :class:`CheckedPair` will do).
 
@@ -65,7 +66,7 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
 
     if cache is None:
         return compute()
-    key = ("features", image_digest(image), feature_grid, working_grid, initial.round(9).tobytes(), extractor.cache_key(),
+    key = ("features", digest(image), feature_grid, working_grid, initial.round(9).tobytes(), extractor.cache_key(),
            str(device))
     return cache.get_or_compute(key, compute, device)
 
