@@ -227,34 +227,29 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
     to_fixed, offset = field.grid.index_map_to(fixed_grid)
     if not np.allclose(to_fixed, np.diag(np.diag(to_fixed)), atol=1e-9):
         return everywhere  # a field grid turned against the fixed one (not made by a registration)
-    nonzero = labels != 0
-    low, high = [], []
-    for axis in (2, 1, 0):  # moving (i, j, k) = array axes (x, y, z)
-        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
-        if not len(hits):
-            return None
-        low.append(hits[0] - 0.5 - 1e-3)
-        high.append(hits[-1] + 0.5 + 1e-3)
+    extent = _nonzero_extent(labels != 0)
+    if extent is None:
+        return None
+    low = extent[0][::-1] - 0.5 - 1e-3  # moving (i, j, k) = array axes (x, y, z)
+    high = extent[1][::-1] + 0.5 + 1e-3
     # the field grid's voxel centres mapped to moving continuous indices, (Z, Y, X, 3) as (i, j, k)
     points = field.grid.physical_points() + field.data[0].detach().double().cpu().numpy()
     to_moving = np.linalg.inv(moving_grid.index_to_physical)
     q = np.einsum("rc,czyx->zyxr", to_moving, points - np.reshape(moving_grid.origin, (3, 1, 1, 1)))
+    if min(q.shape[:3]) < 2:
+        return everywhere
     lo, hi = q, q
-    for axis in range(3):  # min and max over each cell's 2x2x2 corners (the field grid needs >= 2 per axis)
-        if q.shape[axis] < 2:
-            return everywhere
-        first, second = (slice(None, -1), slice(1, None))
-        take = [slice(None)] * 4
-        a, b = list(take), list(take)
-        a[axis], b[axis] = first, second
-        lo, hi = np.minimum(lo[tuple(a)], lo[tuple(b)]), np.maximum(hi[tuple(a)], hi[tuple(b)])
-    reach = np.all((hi >= np.asarray(low)) & (lo <= np.asarray(high)), axis=-1)  # (Z-1, Y-1, X-1) cells
-    if not reach.any():
+    for axis in range(3):  # min and max over each cell's 2x2x2 corners
+        first, second = ([slice(None)] * 4 for _ in range(2))
+        first[axis], second[axis] = slice(None, -1), slice(1, None)
+        lo = np.minimum(lo[tuple(first)], lo[tuple(second)])
+        hi = np.maximum(hi[tuple(first)], hi[tuple(second)])
+    cells = _nonzero_extent(np.all((hi >= low) & (lo <= high), axis=-1))  # over the (Z-1, Y-1, X-1) cells
+    if cells is None:
         return None
-    cells = [np.flatnonzero(reach.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     # the field-index box of those cells, (i, j, k) order, and its corners in fixed indices
-    start = np.asarray([cells[2][0], cells[1][0], cells[0][0]], dtype=np.float64)
-    stop = np.asarray([cells[2][-1], cells[1][-1], cells[0][-1]], dtype=np.float64) + 1.0
+    start = cells[0][::-1].astype(np.float64)
+    stop = cells[1][::-1].astype(np.float64) + 1.0
     corners = np.array([[(start, stop)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
     in_fixed = corners @ to_fixed.T + offset
     first_fixed = np.floor(in_fixed.min(axis=0)) - 1
@@ -267,6 +262,14 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
         end = n if stop[axis] >= field_size[axis] - 1 else int(min(n, last_fixed[axis] + 1))
         out.append(slice(begin, max(begin + 1, end)))
     return out[2], out[1], out[0]
+
+
+def _nonzero_extent(mask: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(first, last) indices per array axis of the True voxels of a 3-D mask; None when none is."""
+    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if not len(hits[0]):
+        return None
+    return np.array([h[0] for h in hits]), np.array([h[-1] for h in hits])
 
 
 def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], torch.Tensor]:
