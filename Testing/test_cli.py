@@ -3,6 +3,8 @@
 import argparse
 import json
 import os
+import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -309,3 +311,33 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert process.returncode == 130
     assert stderr == "error: interrupted\n"
     assert not (tmp_path / "demo").exists()
+
+
+_FAULTS_SCRIPT = """
+import ctypes, ctypes.util, resource, sys
+from voxelopt.allocator import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
+def touch_and_free():  # as a large array does: malloc, every page written, free
+    block = libc.malloc(256 * 2**20)
+    ctypes.memset(block, 1, 256 * 2**20)
+    libc.free(block)
+touch_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch_and_free()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_command_line_reuses_freed_memory_instead_of_page_faulting_it_in_again():
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        kept, count = out.stdout.split()
+        return kept, int(count)
+
+    pages = 256 * 2**20 // resource.getpagesize()
+    assert faults("default")[1] > pages // 2  # glibc unmaps the freed block: the second one faults in again
+    kept, count = faults("keep")
+    assert kept == "True" and count < pages // 20

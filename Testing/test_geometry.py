@@ -164,3 +164,23 @@ def test_grids_and_checks_import_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(1, 1, 1)"
+
+
+@pytest.mark.parametrize("depth", [7, 8, 1])
+@pytest.mark.parametrize("mode, padding, corners", [("bilinear", "border", False), ("nearest", "zeros", True)])
+def test_grid_sample_spread_over_threads_gives_the_same_values(depth, mode, padding, corners):
+    from voxelopt.geometry import grid_sample
+
+    generator = torch.Generator().manual_seed(3)
+    volume = torch.rand(1, 4, 9, 10, 11, generator=generator)
+    grid = torch.rand(1, depth, 5, 6, 3, generator=generator) * 2.4 - 1.2  # some points outside
+    expected = torch.nn.functional.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=corners)
+    threads = torch.get_num_threads()
+    try:
+        for count in (3, 2, 1):  # 3 parts do not divide 7 or 8 slices: a padded last part
+            torch.set_num_threads(count)
+            out = grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=corners)
+            assert out.shape == expected.shape and out.is_contiguous()
+            assert torch.equal(out, expected)
+    finally:
+        torch.set_num_threads(threads)

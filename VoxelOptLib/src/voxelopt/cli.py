@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 
 from . import __version__
+from .allocator import keep_freed_memory
 from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, VoxelOptError
 from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
@@ -352,6 +353,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] =
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``voxelopt`` command line; returns the exit status (2: a user error, 130: interrupted)."""
+    keep_freed_memory()  # this process is ours: reuse freed arrays instead of page-faulting them in again
     try:
         return run_command(build_parser(), argv)
     except KeyboardInterrupt:  # while the parser is built

@@ -36,7 +36,7 @@ axes in mm (``image.GetSpacing()[::-1]``).
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -92,31 +92,70 @@ def label_metrics(fixed: LabelMap, moving: LabelMap, warped: LabelMap, spacing_z
         ``labels`` (scored, sorted), ``dice`` and ``hd95_mm`` (per label, keys are the labels as
         strings), ``dice_mean``, ``hd95_mm_mean`` (NaN when no label is scored) and
         ``labels_lost`` (scored labels absent from ``warped``).
+
+    To score several warped maps against one fixed map, use :class:`LabelScorer`.
     """
-    if tuple(fixed.shape) != tuple(warped.shape):
-        raise ValueError(f"fixed and warped label maps differ in shape: {tuple(fixed.shape)} vs {tuple(warped.shape)}")
     if device is None:
         device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
-    f, w = _as_labels(fixed, device), _as_labels(warped, device)
-    in_fixed, in_moving, in_warped = _voxel_counts(f), _voxel_counts(_as_labels(moving, device)), _voxel_counts(w)
-    in_both = _voxel_counts(torch.where(f == w, f, torch.zeros((), dtype=f.dtype, device=device)))
-    n = max(len(in_fixed), len(in_moving), len(in_warped))
-    in_fixed, in_moving, in_warped, in_both = (torch.nn.functional.pad(c, (0, n - len(c))).double().cpu().numpy()
-                                               for c in (in_fixed, in_moving, in_warped, in_both))
-    labels = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
-    dice = {label: float(2.0 * in_both[label] / (in_fixed[label] + in_warped[label])) for label in labels}
-    fixed_points, warped_points = _surface_points(f, labels, spacing_zyx), _surface_points(w, labels, spacing_zyx)
-    diagonal = float(np.linalg.norm(np.asarray(f.shape) * np.asarray(spacing_zyx, dtype=np.float64)))
-    distances = {label: (_hd95(fixed_points[label], warped_points[label]) if in_warped[label] else diagonal)
-                 for label in labels}
-    return {
-        "labels": labels,
-        "dice": {str(k): v for k, v in dice.items()},
-        "dice_mean": float(np.mean(list(dice.values()))) if labels else float("nan"),
-        "hd95_mm": {str(k): v for k, v in distances.items()},
-        "hd95_mm_mean": float(np.mean(list(distances.values()))) if labels else float("nan"),
-        "labels_lost": [label for label in labels if not in_warped[label]],
-    }
+    return LabelScorer(fixed, moving, spacing_zyx, device).score(warped)
+
+
+class LabelScorer:
+    """:func:`label_metrics` of any number of warped label maps against one fixed label map.
+
+    The fixed side is worked out once: which labels are scored, their voxel counts, their
+    surface points and KD-trees; each :meth:`score` then counts only inside the box holding the
+    labelled voxels of the fixed and the warped map (grown by one voxel), where every scored
+    voxel lies. Scoring the "before" and "after" maps of a registration with one scorer costs
+    about 1.3 times one :func:`label_metrics` instead of twice.
+    """
+
+    def __init__(self, fixed: LabelMap, moving: LabelMap, spacing_zyx: Sequence[float],
+                 device: Optional[torch.device] = None):
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.spacing_zyx = tuple(float(v) for v in spacing_zyx)
+        self._fixed = _as_labels(fixed, self.device)
+        in_fixed, in_moving = _voxel_counts(self._fixed), _voxel_counts(_as_labels(moving, self.device))
+        n = max(len(in_fixed), len(in_moving))
+        in_fixed, in_moving = (torch.nn.functional.pad(c, (0, n - len(c))).double().cpu().numpy() for c in (in_fixed, in_moving))
+        self.labels: List[int] = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
+        self._in_fixed = in_fixed
+        self._fixed_box = _box(self._fixed)
+        self._fixed_points = _surface_points(self._fixed, self.labels, self.spacing_zyx, self._fixed_box)
+        self._fixed_trees = {label: _tree(points) for label, points in self._fixed_points.items() if len(points)}
+        self._diagonal = float(np.linalg.norm(np.asarray(self._fixed.shape) * np.asarray(self.spacing_zyx)))
+
+    def score(self, warped: LabelMap) -> Dict[str, object]:
+        """The scores of ``warped`` (the moving labels on the fixed grid), as :func:`label_metrics` returns them."""
+        if tuple(self._fixed.shape) != tuple(warped.shape):
+            raise ValueError(f"fixed and warped label maps differ in shape: {tuple(self._fixed.shape)} vs {tuple(warped.shape)}")
+        w = _as_labels(warped, self.device)
+        warped_box = _box(w)
+        in_warped = np.zeros(len(self._in_fixed))
+        in_both = np.zeros(len(self._in_fixed))
+        box = _union_box(self._fixed_box, warped_box)
+        if box is not None:  # outside the box both maps are 0: nothing a scored label counts
+            f_box, w_box = self._fixed[box], w[box]
+            counts = [_voxel_counts(w_box), _voxel_counts(torch.where(f_box == w_box, f_box, torch.zeros((), dtype=f_box.dtype,
+                                                                                                      device=self.device)))]
+            size = max(len(in_warped), *(len(c) for c in counts))
+            in_warped, in_both = (np.pad(c.double().cpu().numpy(), (0, size - len(c))) for c in counts)
+            in_fixed = np.pad(self._in_fixed, (0, size - len(self._in_fixed)))
+        else:
+            in_fixed = self._in_fixed
+        labels = self.labels
+        dice = {label: float(2.0 * in_both[label] / (in_fixed[label] + in_warped[label])) for label in labels}
+        warped_points = _surface_points(w, labels, self.spacing_zyx, warped_box)
+        distances = {label: (_hd95(self._fixed_points[label], self._fixed_trees[label], warped_points[label])
+                             if in_warped[label] else self._diagonal) for label in labels}
+        return {
+            "labels": list(labels),
+            "dice": {str(k): v for k, v in dice.items()},
+            "dice_mean": float(np.mean(list(dice.values()))) if labels else float("nan"),
+            "hd95_mm": {str(k): v for k, v in distances.items()},
+            "hd95_mm_mean": float(np.mean(list(distances.values()))) if labels else float("nan"),
+            "labels_lost": [label for label in labels if not in_warped[label]],
+        }
 
 
 def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: LabelMap, warped: LabelMap,
@@ -125,8 +164,10 @@ def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: Label
     """:func:`label_metrics` of ``warped`` plus ``dice_initial_mean`` and ``hd95_mm_initial_mean``
     of ``initial`` (the moving labels on the fixed grid before the deformable registration: through
     the initial alignment only), scored on the same labels."""
-    return with_initial_scores(label_metrics(fixed, moving, warped, spacing_zyx, device),
-                               label_metrics(fixed, moving, initial, spacing_zyx, device))
+    if device is None:
+        device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
+    scorer = LabelScorer(fixed, moving, spacing_zyx, device)
+    return with_initial_scores(scorer.score(warped), scorer.score(initial))
 
 
 def with_initial_scores(after: Dict[str, object], before: Dict[str, object]) -> Dict[str, object]:
@@ -162,13 +203,14 @@ def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
     return torch.bincount(x)
 
 
-def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequence[float]) -> Dict[int, np.ndarray]:
+def _surface_points(x: torch.Tensor, labels: Sequence[int], spacing_zyx: Sequence[float],
+                    box: Optional[Tuple[slice, slice, slice]]) -> Dict[int, np.ndarray]:
     """Per label, the (N, 3) positions in mm (z, y, x) of its surface voxels in label map ``x``.
 
     A voxel is on its label's surface when a 6-neighbour has another label or lies outside the
-    image; all labels are found in one pass over the volume.
+    image; all labels are found in one pass over ``box`` (``_box(x)``: the labelled box plus one
+    voxel, all the neighbour test needs).
     """
-    box = _box(x)  # only the labelled box plus one voxel: the neighbour test needs no more
     if box is None:
         return {label: np.zeros((0, 3)) for label in labels}
     offset = np.asarray([b.start for b in box], dtype=np.float64)
@@ -202,11 +244,24 @@ def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
     return tuple(window)
 
 
-def _hd95(a: np.ndarray, b: np.ndarray) -> float:
-    """95th percentile of the pooled nearest-neighbour distances a->b and b->a (both non-empty)."""
-    # Unbalanced trees with larger leaves: the same exact distances, built and queried 2-3x faster
-    # on surface voxels (regular grid points with many ties) than SciPy's default tree.
-    to_b, _ = cKDTree(b, leafsize=64, balanced_tree=False, compact_nodes=False).query(a, workers=-1)
-    to_a, _ = cKDTree(a, leafsize=64, balanced_tree=False, compact_nodes=False).query(b, workers=-1)
+def _union_box(a: Optional[Tuple[slice, ...]], b: Optional[Tuple[slice, ...]]) -> Optional[Tuple[slice, ...]]:
+    """The smallest box holding boxes ``a`` and ``b`` (either may be None: no box)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))
+
+
+def _tree(points: np.ndarray) -> cKDTree:
+    """A KD-tree of surface points. Unbalanced, with larger leaves: the same exact distances,
+    built and queried 2-3x faster on surface voxels (regular grid points with many ties) than
+    SciPy's default tree."""
+    return cKDTree(points, leafsize=64, balanced_tree=False, compact_nodes=False)
+
+
+def _hd95(a: np.ndarray, tree_a: cKDTree, b: np.ndarray) -> float:
+    """95th percentile of the pooled nearest-neighbour distances a->b and b->a (both non-empty;
+    ``tree_a`` is ``_tree(a)``)."""
+    to_b, _ = _tree(b).query(a, workers=-1)
+    to_a, _ = tree_a.query(b, workers=-1)
     return float(np.percentile(np.concatenate([to_b, to_a]), 95))
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RegistrationCancelled
-from .geometry import Grid, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resize_volume, voxel_to_mm_field
+from .geometry import Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resize_volume, voxel_to_mm_field
 from .metrics import jacobian_determinant
 
 #: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
@@ -308,7 +308,7 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], t
     def general(z0: int, z1: int) -> torch.Tensor:
         k_terms = torch.arange(z0, z1, dtype=torch.float32, device=device).view(-1, 1, 1, 1)
         points = (k_terms * field_norm[:, 2] + field_norm_offset) + j_terms * field_norm[:, 1] + i_terms * field_norm[:, 0]
-        return F.grid_sample(field.data, points[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+        return grid_sample(field.data, points[None], mode="bilinear", padding_mode="border")[0]
 
     return general
 
@@ -350,8 +350,7 @@ def _sample_block(source: torch.Tensor, block_range, points: torch.Tensor, insid
     outside the image take ``default``), in ``dtype`` (rounded and clipped for integer types)."""
     (k0, k1), (j0, j1), (i0, i1) = block_range
     block = source[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1].to(torch.float32)[None, None]
-    sampled = F.grid_sample(block, points, mode="nearest" if nearest else "bilinear", padding_mode="border",
-                            align_corners=False)[0, 0]
+    sampled = grid_sample(block, points, mode="nearest" if nearest else "bilinear", padding_mode="border")[0, 0]
     if inside is not None:
         sampled.masked_fill_(~inside, default)
     return _to_dtype(sampled.cpu().numpy(), dtype)

@@ -19,7 +19,7 @@ from .features import FeatureExtractor
 from .geometry import resample_image, resize_volume, tensor_to_image
 from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
-from .metrics import jacobian_statistics, label_metrics, with_initial_scores
+from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
 from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
 #: Share of the free memory a registration may plan to use.
@@ -81,18 +81,18 @@ def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch
             working_mask(prepared.moving, *grids, moving_mask, prepared.initial))
 
 
-def label_scores(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, object]:
-    """Dice and HD95 of the warped labels against the fixed labels (the scoring module's rule)."""
+def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image) -> LabelScorer:
+    """Scores of warped labels against the fixed labels (the scoring module's rule), fixed side once."""
     view = sitk.GetArrayViewFromImage
-    return label_metrics(view(fixed_labels), view(moving_labels), view(warped_labels), fixed_labels.GetSpacing()[::-1])
+    return LabelScorer(view(fixed_labels), view(moving_labels), fixed_labels.GetSpacing()[::-1])
 
 
 def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,
-                         cache: Optional[FeatureCache]) -> Dict[str, object]:
+                         scorer: LabelScorer, cache: Optional[FeatureCache]) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
         initial = resample_image(moving_labels, prepared.fixed_grid, prepared.initial, sitk.sitkNearestNeighbor, 0)
-        return label_scores(fixed_labels, moving_labels, initial)
+        return scorer.score(sitk.GetArrayViewFromImage(initial))
 
     if cache is None:
         return compute()
@@ -119,8 +119,9 @@ def solved_outputs(
         warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
                                    progress=progress, cancel=cancel)
         if fixed_labels is not None:
-            metrics.update(with_initial_scores(label_scores(fixed_labels, moving_labels, warped_labels),
-                                               initial_label_scores(prepared, fixed_labels, moving_labels, cache)))
+            scorer = label_scorer(fixed_labels, moving_labels)
+            metrics.update(with_initial_scores(scorer.score(sitk.GetArrayViewFromImage(warped_labels)),
+                                               initial_label_scores(prepared, fixed_labels, moving_labels, scorer, cache)))
     return {"field": field, "entropy": tensor_to_image(solved.entropy.float(), prepared.working_grid),
             "jacobian": tensor_to_image(jacobian.float(), field.grid), "warped_labels": warped_labels,
             "metrics": metrics}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from voxelopt import __version__
+from voxelopt.allocator import keep_freed_memory
 from voxelopt.cli import add_registration_options, config_from_options, run_command
 from voxelopt.config import RegistrationConfig
 from voxelopt.errors import ConfigError
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``voxelopt-eval``; returns the exit status (2: a user error, 130: interrupted)."""
+    keep_freed_memory()  # as ``voxelopt`` does: this process is ours
     return run_command(build_parser(), argv)
 
 

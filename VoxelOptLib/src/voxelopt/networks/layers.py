@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ..geometry import grid_sample
 
 
 def lattice(shape: Sequence[int], centred: bool, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -46,5 +47,5 @@ def obelisk_sample(volume: torch.Tensor, points: torch.Tensor, offsets: torch.Te
     batch = volume.shape[0]
     k = offsets.shape[1]
     grid = (points + offsets).expand(batch, k, points.shape[2], 1, 3)
-    sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    sampled = grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return sampled.reshape(batch, volume.shape[1] * k, *shape)

