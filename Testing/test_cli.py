@@ -341,3 +341,18 @@ def test_the_command_line_reuses_freed_memory_instead_of_page_faulting_it_in_aga
     assert faults("default")[1] > pages // 2  # glibc unmaps the freed block: the second one faults in again
     kept, count = faults("keep")
     assert kept == "True" and count < pages // 20
+
+
+def test_images_read_concurrently_come_back_in_order_and_the_first_error_wins(files, tmp_path):
+    from voxelopt.errors import InputError
+    from voxelopt.io import read_images
+
+    fixed, moving = str(files["fixed"]), str(files["moving"])
+    images = read_images([(fixed, "fixed image"), (None, "fixed labels"), (moving, "moving image")])
+    assert images[1] is None
+    for image, path in ((images[0], fixed), (images[2], moving)):
+        assert np.array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(sitk.ReadImage(path)))
+    (tmp_path / "garbage.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="moving image file not found"):
+        read_images([(fixed, "fixed image"), (str(tmp_path / "none.nii"), "moving image"),
+                     (str(tmp_path / "garbage.nii.gz"), "fixed labels")])

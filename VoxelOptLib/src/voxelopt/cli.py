@@ -159,14 +159,12 @@ def cmd_register(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
     if args.overview:
         check_output_dir(Path(args.overview).parent)
-    from .io import read_image  # numpy and SimpleITK: only once the arguments are good
+    from .io import read_images  # numpy and SimpleITK: only once the arguments are good
 
-    fixed = read_image(args.fixed, "fixed image")
-    moving = read_image(args.moving, "moving image")
-    fixed_labels = read_image(args.fixed_labels, "fixed labels") if args.fixed_labels else None
-    moving_labels = read_image(args.moving_labels, "moving labels") if args.moving_labels else None
-    fixed_mask = read_image(args.fixed_mask, "fixed mask") if args.fixed_mask else None
-    moving_mask = read_image(args.moving_mask, "moving mask") if args.moving_mask else None
+    fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask = read_images([
+        (args.fixed, "fixed image"), (args.moving, "moving image"), (args.fixed_labels or None, "fixed labels"),
+        (args.moving_labels or None, "moving labels"), (args.fixed_mask or None, "fixed mask"),
+        (args.moving_mask or None, "moving mask")])
     from .pipeline import register  # imports torch once the inputs are checked (during the affine stage)
 
     cache = None
