@@ -142,7 +142,10 @@ def _refine(moving: torch.Tensor, fixed: torch.Tensor, field: torch.Tensor, iter
         step = -torch.stack([i00 * b0 + i01 * b1 + i02 * b2,
                              i01 * b0 + i11 * b1 + i12 * b2,
                              i02 * b0 + i12 * b1 + i22 * b2])
-        step = step * (MAX_STEP / step.norm(dim=0, keepdim=True).clamp_min(MAX_STEP))
+        # |step| per voxel as a sum of three planes: torch's norm over the leading dimension took
+        # 20 ms of each 40 ms iteration on the CPU (48x40x64)
+        length = torch.addcmul(torch.addcmul(step[0] * step[0], step[1], step[1]), step[2], step[2]).sqrt_()
+        step = step * (MAX_STEP / length.clamp_min_(MAX_STEP))
         smooth_step = smooth_field(step[None])
         candidate = smooth_step + warp(u, smooth_step)  # u o (id + s), then + s
         candidate_residual = residual_of(candidate)
