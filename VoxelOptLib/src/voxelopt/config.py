@@ -32,7 +32,8 @@ SHAPES = ("scalar", "pair", "list")
 PRESET_DESCRIPTIONS: Dict[str, str] = {
     "abdomen": "the default for abdominal CT: affine initial alignment, MIND-SSC at 2 mm solved at 4 mm over "
                "4 levels with a short schedule, then the continuous refinement (chosen with benchmarks/choose_default.py)",
-    "accurate": "abdomen with a wider search (k = 2): the most accurate on the development data, about 5 s more",
+    "accurate": "abdomen with a wider search (k = 2): more accurate on the pseudo-CT development pairs (not on the thin "
+                "real pair B <- A), about 5 s more",
     "fast": "abdomen from the centres of mass and without the refinement: no affine stage, a quick preview",
     "paper": "Table 1 of the paper: MIND-SSC at 2 mm solved at 4 mm, 5 levels, 6 coupling values, no initial alignment",
 }
