@@ -120,3 +120,32 @@ def test_jacobian_statistics():
     inner = jac[2:-2, 2:-2, 2:-2]
     assert stats["sdlogj"] == pytest.approx(np.log(inner + 3).std())
     assert stats["sdlogj_plain"] == pytest.approx(np.log(inner[inner > 0]).std())
+
+
+def test_one_scorer_gives_each_warped_map_the_scores_of_label_metrics():
+    """The scorer counts only inside the labelled box of the fixed and the warped map: warped labels
+    outside the fixed labels' box, a lost label and an empty map must score as the full count does."""
+    from voxelopt.metrics import LabelScorer
+
+    rng = np.random.default_rng(7)
+    fixed = np.zeros((30, 28, 26), dtype=np.uint8)
+    fixed[8:16, 6:14, 5:12] = 1
+    fixed[12:20, 14:22, 10:18] = 2
+    fixed[3:6, 3:6, 3:6] = 3
+    moving = fixed.copy()
+    moving[0, 0, 0] = 4  # present in the moving map only: not scored
+    shifted = np.roll(fixed, (6, -5, 7), axis=(0, 1, 2))  # label 2 partly outside the fixed labels' box
+    lost = np.where(fixed == 3, 0, fixed)
+    noisy = np.where(rng.random(fixed.shape) < 0.05, 2, fixed).astype(np.uint8)
+    scorer = LabelScorer(fixed, moving, (1.5, 1.0, 2.0))
+    for warped in (shifted, lost, noisy, np.zeros_like(fixed)):
+        assert scorer.score(warped) == label_metrics_reference(fixed, moving, warped, (1.5, 1.0, 2.0))
+
+
+def label_metrics_reference(fixed, moving, warped, spacing):
+    """The scores counted on the whole grid (plain numpy Dice) with label_metrics' HD95."""
+    out = label_metrics(fixed, moving, warped, spacing)
+    for label in out["labels"]:
+        f, w = fixed == label, warped == label
+        assert out["dice"][str(label)] == pytest.approx(2.0 * np.count_nonzero(f & w) / (f.sum() + w.sum()))
+    return out
