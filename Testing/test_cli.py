@@ -356,3 +356,22 @@ def test_images_read_concurrently_come_back_in_order_and_the_first_error_wins(fi
     with pytest.raises(InputError, match="moving image file not found"):
         read_images([(fixed, "fixed image"), (str(tmp_path / "none.nii"), "moving image"),
                      (str(tmp_path / "garbage.nii.gz"), "fixed labels")])
+
+
+def test_the_command_ends_without_teardown_yet_flushes_its_output_and_keeps_its_exit_status(files, tmp_path):
+    """``python -m voxelopt.cli`` (the console script's ``console_main``) leaves by ``os._exit``:
+    everything printed reaches a pipe, every file is in place, and the status is main()'s."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out_dir = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "voxelopt.cli", "register", str(files["fixed"]), str(files["moving"]),
+                           "--fixed-labels", str(files["fixed_labels"]), "--moving-labels", str(files["moving_labels"]),
+                           "--out-dir", str(out_dir), "--preset", "fast"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().splitlines()[-1].startswith("wrote ")  # the last line, after os._exit
+    written = json.loads((out_dir / "metrics.json").read_text())
+    assert written["metrics"]["dice_mean"] > written["metrics"]["dice_initial_mean"]
+    assert sitk.ReadImage(str(out_dir / "warped.nii.gz")).GetSize() == sitk.ReadImage(str(files["fixed"])).GetSize()
+    bad = subprocess.run([sys.executable, "-m", "voxelopt.cli", "register", str(tmp_path / "none.nii"),
+                          str(files["moving"]), "--out-dir", str(tmp_path / "bad")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and bad.stderr == f"error: fixed image file not found: {tmp_path / 'none.nii'}\n"
+    assert not (tmp_path / "bad").exists()
