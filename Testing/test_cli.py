@@ -315,8 +315,8 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
 
 _FAULTS_SCRIPT = """
 import ctypes, ctypes.util, resource, sys
-from voxelopt.allocator import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+from voxelopt.allocator import keep_freed_memory, release_free_memory
+kept = keep_freed_memory() if sys.argv[1] != "default" else None
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_size_t,), (ctypes.c_void_p,)
 def touch_and_free():  # as a large array does: malloc, every page written, free
@@ -324,6 +324,8 @@ def touch_and_free():  # as a large array does: malloc, every page written, free
     ctypes.memset(block, 1, 256 * 2**20)
     libc.free(block)
 touch_and_free()
+if sys.argv[1] == "release":
+    release_free_memory()  # the kept pages go back to the kernel
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 touch_and_free()
 print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -341,6 +343,8 @@ def test_the_command_line_reuses_freed_memory_instead_of_page_faulting_it_in_aga
     assert faults("default")[1] > pages // 2  # glibc unmaps the freed block: the second one faults in again
     kept, count = faults("keep")
     assert kept == "True" and count < pages // 20
+    kept, count = faults("release")  # between stages the pipeline hands kept memory back
+    assert kept == "True" and count > pages // 2
 
 
 def test_images_read_concurrently_come_back_in_order_and_the_first_error_wins(files, tmp_path):

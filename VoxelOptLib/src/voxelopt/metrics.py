@@ -36,6 +36,7 @@ axes in mm (``image.GetSpacing()[::-1]``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -185,9 +186,9 @@ def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
         x = np.asarray(x)
         if x.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
             x = x.astype(np.int32)
-        elif not x.flags.writeable:  # e.g. sitk.GetArrayViewFromImage; torch wants writable memory
-            x = x.copy()
-        x = torch.from_numpy(np.ascontiguousarray(x))
+        with warnings.catch_warnings():  # a read-only view (sitk.GetArrayViewFromImage) is wrapped, not
+            warnings.simplefilter("ignore", UserWarning)  # copied: nothing here writes to a label map
+            x = torch.from_numpy(np.ascontiguousarray(x))
     elif x.is_floating_point():
         x = x.round().to(torch.int32)
     return x.to(device)

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
+from .allocator import release_free_memory
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .digest import DigestMemo
 from .errors import RegistrationCancelled
@@ -179,6 +180,7 @@ def register(
         solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, timer.clock,
                                fixed_mask=fixed_cost_mask, moving_mask=moving_cost_mask)
     del fixed_features, moving_features
+    release_free_memory()  # the full-grid outputs do not fit in the features' freed blocks
     check_cancel()
 
     report(_LEVELS_DONE, "outputs")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import SimpleITK as sitk
 
+from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
 from .geometry import Grid
@@ -93,6 +94,7 @@ class RegistrationResult:
         """The moving image on the fixed grid through the field (trilinear, the moving pixel type)."""
         if self._warped is None:
             start = time.perf_counter()
+            release_free_memory()  # before a full-grid array: see voxelopt.allocator
             self._warped = self.warp(self.moving)
             self.timings["warp"] = time.perf_counter() - start
         return self._warped
