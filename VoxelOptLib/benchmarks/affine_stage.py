@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from affine_init import mean_dice
-from development_pairs import pseudoct_pairs, real_ct_pairs
+from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
 from voxelopt import affine, register
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -66,10 +66,7 @@ def main() -> int:
     parser.add_argument("--subjects", default="1,2,3,4,5,6", help="BTCV subjects of the alignment-alone ring")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     args = parser.parse_args()
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants: {unknown}; choose from {list(VARIANTS)}")
+    names = chosen_names(parser, args.variants, VARIANTS, "variants")
     subjects = [int(s) for s in args.subjects.split(",")]
     ring = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, list(zip(subjects, subjects[1:] + subjects[:1])))
     default_pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, [(1, 2), (3, 4), (5, 6)])

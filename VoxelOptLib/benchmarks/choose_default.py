@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import pseudoct_pairs, real_ct_pairs
+from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
 from voxelopt import RegistrationConfig, register
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
@@ -73,10 +73,7 @@ def main() -> int:
     parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
     args = parser.parse_args()
-    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CANDIDATES]
-    if unknown:
-        parser.error(f"unknown candidates: {unknown}; choose from {list(CANDIDATES)}")
+    names = chosen_names(parser, args.candidates, CANDIDATES, "candidates")
     pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
     pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
     weights = str(args.shared / "models")

@@ -5,17 +5,19 @@
 * ``pseudoct_pairs``: label-derived pseudo-CT of BTCV subjects, made on first use with
   ``../shared/tools/make_pseudoct.py`` (192x160x256 at 2 mm) into ``WORK/pseudoct``;
 * ``make_pseudoct``: the pseudo-CT of any BTCV label files, made once into a folder (every
-  benchmark script that needs pseudo-CT makes it here).
+  benchmark script that needs pseudo-CT makes it here);
+* ``chosen_names``: the comma-separated candidates or variants of a protocol's command line.
 
 A pair is ``(name, fixed_image, moving_image, fixed_labels, moving_labels)``, paths.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
 Pair = Tuple[str, Path, Path, Path, Path]
 
@@ -49,3 +51,14 @@ def pseudoct_pairs(shared: Path, work: Path, pairs: Sequence[Tuple[int, int]]) -
     subjects = sorted({s for pair in pairs for s in pair})
     made = dict(zip(subjects, make_pseudoct(shared, work / "pseudoct", [btcv_labels(shared, s) for s in subjects])))
     return [(f"case{f:04d} <- case{m:04d}", made[f][0], made[m][0], made[f][1], made[m][1]) for f, m in pairs]
+
+
+def chosen_names(parser: argparse.ArgumentParser, text: str, known: Iterable[str], what: str) -> List[str]:
+    """The names in the comma-separated ``text``, each one of ``known`` (else ``parser.error``
+    naming the unknown ``what``)."""
+    known = list(known)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown {what}: {unknown}; choose from {known}")
+    return names

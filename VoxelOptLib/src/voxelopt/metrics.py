@@ -96,9 +96,7 @@ def label_metrics(fixed: LabelMap, moving: LabelMap, warped: LabelMap, spacing_z
 
     To score several warped maps against one fixed map, use :class:`LabelScorer`.
     """
-    if device is None:
-        device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
-    return LabelScorer(fixed, moving, spacing_zyx, device).score(warped)
+    return LabelScorer(fixed, moving, spacing_zyx, _device_of(warped, device)).score(warped)
 
 
 class LabelScorer:
@@ -116,9 +114,7 @@ class LabelScorer:
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.spacing_zyx = tuple(float(v) for v in spacing_zyx)
         self._fixed = _as_labels(fixed, self.device)
-        in_fixed, in_moving = _voxel_counts(self._fixed), _voxel_counts(_as_labels(moving, self.device))
-        n = max(len(in_fixed), len(in_moving))
-        in_fixed, in_moving = (torch.nn.functional.pad(c, (0, n - len(c))).double().cpu().numpy() for c in (in_fixed, in_moving))
+        in_fixed, in_moving = _same_length([_voxel_counts(self._fixed), _voxel_counts(_as_labels(moving, self.device))])
         self.labels: List[int] = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
         self._in_fixed = in_fixed
         self._fixed_box = _box(self._fixed)
@@ -132,18 +128,10 @@ class LabelScorer:
             raise ValueError(f"fixed and warped label maps differ in shape: {tuple(self._fixed.shape)} vs {tuple(warped.shape)}")
         w = _as_labels(warped, self.device)
         warped_box = _box(w)
-        in_warped = np.zeros(len(self._in_fixed))
-        in_both = np.zeros(len(self._in_fixed))
-        box = _union_box(self._fixed_box, warped_box)
-        if box is not None:  # outside the box both maps are 0: nothing a scored label counts
-            f_box, w_box = self._fixed[box], w[box]
-            counts = [_voxel_counts(w_box), _voxel_counts(torch.where(f_box == w_box, f_box, torch.zeros((), dtype=f_box.dtype,
-                                                                                                      device=self.device)))]
-            size = max(len(in_warped), *(len(c) for c in counts))
-            in_warped, in_both = (np.pad(c.double().cpu().numpy(), (0, size - len(c))) for c in counts)
-            in_fixed = np.pad(self._in_fixed, (0, size - len(self._in_fixed)))
-        else:
-            in_fixed = self._in_fixed
+        box = _union_box(self._fixed_box, warped_box)  # outside it both maps are 0: nothing a scored label counts
+        f_box, w_box = (self._fixed[box], w[box]) if box is not None else (self._fixed[:0], w[:0])
+        in_fixed, in_warped, in_both = _same_length([self._in_fixed, _voxel_counts(w_box), _voxel_counts(
+            torch.where(f_box == w_box, f_box, torch.zeros((), dtype=f_box.dtype, device=self.device)))])
         labels = self.labels
         dice = {label: float(2.0 * in_both[label] / (in_fixed[label] + in_warped[label])) for label in labels}
         warped_points = _surface_points(w, labels, self.spacing_zyx, warped_box)
@@ -165,9 +153,7 @@ def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: Label
     """:func:`label_metrics` of ``warped`` plus ``dice_initial_mean`` and ``hd95_mm_initial_mean``
     of ``initial`` (the moving labels on the fixed grid before the deformable registration: through
     the initial alignment only), scored on the same labels."""
-    if device is None:
-        device = warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
-    scorer = LabelScorer(fixed, moving, spacing_zyx, device)
+    scorer = LabelScorer(fixed, moving, spacing_zyx, _device_of(warped, device))
     return with_initial_scores(scorer.score(warped), scorer.score(initial))
 
 
@@ -192,6 +178,21 @@ def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
     elif x.is_floating_point():
         x = x.round().to(torch.int32)
     return x.to(device)
+
+
+def _device_of(warped: LabelMap, device: Optional[torch.device]) -> torch.device:
+    """``device``, by default ``warped``'s when it is a tensor, else the CPU."""
+    if device is not None:
+        return device
+    return warped.device if isinstance(warped, torch.Tensor) else torch.device("cpu")
+
+
+def _same_length(counts: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.ndarray]:
+    """Per-label counts (index = label) as float64 arrays zero-padded to one length."""
+    arrays = [c.double().cpu().numpy() if isinstance(c, torch.Tensor) else np.asarray(c, dtype=np.float64)
+              for c in counts]
+    size = max(len(a) for a in arrays)
+    return [np.pad(a, (0, size - len(a))) for a in arrays]
 
 
 def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
