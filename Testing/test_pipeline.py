@@ -117,6 +117,22 @@ def test_coarse_field_reproduces_the_warp_through_simpleitk(field_grid):
     assert np.abs(sitk.GetArrayFromImage(result.warped)).max() > 100  # not a blank image
 
 
+def test_an_image_with_several_components_is_warped_like_each_component(pair):
+    """RegistrationResult.warp of a 2-component image (SimpleITK's path) equals the warp of each
+    component alone (torch's path) to float32 rounding, and keeps its components."""
+    result = register(pair.fixed, pair.moving, SMALL)
+    first = sitk.Cast(pair.moving, sitk.sitkFloat32)
+    second = sitk.Cast(pair.moving * -0.5 + 20.0, sitk.sitkFloat32)
+    both = result.warp(sitk.Compose(first, second))
+    assert both.GetNumberOfComponentsPerPixel() == 2 and Grid.from_image(both).same_as(Grid.from_image(pair.fixed))
+    array = sitk.GetArrayFromImage(both)
+    default = float(min(sitk.GetArrayViewFromImage(first).min(), sitk.GetArrayViewFromImage(second).min()))
+    for c, image in enumerate((first, second)):
+        alone = sitk.GetArrayFromImage(voxelopt.outputs.warp_image(image, result.grid_field, result.fixed_grid,
+                                                                   default=default))
+        assert np.mean(np.abs(array[..., c] - alone) > 0.05) < 1e-4
+
+
 def test_integer_inputs_keep_their_pixel_type(pair):
     fixed = sitk.Cast(pair.fixed, sitk.sitkInt16)
     moving = sitk.Cast(pair.moving, sitk.sitkInt16)
@@ -350,12 +366,15 @@ def test_affine_initial_alignment_and_a_given_initial_transform_are_composed_int
 
 @pytest.mark.parametrize("nearest", [False, True])
 @pytest.mark.parametrize("field_grid", ["working", "oblique"])
-def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid):
-    """The CUDA path (torch, run here on the CPU) and the CPU path (SimpleITK) of the streamed warp
-    give the same image, for a field on the fixed box (separable field sampling) and on a grid of
-    its own (general sampling); an image and its labels warped in one torch pass equal the two
-    warps done alone."""
+def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid, monkeypatch):
+    """The library's warp (torch) and SimpleITK's resampling through the same field give the same
+    image, for a field on the fixed box (separable field sampling) and on a grid of its own
+    (general sampling), in slabs of 3 slices (blocks of different sizes through one buffer); an
+    image and its labels warped in one torch pass equal the two warps done alone."""
+    from voxelopt import outputs
     from voxelopt.outputs import GridField, warp_image_itk, warp_images_torch
+
+    monkeypatch.setattr(outputs, "SLAB_VOXELS", 3 * int(np.prod(pair.fixed.GetSize()[:2])))
 
     result = register(pair.fixed, pair.moving, SMALL.replace(feature_spacing=4.0))
     field_image = result.field
@@ -388,7 +407,7 @@ def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid):
 def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
     """The CPU label warp resamples only the fixed box the field can carry labelled voxels to; the
     result equals SimpleITK's resampling of the whole grid through the same field."""
-    from voxelopt.outputs import GridField, labelled_region, warp_image_itk
+    from voxelopt.outputs import GridField, labelled_region, warp_image_itk, warp_images_torch
 
     labels = sitk.Cast(pair.moving_labels, sitk.sitkUInt8)
     array = sitk.GetArrayFromImage(labels)
@@ -420,6 +439,8 @@ def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
                              sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
     warped = warp_image_itk(labels, field, grid, True, None, None, None)
     assert np.array_equal(sitk.GetArrayFromImage(warped), sitk.GetArrayFromImage(expected))
+    from_torch = warp_images_torch([labels], field, grid, [True], [0], None, None)[0]  # the same box rule
+    assert np.array_equal(sitk.GetArrayFromImage(from_torch), sitk.GetArrayFromImage(expected))
     box = labelled_region(array, Grid.from_image(labels), field, grid)
     if case == "no label reached":
         assert box is None and not sitk.GetArrayFromImage(expected).any()
