@@ -1,6 +1,7 @@
 """The parallel gzip writer produces ordinary gzip files that every reader accepts."""
 
 import gzip
+import zlib
 
 import numpy as np
 import pytest
@@ -10,13 +11,38 @@ from voxelopt import compression
 from voxelopt.io import write_image
 
 
+def _backends():
+    """The deflate implementations to test: zlib always, ISA-L where it is installed."""
+    yield pytest.param(zlib, id="zlib")
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        yield pytest.param(None, id="isal", marks=pytest.mark.skip(reason="isal (voxelopt[fast]) is not installed"))
+    else:
+        yield pytest.param(isal_zlib, id="isal")
+
+
+@pytest.mark.parametrize("backend", list(_backends()))
 @pytest.mark.parametrize("size", [0, 1, 1000, 3 * 4096 + 17])
-def test_gzip_file_round_trips_through_the_standard_gzip_reader(tmp_path, monkeypatch, size):
+@pytest.mark.parametrize("level", [1, 6])
+def test_gzip_file_round_trips_through_the_standard_gzip_reader(tmp_path, monkeypatch, size, backend, level):
     monkeypatch.setattr(compression, "BLOCK_BYTES", 4096)  # several blocks on small data
+    monkeypatch.setattr(compression, "DEFLATE", backend)
     data = np.random.default_rng(size).integers(0, 8, size, dtype=np.uint8).tobytes()
     (tmp_path / "raw").write_bytes(data)
-    compression.gzip_file(tmp_path / "raw", tmp_path / "raw.gz", level=1, threads=3)
+    compression.gzip_file(tmp_path / "raw", tmp_path / "raw.gz", level=level, threads=3)
     assert gzip.decompress((tmp_path / "raw.gz").read_bytes()) == data  # also checks the CRC and length
+    if size > 1000:  # compressed: 3 bits of entropy per byte
+        assert (tmp_path / "raw.gz").stat().st_size < 0.5 * size
+
+
+def test_the_backend_is_isal_when_installed_else_zlib():
+    try:
+        import isal  # noqa: F401
+    except ImportError:
+        assert compression.backend_name() == "zlib"
+    else:
+        assert compression.backend_name() == "isal"
 
 
 def test_write_image_nii_gz_is_read_back_by_simpleitk_and_leaves_no_temporary(tmp_path, monkeypatch):

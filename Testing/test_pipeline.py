@@ -403,6 +403,35 @@ def test_the_torch_and_simpleitk_warps_agree(pair, nearest, field_grid, monkeypa
     assert np.array_equal(sitk.GetArrayFromImage(both[1]), sitk.GetArrayFromImage(alone))
 
 
+@pytest.mark.parametrize("dtype, offset", [(np.uint16, 40000), (np.uint32, 3_000_000_000), (np.int16, -30000),
+                                           (np.float32, 0.25)])
+def test_nearest_warps_keep_every_pixel_type_and_its_values(pair, dtype, offset):
+    """The nearest-neighbour gather reads the voxels in their own type: unsigned 16/32-bit values
+    beyond the signed range (read through the signed type of the same bits) and their default
+    outside the image (the image's minimum) come out as SimpleITK's resampling gives them."""
+    from voxelopt.outputs import GridField, warp_image_itk, warp_images_torch
+
+    field_image = register(pair.fixed, pair.moving, SMALL.replace(feature_spacing=4.0)).field
+    rng = np.random.default_rng(1)  # a smooth shift of up to ~20 mm: parts of the grid map outside the image
+    shape = sitk.GetArrayViewFromImage(field_image).shape[:3]
+    smooth = np.stack([torch.nn.functional.interpolate(torch.as_tensor(c)[None, None], size=shape, mode="trilinear",
+                                                       align_corners=True)[0, 0].numpy()
+                       for c in rng.normal(0.0, 8.0, (3, 3, 3, 3))], axis=-1) + 12.0
+    big = sitk.GetImageFromArray(smooth.astype(np.float32), isVector=True)
+    big.CopyInformation(field_image)
+    field = GridField.from_image(big, torch.device("cpu"))
+    values = sitk.GetArrayFromImage(pair.moving_labels).astype(np.float64) + 1
+    image = sitk.GetImageFromArray((values * (1 if dtype == np.float32 else 7) + offset).astype(dtype))
+    image.CopyInformation(pair.moving_labels)
+    grid = Grid.from_image(pair.fixed)
+    lowest = float(sitk.GetArrayViewFromImage(image).min())  # the default outside, beyond int16/int32 for uint16/32
+    expected = sitk.GetArrayFromImage(warp_image_itk(image, field, grid, True, lowest, None, None))
+    warped = sitk.GetArrayFromImage(warp_images_torch([image], field, grid, [True], [lowest], None, None)[0])
+    assert warped.dtype == np.dtype(dtype)
+    assert np.count_nonzero(expected == dtype(lowest)) > 0.05 * expected.size  # the shift moved points outside
+    assert np.mean(warped != expected) < 1e-4
+
+
 @pytest.mark.parametrize("case", ["registration", "large smooth field", "labels at a border", "no label reached"])
 def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
     """The CPU label warp resamples only the fixed box the field can carry labelled voxels to; the

@@ -149,10 +149,12 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
     """:func:`warp_images` with torch on the field's device (the CPU or CUDA).
 
     Per slab of fixed-grid slices: the moving continuous indices ``q`` of its voxels (float32,
-    planar (3, z, y, x)); per tile of its rows, the block of moving voxels they read, converted
-    to float32 into one reused buffer, and ``grid_sample`` at ``q`` normalised to the block,
-    written straight into the output array in its pixel type. Label maps alone (nearest, 0 outside) are sampled only in
-    the box they can reach (:func:`labelled_region`).
+    planar (3, z, y, x)); per tile of its rows, nearest-neighbour images are read at the
+    rounded indices (a gather in their own pixel type, :func:`_nearest_values`); for trilinear
+    ones the block of moving voxels the tile reads is converted to float32 into one reused
+    buffer and sampled by ``grid_sample`` at ``q`` normalised to the block. Values are written
+    straight into the output array in its pixel type. Label maps alone (nearest, 0 outside) are
+    sampled only in the box they can reach (:func:`labelled_region`).
     """
     moving_grid = Grid.from_image(movings[0])
     if any(not Grid.from_image(m).same_as(moving_grid) for m in movings[1:]):
@@ -187,11 +189,20 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
         rows = max(1, TILE_VOXELS // (q.shape[1] * q.shape[3]))
         for y0 in range(0, q.shape[2], rows):  # tiles of rows: a smaller block of moving voxels each
             tile = q[:, :, y0:y0 + rows]
-            block, points, inside = _normalised_block_points(tile, moving_size)
             target = (slice(z0, z1), slice(by.start + y0, by.start + y0 + tile.shape[2]), bx)
+            bounds = [tuple(float(v) for v in torch.aminmax(tile[c])) for c in range(3)]  # (min, max) of i, j, k
+            inside = _inside(tile, bounds, moving_size)
             for source, out, near, default in zip(sources, outs, nearest, defaults):
-                _store(_sample_block(scratch.block(source, block), points, inside, near, default), out[target])
-        del q, tile, points, inside
+                if near:  # before the trilinear images' normalisation changes ``tile``
+                    source, view, default = _same_bits_signed(source, out[target], default)
+                    _store(_outside_filled(_nearest_values(source, tile), inside, default), view)
+            if not all(nearest):
+                block, points = _normalised_block_points(tile, bounds, moving_size)
+                for source, out, near, default in zip(sources, outs, nearest, defaults):
+                    if not near:
+                        _store(_outside_filled(_sample_block(scratch.block(source, block), points), inside, default),
+                               out[target])
+        del q, tile, inside
         if progress is not None:
             progress((z1 - bz.start) / (bz.stop - bz.start))
     return [fixed_grid.apply_to(sitk.GetImageFromArray(out)) for out in outs]
@@ -382,56 +393,92 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], t
     return general
 
 
-def _normalised_block_points(q: torch.Tensor, size: np.ndarray):
-    """The block of the moving image that moving indices ``q`` (3, z, y, x; channels i, j, k) read,
-    ``q`` normalised to it *in place* for ``grid_sample`` (align_corners=False), and where ``q``
-    was inside.
+def _inside(q: torch.Tensor, bounds: Sequence[Tuple[float, float]], size: np.ndarray) -> Optional[torch.Tensor]:
+    """Where moving indices ``q`` (3, z, y, x; channels i, j, k; ``bounds`` their (min, max) per
+    channel) lie inside the image: within half a voxel of it (ITK's rule), (z, y, x) bool; None
+    when every point is."""
+    if all(low >= -0.5 and high <= size[c] - 0.5 for c, (low, high) in enumerate(bounds)):
+        return None
+    inside = (q[0] >= -0.5) & (q[0] <= size[0] - 0.5)
+    for c in (1, 2):
+        inside &= (q[c] >= -0.5) & (q[c] <= size[c] - 0.5)
+    return inside
 
-    Returns ``(block, points, inside)``: ``block`` as ((k0, k1), (j0, j1), (i0, i1)) inclusive
-    index ranges, ``points`` (1, z, y, x, 3) (a view of ``q``'s planes), ``inside`` (z, y, x)
-    bool or None when every point is inside. A point is inside within half a voxel of the image
-    (ITK's rule); points between the border voxel centre and half a voxel out take the border
-    value (``padding_mode="border"``).
+
+def _normalised_block_points(q: torch.Tensor, bounds: Sequence[Tuple[float, float]], size: np.ndarray):
+    """The block of the moving image that moving indices ``q`` (3, z, y, x; channels i, j, k;
+    ``bounds`` their (min, max) per channel) read, and ``q`` normalised to it *in place* for
+    ``grid_sample`` (align_corners=False).
+
+    Returns ``(block, points)``: ``block`` as ((k0, k1), (j0, j1), (i0, i1)) inclusive index
+    ranges, ``points`` (1, z, y, x, 3) (a view of ``q``'s planes). Points between the border
+    voxel centre and half a voxel out take the border value (``padding_mode="border"``); points
+    further out are the caller's (see :func:`_inside`).
     """
-    low, high, all_inside = [], [], True
-    for c in range(3):
-        q_min, q_max = (float(v) for v in torch.aminmax(q[c]))
-        all_inside &= q_min >= -0.5 and q_max <= size[c] - 0.5
+    low, high = [], []
+    for c, (q_min, q_max) in enumerate(bounds):
         low.append(int(min(max(np.floor(q_min), 0), size[c] - 1)))
         high.append(int(min(max(np.floor(q_max) + 1, 0), size[c] - 1)))
-    inside = None
-    if not all_inside:
-        inside = (q[0] >= -0.5) & (q[0] <= size[0] - 0.5)
-        for c in (1, 2):
-            inside &= (q[c] >= -0.5) & (q[c] <= size[c] - 0.5)
     for c in range(3):
         n = high[c] - low[c] + 1
         # normalised coordinate of index v in a block of n voxels from ``low``: (2 (v - low) + 1) / n - 1
         q[c].mul_(2.0 / n).add_((1.0 - 2.0 * low[c]) / n - 1.0)
     block = tuple((low[c], high[c]) for c in (2, 1, 0))
-    return block, q.permute(1, 2, 3, 0)[None], inside
+    return block, q.permute(1, 2, 3, 0)[None]
 
 
-def _sample_block(block: torch.Tensor, points: torch.Tensor, inside: Optional[torch.Tensor], nearest: bool,
-                  default: float) -> torch.Tensor:
-    """Sample ``block`` (1, 1, z, y, x) float32 at the block points of :func:`_normalised_block_points`;
-    points outside the image take ``default``. Returns (z', y', x') float32."""
-    sampled = grid_sample(block, points, mode="nearest" if nearest else "bilinear", padding_mode="border")[0, 0]
+def _sample_block(block: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``block`` (1, 1, z, y, x) float32 at the block points of
+    :func:`_normalised_block_points`. Returns (z', y', x') float32."""
+    return grid_sample(block, points, mode="bilinear", padding_mode="border")[0, 0]
+
+
+def _nearest_values(source: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``source`` (Z, Y, X) at the voxels nearest to moving indices ``q`` (3, z, y, x; channels
+    i, j, k), in ``source``'s dtype: ITK's nearest neighbour (halves rounded up), indices
+    clamped to the image, so that points within half a voxel outside take the border voxel.
+    ``q`` is not changed."""
+    Z, Y, X = source.shape
+    index_dtype = torch.int32 if source.numel() < 2**31 else torch.int64
+    flat = q[2].add(0.5).floor_().clamp_(0, Z - 1).to(index_dtype).mul_(Y * X)
+    flat.add_(q[1].add(0.5).floor_().clamp_(0, Y - 1).to(index_dtype).mul_(X))
+    flat.add_(q[0].add(0.5).floor_().clamp_(0, X - 1).to(index_dtype))
+    return torch.index_select(source.reshape(-1), 0, flat.reshape(-1)).view(flat.shape)
+
+
+def _same_bits_signed(source: torch.Tensor, target: np.ndarray, default: float):
+    """``(source, target, default)`` of a nearest-neighbour warp, with unsigned 16-64-bit voxels
+    (which few torch operations accept) reinterpreted as the signed type of the same width: a
+    gather and a fill only copy bits. Other types are returned as they are."""
+    signed = _SIGNED_OF.get(target.dtype)
+    if signed is None or source.dtype != _UNSIGNED[target.dtype]:  # not unsigned, or widened (torch < 2.3)
+        return source, target, default
+    bits = np.array(default).astype(target.dtype).view(signed).item()
+    return source.view(_TORCH_DTYPES[np.dtype(signed)]), target.view(signed), bits
+
+
+def _outside_filled(values: torch.Tensor, inside: Optional[torch.Tensor], default: float) -> torch.Tensor:
+    """``values`` with ``default`` where ``inside`` (see :func:`_inside`) is False."""
     if inside is not None:
-        sampled.masked_fill_(~inside, default)
-    return sampled
+        values.masked_fill_(~inside, default)
+    return values
 
 
 #: Output pixel types torch writes directly (others go through numpy).
 _TORCH_DTYPES = {np.dtype(t): getattr(torch, n) for t, n in (("int8", "int8"), ("uint8", "uint8"), ("int16", "int16"),
                                                             ("int32", "int32"), ("int64", "int64"),
                                                             ("float32", "float32"), ("float64", "float64"))}
+#: Unsigned types of this torch (2.3 and later) that most of its operations do not accept, and the
+#: signed type of the same width that stands in for them where only bits are copied.
+_UNSIGNED = {np.dtype(t): getattr(torch, t) for t in ("uint16", "uint32", "uint64") if hasattr(torch, t)}
+_SIGNED_OF = {np.dtype(u): np.dtype(i) for u, i in (("uint16", "int16"), ("uint32", "int32"), ("uint64", "int64"))
+              if np.dtype(u) in _UNSIGNED}
 
 
 def _store(values: torch.Tensor, target: np.ndarray) -> None:
-    """Write sampled float32 ``values`` into the numpy view ``target`` in its pixel type: rounded
-    (half to even) and clipped to an integer type's range."""
-    if np.issubdtype(target.dtype, np.integer):
+    """Write sampled ``values`` into the numpy view ``target`` in its pixel type: floating-point
+    values into an integer type rounded (half to even) and clipped to its range."""
+    if np.issubdtype(target.dtype, np.integer) and values.is_floating_point():
         info = np.iinfo(target.dtype)
         values = values.round_().clamp_(float(info.min), float(info.max))
     if values.device.type == "cpu" and target.dtype in _TORCH_DTYPES:

@@ -51,6 +51,35 @@ def _box_sum_axis(x: torch.Tensor, radius: int, dim: int, out: torch.Tensor) -> 
     return out
 
 
+#: Slices (and rows) per block of :func:`_box_sum_3d`: a block of one channel stays in the cache
+#: across the passes along its axes (192x160x256, 12 channels, 2 threads: 0.41-0.49 -> 0.30 s).
+BOX_BLOCK = 16
+
+
+def _box_sum_3d(x: torch.Tensor, radius: int, out: torch.Tensor) -> torch.Tensor:
+    """The (2r+1)^3 box sum (replicated borders) of each channel of ``x`` (C, Z, Y, X), written to
+    ``out``; ``x`` is overwritten (used as scratch).
+
+    The sums of :func:`_box_sum_axis` along Z, then Y, then X over the whole volume, added in the
+    same order (bit-identical). On the CPU block by block, so that each block is still in the
+    cache for its next pass: along Z in blocks of rows, then along Y and X in blocks of slices;
+    on a GPU (where each small pass would cost a kernel launch) over the whole volume.
+    """
+    if x.device.type != "cpu":
+        _box_sum_axis(x, radius, 1, out)
+        _box_sum_axis(out, radius, 2, x)
+        return _box_sum_axis(x, radius, 3, out)
+    channels, depth, height = x.shape[:3]
+    for c in range(channels):
+        for y0 in range(0, height, BOX_BLOCK):
+            _box_sum_axis(x[c, :, y0:y0 + BOX_BLOCK], radius, 0, out[c, :, y0:y0 + BOX_BLOCK])
+        for z0 in range(0, depth, BOX_BLOCK):
+            block, scratch = out[c, z0:z0 + BOX_BLOCK], x[c, z0:z0 + BOX_BLOCK]
+            _box_sum_axis(block, radius, 1, scratch)
+            _box_sum_axis(scratch, radius, 2, block)
+    return out
+
+
 def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
     """MIND-SSC of a (1, 1, Z, Y, X) image; returns (1, 12, Z, Y, X) float32 in [0, 1].
 
@@ -71,10 +100,8 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
         torch.sub(shifted(a), shifted(b), out=dist[c]).square_()
     if radius > 0:
         scratch = torch.empty_like(dist)
-        for dim in (1, 2, 3):
-            _box_sum_axis(dist, radius, dim, scratch)
-            dist, scratch = scratch, dist
-        del scratch
+        _box_sum_3d(dist, radius, scratch)
+        dist = scratch
     # The box *sum* differs from the mean by a constant factor that cancels in (D - min) / V.
     dist -= dist.amin(dim=0, keepdim=True)
     variance = dist.mean(dim=0, keepdim=True)
