@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -362,19 +362,31 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], t
     if np.allclose(to_field, np.diag(scale), atol=1e-6) and np.allclose(field_offset, 0.5 * scale - 0.5, atol=1e-4):
         # The field's grid is the fixed box at another resolution: field index = (fixed index +
         # 1/2) * n_field / n_fixed - 1/2 per axis, which is F.interpolate's align_corners=False
-        # rule (indices clamped to the grid = border values). Interpolate along z, then in-plane.
+        # rule (indices clamped to the grid = border values). Each field slice is interpolated
+        # in-plane once, when a slab first needs it (a slab of fixed slices falls between a few
+        # field slices: at 1 mm from a 4 mm field, a quarter of the in-plane work of
+        # interpolating every fixed slice), then each fixed slice between its two field slices.
         nz = data.shape[1]
+        in_plane: Dict[int, torch.Tensor] = {}  # field slice -> (3, Y, X), the slices of the last slab
 
         def separable(z0: int, z1: int) -> torch.Tensor:
             fz = ((torch.arange(z0, z1, dtype=torch.float64) + 0.5) * scale[2] - 0.5).clamp_(0, nz - 1)
             low = fz.floor().long()
             high = torch.clamp(low + 1, max=nz - 1)
-            w = (fz - low).to(data.dtype).to(data.device).view(1, -1, 1, 1)
-            planes = data[:, low.to(data.device)] * (1 - w) + data[:, high.to(data.device)] * w  # (3, z, y, x)
-            if planes.shape[-2:] == (Y, X):
-                return planes
-            flat = planes.reshape(1, -1, *planes.shape[-2:])
-            return F.interpolate(flat, size=(Y, X), mode="bilinear", align_corners=False).view(3, z1 - z0, Y, X)
+            needed = range(int(low.min()), int(high.max()) + 1)
+            for k in [k for k in in_plane if k not in needed]:
+                del in_plane[k]
+            missing = [k for k in needed if k not in in_plane]
+            if missing:
+                planes = data[:, missing]  # (3, m, y, x)
+                if planes.shape[-2:] != (Y, X):
+                    flat = planes.reshape(1, -1, *planes.shape[-2:])
+                    planes = F.interpolate(flat, size=(Y, X), mode="bilinear", align_corners=False).view(3, -1, Y, X)
+                in_plane.update({k: planes[:, n] for n, k in enumerate(missing)})
+            out = torch.empty((3, z1 - z0, Y, X), dtype=data.dtype, device=data.device)
+            for n, (k0, k1, w) in enumerate(zip(low.tolist(), high.tolist(), (fz - low).tolist())):
+                torch.lerp(in_plane[k0], in_plane[k1], w, out=out[:, n])
+            return out
 
         return separable
 
@@ -396,12 +408,11 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int], t
 def _inside(q: torch.Tensor, bounds: Sequence[Tuple[float, float]], size: np.ndarray) -> Optional[torch.Tensor]:
     """Where moving indices ``q`` (3, z, y, x; channels i, j, k; ``bounds`` their (min, max) per
     channel) lie inside the image: within half a voxel of it (ITK's rule), (z, y, x) bool; None
-    when every point is."""
-    if all(low >= -0.5 and high <= size[c] - 0.5 for c, (low, high) in enumerate(bounds)):
-        return None
-    inside = (q[0] >= -0.5) & (q[0] <= size[0] - 0.5)
-    for c in (1, 2):
-        inside &= (q[c] >= -0.5) & (q[c] <= size[c] - 0.5)
+    when every point is. Only the sides some point lies beyond are tested."""
+    inside = None
+    for c, (low, high) in enumerate(bounds):
+        for side in ([q[c] >= -0.5] if low < -0.5 else []) + ([q[c] <= size[c] - 0.5] if high > size[c] - 0.5 else []):
+            inside = side if inside is None else inside.logical_and_(side)
     return inside
 
 
