@@ -432,6 +432,40 @@ def test_nearest_warps_keep_every_pixel_type_and_its_values(pair, dtype, offset)
     assert np.mean(warped != expected) < 1e-4
 
 
+@pytest.mark.parametrize("case", ["affine", "translation", "labels at a border", "no label reached"])
+def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pair, case):
+    """The "before" label map (labels through the initial alignment only) is resampled only in the
+    box its labels can reach; the result equals SimpleITK's resampling of the whole grid."""
+    from voxelopt.geometry import affine_transform
+    from voxelopt.outputs import aligned_labels, aligned_region
+
+    array = sitk.GetArrayFromImage(pair.moving_labels).astype(np.uint8)
+    values, counts = np.unique(array[array > 0], return_counts=True)
+    array[array != values[np.argmin(counts)]] = 0  # one small organ: a box well inside the grid
+    if case == "labels at a border":
+        array[:] = 0
+        array[:3, :, -5:] = 7
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(pair.moving_labels)
+    rotation = sitk.Euler3DTransform(Grid.from_image(pair.fixed).center(), 0.12, -0.08, 0.2, (4.0, -6.0, 3.0))
+    alignment = np.eye(4)
+    alignment[:3, :3] = np.asarray(rotation.GetMatrix()).reshape(3, 3) @ np.diag([1.08, 0.95, 1.03])
+    alignment[:3, 3] = np.asarray(rotation.GetTranslation()) + rotation.GetCenter() - alignment[:3, :3] @ rotation.GetCenter()
+    if case == "translation":
+        alignment[:3, :3] = np.eye(3)
+    if case == "no label reached":
+        alignment[:3, 3] += 1000.0
+    grid = Grid.from_image(pair.fixed)
+    expected = sitk.GetArrayFromImage(sitk.Resample(labels, pair.fixed, affine_transform(alignment),
+                                                    sitk.sitkNearestNeighbor, 0, labels.GetPixelID()))
+    assert np.array_equal(sitk.GetArrayFromImage(aligned_labels(labels, alignment, grid)), expected)
+    region = aligned_region(array, Grid.from_image(labels), alignment, grid)
+    if case == "no label reached":
+        assert region is None and not expected.any()
+    else:  # the shortcut is taken: a box smaller than the grid, holding labels
+        assert expected.any() and np.prod([b.stop - b.start for b in region]) < 0.5 * np.prod(grid.shape), region
+
+
 @pytest.mark.parametrize("case", ["registration", "large smooth field", "labels at a border", "no label reached"])
 def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
     """The CPU label warp resamples only the fixed box the field can carry labelled voxels to; the

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RegistrationCancelled
-from .geometry import Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resize_volume, voxel_to_mm_field
+from .geometry import (Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resample_image,
+                       resize_volume, voxel_to_mm_field)
 from .metrics import jacobian_determinant
 
 #: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
@@ -342,6 +343,44 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
         end = n if stop[axis] >= field_size[axis] - 1 else int(min(n, last_fixed[axis] + 1))
         out.append(slice(begin, max(begin + 1, end)))
     return out[2], out[1], out[0]
+
+
+def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid) -> sitk.Image:
+    """A label map on ``fixed_grid`` through a linear ``alignment`` (4x4, fixed -> moving points,
+    LPS mm): ``sitk.Resample`` with nearest neighbour and 0 outside, computed only inside the
+    box of fixed voxels whose points can land on a labelled voxel (:func:`aligned_region`)."""
+    array = sitk.GetArrayViewFromImage(labels)
+    region = aligned_region(array, Grid.from_image(labels), alignment, fixed_grid)
+    out = np.zeros(fixed_grid.shape, dtype=array.dtype)
+    if region is not None:
+        (bz, by, bx) = region
+        part = fixed_grid.crop((bx.start, by.start, bz.start), (bx.stop - bx.start, by.stop - by.start, bz.stop - bz.start))
+        out[region] = sitk.GetArrayViewFromImage(resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0))
+    return fixed_grid.apply_to(sitk.GetImageFromArray(out))
+
+
+def aligned_region(labels: np.ndarray, moving_grid: Grid, alignment: np.ndarray,
+                   fixed_grid: Grid) -> Optional[Tuple[slice, slice, slice]]:
+    """The (z, y, x) slices of the fixed grid outside which ``labels`` (on ``moving_grid``) seen
+    through the linear ``alignment`` are 0 (nearest neighbour); None when no voxel is labelled.
+
+    Exact and conservative: the fixed points that land within half a voxel of the labels' box
+    form a parallelepiped, the image of the box's corners under the inverse map; its bounding
+    box, grown by one voxel, is kept.
+    """
+    extent = _nonzero_extent(labels != 0)
+    if extent is None:
+        return None
+    to_moving, offset = fixed_grid.index_map_to(moving_grid, alignment)  # moving index = to_moving @ p + offset
+    low = extent[0][::-1] - 0.5 - 1e-3  # moving (i, j, k)
+    high = extent[1][::-1] + 0.5 + 1e-3
+    corners = np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
+    in_fixed = np.linalg.solve(to_moving, (corners - offset).T).T
+    first = np.maximum(np.floor(in_fixed.min(axis=0)) - 1, 0).astype(int)
+    last = np.minimum(np.ceil(in_fixed.max(axis=0)) + 1, np.asarray(fixed_grid.size) - 1).astype(int)
+    if np.any(last < first):
+        return None
+    return tuple(slice(int(first[axis]), int(last[axis]) + 1) for axis in (2, 1, 0))
 
 
 def _nonzero_extent(mask: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:

@@ -20,7 +20,7 @@ from .geometry import resample_image, resize_volume, tensor_to_image
 from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
-from .outputs import GridField, available_bytes, estimate_peak_bytes, human_bytes, warp_image
+from .outputs import GridField, aligned_labels, available_bytes, estimate_peak_bytes, human_bytes, warp_image
 
 #: Share of the free memory a registration may plan to use.
 MEMORY_SHARE = 0.9
@@ -91,7 +91,7 @@ def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, movin
                          scorer: LabelScorer, cache: Optional[FeatureCache]) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
-        initial = resample_image(moving_labels, prepared.fixed_grid, prepared.initial, sitk.sitkNearestNeighbor, 0)
+        initial = aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid)
         return scorer.score(sitk.GetArrayViewFromImage(initial))
 
     if cache is None:
