@@ -355,7 +355,8 @@ def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid) 
     if region is not None:
         (bz, by, bx) = region
         part = fixed_grid.crop((bx.start, by.start, bz.start), (bx.stop - bx.start, by.stop - by.start, bz.stop - bz.start))
-        out[region] = sitk.GetArrayViewFromImage(resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0))
+        resampled = resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0)
+        out[region] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive
     return fixed_grid.apply_to(sitk.GetImageFromArray(out))
 
 
