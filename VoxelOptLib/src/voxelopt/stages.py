@@ -91,8 +91,7 @@ def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, movin
                          scorer: LabelScorer, cache: Optional[FeatureCache]) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
-        initial = aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid)
-        return scorer.score(sitk.GetArrayViewFromImage(initial))
+        return scorer.score(aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid))
 
     if cache is None:
         return compute()
