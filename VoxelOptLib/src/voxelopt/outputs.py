@@ -178,6 +178,10 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
         sources = [torch.from_numpy(_torch_compatible(array)).to(device) for array in arrays]
     outs = [(np.empty if box == everywhere else np.zeros)(fixed_grid.shape, dtype=array.dtype) for array in arrays]
 
+    # per image (source, output array, default) as they are read and written: nearest-neighbour
+    # images of unsigned 16-64-bit types through the signed type of the same bits
+    passes = [_same_bits_signed(*item) if near else item
+              for item, near in zip(zip(sources, outs, defaults), nearest)]
     moving_indices = _moving_index_sampler(field, fixed_grid, moving_grid)
     moving_size = np.asarray(moving_grid.size, dtype=np.float64)
     scratch = _BlockBuffer(device)
@@ -194,13 +198,12 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
             target = (slice(z0, z1), slice(by.start + y0, by.start + y0 + tile.shape[2]), bx)
             bounds = [tuple(float(v) for v in torch.aminmax(tile[c])) for c in range(3)]  # (min, max) of i, j, k
             inside = _inside(tile, bounds, moving_size)
-            for source, out, near, default in zip(sources, outs, nearest, defaults):
+            for (source, out, default), near in zip(passes, nearest):
                 if near:  # before the trilinear images' normalisation changes ``tile``
-                    source, view, default = _same_bits_signed(source, out[target], default)
-                    _store(_outside_filled(_nearest_values(source, tile), inside, default), view)
+                    _store(_outside_filled(_nearest_values(source, tile), inside, default), out[target])
             if not all(nearest):
                 block, points = _normalised_block_points(tile, bounds, moving_size)
-                for source, out, near, default in zip(sources, outs, nearest, defaults):
+                for (source, out, default), near in zip(passes, nearest):
                     if not near:
                         _store(_outside_filled(_sample_block(scratch.block(source, block), points), inside, default),
                                out[target])
@@ -309,11 +312,10 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
     to_fixed, offset = field.grid.index_map_to(fixed_grid)
     if not np.allclose(to_fixed, np.diag(np.diag(to_fixed)), atol=1e-9):
         return everywhere  # a field grid turned against the fixed one (not made by a registration)
-    extent = _nonzero_extent(labels != 0)
-    if extent is None:
+    reach = _label_reach(labels)
+    if reach is None:
         return None
-    low = extent[0][::-1] - 0.5 - 1e-3  # moving (i, j, k) = array axes (x, y, z)
-    high = extent[1][::-1] + 0.5 + 1e-3
+    low, high = reach
     # the field grid's voxel centres mapped to moving continuous indices, (Z, Y, X, 3) as (i, j, k)
     points = field.grid.physical_points() + field.data[0].detach().double().cpu().numpy()
     to_moving = np.linalg.inv(moving_grid.index_to_physical)
@@ -332,8 +334,7 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
     # the field-index box of those cells, (i, j, k) order, and its corners in fixed indices
     start = cells[0][::-1].astype(np.float64)
     stop = cells[1][::-1].astype(np.float64) + 1.0
-    corners = np.array([[(start, stop)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
-    in_fixed = corners @ to_fixed.T + offset
+    in_fixed = _box_corners(start, stop) @ to_fixed.T + offset
     first_fixed = np.floor(in_fixed.min(axis=0)) - 1
     last_fixed = np.ceil(in_fixed.max(axis=0)) + 1
     field_size = np.asarray(field.grid.size)
@@ -372,19 +373,31 @@ def aligned_region(labels: np.ndarray, moving_grid: Grid, alignment: np.ndarray,
     form a parallelepiped, the image of the box's corners under the inverse map; its bounding
     box, grown by one voxel, is kept.
     """
-    extent = _nonzero_extent(labels != 0)
-    if extent is None:
+    reach = _label_reach(labels)
+    if reach is None:
         return None
     to_moving, offset = fixed_grid.index_map_to(moving_grid, alignment)  # moving index = to_moving @ p + offset
-    low = extent[0][::-1] - 0.5 - 1e-3  # moving (i, j, k)
-    high = extent[1][::-1] + 0.5 + 1e-3
-    corners = np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
-    in_fixed = np.linalg.solve(to_moving, (corners - offset).T).T
+    in_fixed = np.linalg.solve(to_moving, (_box_corners(*reach) - offset).T).T
     first = np.maximum(np.floor(in_fixed.min(axis=0)) - 1, 0).astype(int)
     last = np.minimum(np.ceil(in_fixed.max(axis=0)) + 1, np.asarray(fixed_grid.size) - 1).astype(int)
     if np.any(last < first):
         return None
     return tuple(slice(int(first[axis]), int(last[axis]) + 1) for axis in (2, 1, 0))
+
+
+def _label_reach(labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(low, high): the moving continuous indices (i, j, k) between which a nearest-neighbour
+    sample can read a labelled voxel of ``labels`` (Z, Y, X): the labels' box grown by half a
+    voxel (and a margin for rounding); None when no voxel is labelled."""
+    extent = _nonzero_extent(labels != 0)
+    if extent is None:
+        return None
+    return extent[0][::-1] - 0.5 - 1e-3, extent[1][::-1] + 0.5 + 1e-3
+
+
+def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The 8 corners (8, 3) of the box between ``low`` and ``high`` (per axis)."""
+    return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
 
 
 def _nonzero_extent(mask: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
@@ -452,11 +465,17 @@ def _inside(q: torch.Tensor, bounds: Sequence[Tuple[float, float]], size: np.nda
     """Where moving indices ``q`` (3, z, y, x; channels i, j, k; ``bounds`` their (min, max) per
     channel) lie inside the image: within half a voxel of it (ITK's rule), (z, y, x) bool; None
     when every point is. Only the sides some point lies beyond are tested."""
-    inside = None
+    sides = []
     for c, (low, high) in enumerate(bounds):
-        for side in ([q[c] >= -0.5] if low < -0.5 else []) + ([q[c] <= size[c] - 0.5] if high > size[c] - 0.5 else []):
-            inside = side if inside is None else inside.logical_and_(side)
-    return inside
+        if low < -0.5:
+            sides.append(q[c] >= -0.5)
+        if high > size[c] - 0.5:
+            sides.append(q[c] <= size[c] - 0.5)
+    if not sides:
+        return None
+    for side in sides[1:]:
+        sides[0].logical_and_(side)
+    return sides[0]
 
 
 def _normalised_block_points(q: torch.Tensor, bounds: Sequence[Tuple[float, float]], size: np.ndarray):
