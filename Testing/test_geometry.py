@@ -184,3 +184,53 @@ def test_grid_sample_spread_over_threads_gives_the_same_values(depth, mode, padd
             assert torch.equal(out, expected)
     finally:
         torch.set_num_threads(threads)
+
+
+def _aligned_cases():
+    """(source grid, target grid): network-style grids on an image's box (other voxel sizes,
+    orientations, crops and pads), and grids where the fast path must decline."""
+    from voxelopt.geometry import oriented_grid, padded_to_multiple
+
+    image = Grid((23, 19, 14), (1.9, 2.1, 2.6), (-40.0, 12.0, 7.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)).reference_image()
+    sagittal = sitk.DICOMOrient(image, "ASL")  # axes permuted and flipped against the network's
+    oblique = Grid((17, 15, 11), (2.0, 1.7, 3.1), (5.0, -3.0, 2.0), oblique_direction()).reference_image()
+    cases = []
+    for img in (image, sagittal, oblique):
+        target = Grid.from_image(img)
+        for orientation, spacing in (("LAI", (2.2, 1.7, 1.35)), ("LPS", (1.9, 2.1, 2.6)), ("RAS", (3.3, 0.9, 2.0))):
+            network = oriented_grid(img, orientation, spacing)
+            cases.append((network, target, True))
+            cases.append((padded_to_multiple(network.crop((3, 1, 2), np.subtract(network.size, (5, 2, 4))), 8), target, True))
+            cases.append((network.with_size(np.maximum(1, np.asarray(network.size) // 2)), target, True))
+        cases.append((target.lattice((0.3, 0.0, 0.0), (1.0, 1.0, 1.0), target.size), target, False))  # a shift of 0.3 voxel
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_aligned_cases())))
+def test_axis_aligned_resampling_matches_the_general_path(case):
+    """The F.interpolate path gives the values of grid_sample with border values outside, for
+    orientations, crops, pads and voxel sizes of network grids; other maps are declined."""
+    from voxelopt.geometry import resample_axis_aligned
+
+    source, target, fast = _aligned_cases()[case]
+    data = torch.rand((1, 3) + source.shape, generator=torch.Generator().manual_seed(case)) * 100
+    out = resample_axis_aligned(data, source, target)
+    if not fast:
+        assert out is None
+        return
+    expected = resample_through_field(data, source, target, None, default=None)
+    assert out is not None and out.shape == expected.shape and out.is_contiguous()
+    channels_last = resample_axis_aligned(data.contiguous(memory_format=torch.channels_last_3d), source, target)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(channels_last, out)
+    assert (out - expected).abs().max() < 1e-3  # float32 interpolation weights on values up to 100
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_replicate_pad_keeps_the_memory_format(layout):
+    from voxelopt.geometry.sampling import _replicate_pad
+
+    data = torch.rand(1, 3, 4, 5, 6, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=layout)
+    pad = (2, 0, 1, 3, 0, 2)
+    out = _replicate_pad(data, pad, layout)
+    assert torch.equal(out, torch.nn.functional.pad(data.contiguous(), pad, mode="replicate"))
+    assert out.is_contiguous(memory_format=layout)

@@ -463,6 +463,49 @@ def test_obelisk_runs_on_the_body_box_and_maps_back_to_the_image_grid(tmp_path, 
     assert np.abs(hu[inner] - arr[inner]).max() < 0.05
 
 
+def test_obelisk_in_array_order_gives_the_transposed_outputs():
+    """The network for (k, j, i) tensors (kernels transposed, offsets reversed) computes what the
+    published one computes on (i, j, k) tensors; sizes differ per axis so that a swapped axis,
+    lattice or offset component shows."""
+    from voxelopt.networks.obelisk import in_array_order
+
+    net = ObeliskHybridTCIA()
+    net.load_state_dict(_random_state(net, seed=5))
+    net.eval()
+    with torch.no_grad():  # offsets of a few voxels, as in the trained network
+        net.offset1.copy_(torch.rand(net.offset1.shape, generator=torch.Generator().manual_seed(1)) * 0.2 - 0.1)
+        net.offset2.copy_(torch.rand(net.offset2.shape, generator=torch.Generator().manual_seed(2)) * 0.2 - 0.1)
+    x = torch.rand(1, 1, 16, 24, 32, generator=torch.Generator().manual_seed(4)) * 2.0
+    with torch.inference_mode():
+        reference, ref_feats = net(x, return_features=True)
+        out, feats = in_array_order(net)(x.permute(0, 1, 4, 3, 2).contiguous(), return_features=True)
+    assert reference.abs().max() > 0.1
+    scale = float(reference.abs().max())
+    assert torch.allclose(out.permute(0, 1, 4, 3, 2), reference, atol=1e-5 * scale)
+    assert torch.allclose(feats["d72"].permute(0, 1, 4, 3, 2), ref_feats["d72"], atol=1e-5 * float(ref_feats["d72"].abs().max()))
+    untransposed = net(x.permute(0, 1, 4, 3, 2).contiguous()).permute(0, 1, 4, 3, 2)  # what the test tells apart
+    assert not torch.allclose(untransposed, reference, atol=1e-2 * scale)
+
+
+def test_obelisk_convolution_of_a_thin_input_is_the_convolution():
+    """The oneDNN call for inputs PyTorch would send to its slow kernel gives the same values."""
+    from voxelopt.networks.obelisk import _conv
+
+    conv = nn.Conv3d(1, 4, 3, padding=1).eval()
+    x = torch.rand(1, 1, 8, 20, 12, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        assert torch.allclose(_conv(conv, x), conv(x), atol=1e-5)
+
+
+def test_obelisk_box_mean_is_avg_pool():
+    from voxelopt.networks.obelisk import _box_mean
+
+    x = torch.rand(1, 1, 9, 10, 11, generator=torch.Generator().manual_seed(6))
+    expected = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        assert torch.allclose(_box_mean(x.contiguous(memory_format=layout)), expected, atol=1e-6)
+
+
 def test_obelisk_with_folded_batch_norms_gives_the_same_outputs():
     from voxelopt.networks.obelisk import fold_batch_norms
 

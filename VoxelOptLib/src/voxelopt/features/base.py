@@ -38,8 +38,10 @@ class FeatureExtractor(abc.ABC):
 
         Returns:
             float32 tensor (C, Z, Y, X) on ``device``, on the voxel grid of ``image`` (array
-            order z, y, x as ``sitk.GetArrayFromImage``). Channels should have comparable
-            scales (the cost is the mean L1 distance over channels).
+            order z, y, x as ``sitk.GetArrayFromImage``), in any memory layout (network
+            features come channels-last: the pipeline resizes them to the working grid before
+            it makes them contiguous). Channels should have comparable scales (the cost is the
+            mean L1 distance over channels).
         """
 
     @abc.abstractmethod

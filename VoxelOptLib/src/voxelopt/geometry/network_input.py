@@ -19,7 +19,7 @@ import torch
 
 from .grid import Grid
 from .resampling import resample_image
-from .sampling import resample_through_field
+from .sampling import resample_axis_aligned, resample_through_field
 from .tensors import image_to_tensor
 
 #: HU of air: the value of network-grid voxels outside the image.
@@ -43,11 +43,17 @@ def padded_to_multiple(grid: Grid, multiple: int) -> Grid:
     return grid.crop((0, 0, 0), size)
 
 
+def network_array(image: sitk.Image, grid: Grid, device: torch.device) -> torch.Tensor:
+    """``image`` (HU) resampled linearly onto ``grid``, air outside, as a (1, 1, n2, n1, n0)
+    float32 tensor in array order (k, j, i) of the grid."""
+    sampled = resample_image(image, grid, default=AIR_HU, pixel_type=sitk.sitkFloat32)
+    return image_to_tensor(sampled, torch.device(device))
+
+
 def network_volume(image: sitk.Image, grid: Grid, device: torch.device) -> torch.Tensor:
     """``image`` (HU) resampled linearly onto ``grid``, air outside, as a (1, 1, n0, n1, n2)
-    float32 tensor in the grid's (i, j, k) axis order."""
-    sampled = resample_image(image, grid, default=AIR_HU, pixel_type=sitk.sitkFloat32)
-    return image_to_tensor(sampled, torch.device(device)).permute(0, 1, 4, 3, 2).contiguous()
+    float32 tensor in the grid's (i, j, k) axis order (contiguous)."""
+    return network_array(image, grid, device).permute(0, 1, 4, 3, 2).contiguous()
 
 
 def body_grid(volume: torch.Tensor, grid: Grid, threshold_hu: float, margin_mm: float) -> Grid:
@@ -59,8 +65,9 @@ def body_grid(volume: torch.Tensor, grid: Grid, threshold_hu: float, margin_mm: 
         return grid
     start, stop = [], []
     for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = torch.nonzero(body.any(dim=others[1]).any(dim=others[0])).flatten()
+        # reduce the other axes in memory order (outer first): fast for a view of an array
+        others = sorted((a for a in range(3) if a != axis), key=lambda a: -body.stride(a))
+        hits = torch.nonzero(body.any(dim=others[1]).any(dim=others[0] - (others[0] > others[1]))).flatten()
         margin = int(np.ceil(margin_mm / grid.spacing[axis]))
         start.append(max(0, int(hits[0]) - margin))
         stop.append(min(grid.size[axis], int(hits[-1]) + 1 + margin))
@@ -70,8 +77,18 @@ def body_grid(volume: torch.Tensor, grid: Grid, threshold_hu: float, margin_mm: 
 def features_to_image(features: torch.Tensor, grid: Grid, image: sitk.Image) -> torch.Tensor:
     """Network outputs (C, n0, n1, n2) lying on ``grid`` ((i, j, k) axis order) resampled
     trilinearly onto ``image``'s voxel grid: (C, Z, Y, X); image voxels outside ``grid`` take
-    the nearest border value."""
+    the nearest border value.
+
+    Network grids made here (``oriented_grid``, its crops, pads and ``with_size``) have the
+    image's axes: they are resampled by ``F.interpolate`` (``resample_axis_aligned``), other
+    grids by ``grid_sample``. ``features`` may be a (C, n0, n1, n2) view of data stored in array
+    order (C, n2, n1, n0), channels-last or not: the result then keeps that memory format (no
+    transposing copy)."""
     if features.dim() != 4 or tuple(features.shape[1:]) != tuple(grid.size):
         raise ValueError(f"features {tuple(features.shape)} do not match grid size {grid.size}")
     zyx = features.float().permute(0, 3, 2, 1)[None]
-    return resample_through_field(zyx, grid, Grid.from_image(image), None, default=None)[0]
+    target = Grid.from_image(image)
+    aligned = resample_axis_aligned(zyx, grid, target)
+    if aligned is not None:
+        return aligned[0]
+    return resample_through_field(zyx, grid, target, None, default=None)[0]

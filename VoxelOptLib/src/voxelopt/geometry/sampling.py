@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -122,3 +123,113 @@ def resample_through_field(
     return out
 
 
+
+
+#: Largest difference (voxels) between a grid map and the F.interpolate form for the fast path.
+_ALIGNED_TOLERANCE = 1e-5
+
+
+def _interpolate_form(slope: float, offset: float, n_source: int, n_target: int) -> Optional[Tuple[int, int]]:
+    """For one axis whose source index is ``slope * target + offset`` (slope > 0): the voxels
+    ``(left, length)`` of a border-extended source to interpolate with ``F.interpolate(scale_factor
+    = 1 / slope, align_corners=False)`` so that output voxel n is target voxel n: ``left`` voxels
+    are added before the source (a crop when negative) and the result has ``length`` voxels.
+    None when the map is not of that form."""
+    left = 0.5 * slope - 0.5 - offset  # F.interpolate reads output n at (n + 1/2) slope - 1/2
+    if abs(left - round(left)) > _ALIGNED_TOLERANCE:
+        return None
+    left = int(round(left))
+    if left < 0 and slope < 1.0:  # F.interpolate clamps its first point to the first voxel left
+        return None
+    last_needed = int(np.floor((n_target - 0.5) * slope - 0.5)) + 2  # upper neighbour of the last point, + 1
+    length = max(int(np.ceil(n_target * slope - _ALIGNED_TOLERANCE)), last_needed, 1)
+    while math.floor(float(length * (1.0 / slope))) < n_target:  # F.interpolate's output size
+        length += 1
+    return left, length
+
+
+def _replicate_pad(data: torch.Tensor, pad: Sequence[int], layout: torch.memory_format) -> torch.Tensor:
+    """``F.pad(data, pad, mode="replicate")`` of (N, C, Z, Y, X) data, the result in memory format
+    ``layout`` (PyTorch's CPU replicate padding turns channels-last data into a contiguous copy
+    first): one copy of the data, then its border voxels repeated axis by axis."""
+    def before(dim: int) -> int:
+        return pad[2 * (4 - dim)]
+
+    sizes = list(data.shape)
+    for dim in (2, 3, 4):
+        sizes[dim] += before(dim) + pad[2 * (4 - dim) + 1]
+    out = torch.empty(sizes, dtype=data.dtype, device=data.device, memory_format=layout)
+    inner = out
+    for dim in (2, 3, 4):
+        inner = inner.narrow(dim, before(dim), data.shape[dim])
+    inner.copy_(data)
+    for dim in (2, 3, 4):  # the dims before ``dim`` are padded already: repeat along ``dim`` over all of them
+        part = out
+        for later in range(dim + 1, 5):
+            part = part.narrow(later, before(later), data.shape[later])
+        n, low, high = data.shape[dim], before(dim), pad[2 * (4 - dim) + 1]
+        if low:
+            part.narrow(dim, 0, low).copy_(part.narrow(dim, low, 1).expand_as(part.narrow(dim, 0, low)))
+        if high:
+            part.narrow(dim, low + n, high).copy_(part.narrow(dim, low + n - 1, 1).expand_as(part.narrow(dim, low + n, high)))
+    return out
+
+
+def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Grid) -> Optional[torch.Tensor]:
+    """``data`` (1, C, Z, Y, X) on ``source_grid`` resampled trilinearly onto ``target_grid``,
+    every target voxel outside the source grid taking the nearest border value (the values of
+    ``resample_through_field(data, source_grid, target_grid, None, default=None)``), by
+    ``F.interpolate`` and axis flips and permutations instead of ``grid_sample``; None when the
+    grids do not allow it.
+
+    The fast path applies when the target's axes are the source's axes permuted and flipped,
+    and each target voxel sits at source index ``(n + 1/2) s - 1/2 + m`` (s the spacing ratio, m
+    an integer): grids on one box at different voxel sizes, crops and pads of such grids, and the
+    orientations of ``oriented_grid``. Interpolation weights are computed in float32 by
+    ``F.interpolate`` (``grid_sample`` also uses float32 coordinates): values agree to float
+    rounding. The result has the memory format of ``data`` (contiguous or channels-last), so
+    channels-last network outputs are not transposed here.
+    """
+    layout = torch.channels_last_3d if data.is_contiguous(memory_format=torch.channels_last_3d) and not data.is_contiguous() \
+        else torch.contiguous_format
+    linear, offset = target_grid.index_map_to(source_grid)  # source index = linear @ target index + offset
+    source_axis = np.abs(linear).argmax(axis=0)
+    if sorted(source_axis.tolist()) != [0, 1, 2]:
+        return None
+    chosen = np.zeros((3, 3), dtype=bool)
+    chosen[source_axis, np.arange(3)] = True
+    if np.abs(linear[~chosen]).max() > 1e-9 * np.abs(linear[chosen]).min():
+        return None
+    pads: List[Tuple[int, int]] = [(0, 0)] * 3  # per source axis (i, j, k)
+    scales: List[float] = [1.0] * 3
+    flips: List[int] = []
+    for t, s in enumerate(source_axis):
+        slope, shift, n_target = float(linear[s, t]), float(offset[s]), target_grid.size[t]
+        if slope < 0:  # read the target axis backwards, flip the result
+            shift, slope = shift + slope * (n_target - 1), -slope
+            flips.append(4 - t)
+        form = _interpolate_form(slope, shift, source_grid.size[s], n_target)
+        if form is None:
+            return None
+        pads[s], scales[s] = form, 1.0 / slope
+    extended, pad = data, [0] * 6  # F.pad order: (i left, i right, j left, j right, k left, k right)
+    for s, (left, length) in enumerate(pads):
+        dim = 4 - s
+        if left < 0:
+            extended = extended.narrow(dim, -left, extended.shape[dim] + left)
+            left = 0
+        right = length - left - extended.shape[dim]
+        if right < 0:
+            extended = extended.narrow(dim, 0, length - left)
+            right = 0
+        pad[2 * s:2 * s + 2] = (left, right)
+    if any(pad):
+        extended = _replicate_pad(extended, pad, layout)
+    out = F.interpolate(extended, scale_factor=(scales[2], scales[1], scales[0]), mode="trilinear",
+                        align_corners=False, recompute_scale_factor=False)
+    for t, s in enumerate(source_axis):
+        out = out.narrow(4 - s, 0, target_grid.size[t])
+    if flips:  # a copy in the source's axis order and memory format
+        out = out.flip([4 - source_axis[4 - dim] for dim in flips])
+    # target array dim 4 - t is source array dim 4 - source_axis[t]
+    return out.permute(0, 1, *(4 - source_axis[t] for t in (2, 1, 0))).contiguous(memory_format=layout)
