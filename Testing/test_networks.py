@@ -489,12 +489,30 @@ def test_obelisk_in_array_order_gives_the_transposed_outputs():
 
 def test_obelisk_convolution_of_a_thin_input_is_the_convolution():
     """The oneDNN call for inputs PyTorch would send to its slow kernel gives the same values."""
-    from voxelopt.networks.obelisk import _conv
+    from voxelopt.networks.layers import conv3d
 
-    conv = nn.Conv3d(1, 4, 3, padding=1).eval()
+    conv = nn.Conv3d(1, 4, 3, padding=1, stride=2).eval()
     x = torch.rand(1, 1, 8, 20, 12, generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():
-        assert torch.allclose(_conv(conv, x), conv(x), atol=1e-5)
+        assert torch.allclose(conv3d(x, conv.weight, conv.bias, conv.padding, conv.stride), conv(x), atol=1e-5)
+
+
+def test_convolution_of_an_upsampled_input_without_upsampling():
+    """conv(cat(up(low), skip)) by phase convolutions of low and exact faces equals the plain
+    formulation (3 output channels so a phase or channel mix-up shows; a batch of 2)."""
+    from voxelopt.networks.layers import conv_of_upsampled
+
+    generator = torch.Generator().manual_seed(8)
+    conv = nn.Conv3d(7, 3, 3, padding=1).eval()
+    low, skip = torch.rand(2, 4, 3, 5, 4, generator=generator), torch.rand(2, 3, 6, 10, 8, generator=generator)
+    up = torch.nn.functional.interpolate(low, size=skip.shape[2:], mode="trilinear", align_corners=False)
+    with torch.inference_mode():
+        expected = conv(torch.cat((up, skip), 1))
+        for layout in (torch.contiguous_format, torch.channels_last_3d):
+            out = conv_of_upsampled(conv, low.contiguous(memory_format=layout), skip.contiguous(memory_format=layout))
+            assert torch.allclose(out, expected, atol=1e-5)
+        with pytest.raises(ValueError, match="twice"):
+            conv_of_upsampled(conv, low, skip[:, :, :5])
 
 
 def test_obelisk_box_mean_is_avg_pool():

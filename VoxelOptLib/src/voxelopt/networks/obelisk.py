@@ -21,7 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..errors import ConfigError
 from ..geometry import Grid, body_grid, check_image, features_to_image, network_array, oriented_grid, padded_to_multiple
 from .base import NetworkExtractor
-from .layers import lattice, obelisk_sample
+from .layers import conv3d, conv_of_upsampled, lattice, obelisk_sample
 from .weights import load_checkpoint, resolve_weights, strict_load
 
 TCIA_LABELS = ("background", "spleen", "pancreas", "left kidney", "gallbladder", "esophagus",
@@ -33,17 +33,6 @@ _SLOPE = 0.025
 def _lrelu(t: torch.Tensor) -> torch.Tensor:
     """Leaky ReLU in place (every call site passes a fresh layer output)."""
     return F.leaky_relu(t, _SLOPE, inplace=True)
-
-
-def _conv(conv: nn.Conv3d, t: torch.Tensor) -> torch.Tensor:
-    """``conv(t)``; on the CPU through oneDNN also where PyTorch's heuristic picks its slow
-    reference kernel: an input whose batch, channel and first two spatial sizes multiply to at
-    most 20480 (the first convolution of a thin scan in array order: 0.39 instead of 0.11 s for
-    72x184x176). Same values up to float round-off."""
-    if (t.device.type == "cpu" and t.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and t.shape[0] * t.shape[1] * t.shape[2] * t.shape[3] <= 20480):
-        return torch.ops.aten.mkldnn_convolution(t, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups)
-    return conv(t)
 
 
 def _box_mean(t: torch.Tensor) -> torch.Tensor:
@@ -92,7 +81,8 @@ class ObeliskHybridTCIA(nn.Module):
         self.conv77U = nn.Conv3d(9, 9, 1)
 
     def _cbr(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        return _lrelu(getattr(self, "batch" + name)(_conv(getattr(self, "conv" + name), t)))
+        conv = getattr(self, "conv" + name)
+        return _lrelu(getattr(self, "batch" + name)(conv3d(t, conv.weight, conv.bias, conv.padding, conv.stride)))
 
     def _branch(self, b: str, volume: torch.Tensor, offsets: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         points = lattice(shape, centred=False, device=volume.device, dtype=volume.dtype)
@@ -126,8 +116,9 @@ class ObeliskHybridTCIA(nn.Module):
             return F.interpolate(t, size=like.shape[2:], mode="trilinear", align_corners=False)
 
         d36 = _lrelu(self.batch6bU(self.conv6bU(torch.cat((e2, up(o2, e2)), 1))))
-        d72 = _lrelu(self.batch6U(self.conv6U(torch.cat((up(d36, e1), up(o1, e1), e1), 1))))
-        d144 = _lrelu(self.batch7U(self.conv7U(torch.cat((up(d72, e0), e0), 1))))
+        # conv6U(cat(up(d36), up(o1), e1)) and conv7U(cat(up(d72), e0)), without the upsampled copies
+        d72 = _lrelu(self.batch6U(conv_of_upsampled(self.conv6U, torch.cat((d36, o1), 1), e1)))
+        d144 = _lrelu(self.batch7U(conv_of_upsampled(self.conv7U, d72, e0)))
         logits = self.conv77U(d144)
         if return_features:
             return logits, {"d144": d144, "d72": d72, "d36": d36}
