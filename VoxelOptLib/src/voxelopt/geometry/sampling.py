@@ -227,6 +227,7 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
         extended = _replicate_pad(extended, pad, layout)
     out = F.interpolate(extended, scale_factor=(scales[2], scales[1], scales[0]), mode="trilinear",
                         align_corners=False, recompute_scale_factor=False)
+    del extended  # the padded copy (as large as the source's whole box) goes before the flip's copy
     for t, s in enumerate(source_axis):
         out = out.narrow(4 - s, 0, target_grid.size[t])
     if flips:  # a copy in the source's axis order and memory format
