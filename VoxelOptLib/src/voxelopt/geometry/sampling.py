@@ -123,13 +123,11 @@ def resample_through_field(
     return out
 
 
-
-
 #: Largest difference (voxels) between a grid map and the F.interpolate form for the fast path.
 _ALIGNED_TOLERANCE = 1e-5
 
 
-def _interpolate_form(slope: float, offset: float, n_source: int, n_target: int) -> Optional[Tuple[int, int]]:
+def _interpolate_form(slope: float, offset: float, n_target: int) -> Optional[Tuple[int, int]]:
     """For one axis whose source index is ``slope * target + offset`` (slope > 0): the voxels
     ``(left, length)`` of a border-extended source to interpolate with ``F.interpolate(scale_factor
     = 1 / slope, align_corners=False)`` so that output voxel n is target voxel n: ``left`` voxels
@@ -208,7 +206,7 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
         if slope < 0:  # read the target axis backwards, flip the result
             shift, slope = shift + slope * (n_target - 1), -slope
             flips.append(4 - t)
-        form = _interpolate_form(slope, shift, source_grid.size[s], n_target)
+        form = _interpolate_form(slope, shift, n_target)
         if form is None:
             return None
         pads[s], scales[s] = form, 1.0 / slope

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -53,8 +53,8 @@ def obelisk_sample(volume: torch.Tensor, points: torch.Tensor, offsets: torch.Te
     return sampled.reshape(batch, volume.shape[1] * k, *shape)
 
 
-def conv3d(t: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, padding: Sequence[int] = (0, 0, 0),
-           stride: Sequence[int] = (1, 1, 1)) -> torch.Tensor:
+def conv3d(t: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           padding: Union[int, Sequence[int]] = 0, stride: Union[int, Sequence[int]] = 1) -> torch.Tensor:
     """``F.conv3d``; on the CPU through oneDNN also where PyTorch's heuristic picks its slow
     reference kernel: an input whose batch, channel and first two spatial sizes multiply to at
     most 20480 (a thin scan in array order: 0.39 instead of 0.11 s for the first OBELISK layer
@@ -66,7 +66,7 @@ def conv3d(t: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     return F.conv3d(t, weight, bias, stride=stride, padding=padding)
 
 
-def _triple(v) -> Sequence[int]:
+def _triple(v: Union[int, Sequence[int]]) -> Sequence[int]:
     return (v,) * 3 if isinstance(v, int) else tuple(v)
 
 
