@@ -471,10 +471,12 @@ def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pai
         assert expected.any() and np.prod([b.stop - b.start for b in region]) < 0.5 * np.prod(grid.shape), region
 
 
-@pytest.mark.parametrize("case", ["registration", "large smooth field", "labels at a border", "no label reached"])
+@pytest.mark.parametrize("case", ["registration", "large smooth field", "labels at a border", "no label reached",
+                                  "field on a shifted grid"])
 def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
     """The CPU label warp resamples only the fixed box the field can carry labelled voxels to; the
-    result equals SimpleITK's resampling of the whole grid through the same field."""
+    result equals SimpleITK's resampling of the whole grid through the same field (also for a
+    field on a grid of its own, axis-aligned: the general field sampling, in the box only)."""
     from voxelopt.outputs import GridField, labelled_region, warp_image_itk, warp_images_torch
 
     labels = sitk.Cast(pair.moving_labels, sitk.sitkUInt8)
@@ -501,6 +503,12 @@ def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
         big = sitk.GetImageFromArray(smooth.astype(np.float32), isVector=True)
         big.CopyInformation(field_image)
         field_image = big
+    if case == "field on a shifted grid":  # spacing x 0.9, origin off by 0.37 voxel: not the fixed box
+        reference = sitk.Image([int(n * 1.3) + 2 for n in field_image.GetSize()], sitk.sitkUInt8)
+        reference.SetSpacing([v * 0.9 for v in field_image.GetSpacing()])
+        reference.SetDirection(field_image.GetDirection())
+        reference.SetOrigin([o - 0.37 * v for o, v in zip(field_image.GetOrigin(), field_image.GetSpacing())])
+        field_image = sitk.Resample(field_image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat32)
     field = GridField.from_image(field_image, torch.device("cpu"))
     grid = Grid.from_image(pair.fixed)
     expected = sitk.Resample(labels, pair.fixed, sitk.DisplacementFieldTransform(sitk.Cast(field_image, sitk.sitkVectorFloat64)),
@@ -515,3 +523,20 @@ def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
     else:  # the shortcut is taken: a box smaller than the grid, holding labels
         assert sitk.GetArrayFromImage(expected).any()
         assert np.prod([b.stop - b.start for b in box]) < 0.5 * np.prod(grid.shape), box
+
+
+def test_nonzero_extent_of_label_maps_of_every_type():
+    """The box of the non-zero voxels, found by max/min reductions, for unsigned, signed (negative
+    values only in a corner), float and boolean arrays, and None for an empty map."""
+    from voxelopt.outputs import _nonzero_extent
+
+    values = np.zeros((6, 7, 8), np.int16)
+    values[1, 2, 3] = 5
+    values[4, 6, 7] = -2  # found only through the minimum
+    first, last = _nonzero_extent(values)
+    assert first.tolist() == [1, 2, 3] and last.tolist() == [4, 6, 7]
+    for array in (values.astype(np.float32), values != 0):
+        assert [v.tolist() for v in _nonzero_extent(array)] == [[1, 2, 3], [4, 6, 7]]
+    unsigned = np.abs(values).astype(np.uint16)
+    assert [v.tolist() for v in _nonzero_extent(unsigned)] == [[1, 2, 3], [4, 6, 7]]
+    assert _nonzero_extent(np.zeros((3, 3, 3), np.uint8)) is None
