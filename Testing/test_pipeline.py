@@ -540,3 +540,32 @@ def test_nonzero_extent_of_label_maps_of_every_type():
     unsigned = np.abs(values).astype(np.uint16)
     assert [v.tolist() for v in _nonzero_extent(unsigned)] == [[1, 2, 3], [4, 6, 7]]
     assert _nonzero_extent(np.zeros((3, 3, 3), np.uint8)) is None
+
+
+@pytest.mark.parametrize("heavy", [False, True])
+def test_a_core_is_kept_for_the_affine_stage_only_beside_light_features(pair, heavy, monkeypatch):
+    """While the affine stage runs beside the fixed image's features, light features (MIND, raw)
+    leave it a core; network features (seconds of every core) do not: one core would double
+    their time while the other idles once the affine stage is done. The affine stage is slowed
+    down here so that it is surely still running when the features start."""
+    import time
+
+    from voxelopt import device as device_module
+    from voxelopt import pipeline
+    from voxelopt.features import base
+    from voxelopt.features.intensity import RawIntensity
+    from voxelopt.networks.base import NetworkExtractor
+
+    class HeavyRaw(RawIntensity):
+        pass
+
+    HeavyRaw.heavy = True
+    monkeypatch.setitem(base._REGISTRY, "test_heavy_raw", lambda config: HeavyRaw(config.hu_window))  # this test only
+    real_align, real_core = pipeline.align, device_module.one_core_left
+    monkeypatch.setattr(pipeline, "align", lambda *args: (time.sleep(1.0), real_align(*args))[1])
+    asked = []
+    monkeypatch.setattr(device_module, "one_core_left", lambda enabled=True: (asked.append(enabled), real_core(enabled))[1])
+    features = "test_heavy_raw" if heavy else "raw"
+    register(pair.fixed, pair.moving, SMALL.replace(features=features, init="affine", device="cpu"))
+    assert asked == [not heavy]
+    assert NetworkExtractor.heavy and not RawIntensity.heavy

@@ -158,7 +158,7 @@ def register(
     check_cancel()
 
     report(0.0, "features")
-    with timer.stage("features_fixed"), one_core_left(device.type == "cpu" and alignment.running()):
+    with timer.stage("features_fixed"), one_core_left(device.type == "cpu" and alignment.running() and not extractor.heavy):
         fixed_features = working_features(checked, "fixed", extractor, device, cache, digest)
     check_cancel()
     with timer.stage("alignment"):  # the rest of the initial alignment, if it is still running

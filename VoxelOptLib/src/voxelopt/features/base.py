@@ -27,6 +27,9 @@ class FeatureExtractor(abc.ABC):
 
     #: Short name used on the command line (``--features NAME``).
     name: str = ""
+    #: True when extracting takes seconds of every core (a network): the registration then does
+    #: not keep a core back for the affine stage that runs beside the fixed image's features.
+    heavy: bool = False
 
     @abc.abstractmethod
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
@@ -61,6 +64,7 @@ class CombinedExtractor(FeatureExtractor):
             raise ConfigError("a feature combination needs at least two feature types")
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
+        self.heavy = any(p.heavy for p in parts)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         maps = []

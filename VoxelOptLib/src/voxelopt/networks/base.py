@@ -17,6 +17,7 @@ class NetworkExtractor(FeatureExtractor):
     """
 
     weights_path: Path
+    heavy = True
 
     def load(self, device: torch.device) -> torch.nn.Module:
         """Build the network and load its (already verified) weights onto ``device``."""
