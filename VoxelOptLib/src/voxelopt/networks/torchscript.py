@@ -64,6 +64,7 @@ class TorchScriptExtractor(FeatureExtractor):
     """Features from a TorchScript model (see the module docstring for the model's contract)."""
 
     name = "torchscript"
+    heavy = True  # a network: every core for it (see FeatureExtractor.heavy)
 
     def __init__(self, weights: Optional[str]) -> None:
         if weights is None:
