@@ -61,7 +61,7 @@ class _ScaledObelisk(ObeliskExtractor):
         return super().cache_key() + f":s{self.scale:g}"
 
     def _channels_of(self, outputs):
-        return [outputs["logits"] / self.scale]
+        return [(outputs["logits"], 1.0 / self.scale)]
 
 
 class _ScaledPDD(PDDExtractor):

@@ -237,19 +237,23 @@ class ObeliskExtractor(NetworkExtractor):
         return {name: t[0].float().permute(0, 3, 2, 1)
                 for name, t in (("logits", logits), ("d144", feats["d144"]), ("d72", feats["d72"]))}
 
-    def _channels_of(self, outputs: Dict[str, torch.Tensor]) -> List[torch.Tensor]:
+    def _channels_of(self, outputs: Dict[str, torch.Tensor]) -> List[Tuple[torch.Tensor, float]]:
+        """The feature groups of :attr:`mode` on the network grid, each with the factor it is
+        scaled by once on the image grid (a factor commutes with trilinear resampling; applied in
+        place to the resampled copy, it needs no further full-size array)."""
         if self.mode == "logits":
-            return [outputs["logits"] / LOGIT_SCALE]
+            return [(outputs["logits"], 1.0 / LOGIT_SCALE)]
         if self.mode == "softmax":
-            return [torch.softmax(outputs["logits"], dim=0)]
+            return [(torch.softmax(outputs["logits"], dim=0), 1.0)]
         if self.mode == "d144":
-            return [outputs["d144"]]
-        logits = outputs["logits"]
-        d72 = outputs["d72"]
-        return [logits / logits.abs().mean().clamp_min(1e-6), d72 / d72.abs().mean().clamp_min(1e-6)]
+            return [(outputs["d144"], 1.0)]
+        return [(t, 1.0 / float(t.abs().mean().clamp_min(1e-6))) for t in (outputs["logits"], outputs["d72"])]
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         check_image(image, "the image for network features")
         volume, grid = self.input_grid(image, torch.device(device))
-        maps = [features_to_image(m, grid.with_size(m.shape[1:]), image) for m in self._channels_of(self.run(volume))]
+        maps = []
+        for group, factor in self._channels_of(self.run(volume)):
+            resampled = features_to_image(group, grid.with_size(group.shape[1:]), image)  # a new tensor
+            maps.append(resampled if factor == 1.0 else resampled.mul_(factor))
         return maps[0] if len(maps) == 1 else torch.cat(maps, dim=0)
