@@ -234,3 +234,21 @@ def test_replicate_pad_keeps_the_memory_format(layout):
     out = _replicate_pad(data, pad, layout)
     assert torch.equal(out, torch.nn.functional.pad(data.contiguous(), pad, mode="replicate"))
     assert out.is_contiguous(memory_format=layout)
+
+
+def test_a_crop_of_a_network_array_is_the_array_resampled_on_the_crop():
+    """crop_array takes a crop's values (air past the grid) from the whole grid's array: equal to
+    resampling the image on the crop, for a crop inside, one padded past the far end, and a
+    sagittal image; a grid that is not a crop is refused."""
+    from voxelopt.geometry import crop_array, network_array, oriented_grid, padded_to_multiple
+
+    rng = np.random.default_rng(4)
+    image = make_image(rng.normal(0.0, 300.0, (14, 19, 23)).astype(np.float32), spacing=(1.9, 2.1, 2.6))
+    for img in (image, sitk.DICOMOrient(image, "ASL")):
+        grid = oriented_grid(img, "LAI", (2.2, 1.7, 1.35))
+        whole = network_array(img, grid, CPU)
+        for part in (grid.crop((3, 1, 2), (10, 12, 20)), padded_to_multiple(grid.crop((2, 4, 5), np.subtract(grid.size, (4, 5, 6))), 8)):
+            expected = network_array(img, part, CPU)
+            assert torch.allclose(crop_array(whole, grid, part), expected, atol=1e-3)
+        with pytest.raises(ValueError, match="crop of the grid"):
+            crop_array(whole, grid, grid.with_size(np.asarray(grid.size) // 2))

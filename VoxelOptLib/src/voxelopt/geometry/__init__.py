@@ -47,7 +47,7 @@ _LAZY = {
                "voxel_to_mm_field"),
     "sampling": ("grid_sample", "grid_sample_index", "index_grid", "resample_axis_aligned", "resample_through_field", "warp"),
     "tensors": ("image_to_tensor", "tensor_to_image"),
-    "network_input": ("AIR_HU", "body_grid", "features_to_image", "network_array", "network_volume", "oriented_grid", "padded_to_multiple"),
+    "network_input": ("AIR_HU", "body_grid", "crop_array", "features_to_image", "network_array", "network_volume", "oriented_grid", "padded_to_multiple"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -50,6 +50,22 @@ def network_array(image: sitk.Image, grid: Grid, device: torch.device) -> torch.
     return image_to_tensor(sampled, torch.device(device))
 
 
+def crop_array(array: torch.Tensor, grid: Grid, part: Grid) -> torch.Tensor:
+    """What ``network_array(image, part)`` gives, taken from ``array = network_array(image, grid)``
+    without resampling again: ``part`` is a crop of ``grid`` (same axes and voxel size, a whole
+    number of voxels away, e.g. ``grid.crop`` or ``padded_to_multiple``), and its voxels past
+    ``grid`` lie outside the image (``grid`` covers the image's box), where the value is air."""
+    linear, offset = part.index_map_to(grid)
+    start = np.round(offset).astype(int)
+    if not np.allclose(linear, np.eye(3), atol=1e-9) or not np.allclose(offset, start, atol=1e-6):
+        raise ValueError("crop_array needs a crop of the grid (same axes and spacing, whole-voxel offset)")
+    out = array.new_full((1, 1) + tuple(part.shape), AIR_HU)
+    source = [slice(max(0, s), min(n, s + m)) for s, n, m in zip(start, grid.size, part.size)]  # (i, j, k)
+    target = [slice(a.start - s, a.stop - s) for a, s in zip(source, start)]
+    out[0, 0, target[2], target[1], target[0]] = array[0, 0, source[2], source[1], source[0]]
+    return out
+
+
 def network_volume(image: sitk.Image, grid: Grid, device: torch.device) -> torch.Tensor:
     """``image`` (HU) resampled linearly onto ``grid``, air outside, as a (1, 1, n0, n1, n2)
     float32 tensor in the grid's (i, j, k) axis order (contiguous)."""

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ConfigError
-from ..geometry import Grid, body_grid, check_image, features_to_image, network_array, oriented_grid, padded_to_multiple
+from ..geometry import Grid, body_grid, check_image, crop_array, features_to_image, network_array, oriented_grid, padded_to_multiple
 from .base import NetworkExtractor
 from .layers import conv3d, conv_of_upsampled, lattice, obelisk_sample
 from .weights import load_checkpoint, resolve_weights, strict_load
@@ -221,9 +221,9 @@ class ObeliskExtractor(NetworkExtractor):
         """The network input (1, 1, n0, n1, n2) in HU and its grid (LAI, body box, padded); the
         tensor is a view of the grid's array (stored in (k, j, i) order)."""
         grid = oriented_grid(image, "LAI", NETWORK_SPACING_MM)
-        whole = network_array(image, grid, device).permute(0, 1, 4, 3, 2)
-        box = padded_to_multiple(body_grid(whole, grid, BODY_THRESHOLD_HU, BODY_MARGIN_MM), 8)
-        return network_array(image, box, device).permute(0, 1, 4, 3, 2), box
+        whole = network_array(image, grid, device)
+        box = padded_to_multiple(body_grid(whole.permute(0, 1, 4, 3, 2), grid, BODY_THRESHOLD_HU, BODY_MARGIN_MM), 8)
+        return crop_array(whole, grid, box).permute(0, 1, 4, 3, 2), box
 
     def run(self, volume: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Network outputs of an HU volume (1, 1, n0, n1, n2): ``logits``, ``d144`` (C, n0, n1, n2)
