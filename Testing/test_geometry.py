@@ -227,11 +227,11 @@ def test_axis_aligned_resampling_matches_the_general_path(case):
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
 def test_replicate_pad_keeps_the_memory_format(layout):
-    from voxelopt.geometry.sampling import _replicate_pad
+    from voxelopt.geometry import replicate_pad
 
     data = torch.rand(1, 3, 4, 5, 6, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=layout)
     pad = (2, 0, 1, 3, 0, 2)
-    out = _replicate_pad(data, pad, layout)
+    out = replicate_pad(data, pad, layout)
     assert torch.equal(out, torch.nn.functional.pad(data.contiguous(), pad, mode="replicate"))
     assert out.is_contiguous(memory_format=layout)
 

@@ -146,7 +146,7 @@ def _interpolate_form(slope: float, offset: float, n_target: int) -> Optional[Tu
     return left, length
 
 
-def _replicate_pad(data: torch.Tensor, pad: Sequence[int], layout: torch.memory_format) -> torch.Tensor:
+def replicate_pad(data: torch.Tensor, pad: Sequence[int], layout: torch.memory_format) -> torch.Tensor:
     """``F.pad(data, pad, mode="replicate")`` of (N, C, Z, Y, X) data, the result in memory format
     ``layout`` (PyTorch's CPU replicate padding turns channels-last data into a contiguous copy
     first): one copy of the data, then its border voxels repeated axis by axis."""
@@ -222,7 +222,7 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
             right = 0
         pad[2 * s:2 * s + 2] = (left, right)
     if any(pad):
-        extended = _replicate_pad(extended, pad, layout)
+        extended = replicate_pad(extended, pad, layout)
     out = F.interpolate(extended, scale_factor=(scales[2], scales[1], scales[0]), mode="trilinear",
                         align_corners=False, recompute_scale_factor=False)
     del extended  # the padded copy (as large as the source's whole box) goes before the flip's copy

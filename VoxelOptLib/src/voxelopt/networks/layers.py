@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import grid_sample
+from ..geometry import grid_sample, replicate_pad
 
 
 def lattice(shape: Sequence[int], centred: bool, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -110,7 +110,7 @@ def conv_of_upsampled(conv: nn.Conv3d, low: torch.Tensor, skip: torch.Tensor) ->
     taps = _upsampling_taps().to(device=weight.device, dtype=weight.dtype)
     phase_weight = torch.einsum("ocxyz,pax,qby,rdz->pqrocabd", weight[:, :n_low], taps, taps, taps)
     phase_weight = phase_weight.reshape(8 * out_channels, n_low, 3, 3, 3).contiguous(memory_format=layout)
-    padded = F.pad(low, (1, 1, 1, 1, 1, 1), mode="replicate").contiguous(memory_format=layout)
+    padded = replicate_pad(low, (1, 1, 1, 1, 1, 1), layout)  # one copy, channels-last (F.pad would make it contiguous)
     phases = conv3d(padded, phase_weight)  # (B, 8 O, m0, m1, m2), channel (p0, p1, p2, o)
     out = conv3d(skip, weight[:, n_low:].contiguous(memory_format=layout), conv.bias, padding=1)
     out = out.contiguous(memory_format=layout)
