@@ -527,19 +527,25 @@ def test_label_warps_skip_only_voxels_the_labels_cannot_reach(pair, case):
 
 def test_nonzero_extent_of_label_maps_of_every_type():
     """The box of the non-zero voxels, found by max/min reductions, for unsigned, signed (negative
-    values only in a corner), float and boolean arrays, and None for an empty map."""
-    from voxelopt.outputs import _nonzero_extent
+    values only in a corner), float and boolean numpy arrays and torch tensors, and None for an
+    empty map."""
+    from voxelopt.extent import nonzero_extent
 
     values = np.zeros((6, 7, 8), np.int16)
     values[1, 2, 3] = 5
     values[4, 6, 7] = -2  # found only through the minimum
-    first, last = _nonzero_extent(values)
+    first, last = nonzero_extent(values)
     assert first.tolist() == [1, 2, 3] and last.tolist() == [4, 6, 7]
     for array in (values.astype(np.float32), values != 0):
-        assert [v.tolist() for v in _nonzero_extent(array)] == [[1, 2, 3], [4, 6, 7]]
+        assert [v.tolist() for v in nonzero_extent(array)] == [[1, 2, 3], [4, 6, 7]]
     unsigned = np.abs(values).astype(np.uint16)
-    assert [v.tolist() for v in _nonzero_extent(unsigned)] == [[1, 2, 3], [4, 6, 7]]
-    assert _nonzero_extent(np.zeros((3, 3, 3), np.uint8)) is None
+    assert [v.tolist() for v in nonzero_extent(unsigned)] == [[1, 2, 3], [4, 6, 7]]
+    assert nonzero_extent(np.zeros((3, 3, 3), np.uint8)) is None
+    # torch tensors (the label scorer's maps, on the CPU or CUDA) by the same rule
+    for array in (values, values.astype(np.float32), values != 0, np.abs(values).astype(np.uint8)):
+        assert [v.tolist() for v in nonzero_extent(torch.from_numpy(array))] == [[1, 2, 3], [4, 6, 7]]
+    assert nonzero_extent(torch.zeros((3, 3, 3), dtype=torch.uint8)) is None
+    assert nonzero_extent(np.zeros((0, 3, 3), np.uint8)) is None
 
 
 @pytest.mark.parametrize("heavy", [False, True])

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .extent import nonzero_extent
 from .geometry import Grid, check_image, resample_image
 from .io import ImageLike, as_image
 
@@ -34,17 +35,10 @@ def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     """The scanned region of an image array: per array axis (z, y, x), the first and last index
     of the planes that are not padding (see the module docstring); the whole axis when the array
     is constant (nothing is scanned, or everything is)."""
-    is_min = array == array.min()
-    if is_min.all():
+    extent = nonzero_extent(array > array.min())
+    if extent is None:
         return tuple((0, n - 1) for n in array.shape)
-    # one pass over the volume per axis pair, then small planes and lines
-    flat_z = is_min.all(axis=(1, 2))
-    in_yx = is_min.all(axis=0)
-    box = []
-    for flat_plane in (flat_z, in_yx.all(axis=1), in_yx.all(axis=0)):
-        scanned = np.flatnonzero(~flat_plane)
-        box.append((int(scanned[0]), int(scanned[-1])))
-    return tuple(box)
+    return tuple((int(first), int(last)) for first, last in zip(*extent))
 
 
 def padding_slabs(array: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RegistrationCancelled
+from .extent import nonzero_extent
 from .geometry import (Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resample_image,
                        resize_volume, voxel_to_mm_field)
 from .metrics import jacobian_determinant
@@ -329,7 +330,7 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
         first[axis], second[axis] = slice(None, -1), slice(1, None)
         lo = np.minimum(lo[tuple(first)], lo[tuple(second)])
         hi = np.maximum(hi[tuple(first)], hi[tuple(second)])
-    cells = _nonzero_extent(np.all((hi >= low) & (lo <= high), axis=-1))  # over the (Z-1, Y-1, X-1) cells
+    cells = nonzero_extent(np.all((hi >= low) & (lo <= high), axis=-1))  # over the (Z-1, Y-1, X-1) cells
     if cells is None:
         return None
     # the field-index box of those cells, (i, j, k) order, and its corners in fixed indices
@@ -390,7 +391,7 @@ def _label_reach(labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """(low, high): the moving continuous indices (i, j, k) between which a nearest-neighbour
     sample can read a labelled voxel of ``labels`` (Z, Y, X): the labels' box grown by half a
     voxel (and a margin for rounding); None when no voxel is labelled."""
-    extent = _nonzero_extent(labels)
+    extent = nonzero_extent(labels)
     if extent is None:
         return None
     return extent[0][::-1] - 0.5 - 1e-3, extent[1][::-1] + 0.5 + 1e-3
@@ -399,23 +400,6 @@ def _label_reach(labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
 def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """The 8 corners (8, 3) of the box between ``low`` and ``high`` (per axis)."""
     return np.array([[(low, high)[bit >> axis & 1][axis] for axis in range(3)] for bit in range(8)])
-
-
-def _nonzero_extent(values: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-    """(first, last) indices per array axis of the non-zero (True) voxels of a 3-D array; None
-    when there is none. Two passes of max (and min, for signed types) reductions in the array's
-    own type, then a plane: several times faster on a label map than a boolean mask and ``any``."""
-    def nonzero(reduced_max: np.ndarray, reduced_min: Optional[np.ndarray]) -> np.ndarray:
-        return (reduced_max != 0) if reduced_min is None else (reduced_max != 0) | (reduced_min != 0)
-
-    signed = values.dtype.kind in "if"
-    rows = values.reshape(values.shape[0], -1)
-    per_z = nonzero(rows.max(axis=1), rows.min(axis=1) if signed else None)
-    plane = nonzero(values.max(axis=0), values.min(axis=0) if signed else None)
-    hits = [np.flatnonzero(per_z), np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))]
-    if not len(hits[0]):
-        return None
-    return np.array([h[0] for h in hits]), np.array([h[-1] for h in hits])
 
 
 def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int, slice, slice], torch.Tensor]:
