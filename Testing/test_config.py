@@ -17,7 +17,7 @@ def test_presets_build_and_differ():
     default = RegistrationConfig.preset(DEFAULT_PRESET)
     assert default == RegistrationConfig() and default.init == "affine" and default.levels == 4
     assert default.refine_iterations > 0 and fast.init == "com" and fast.refine_iterations == 0
-    assert RegistrationConfig.preset("accurate") == default.replace(k=2)
+    assert RegistrationConfig.preset("accurate") == default.replace(k=2, features="mind+obelisk")
 
 
 def test_overrides_and_replace_validate():
@@ -44,7 +44,7 @@ def test_schema_describes_every_field_once():
         for preset, value in spec.presets.items():
             assert getattr(RegistrationConfig.preset(preset), name) == value
     # the preset table is the schema's per-preset values, nothing else
-    assert PRESETS["accurate"] == {"k": 2}
+    assert PRESETS["accurate"] == {"features": "mind+obelisk", "k": 2}
     assert PRESETS[DEFAULT_PRESET] == {}  # the schema's defaults are the default preset
 
 

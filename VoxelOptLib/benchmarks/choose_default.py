@@ -18,7 +18,9 @@ The rule, fixed before the candidates were run: a candidate qualifies when it
 * takes <= :data:`MAX_SECONDS` of ``register()`` on the pseudo-CT pairs on average (so the whole
   process, with reading, importing and writing, stays below deeds' 13-21 s on 2 CPU cores);
 
-the qualifying candidate with the highest mean Dice over all pairs is the default.
+the qualifying candidate with the highest mean Dice over all pairs is the default. The
+``accurate`` preset is the candidate with the highest mean Dice that meets every rule but the
+time rule (printed as well).
 
 Usage::
 
@@ -59,6 +61,9 @@ CANDIDATES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "paper + affine + short pyramid + 20 refinement steps": ("paper", {**AFFINE_SHORT, **REFINE, "refine_iterations": 20}),
     "paper + affine + short pyramid + refinement + k=2": ("paper", {**AFFINE_SHORT, **REFINE, "k": 2}),
     "paper + affine + OBELISK": ("paper", {"init": "affine", "features": "mind+obelisk"}),
+    "paper + affine + short pyramid + refinement + OBELISK": ("paper", {**AFFINE_SHORT, **REFINE, "features": "mind+obelisk"}),
+    "paper + affine + short pyramid + refinement + OBELISK + k=2": ("paper", {**AFFINE_SHORT, **REFINE, "k": 2,
+                                                                              "features": "mind+obelisk"}),
 }
 MIN_THIN_GAIN = 0.02
 MAX_SDLOGJ = 0.15
@@ -103,6 +108,7 @@ def main() -> int:
           "| pseudo-CT register() s | qualifies |")
     print("|---|---|---|---|---|---|---|---|")
     best, best_dice = None, -1.0
+    accurate, accurate_dice = None, -1.0
     for name in names:
         r = rows[name]
         dice = float(np.mean([x["dice"] for x in r]))
@@ -110,14 +116,18 @@ def main() -> int:
         thin = [x["gain"] for x in r if x["thin"]]
         seconds = float(np.mean([x["seconds"] for x in r if x["pseudo"]] or [float("nan")]))
         sdlogj, folding = max(x["sdlogj"] for x in r), max(x["folding"] for x in r)
-        ok = (min_gain > 0 and all(g >= MIN_THIN_GAIN for g in thin) and sdlogj <= MAX_SDLOGJ
-              and folding < MAX_FOLDING_PERCENT and seconds <= MAX_SECONDS)
+        robust = (min_gain > 0 and all(g >= MIN_THIN_GAIN for g in thin) and sdlogj <= MAX_SDLOGJ
+                  and folding < MAX_FOLDING_PERCENT)
+        ok = robust and seconds <= MAX_SECONDS
         if ok and dice > best_dice:
             best, best_dice = name, dice
+        if robust and dice > accurate_dice:
+            accurate, accurate_dice = name, dice
         print(f"| {name} | {dice:.3f} | {100 * min_gain:+.1f} | {', '.join(f'{100 * g:+.1f}' for g in thin)} "
               f"| {sdlogj:.3f} | {folding:.3f} | {seconds:.1f} | {'yes' if ok else 'no'} |")
     print()
     print(f"chosen: {best}" if best else "no candidate qualifies")
+    print(f"accurate (every rule but the time rule): {accurate}" if accurate else "no candidate for accurate")
     return 0
 
 

@@ -62,6 +62,8 @@ def main() -> None:
         for preset in args.presets.split(","):
             for init in args.inits.split(","):
                 config = voxelopt.RegistrationConfig.preset(preset, init=init, device="cpu", **extra)
+                if config.applies("weights") and config.weights is None:  # network features: ../shared's weights
+                    config = config.replace(weights=str(args.shared / "models"))
                 start = time.perf_counter()
                 result = voxelopt.register(fixed, a, config, fixed_lab, a_lab)
                 seconds = time.perf_counter() - start
