@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from development_pairs import make_pseudoct
+from voxelopt.config import DEFAULT_PRESET, RegistrationConfig
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 SUBJECTS = range(17, 24)
@@ -91,6 +92,8 @@ def main() -> None:
     common = ["--threads", str(args.threads), "--device", "cpu"]
     common += ["--init", args.init] if args.init else []
     common += ["--preset", args.preset] if args.preset else []
+    if RegistrationConfig.preset(args.preset or DEFAULT_PRESET).applies("weights"):  # network features (accurate)
+        common += ["--weights", str(Path(args.shared).resolve() / "models")]
     peers = ["--peers", args.peers] if args.peers else []
     if "real" not in skip:
         voxelopt_eval("dataset", str(real_csv), "--out-dir", str(work / "results_real_ct"), *peers, *common)
