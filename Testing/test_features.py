@@ -35,3 +35,26 @@ def test_mind_is_invariant_to_contrast_and_brightness_and_lies_in_0_1():
     assert float(features.min()) >= 0.0 and float(features.max()) <= 1.0
     assert torch.allclose(mind_ssc(3.0 * image + 100.0), features, atol=1e-4)
     assert not torch.allclose(mind_ssc(image.flip(2)), features, atol=1e-2)  # it does describe the structure
+
+
+def test_combined_features_are_the_scaled_parts_side_by_side_and_resize_part_by_part():
+    """``raw+mind``: each part divided by its mean absolute value, in the order named; the
+    working-grid features (each part resized before they are put together) equal the full-size
+    combination resized."""
+    import numpy as np
+
+    from testdata import make_image
+    from voxelopt import RegistrationConfig
+    from voxelopt.features import make_extractor
+    from voxelopt.geometry import resize_volume
+
+    rng = np.random.default_rng(5)
+    image = make_image(rng.normal(-200.0, 300.0, (16, 14, 12)).astype(np.float32), spacing=(2.0, 2.0, 2.0))
+    combined = make_extractor(RegistrationConfig(features="raw+mind"))
+    parts = [make_extractor(RegistrationConfig(features=name)).extract(image, torch.device("cpu")) for name in ("raw", "mind")]
+    expected = torch.cat([f / f.abs().mean() for f in parts])
+    full = combined.extract(image, torch.device("cpu"))
+    assert full.shape == expected.shape and torch.allclose(full, expected, rtol=1e-5, atol=1e-6)
+    resized = combined.extract_resized(image, torch.device("cpu"), (8, 7, 6))
+    assert resized.shape == (1, expected.shape[0], 8, 7, 6) and resized.is_contiguous()
+    assert torch.allclose(resized, resize_volume(expected[None], (8, 7, 6)), rtol=1e-5, atol=1e-6)

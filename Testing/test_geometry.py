@@ -203,26 +203,43 @@ def _aligned_cases():
             cases.append((padded_to_multiple(network.crop((3, 1, 2), np.subtract(network.size, (5, 2, 4))), 8), target, True))
             cases.append((network.with_size(np.maximum(1, np.asarray(network.size) // 2)), target, True))
         cases.append((target.lattice((0.3, 0.0, 0.0), (1.0, 1.0, 1.0), target.size), target, False))  # a shift of 0.3 voxel
+        # a network-style output lattice: a third of the resolution, centred, not on F.interpolate's points
+        cases.append((target.lattice((0.7, 1.1, 0.4), (2.9, 3.1, 2.6), np.maximum(2, np.asarray(target.size) // 3)), target, False))
     return cases
 
 
 @pytest.mark.parametrize("case", range(len(_aligned_cases())))
 def test_axis_aligned_resampling_matches_the_general_path(case):
-    """The F.interpolate path gives the values of grid_sample with border values outside, for
-    orientations, crops, pads and voxel sizes of network grids; other maps are declined."""
-    from voxelopt.geometry import resample_axis_aligned
+    """The F.interpolate path and the separable path give the values of grid_sample with border
+    values outside, for orientations, crops, pads and voxel sizes of network grids; the
+    F.interpolate path declines other maps (shifted grids, lattices), which the separable path
+    takes."""
+    from voxelopt.geometry import resample_axis_aligned, resample_separable
 
     source, target, fast = _aligned_cases()[case]
     data = torch.rand((1, 3) + source.shape, generator=torch.Generator().manual_seed(case)) * 100
+    expected = resample_through_field(data, source, target, None, default=None)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        separable = resample_separable(data.contiguous(memory_format=layout), source, target)
+        assert separable.shape == expected.shape and separable.is_contiguous()
+        assert (separable - expected).abs().max() < 1e-3  # float32 weights (grid_sample's coordinates too)
     out = resample_axis_aligned(data, source, target)
     if not fast:
         assert out is None
         return
-    expected = resample_through_field(data, source, target, None, default=None)
     assert out is not None and out.shape == expected.shape and out.is_contiguous()
     channels_last = resample_axis_aligned(data.contiguous(memory_format=torch.channels_last_3d), source, target)
     assert channels_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(channels_last, out)
     assert (out - expected).abs().max() < 1e-3  # float32 interpolation weights on values up to 100
+
+
+def test_separable_resampling_declines_a_rotation():
+    """Grids whose axes are turned against each other (not a permutation) go to grid_sample."""
+    from voxelopt.geometry import resample_separable
+
+    image = Grid((12, 10, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    oblique = Grid((12, 10, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), oblique_direction())
+    assert resample_separable(torch.rand((1, 2) + oblique.shape), oblique, image) is None
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])

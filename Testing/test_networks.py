@@ -121,6 +121,43 @@ def test_pdd_variants_detected_from_shapes(tmp_path, monkeypatch, hidden, groups
     assert out.shape == (1, 24, 6, 5, 4)
 
 
+@pytest.mark.parametrize("groups,batch", [(1, 1), (4, 2), (2, 1)])
+def test_linear_of_samples_is_the_convolution_of_the_sample_channels(groups, batch):
+    """A 1x1x1 convolution (grouped or not) of obelisk_sample's C*K channels, computed from the
+    (B, C, N, K) samples without reordering them: same values, channels-last."""
+    from voxelopt.networks.layers import deformable_samples, linear_of_samples
+
+    g = torch.Generator().manual_seed(groups)
+    volume = torch.rand(batch, 4, 9, 8, 7, generator=g)
+    points = lattice((3, 4, 2), centred=True, device=CPU)
+    offsets = (torch.rand(1, 6, 1, 1, 3, generator=g) - 0.5) * 0.4
+    conv = nn.Conv3d(24, 10 if groups != 4 else 8, 1, groups=groups, bias=False)
+    expected = conv(obelisk_sample(volume, points, offsets, (3, 4, 2)))
+    out = linear_of_samples(deformable_samples(volume, points, offsets), conv, (3, 4, 2))
+    assert out.shape == expected.shape and out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="1x1x1 convolution without bias"):
+        linear_of_samples(deformable_samples(volume, points, offsets), nn.Conv3d(24, 8, 1), (3, 4, 2))
+
+
+@pytest.mark.parametrize("hidden,groups", [(96, 1), (48, 4)])
+def test_pdd_forward_is_the_published_formulation(hidden, groups):
+    """The network's outputs equal layer1 applied to the plus-minus samples as C*K channels
+    (the published forward), for both variants."""
+    net = PDDFeatureNet(hidden, groups, centred=(hidden == 96))
+    net.load_state_dict(_random_state(net, seed=hidden))
+    net.eval()
+    x = torch.randn(1, 1, 26, 21, 17, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        shape = net.output_shape(tuple(x.shape[2:]))
+        t = F.relu(net.batch0(net.layer0(F.avg_pool3d(x, 3, stride=2, padding=1))))
+        points = lattice(shape, centred=net.centred, device=CPU)
+        plus = obelisk_sample(t, points, net.offsets[0].view(1, 48, 1, 1, 3), shape)
+        minus = obelisk_sample(t, points, net.offsets[1].view(1, 48, 1, 1, 3), shape)
+        h = F.relu(net.batch2(net.layer2(F.relu(net.batch1(net.layer1(plus - minus))))))
+        assert torch.allclose(net(x), net.layer3(h), atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------- Universal
 def universal_checkpoint(seed: int = 0):
     """A synthetic checkpoint in the published format, written from the documented key list

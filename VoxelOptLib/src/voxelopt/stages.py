@@ -16,7 +16,7 @@ from .digest import Digest, image_digest
 from .config import RegistrationConfig
 from .errors import InputError
 from .features import FeatureExtractor
-from .geometry import resample_image, resize_volume, tensor_to_image
+from .geometry import resample_image, tensor_to_image
 from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
@@ -61,8 +61,7 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
     def compute() -> torch.Tensor:
         default = float(sitk.GetArrayViewFromImage(image).min())
         on_grid = resample_image(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32)
-        features = extractor.extract(on_grid, device)[None]
-        return resize_volume(features, working_grid.shape).contiguous()
+        return extractor.extract_resized(on_grid, device, working_grid.shape)
 
     if cache is None:
         return compute()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import SimpleITK as sitk
 import torch
 
 from ..errors import ConfigError
+from ..geometry import resize_volume
 
 
 class FeatureExtractor(abc.ABC):
@@ -51,6 +52,12 @@ class FeatureExtractor(abc.ABC):
     def cache_key(self) -> str:
         """A string that changes whenever the extractor's output could change (settings, weights)."""
 
+    def extract_resized(self, image: sitk.Image, device: torch.device, shape: Sequence[int]) -> torch.Tensor:
+        """:meth:`extract` resized to ``shape`` (Z, Y, X), a grid on the same box (the working
+        grid; ``resize_volume``: trilinear, halving averages voxel pairs), as a contiguous
+        (1, C, Z, Y, X) tensor: what the registration uses."""
+        return resize_volume(self.extract(image, device)[None], shape).contiguous()
+
 
 class CombinedExtractor(FeatureExtractor):
     """Concatenates the channels of several extractors (``--features mind+obelisk``).
@@ -67,11 +74,31 @@ class CombinedExtractor(FeatureExtractor):
         self.heavy = any(p.heavy for p in parts)
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
+        return self._combined(image, device, None)[0]
+
+    def extract_resized(self, image: sitk.Image, device: torch.device, shape: Sequence[int]) -> torch.Tensor:
+        """Each part resized to ``shape`` before the parts are put together: the full-size
+        concatenation, a copy of every channel (21-36 channels of a 192x160x256 image: 0.7-1.3 s
+        on 2 CPU cores), is never made. Same values as resizing :meth:`extract`'s."""
+        return self._combined(image, device, shape)
+
+    def _combined(self, image: sitk.Image, device: torch.device, shape: Optional[Sequence[int]]) -> torch.Tensor:
+        """(1, C, ...) contiguous: the parts, each scaled to unit mean absolute value on the
+        image's grid, on the image's grid (``shape`` None) or resized to ``shape``."""
         maps = []
         for part in self.parts:
-            f = part.extract(image, device)
-            maps.append(f / f.abs().mean().clamp_min(1e-6))
-        return torch.cat(maps, dim=0)
+            f = part.extract(image, device)[None]
+            scale = 1.0 / max(float(torch.linalg.vector_norm(f, ord=1)) / f.numel(), 1e-6)
+            maps.append((f if shape is None else resize_volume(f, shape), scale))
+            del f
+        first = maps[0][0]
+        out = torch.empty((1, sum(f.shape[1] for f, _ in maps)) + tuple(first.shape[2:]), dtype=first.dtype,
+                          device=first.device)
+        start = 0
+        for f, scale in maps:  # scaled straight into place: one pass per part
+            torch.mul(f, scale, out=out[:, start:start + f.shape[1]])
+            start += f.shape[1]
+        return out
 
     def cache_key(self) -> str:
         return "+".join(p.cache_key() for p in self.parts)

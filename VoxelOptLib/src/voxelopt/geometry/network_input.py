@@ -19,7 +19,7 @@ import torch
 
 from .grid import Grid
 from .resampling import resample_image
-from .sampling import resample_axis_aligned, resample_through_field
+from .sampling import resample_axis_aligned, resample_separable, resample_through_field
 from .tensors import image_to_tensor
 
 #: HU of air: the value of network-grid voxels outside the image.
@@ -96,15 +96,17 @@ def features_to_image(features: torch.Tensor, grid: Grid, image: sitk.Image) -> 
     the nearest border value.
 
     Network grids made here (``oriented_grid``, its crops, pads and ``with_size``) have the
-    image's axes: they are resampled by ``F.interpolate`` (``resample_axis_aligned``), other
-    grids by ``grid_sample``. ``features`` may be a (C, n0, n1, n2) view of data stored in array
-    order (C, n2, n1, n0), channels-last or not: the result then keeps that memory format (no
-    transposing copy)."""
+    image's axes: they are resampled by ``F.interpolate`` (``resample_axis_aligned``); other
+    grids with the image's axes (e.g. a network's output lattice, ``Grid.lattice``) by three 1-D
+    passes (``resample_separable``); rotated ones by ``grid_sample``. ``features`` may be a
+    (C, n0, n1, n2) view of data stored in array order (C, n2, n1, n0), channels-last or not: the
+    ``F.interpolate`` path then keeps that memory format (no transposing copy)."""
     if features.dim() != 4 or tuple(features.shape[1:]) != tuple(grid.size):
         raise ValueError(f"features {tuple(features.shape)} do not match grid size {grid.size}")
     zyx = features.float().permute(0, 3, 2, 1)[None]
     target = Grid.from_image(image)
-    aligned = resample_axis_aligned(zyx, grid, target)
-    if aligned is not None:
-        return aligned[0]
+    for resample in (resample_axis_aligned, resample_separable):
+        aligned = resample(zyx, grid, target)
+        if aligned is not None:
+            return aligned[0]
     return resample_through_field(zyx, grid, target, None, default=None)[0]

@@ -191,12 +191,8 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
     layout = torch.channels_last_3d if data.is_contiguous(memory_format=torch.channels_last_3d) and not data.is_contiguous() \
         else torch.contiguous_format
     linear, offset = target_grid.index_map_to(source_grid)  # source index = linear @ target index + offset
-    source_axis = np.abs(linear).argmax(axis=0)
-    if sorted(source_axis.tolist()) != [0, 1, 2]:
-        return None
-    chosen = np.zeros((3, 3), dtype=bool)
-    chosen[source_axis, np.arange(3)] = True
-    if np.abs(linear[~chosen]).max() > 1e-9 * np.abs(linear[chosen]).min():
+    source_axis = _axis_permutation(linear)
+    if source_axis is None:
         return None
     pads: List[Tuple[int, int]] = [(0, 0)] * 3  # per source axis (i, j, k)
     scales: List[float] = [1.0] * 3
@@ -232,3 +228,60 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
         out = out.flip([4 - source_axis[4 - dim] for dim in flips])
     # target array dim 4 - t is source array dim 4 - source_axis[t]
     return out.permute(0, 1, *(4 - source_axis[t] for t in (2, 1, 0))).contiguous(memory_format=layout)
+
+
+def resample_separable(data: torch.Tensor, source_grid: Grid, target_grid: Grid) -> Optional[torch.Tensor]:
+    """``data`` (1, C, Z, Y, X) on ``source_grid`` resampled trilinearly onto ``target_grid`` by
+    three 1-D linear passes, every target voxel outside the source grid taking the nearest border
+    value (the values of ``resample_through_field(data, source_grid, target_grid, None,
+    default=None)``); None when the target's axes are not the source's axes permuted and flipped.
+
+    For axis-aligned grids whose voxels do not line up as :func:`resample_axis_aligned` needs:
+    any voxel sizes and offsets, e.g. a network's output lattice. Each target coordinate is
+    computed once per axis (float64, clamped to the source); the two in-plane passes are matrix
+    products with the axis' (target x source) interpolation matrix (two weights per row), the
+    last pass blends whole planes of the source into each target plane: about 3x faster than
+    ``grid_sample``, which computes all three coordinates and eight weights per target voxel in
+    a scalar loop (24 channels from 85x53x64 onto 256x160x192: 0.46 against 1.5 s on 2 CPU
+    threads). A non-finite value spreads along its line in the in-plane passes (a zero weight
+    times it is NaN). Returns a contiguous tensor of ``data``'s dtype.
+    """
+    linear, offset = target_grid.index_map_to(source_grid)  # source index = linear @ target index + offset
+    source_axis = _axis_permutation(linear)
+    if source_axis is None:
+        return None
+    # the source's array dims in the target's axis order: target array dim 4 - t holds source axis source_axis[t]
+    out = data.permute(0, 1, *(4 - source_axis[t] for t in (2, 1, 0))).contiguous()
+    for t in (0, 1, 2):  # target axes i, j, k: array dims 4, 3, 2
+        dim, s, n_target = 4 - t, source_axis[t], target_grid.size[t]
+        n_source = out.shape[dim]
+        q = np.clip(np.arange(n_target, dtype=np.float64) * linear[s, t] + offset[s], 0.0, n_source - 1)
+        low = np.minimum(np.floor(q), max(n_source - 2, 0)).astype(np.int64)
+        high = np.minimum(low + 1, n_source - 1)
+        weight = q - low  # 0 for a one-voxel axis (low = high = 0)
+        if dim > 2:  # in-plane: a matrix product with the (n_target, n_source) interpolation matrix
+            matrix = np.zeros((n_target, n_source))
+            np.add.at(matrix, (np.arange(n_target), low), 1.0 - weight)
+            np.add.at(matrix, (np.arange(n_target), high), weight)
+            matrix = torch.from_numpy(matrix).to(device=out.device, dtype=out.dtype)
+            out = torch.matmul(out, matrix.t()) if dim == 4 else torch.matmul(matrix, out)
+        else:  # the largest pass: plane by plane
+            planes = torch.empty(out.shape[:2] + (n_target,) + out.shape[3:], dtype=out.dtype, device=out.device)
+            for n in range(n_target):
+                torch.lerp(out[:, :, low[n]], out[:, :, high[n]], float(weight[n]), out=planes[:, :, n])
+            out = planes
+    return out
+
+
+def _axis_permutation(linear: np.ndarray) -> Optional[np.ndarray]:
+    """For a map ``source index = linear @ target index + offset`` between grids, the source axis
+    of each target axis (``source_axis[t]``) when the map only permutes, flips and scales axes;
+    None when it mixes them (a rotation)."""
+    source_axis = np.abs(linear).argmax(axis=0)
+    if sorted(source_axis.tolist()) != [0, 1, 2]:
+        return None
+    chosen = np.zeros((3, 3), dtype=bool)
+    chosen[source_axis, np.arange(3)] = True
+    if np.abs(linear[~chosen]).max() > 1e-9 * np.abs(linear[chosen]).min():
+        return None
+    return source_axis

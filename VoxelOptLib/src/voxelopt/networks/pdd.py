@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..geometry import check_image, features_to_image, network_volume, oriented_grid
 from .base import NetworkExtractor
-from .layers import lattice, obelisk_sample
+from .layers import deformable_samples, lattice, linear_of_samples
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
 
 #: Input spacing of the PDD networks (mm).
@@ -65,9 +65,11 @@ class PDDFeatureNet(nn.Module):
         t = F.avg_pool3d(x, 3, stride=2, padding=1)
         t = F.relu(self.batch0(self.layer0(t)))
         points = lattice(shape, centred=self.centred, device=x.device, dtype=x.dtype)
-        plus = obelisk_sample(t, points, self.offsets[0].view(1, 48, 1, 1, 3), shape)
-        minus = obelisk_sample(t, points, self.offsets[1].view(1, 48, 1, 1, 3), shape)
-        h = F.relu(self.batch1(self.layer1(plus - minus)))
+        # layer1(plus - minus) with plus and minus the samples at the two offset sets (channel
+        # c*48 + k: input channel c, offset k), from one sampling of both sets, without
+        # reordering the samples into channels (linear_of_samples)
+        both = deformable_samples(t, points, self.offsets.view(1, 96, 1, 1, 3))  # (B, 4, N, 96)
+        h = F.relu(self.batch1(linear_of_samples(both[..., :48] - both[..., 48:], self.layer1, shape)))
         h = F.relu(self.batch2(self.layer2(h)))
         return self.layer3(h)
 
