@@ -58,3 +58,14 @@ def test_combined_features_are_the_scaled_parts_side_by_side_and_resize_part_by_
     resized = combined.extract_resized(image, torch.device("cpu"), (8, 7, 6))
     assert resized.shape == (1, expected.shape[0], 8, 7, 6) and resized.is_contiguous()
     assert torch.allclose(resized, resize_volume(expected[None], (8, 7, 6)), rtol=1e-5, atol=1e-6)
+
+
+def test_mean_abs_is_exact_for_large_maps():
+    """The combination's scale, exact on 25 M values (a float32 accumulation, as
+    ``torch.linalg.vector_norm(ord=1)``'s on the CPU, gives 0.978 here)."""
+    from voxelopt.features.base import mean_abs
+
+    values = torch.full((1, 3, 256, 256, 128), 0.9)
+    values[0, 1] = -0.9
+    assert abs(mean_abs(values) - 0.9) < 1e-6
+    assert mean_abs(torch.full((1, 2, 3, 4, 5), 0.25)) == 0.25

@@ -88,7 +88,7 @@ class CombinedExtractor(FeatureExtractor):
         maps = []
         for part in self.parts:
             f = part.extract(image, device)[None]
-            scale = 1.0 / max(float(torch.linalg.vector_norm(f, ord=1)) / f.numel(), 1e-6)
+            scale = 1.0 / max(mean_abs(f), 1e-6)
             maps.append((f if shape is None else resize_volume(f, shape), scale))
             del f
         first = maps[0][0]
@@ -102,6 +102,15 @@ class CombinedExtractor(FeatureExtractor):
 
     def cache_key(self) -> str:
         return "+".join(p.cache_key() for p in self.parts)
+
+
+def mean_abs(x: torch.Tensor) -> float:
+    """Mean absolute value of a (1, C, ...) tensor, summed channel by channel in float64: exact
+    for any size, with one channel's temporary. (``torch.linalg.vector_norm(x, ord=1)`` of a
+    float32 tensor accumulates in float32 on the CPU and drifts: 0.36 instead of 0.93 for 12 MIND
+    channels of a 192x160x256 image.)"""
+    total = sum(float(x[:, c].abs().sum(dtype=torch.float64)) for c in range(x.shape[1]))
+    return total / max(x.numel(), 1)
 
 
 ExtractorFactory = Callable[..., FeatureExtractor]
