@@ -88,7 +88,7 @@ class CombinedExtractor(FeatureExtractor):
         maps = []
         for part in self.parts:
             f = part.extract(image, device)[None]
-            scale = 1.0 / max(mean_abs(f), 1e-6)
+            scale = unit_scale(f)
             maps.append((f if shape is None else resize_volume(f, shape), scale))
             del f
         first = maps[0][0]
@@ -105,12 +105,20 @@ class CombinedExtractor(FeatureExtractor):
 
 
 def mean_abs(x: torch.Tensor) -> float:
-    """Mean absolute value of a (1, C, ...) tensor, summed channel by channel in float64: exact
-    for any size, with one channel's temporary. (``torch.linalg.vector_norm(x, ord=1)`` of a
-    float32 tensor accumulates in float32 on the CPU and drifts: 0.36 instead of 0.93 for 12 MIND
-    channels of a 192x160x256 image.)"""
-    total = sum(float(x[:, c].abs().sum(dtype=torch.float64)) for c in range(x.shape[1]))
+    """Mean absolute value of a feature tensor ((C, Z, Y, X) or (1, C, Z, Y, X), any memory
+    layout), summed channel by channel in float64: exact for any size, with one channel's
+    temporary. (``torch.linalg.vector_norm(x, ord=1)`` of a float32 tensor accumulates in float32
+    on the CPU and drifts: 0.36 instead of 0.93 for 12 MIND channels of a 192x160x256 image.)"""
+    channels = x.reshape(-1, *x.shape[-3:])  # a view: only leading dims are merged
+    total = sum(float(channel.abs().sum(dtype=torch.float64)) for channel in channels)
     return total / max(x.numel(), 1)
+
+
+def unit_scale(x: torch.Tensor) -> float:
+    """The factor that gives a group of feature channels unit mean absolute value
+    (``1 / max(mean_abs(x), 1e-6)``): how combined features and grouped network outputs are
+    balanced against each other in the mean-L1 cost."""
+    return 1.0 / max(mean_abs(x), 1e-6)
 
 
 ExtractorFactory = Callable[..., FeatureExtractor]

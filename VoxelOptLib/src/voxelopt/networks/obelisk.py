@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ConfigError
+from ..features.base import unit_scale
 from ..geometry import Grid, body_grid, check_image, crop_array, features_to_image, network_array, oriented_grid, padded_to_multiple
 from .base import NetworkExtractor
 from .layers import conv3d, conv_of_upsampled, lattice, obelisk_sample
@@ -247,7 +248,7 @@ class ObeliskExtractor(NetworkExtractor):
             return [(torch.softmax(outputs["logits"], dim=0), 1.0)]
         if self.mode == "d144":
             return [(outputs["d144"], 1.0)]
-        return [(t, 1.0 / float(t.abs().mean().clamp_min(1e-6))) for t in (outputs["logits"], outputs["d72"])]
+        return [(t, unit_scale(t)) for t in (outputs["logits"], outputs["d72"])]
 
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         check_image(image, "the image for network features")
