@@ -20,6 +20,9 @@ def test_search_radius_is_capped_by_the_masked_extent_per_axis():
     assert search_radii(config, None) == (2, 2, 2)
     mask[:, :, 10:12] = 0.0
     assert search_radii(config, mask) == (0, 2, 2)
+    finest_one = config.replace(k_finest=1)  # k_finest at the finest level, capped the same way
+    assert search_radii(finest_one, mask, finest=True) == (0, 1, 1)
+    assert search_radii(finest_one, mask, finest=False) == (0, 2, 2)
 
 
 #: Dice points each preset must gain on A -> B, from either start (measured with

@@ -29,6 +29,7 @@ CHANGES = {
     "working_scale": ({}, 0.5),
     "levels": ({}, 1),
     "k": ({}, 2),
+    "k_finest": ({"k": 2}, 1),
     "beta": ({}, 2.0),
     "sigma_mode": ({}, "code"),
     "alpha": ({}, 4.0),

@@ -162,6 +162,18 @@ def test_a_registration_too_large_for_memory_is_refused_before_it_starts():
         register(image, image, SMALL.replace(feature_spacing=0.05))
 
 
+def test_the_memory_estimate_counts_the_finest_levels_own_search_radius():
+    from voxelopt.geometry import Grid
+    from voxelopt.outputs import estimate_peak_bytes
+
+    image = sitk.Image([200, 200, 100], sitk.sitkInt16)
+    working = Grid.from_image(image)  # a working grid as large as the image: the solver dominates
+    estimate = lambda k, k_finest: estimate_peak_bytes(image, image, working, working, k, k_finest, 12, False)  # noqa: E731
+    assert estimate(3, 1) < estimate(3, 3)  # 27 labels at the finest level instead of 343
+    assert estimate(3, 1) > estimate(1, 1)  # the coarser level's 343 labels on 1/8 of the voxels
+    assert estimate(1, 3) == estimate(3, 3)  # the finest level's radius dominates either way
+
+
 def test_labels_are_warped_and_scored(pair):
     result = register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, pair.moving_labels)
     warped = sitk.GetArrayFromImage(result.warped_labels)

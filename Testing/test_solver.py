@@ -210,6 +210,21 @@ def test_k2_reaches_two_voxels_in_one_level_and_k1_does_not():
     assert k1 < 1.5
 
 
+def test_k_finest_sets_the_radius_of_the_finest_level_only():
+    moving, fixed = crop_shifted(smooth_features((32, 32, 32)), (32, 32, 32), (2, 0, 0))
+    discrete = RegistrationConfig(levels=1, refine_iterations=0)  # one level: it is the finest
+    shift = lambda config: solve_pyramid(moving, fixed, config).field[0, 0, 8:-8, 8:-8, 8:-8].median().item()  # noqa: E731
+    assert shift(discrete.replace(k=2, k_finest=1)) < 1.5  # k_finest = 1 there, not k = 2
+    assert shift(discrete.replace(k=1, k_finest=2)) == pytest.approx(2.0, abs=0.25)
+    assert shift(discrete.replace(k=2, k_finest=0)) == pytest.approx(2.0, abs=0.25)  # 0: k
+    # two levels, a 5-voxel shift: the coarse level (half size) searches k = 2 (4 fine voxels) and
+    # the finest level adds 1; with k = 1 the two levels reach 2 + 1 = 3 at most
+    moving, fixed = crop_shifted(smooth_features((32, 32, 32)), (32, 32, 32), (5, 0, 0))
+    two = discrete.replace(levels=2)
+    assert shift(two.replace(k=2, k_finest=1)) == pytest.approx(5.0, abs=0.5)
+    assert shift(two.replace(k=1, k_finest=1)) < 3.5
+
+
 def test_ablation_switches_change_the_result():
     g = torch.Generator().manual_seed(3)
     moving, fixed = crop_shifted(smooth_features((32, 28, 36), seed=1), (32, 28, 36), (1, 2, -1))

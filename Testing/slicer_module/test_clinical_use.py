@@ -326,6 +326,12 @@ def test_user_presets_are_saved_and_loaded(scene, tmp_path):
         logic.saveUserPreset(node, "paper")
     with pytest.raises(PresetError, match="no user preset"):
         logic.loadUserPreset(node, "missing")
+    # a preset saved before a parameter existed: that parameter takes its default, not the node's value
+    (tmp_path / "presets" / "older.json").write_text('{"values": {"alpha": 2.0}}')
+    parameters.set_values(node, {"kFinest": 2, "levels": 6})
+    logic.loadUserPreset(node, "older")
+    values = parameters.get_values(node)
+    assert (values["alpha"], values["kFinest"], values["levels"]) == (2.0, 0, parameters.VALUE_BY_NAME["levels"].default)
     (tmp_path / "presets" / "broken.json").write_text('{"values": {"alpha": "a lot"}}')
     with pytest.raises(PresetError, match="alpha"):
         logic.loadUserPreset(node, "broken")

@@ -82,7 +82,7 @@ def test_engine_values_are_derived_from_the_engine_schema():
     import voxelopt
 
     changed = {"features": "raw", "huLow": -200.0, "huHigh": 300.0, "mindRadius": 1, "mindDilation": 3,
-               "featureSpacing": 0.0, "workingScale": 0.25, "levels": 3, "k": 2, "beta": 4.0, "sigmaMode": "code",
+               "featureSpacing": 0.0, "workingScale": 0.25, "levels": 3, "k": 2, "kFinest": 1, "beta": 4.0, "sigmaMode": "code",
                "alpha": 2.0, "sigmaLow": 0.2, "sigmaHigh": 0.7, "adaptive": False, "fixedSigma": 0.9,
                "filterCost": False, "smoothingPasses": 2, "thetas": "50, 5", "ssSteps": 4, "refineIterations": 10,
                "refineWeight": 2.0, "init": "com", "device": "cpu", "paddingMask": False, "searchFraction": 0.5,

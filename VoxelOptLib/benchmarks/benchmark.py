@@ -8,14 +8,16 @@ Cases (``--cases``, default all):
   2 mm (the paper's grid), float32 HU as ../shared/tools/make_pseudoct.py writes it;
 * ``native300``: the same pair resampled to 512x512x300 at 0.8x0.8x1.0 mm, stored as int16 like
   scanner CT (labels uint8), centred on the pseudo-CT's box;
-* ``native600``: the same at 512x512x600, 0.8x0.8x0.5 mm.
+* ``native600``: the same at 512x512x600, 0.8x0.8x0.5 mm;
+* ``native129``: the same at 512x512x129, 0.57x0.57x1.6 mm (the geometry issue 9 gives for a real
+  CT pair; a smaller field of view than the others), not in the default cases.
 
 Without ../shared a generated phantom pair of the paper's size is used instead of the pseudo-CT.
 Each case runs ``python -m voxelopt.cli register FIXED MOVING --out-dir DIR --fixed-labels ...
 --moving-labels ...`` (default parameters, or ``--preset``) ``--repeat`` times; the best run is
 reported with the stage seconds from its metrics.json and the peak RSS of the process. Usage:
 
-    python VoxelOptLib/benchmarks/benchmark.py [--cases paper,native300,native600] [--repeat 2] [--preset paper]
+    python VoxelOptLib/benchmarks/benchmark.py [--cases paper,native300,native600,native129] [--repeat 2] [--preset paper]
 
 Figures depend on the machine: run it on an otherwise idle machine.
 """
@@ -36,9 +38,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from development_pairs import btcv_labels, make_pseudoct
+from voxelopt.config import RegistrationConfig
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5))}
+NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5)),
+          "native129": ((512, 512, 129), (0.57, 0.57, 1.6))}
 
 
 def paper_pair(workdir: Path) -> Tuple[str, List[Path]]:
@@ -100,7 +104,12 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="a preset (default: the default parameters)")
     args = parser.parse_args()
     extra = ["--preset", args.preset] if args.preset else []
+    if args.preset and RegistrationConfig.preset(args.preset).applies("weights") and (SHARED / "models").is_dir():
+        extra += ["--weights", str(SHARED / "models")]  # network features (accurate): ../shared's weights
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c != "paper" and c not in NATIVE]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from paper, {', '.join(NATIVE)}")
     print("| case | voxels (x, y, z) at mm | whole process s | solver s | outputs + writing s (share) | peak GB | Dice before -> after |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,10 +60,14 @@ CANDIDATES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "paper + affine + short pyramid + refinement": ("paper", {**AFFINE_SHORT, **REFINE}),
     "paper + affine + short pyramid + 20 refinement steps": ("paper", {**AFFINE_SHORT, **REFINE, "refine_iterations": 20}),
     "paper + affine + short pyramid + refinement + k=2": ("paper", {**AFFINE_SHORT, **REFINE, "k": 2}),
+    "paper + affine + short pyramid + refinement + k=2 (1 at the finest level)": (
+        "paper", {**AFFINE_SHORT, **REFINE, "k": 2, "k_finest": 1}),
     "paper + affine + OBELISK": ("paper", {"init": "affine", "features": "mind+obelisk"}),
     "paper + affine + short pyramid + refinement + OBELISK": ("paper", {**AFFINE_SHORT, **REFINE, "features": "mind+obelisk"}),
     "paper + affine + short pyramid + refinement + OBELISK + k=2": ("paper", {**AFFINE_SHORT, **REFINE, "k": 2,
                                                                               "features": "mind+obelisk"}),
+    "paper + affine + short pyramid + refinement + OBELISK + k=2 (1 at the finest level)": (
+        "paper", {**AFFINE_SHORT, **REFINE, "k": 2, "k_finest": 1, "features": "mind+obelisk"}),
 }
 MIN_THIN_GAIN = 0.02
 MAX_SDLOGJ = 0.15

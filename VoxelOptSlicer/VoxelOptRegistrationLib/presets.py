@@ -69,7 +69,9 @@ class PresetStore:
         return path
 
     def load(self, name: str) -> Dict[str, Any]:
-        """The values saved as ``name`` (raises PresetError when missing, unreadable or invalid)."""
+        """The values saved as ``name`` (raises PresetError when missing, unreadable or invalid);
+        a registration parameter the preset does not hold (one added after it was saved) takes its
+        default, so that loading it always sets every registration parameter."""
         path = self._path(name)
         try:
             with open(path, encoding="utf-8") as stream:
@@ -86,7 +88,8 @@ class PresetStore:
                 parameters.format_value(parameters.VALUE_BY_NAME[key], value)
             except TypeError as error:
                 raise PresetError(f"user preset {name!r}: {error}") from None
-        return values
+        defaults = {p.name: p.default for p in parameters.VALUE_PARAMETERS if p.name not in parameters.DISPLAY_ONLY}
+        return {**defaults, **values}
 
     def delete(self, name: str) -> None:
         """Remove the preset ``name`` (no error when it does not exist)."""

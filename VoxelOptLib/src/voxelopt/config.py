@@ -228,6 +228,9 @@ class RegistrationConfig:
     k: int = _param(1, Parameter(
         int, "search radius: (2k+1)^3 integer offsets per voxel and level", "solver", unit="voxels",
         minimum=1, maximum=3, presets={"accurate": 2}))
+    k_finest: int = _param(0, Parameter(
+        int, "search radius at the finest level, which has 8x the voxels of the next and so most of the search's "
+        "cost (0: k)", "solver", unit="voxels", minimum=0, maximum=3))
     beta: float = _param(10.0, Parameter(
         float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
     sigma_mode: str = _param("paper", Parameter(
@@ -317,6 +320,11 @@ class RegistrationConfig:
         """Plain JSON-serialisable values (tuples become lists)."""
         out = dataclasses.asdict(self)
         return {key: list(value) if isinstance(value, tuple) else value for key, value in out.items()}
+
+    def search_radius(self, finest: bool) -> int:
+        """The search radius (voxels of the level) of a pyramid level: ``k_finest`` at the finest
+        level when it is set, ``k`` elsewhere."""
+        return self.k_finest if finest and self.k_finest > 0 else self.k
 
     def applies(self, name: str) -> bool:
         """True when parameter ``name`` has an effect with the other values of this configuration."""

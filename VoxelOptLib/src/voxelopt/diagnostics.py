@@ -39,7 +39,7 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     """
     device = resolve_device(config.device)
     prepared = prepare(fixed, moving, config)  # grids and alignment do not depend on the features
-    offsets = label_offsets(config.k, device)
+    offsets = label_offsets(config.search_radius(finest=True), device)  # the working grid is the finest level
     top = math.log(offsets.shape[0])
     on_grid = resample_image(prepared.fixed, prepared.feature_grid)
     fixed_hu = resize_volume(image_to_tensor(on_grid, torch.device("cpu")), prepared.working_grid.shape)

@@ -582,12 +582,13 @@ def resample_map(image: sitk.Image, grid: Grid, vector: bool = False) -> sitk.Im
 
 
 def estimate_peak_bytes(fixed: sitk.Image, moving: sitk.Image, feature_grid: Grid, working_grid: Grid, k: int,
-                        channels: int, with_labels: bool) -> int:
+                        k_finest: int, channels: int, with_labels: bool) -> int:
     """A conservative estimate of the peak memory (bytes) of one registration on one device.
 
     Counts the inputs, the larger of the feature stage (both images' feature maps and their
-    working copies) and the solver (cost volume, its filtered copy and softmax), and the streamed
-    outputs (the warped image in the moving pixel type, label maps, slab buffers).
+    working copies) and the solver (cost volume, its filtered copy and softmax, at the finest
+    level with search radius ``k_finest`` or at the next with ``k``, whichever is larger), and the
+    streamed outputs (the warped image in the moving pixel type, label maps, slab buffers).
     """
     def voxels(grid_or_image) -> int:
         size = grid_or_image.size if isinstance(grid_or_image, Grid) else grid_or_image.GetSize()
@@ -596,7 +597,8 @@ def estimate_peak_bytes(fixed: sitk.Image, moving: sitk.Image, feature_grid: Gri
     fixed_bytes = voxels(fixed) * fixed.GetSizeOfPixelComponent()
     moving_bytes = voxels(moving) * moving.GetSizeOfPixelComponent()
     features = voxels(feature_grid) * 4 * (2 * channels + 4)
-    solver = voxels(working_grid) * 4 * (3 * (2 * k + 1) ** 3 + 4 * channels)
+    solver = voxels(working_grid) * 4 * max(3 * (2 * k_finest + 1) ** 3 + 4 * channels,
+                                            (3 * (2 * k + 1) ** 3 + 4 * channels) // 8)
     outputs = voxels(fixed) * moving.GetSizeOfPixelComponent() + SLAB_VOXELS * 4 * 16
     labels = 2 * (voxels(fixed) + voxels(moving)) if with_labels else 0
     return int(fixed_bytes + moving_bytes + labels + max(features, solver) + outputs)

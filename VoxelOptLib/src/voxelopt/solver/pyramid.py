@@ -46,11 +46,12 @@ class LevelOutput:
 
 def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationConfig,
                 check_cancel: Optional[Callable[[], None]] = None, fixed_mask: Optional[torch.Tensor] = None,
-                moving_mask: Optional[torch.Tensor] = None) -> LevelOutput:
+                moving_mask: Optional[torch.Tensor] = None, finest: bool = True) -> LevelOutput:
     """One level: cost volume (restricted to the masks), entropy, sigma, optional cost filtering,
     coordinate descent, SS. Masks are (1, 1, Z, Y, X) in [0, 1] on the level's grid, the moving one
-    already warped like ``moving``."""
-    offsets = label_offsets(search_radii(config, fixed_mask), fixed.device)
+    already warped like ``moving``; ``finest`` says whether it is the pyramid's finest level (its
+    search radius is ``config.k_finest`` when that is set)."""
+    offsets = label_offsets(search_radii(config, fixed_mask, finest), fixed.device)
     cost = cost_volume(moving, fixed, offsets)
     mask_cost_(cost, offsets, None if fixed_mask is None else fixed_mask[0, 0],
                None if moving_mask is None else moving_mask[0, 0])
@@ -70,21 +71,24 @@ def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationC
     return LevelOutput(residual, entropy, sigma)
 
 
-def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor]) -> Tuple[int, int, int]:
+def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor],
+                 finest: bool = True) -> Tuple[int, int, int]:
     """Search radius per array axis (z, y, x) of a level, voxels.
 
-    ``config.k``, capped along each axis at ``config.search_fraction`` of the extent of the
+    The level's radius (:meth:`RegistrationConfig.search_radius`: ``k``, or ``k_finest`` at the
+    finest level), capped along each axis at ``config.search_fraction`` of the extent of the
     level's (1, 1, Z, Y, X) fixed mask along it (the planes where it is not all zero), so a thin
     or partial field of view is not searched beyond its own size. No mask: ``k`` on every axis.
     """
+    k = config.search_radius(finest)
     if config.search_fraction == 0 or fixed_mask is None:
-        return (config.k,) * 3
+        return (k,) * 3
     present = fixed_mask[0, 0] > 0
     radii = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         extent = int(present.any(dim=others[1]).any(dim=others[0]).sum().item())
-        radii.append(min(config.k, int(config.search_fraction * extent)))
+        radii.append(min(k, int(config.search_fraction * extent)))
     return (radii[0], radii[1], radii[2])
 
 
@@ -134,7 +138,7 @@ def solve_pyramid(
             field = resize_voxel_field(field, shapes[level])
             mov = warp(mov, field)
             mov_mask = None if mov_mask is None else warp(mov_mask, field)
-        out = solve_level(mov, fixed_levels[level], config, check_cancel, fixed_masks[level], mov_mask)
+        out = solve_level(mov, fixed_levels[level], config, check_cancel, fixed_masks[level], mov_mask, finest=level == 0)
         field = out.residual if field is None else compose(field, out.residual)
         seconds.append((clock() - start) if clock else 0.0)
         if on_level is not None:
