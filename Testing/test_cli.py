@@ -307,8 +307,9 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().startswith("[  0.0%]")  # running, inside the command
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130
+    stdout, stderr = process.communicate(timeout=120)
+    # (once, in a full-suite run on a busy machine, the run finished with 0: the output says where it was)
+    assert process.returncode == 130, f"stdout:\n{stdout}\nstderr:\n{stderr}"
     assert stderr == "error: interrupted\n"
     assert not (tmp_path / "demo").exists()
 
