@@ -125,6 +125,8 @@ PARAMETER_NAMES: Tuple[str, ...] = tuple(VALUE_BY_NAME) + tuple(NODE_BY_NAME)
 
 #: Parameters that only change what is shown, never the registration (auto-update ignores them).
 DISPLAY_ONLY = ("overlay", "overlayOpacity", "autoUpdate", "preset")
+#: The value parameters that change the registration: what a user preset holds.
+REGISTRATION_VALUES: Tuple[ValueParameter, ...] = tuple(p for p in VALUE_PARAMETERS if p.name not in DISPLAY_ONLY)
 
 
 def format_value(parameter: ValueParameter, value: Any) -> str:

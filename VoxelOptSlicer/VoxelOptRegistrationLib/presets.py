@@ -58,7 +58,7 @@ class PresetStore:
     def save(self, name: str, values: Dict[str, Any]) -> str:
         """Store the registration values of ``values`` (display-only ones dropped) as ``name``; returns the file."""
         path = self._path(name)
-        kept = {key: value for key, value in values.items() if key in parameters.VALUE_BY_NAME and key not in parameters.DISPLAY_ONLY}
+        kept = {p.name: values[p.name] for p in parameters.REGISTRATION_VALUES if p.name in values}
         for key, value in kept.items():
             parameters.format_value(parameters.VALUE_BY_NAME[key], value)  # type check before writing
         os.makedirs(self.folder, exist_ok=True)
@@ -88,8 +88,7 @@ class PresetStore:
                 parameters.format_value(parameters.VALUE_BY_NAME[key], value)
             except TypeError as error:
                 raise PresetError(f"user preset {name!r}: {error}") from None
-        defaults = {p.name: p.default for p in parameters.VALUE_PARAMETERS if p.name not in parameters.DISPLAY_ONLY}
-        return {**defaults, **values}
+        return {**{p.name: p.default for p in parameters.REGISTRATION_VALUES}, **values}
 
     def delete(self, name: str) -> None:
         """Remove the preset ``name`` (no error when it does not exist)."""

@@ -31,15 +31,16 @@ ESTIMATED_CHANNELS = 12
 def check_memory(prepared: Union[CheckedPair, PreparedPair], config: RegistrationConfig, device: torch.device,
                  with_labels: bool) -> int:
     """Refuse a registration that would not fit in ``device``'s free memory; returns the estimate (bytes)."""
+    k_finest = config.search_radius(finest=True)
     needed = estimate_peak_bytes(prepared.fixed, prepared.moving, prepared.feature_grid, prepared.working_grid,
-                                 config.k, config.search_radius(finest=True), ESTIMATED_CHANNELS, with_labels)
+                                 config.k, k_finest, ESTIMATED_CHANNELS, with_labels)
     free = available_bytes(device)
     if free is not None and needed > MEMORY_SHARE * free:
         grid = "x".join(str(n) for n in prepared.feature_grid.size)
         raise InputError(
             f"this registration needs about {human_bytes(needed)} on {device} but only {human_bytes(free)} is free "
             f"(feature grid {grid} voxels at {config.feature_spacing} mm, search radius {config.k}, "
-            f"{config.search_radius(finest=True)} at the finest level); "
+            f"{k_finest} at the finest level); "
             "use a coarser feature_spacing or working_scale, a smaller k or k_finest, or another device"
         )
     return needed

@@ -78,7 +78,8 @@ def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor],
     The level's radius (:meth:`RegistrationConfig.search_radius`: ``k``, or ``k_finest`` at the
     finest level), capped along each axis at ``config.search_fraction`` of the extent of the
     level's (1, 1, Z, Y, X) fixed mask along it (the planes where it is not all zero), so a thin
-    or partial field of view is not searched beyond its own size. No mask: ``k`` on every axis.
+    or partial field of view is not searched beyond its own size. No mask: the level's radius on
+    every axis.
     """
     k = config.search_radius(finest)
     if config.search_fraction == 0 or fixed_mask is None:
