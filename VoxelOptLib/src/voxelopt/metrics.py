@@ -116,10 +116,13 @@ class LabelScorer:
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.spacing_zyx = tuple(float(v) for v in spacing_zyx)
         self._fixed = _as_labels(fixed, self.device)
-        in_fixed, in_moving = _same_length([_voxel_counts(self._fixed), _voxel_counts(_as_labels(moving, self.device))])
+        self._fixed_box = _box(self._fixed)
+        moving = _as_labels(moving, self.device)
+        # counted inside each map's labelled box: every label > 0 is in it (0 is never scored)
+        in_fixed, in_moving = _same_length([_voxel_counts(_in_box(self._fixed, self._fixed_box)),
+                                            _voxel_counts(_in_box(moving, _box(moving)))])
         self.labels: List[int] = [int(v) for v in np.flatnonzero((in_fixed > 0) & (in_moving > 0)) if v > 0]
         self._in_fixed = in_fixed
-        self._fixed_box = _box(self._fixed)
         self._fixed_points = _surface_points(self._fixed, self.labels, self.spacing_zyx, self._fixed_box)
         self._fixed_trees = {label: _tree(points) for label, points in self._fixed_points.items() if len(points)}
         self._diagonal = float(np.linalg.norm(np.asarray(self._fixed.shape) * np.asarray(self.spacing_zyx)))
@@ -131,7 +134,7 @@ class LabelScorer:
         w = _as_labels(warped, self.device)
         warped_box = _box(w)
         box = _union_box(self._fixed_box, warped_box)  # outside it both maps are 0: nothing a scored label counts
-        f_box, w_box = (self._fixed[box], w[box]) if box is not None else (self._fixed[:0], w[:0])
+        f_box, w_box = _in_box(self._fixed, box), _in_box(w, box)
         in_fixed, in_warped, in_both = _same_length([self._in_fixed, _voxel_counts(w_box), _voxel_counts(
             torch.where(f_box == w_box, f_box, torch.zeros((), dtype=f_box.dtype, device=self.device)))])
         labels = self.labels
@@ -198,7 +201,9 @@ def _same_length(counts: Sequence[Union[torch.Tensor, np.ndarray]]) -> List[np.n
 
 
 def _voxel_counts(x: torch.Tensor) -> torch.Tensor:
-    """Voxels per label value (index = label; values <= 0 counted as 0), one ``torch.bincount``."""
+    """Voxels per label value in ``x`` (index = label; values <= 0 counted as 0), one
+    ``torch.bincount``. Callers pass the labelled box only (:func:`_box`): the counts of labels
+    > 0 are those of the whole map, the count of 0 is not used."""
     x = x.reshape(-1)
     if x.numel() and int(x.max()) > MAX_LABEL:
         raise ValueError(f"label values above {MAX_LABEL} are not supported, got {int(x.max())}")
@@ -242,6 +247,11 @@ def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
     if extent is None:
         return None
     return tuple(slice(max(int(first) - 1, 0), int(last) + 2) for first, last in zip(*extent))
+
+
+def _in_box(x: torch.Tensor, box: Optional[Tuple[slice, ...]]) -> torch.Tensor:
+    """``x`` inside ``box`` (a view); an empty tensor when there is no box."""
+    return x[box] if box is not None else x[:0]
 
 
 def _union_box(a: Optional[Tuple[slice, ...]], b: Optional[Tuple[slice, ...]]) -> Optional[Tuple[slice, ...]]:

@@ -8,8 +8,9 @@ they must be on the full fixed grid.
   ``DisplacementFieldTransform`` does (align_corners=False on the shared box, border values
   repeated), so ``sitk.Resample(moving, fixed, sitk.DisplacementFieldTransform(field))`` gives the
   library's warped image.
-* **Warped images and labels** are computed slab by slab of fixed-grid slices (torch's
-  ``grid_sample`` on the field's device, an image and its labels in one pass; SimpleITK for
+* **Warped images and labels** are computed slab by slab of fixed-grid slices (on the CPU by
+  the compiled kernel of :mod:`voxelopt.compiled` when numba is installed, else torch's
+  ``grid_sample`` on the field's device; an image and its labels in one pass; SimpleITK for
   images with several components), so the peak memory is a few slabs plus the input and output
   arrays; the output keeps the moving image's pixel type.
 * **Jacobian determinant**, SDlogJ and folding come from the field on its own grid; the
@@ -28,6 +29,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from . import compiled
 from .errors import RegistrationCancelled
 from .extent import nonzero_extent
 from .geometry import (Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resample_image,
@@ -119,26 +121,25 @@ def warp_images(
     """:func:`warp_image` of several images on one moving grid (e.g. a CT and its labels) in
     one pass: the field and the moving coordinates of each slab are computed once for all.
 
-    Scalar images are warped with torch on the field's device (:func:`warp_images_torch`; on
-    the CPU 2.1 s against SimpleITK's 3.7-4.4 s for an int16 512x512x300 CT on 2 cores), images
-    with several components by SimpleITK (:func:`warp_image_itk`). Per slab of fixed-grid
-    slices: the field at the slab's voxels (when the field's grid shares the fixed box and
-    direction, as every field of a registration does, by separable trilinear upsampling;
-    otherwise by a general trilinear sampling), the moving indices ``q = M^-1 (x + d(x) - origin)``,
-    then for each image the voxels the slab needs, read once.
+    Scalar images are warped slab by slab (:func:`warp_images_streamed`): on the CPU by the
+    compiled kernel of :mod:`voxelopt.compiled` when numba is installed and the warp is large
+    enough to pay for loading it (an int16 512x512x600 CT in 1.7-2.2 s on 2 cores), otherwise
+    with torch on the field's device (4.4-4.9 s for that CT); images with several components by
+    SimpleITK (:func:`warp_image_itk`). Per slab of fixed-grid slices: the field at the slab's
+    voxels, the moving indices ``q = M^-1 (x + d(x) - origin)``, then for each image the voxels
+    the slab needs, read once.
 
-    Torch computes the sample points in float32 (SimpleITK in float64): values agree to
-    float32 rounding (int16 CT: 5065 of 78.6 M voxels off by the 1 HU of rounding at
-    512x512x300), except that a point within ~1e-4 voxel of a decision boundary (nearest
-    neighbour's half-way point, the image's half-voxel border) may fall on the other side —
-    10 image voxels (by more than 1 HU) and 3 label voxels of 78.6 M there
-    (``Testing/test_pipeline.py`` compares the two).
+    The kernel computes in float64 like SimpleITK, torch the sample points in float32: the
+    values agree to rounding (int16 CT at 512x512x600: 2229 of 157 M voxels off by the 1 HU of
+    rounding with the kernel; with torch 11352, and 11 by more, where a point within ~1e-4 voxel
+    of a decision boundary (nearest neighbour's half-way point, the image's half-voxel border)
+    falls on the other side; ``Testing/test_pipeline.py`` compares them).
     """
     if not movings:
         return []
     defaults = list(defaults) if defaults is not None else [None] * len(movings)
     if all(m.GetNumberOfComponentsPerPixel() == 1 for m in movings):
-        return warp_images_torch(movings, field, fixed_grid, nearest, defaults, progress, cancel)
+        return warp_images_streamed(movings, field, fixed_grid, nearest, defaults, progress, cancel)
     out = []
     for number, (moving, near, default) in enumerate(zip(movings, nearest, defaults)):
         part = None if progress is None else (lambda f, n=number: progress((n + f) / len(movings)))
@@ -146,23 +147,28 @@ def warp_images(
     return out
 
 
-def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_grid: Grid, nearest: Sequence[bool],
-                      defaults: Sequence[Optional[float]], progress: Optional[ProgressCallback],
-                      cancel: Optional[CancelCallback]) -> List[sitk.Image]:
-    """:func:`warp_images` with torch on the field's device (the CPU or CUDA).
+#: The samplers of :func:`warp_images_streamed`.
+SAMPLERS = ("auto", "torch", "compiled")
 
-    Per slab of fixed-grid slices: the moving continuous indices ``q`` of its voxels (float32,
-    planar (3, z, y, x)); per tile of its rows, nearest-neighbour images are read at the
-    rounded indices (a gather in their own pixel type, :func:`_nearest_values`); for trilinear
-    ones the block of moving voxels the tile reads is converted to float32 into one reused
-    buffer and sampled by ``grid_sample`` at ``q`` normalised to the block. Values are written
-    straight into the output array in its pixel type. Label maps alone (nearest, 0 outside) are
-    sampled only in the box they can reach (:func:`labelled_region`).
+
+def warp_images_streamed(movings: Sequence[sitk.Image], field: GridField, fixed_grid: Grid, nearest: Sequence[bool],
+                         defaults: Sequence[Optional[float]], progress: Optional[ProgressCallback],
+                         cancel: Optional[CancelCallback], sampler: str = "auto") -> List[sitk.Image]:
+    """:func:`warp_images` of scalar images, slab by slab of fixed-grid slices, straight into
+    output arrays of the moving pixel type. Label maps alone (nearest, 0 outside) are sampled only
+    in the box they can reach (:func:`labelled_region`).
+
+    ``sampler``: ``"compiled"``, the compiled CPU kernel (:class:`_CompiledSlabs`); ``"torch"``,
+    torch on the field's device, the CPU or CUDA (:class:`_TorchSlabs`); ``"auto"``, the kernel
+    on the CPU when :func:`compiled.worth_it` for the fixed grid's voxel count. The kernel needs the field's grid to have the
+    fixed grid's axes (every field of a registration does) and the field on the CPU; otherwise
+    torch samples.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
     moving_grid = Grid.from_image(movings[0])
     if any(not Grid.from_image(m).same_as(moving_grid) for m in movings[1:]):
         raise ValueError("warp_images needs images on one grid")
-    device = field.data.device
     arrays = [sitk.GetArrayViewFromImage(m) for m in movings]
     defaults = [float(value) if value is not None else (0.0 if near else float(array.min()))
                 for value, near, array in zip(defaults, nearest, arrays)]
@@ -174,44 +180,80 @@ def warp_images_torch(movings: Sequence[sitk.Image], field: GridField, fixed_gri
         if not boxes:
             return [fixed_grid.apply_to(sitk.GetImageFromArray(np.zeros(fixed_grid.shape, dtype=a.dtype))) for a in arrays]
         box = tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
-    with warnings.catch_warnings():  # read-only views of the image buffers: never written to
-        warnings.simplefilter("ignore", UserWarning)
-        sources = [torch.from_numpy(_torch_compatible(array)).to(device) for array in arrays]
     outs = [(np.empty if box == everywhere else np.zeros)(fixed_grid.shape, dtype=array.dtype) for array in arrays]
-
-    # per image (source, output array, default) as they are read and written: nearest-neighbour
-    # images of unsigned 16-64-bit types through the signed type of the same bits
-    passes = [_same_bits_signed(*item) if near else item
-              for item, near in zip(zip(sources, outs, defaults), nearest)]
-    moving_indices = _moving_index_sampler(field, fixed_grid, moving_grid)
-    moving_size = np.asarray(moving_grid.size, dtype=np.float64)
-    scratch = _BlockBuffer(device)
+    where = None
+    # "auto" weighs the kernel's loading against the whole fixed grid, not a label box: the
+    # image of a registration is warped onto the whole grid in the same process
+    if field.data.device.type == "cpu" and (sampler == "compiled" or (
+            sampler == "auto" and compiled.worth_it(math.prod(fixed_grid.shape)))):
+        where = _compiled_field_map(field, fixed_grid, moving_grid)
+    slabs = (_CompiledSlabs(where, arrays, outs, defaults, nearest) if where is not None
+             else _TorchSlabs(field, fixed_grid, moving_grid, arrays, outs, defaults, nearest))
     (bz, by, bx) = box
     slab = max(1, SLAB_VOXELS // ((by.stop - by.start) * (bx.stop - bx.start)))
     for z0 in range(bz.start, bz.stop, slab):
         if cancel is not None and cancel():
             raise RegistrationCancelled("registration cancelled")
         z1 = min(bz.stop, z0 + slab)
-        q = moving_indices(z0, z1, by, bx)  # (3, z, y, x) in the box: channels i, j, k
-        rows = max(1, TILE_VOXELS // (q.shape[1] * q.shape[3]))
-        for y0 in range(0, q.shape[2], rows):  # tiles of rows: a smaller block of moving voxels each
-            tile = q[:, :, y0:y0 + rows]
-            target = (slice(z0, z1), slice(by.start + y0, by.start + y0 + tile.shape[2]), bx)
-            bounds = [tuple(float(v) for v in torch.aminmax(tile[c])) for c in range(3)]  # (min, max) of i, j, k
-            inside = _inside(tile, bounds, moving_size)
-            for (source, out, default), near in zip(passes, nearest):
-                if near:  # before the trilinear images' normalisation changes ``tile``
-                    _store(_outside_filled(_nearest_values(source, tile), inside, default), out[target])
-            if not all(nearest):
-                block, points = _normalised_block_points(tile, bounds, moving_size)
-                for (source, out, default), near in zip(passes, nearest):
-                    if not near:
-                        _store(_outside_filled(_sample_block(scratch.block(source, block), points), inside, default),
-                               out[target])
-        del q, tile, inside
+        slabs.warp(slice(z0, z1), by, bx)
         if progress is not None:
             progress((z1 - bz.start) / (bz.stop - bz.start))
     return [fixed_grid.apply_to(sitk.GetImageFromArray(out)) for out in outs]
+
+
+class _CompiledSlabs:
+    """Each image's slab by :func:`compiled.warp_slab`: field, moving index and sample point by
+    point, the moving voxels read in their own type, no intermediate arrays."""
+
+    def __init__(self, where: compiled.FieldMap, arrays: Sequence[np.ndarray], outs: Sequence[np.ndarray],
+                 defaults: Sequence[float], nearest: Sequence[bool]) -> None:
+        self.where, self.images = where, list(zip(arrays, outs, defaults, nearest))
+
+    def warp(self, zs: slice, ys: slice, xs: slice) -> None:
+        for array, out, default, near in self.images:
+            compiled.warp_slab(array, self.where, (zs.start, ys.start, xs.start), out[zs, ys, xs], default, near)
+
+
+class _TorchSlabs:
+    """Each slab with torch on the field's device: the moving continuous indices ``q`` of its
+    voxels (float32, planar (3, z, y, x), :func:`_moving_index_sampler`); per tile of its rows,
+    nearest-neighbour images are read at the rounded indices (a gather in their own pixel type,
+    :func:`_nearest_values`); for trilinear ones the block of moving voxels the tile reads is
+    converted to float32 into one reused buffer and sampled by ``grid_sample`` at ``q``
+    normalised to the block. Values are written straight into the outputs in their type."""
+
+    def __init__(self, field: GridField, fixed_grid: Grid, moving_grid: Grid, arrays: Sequence[np.ndarray],
+                 outs: Sequence[np.ndarray], defaults: Sequence[float], nearest: Sequence[bool]) -> None:
+        device = field.data.device
+        self.moving_indices = _moving_index_sampler(field, fixed_grid, moving_grid)
+        with warnings.catch_warnings():  # read-only views of the image buffers: never written to
+            warnings.simplefilter("ignore", UserWarning)
+            sources = [torch.from_numpy(_torch_compatible(array)).to(device) for array in arrays]
+        # per image (source, output array, default) as they are read and written: nearest-neighbour
+        # images of unsigned 16-64-bit types through the signed type of the same bits
+        self.passes = [_same_bits_signed(*item) if near else item
+                       for item, near in zip(zip(sources, outs, defaults), nearest)]
+        self.nearest = list(nearest)
+        self.moving_size = np.asarray(moving_grid.size, dtype=np.float64)
+        self.scratch = _BlockBuffer(device)
+
+    def warp(self, zs: slice, ys: slice, xs: slice) -> None:
+        q = self.moving_indices(zs.start, zs.stop, ys, xs)  # (3, z, y, x) in the box: channels i, j, k
+        rows = max(1, TILE_VOXELS // (q.shape[1] * q.shape[3]))
+        for y0 in range(0, q.shape[2], rows):  # tiles of rows: a smaller block of moving voxels each
+            tile = q[:, :, y0:y0 + rows]
+            target = (zs, slice(ys.start + y0, ys.start + y0 + tile.shape[2]), xs)
+            bounds = [tuple(float(v) for v in torch.aminmax(tile[c])) for c in range(3)]  # (min, max) of i, j, k
+            inside = _inside(tile, bounds, self.moving_size)
+            for (source, out, default), near in zip(self.passes, self.nearest):
+                if near:  # before the trilinear images' normalisation changes ``tile``
+                    _store(_outside_filled(_nearest_values(source, tile), inside, default), out[target])
+            if not all(self.nearest):
+                block, points = _normalised_block_points(tile, bounds, self.moving_size)
+                for (source, out, default), near in zip(self.passes, self.nearest):
+                    if not near:
+                        _store(_outside_filled(_sample_block(self.scratch.block(source, block), points), inside, default),
+                               out[target])
 
 
 def _moving_index_sampler(field: GridField, fixed_grid: Grid, moving_grid: Grid) -> Callable[[int, int, slice, slice], torch.Tensor]:
@@ -221,10 +263,7 @@ def _moving_index_sampler(field: GridField, fixed_grid: Grid, moving_grid: Grid)
     sampled as ITK's ``DisplacementFieldTransform`` does (:func:`_field_sampler`)."""
     device = field.data.device
     to_moving, moving_offset = fixed_grid.index_map_to(moving_grid)
-    d_to_moving = torch.as_tensor(np.linalg.inv(moving_grid.index_to_physical), dtype=field.data.dtype, device=device)
-    # the field in moving-index units: q = to_moving @ p + offset + e(p)
-    e_field = GridField(torch.einsum("rc,bczyx->brzyx", d_to_moving, field.data), field.grid)
-    field_on_slab = _field_sampler(e_field, fixed_grid)
+    field_on_slab = _field_sampler(_in_moving_indices(field, moving_grid), fixed_grid)  # q = to_moving @ p + offset + e(p)
     Z, Y, X = fixed_grid.shape
     i_axis, j_axis = (torch.arange(n, dtype=torch.float64, device=device) for n in (X, Y))
 
@@ -237,6 +276,35 @@ def _moving_index_sampler(field: GridField, fixed_grid: Grid, moving_grid: Grid)
         return q
 
     return sample
+
+
+def _in_moving_indices(field: GridField, moving_grid: Grid) -> GridField:
+    """The field (LPS mm) as displacements in the moving grid's continuous-index units (channels
+    i, j, k), on the field's own grid, in its dtype and on its device."""
+    d_to_moving = torch.as_tensor(np.linalg.inv(moving_grid.index_to_physical), dtype=field.data.dtype,
+                                  device=field.data.device)
+    return GridField(torch.einsum("rc,bczyx->brzyx", d_to_moving, field.data), field.grid)
+
+
+def _compiled_field_map(field: GridField, fixed_grid: Grid, moving_grid: Grid) -> Optional[compiled.FieldMap]:
+    """The map of :func:`_moving_index_sampler` for :func:`compiled.warp_slab`, when the field's
+    grid has the fixed grid's axes (the solver's fields always do); None otherwise. Per fixed
+    axis, the field index ``to_field[a, a] * index + offset[a]`` clamped to the field's grid (its
+    border values, as in ITK's ``DisplacementFieldTransform`` and :func:`_field_sampler`)."""
+    to_field, field_offset = fixed_grid.index_map_to(field.grid)
+    if not np.allclose(to_field, np.diag(np.diag(to_field)), atol=1e-9 * np.abs(to_field).max()):
+        return None
+    to_moving, moving_offset = fixed_grid.index_map_to(moving_grid)
+    e_field = _in_moving_indices(field, moving_grid).data[0]  # (3, fz, fy, fx)
+    field_shape = field.data.shape[-3:][::-1]  # (fx, fy, fz)
+    axes = []
+    for axis, n in enumerate(fixed_grid.size):
+        index = np.clip(np.arange(n) * to_field[axis, axis] + field_offset[axis], 0, field_shape[axis] - 1)
+        low = np.floor(index).astype(np.int64)
+        axes.append((low, np.minimum(low + 1, field_shape[axis] - 1), index - low))
+    return compiled.FieldMap(np.ascontiguousarray(e_field.cpu().numpy(), dtype=np.float32), axes[0], axes[1], axes[2],
+                             np.ascontiguousarray(to_moving, dtype=np.float64),
+                             np.ascontiguousarray(moving_offset, dtype=np.float64))
 
 
 class _BlockBuffer:
@@ -265,8 +333,8 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
                    progress: Optional[ProgressCallback], cancel: Optional[CancelCallback]) -> sitk.Image:
     """:func:`warp_image` with SimpleITK: each slab of fixed-grid slices is resampled through the
     field's ``DisplacementFieldTransform`` (float32 for trilinear, then rounded and clipped like
-    :func:`warp_images_torch`); the reference the torch path is tested against, and the path of
-    images with several components."""
+    :func:`warp_images_streamed`); the reference the streamed samplers are tested against, and
+    the path of images with several components."""
     array = sitk.GetArrayViewFromImage(moving)
     if default is None:
         default = 0.0 if nearest else float(array.min())

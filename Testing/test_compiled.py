@@ -1,0 +1,99 @@
+"""The compiled warp kernel (voxelopt.compiled, numba): when it is used, and that it warps as
+SimpleITK does. Its agreement on registration fields is also tested with every streamed-warp
+test of test_pipeline.py (parametrized by sampler)."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from testdata import make_image, oblique_direction, smooth_random_volume
+from voxelopt import compiled, outputs
+from voxelopt.geometry import Grid
+from voxelopt.outputs import GridField, warp_image_itk, warp_images_streamed
+
+pytest.importorskip("numba", reason="the compiled kernel needs numba (extra 'fast')")
+
+
+def counted_kernel(monkeypatch):
+    calls, original = [], compiled.warp_slab
+
+    def counted(*args, **kwargs):
+        calls.append(args[3].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(compiled, "warp_slab", counted)
+    return calls
+
+
+def oblique_case(flip_field_axis: bool):
+    """An int16 moving CT on its own grid, an oblique anisotropic fixed grid, and a smooth field of
+    up to ~12 mm on a coarser grid of the fixed box's directions (the second axis reversed when
+    ``flip_field_axis``: a negative diagonal of the fixed-to-field index map) that carries part
+    of the fixed grid outside the moving image."""
+    moving = make_image((smooth_random_volume((40, 44, 48), seed=4) * 4).astype(np.int16), (2.1, 1.7, 2.4),
+                        (-5.0, 3.0, 1.0), oblique_direction((5, -8, 12)))
+    fixed_grid = Grid((37, 33, 29), (1.9, 2.3, 2.7), (0.0, 0.0, 0.0), oblique_direction((25, 5, -10)))
+    fixed_grid = Grid(fixed_grid.size, fixed_grid.spacing,
+                      tuple(Grid.from_image(moving).center() - fixed_grid.index_to_physical @ (np.asarray(fixed_grid.size) / 2)),
+                      fixed_grid.direction)
+    field_grid = fixed_grid.with_spacing(5.0)
+    if flip_field_axis:
+        direction = np.asarray(field_grid.direction).reshape(3, 3) @ np.diag([1.0, -1.0, 1.0])
+        last = field_grid.point([0, field_grid.size[1] - 1, 0])  # the same box, walked the other way along y
+        field_grid = Grid(field_grid.size, field_grid.spacing, tuple(last), tuple(direction.ravel()))
+    rng = np.random.default_rng(7)
+    shape = field_grid.shape
+    smooth = np.stack([torch.nn.functional.interpolate(torch.as_tensor(c)[None, None], size=shape, mode="trilinear",
+                                                       align_corners=True)[0, 0].numpy()
+                       for c in rng.normal(0.0, 6.0, (3, 3, 3, 3))], axis=-1) + 4.0
+    field_image = field_grid.apply_to(sitk.GetImageFromArray(smooth.astype(np.float32), isVector=True))
+    return moving, fixed_grid, GridField.from_image(field_image, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("flip_field_axis", [False, True])
+@pytest.mark.parametrize("nearest", [False, True])
+def test_the_kernel_warps_as_simpleitk_on_an_oblique_anisotropic_pair(flip_field_axis, nearest, monkeypatch):
+    moving, fixed_grid, field = oblique_case(flip_field_axis)
+    monkeypatch.setattr(outputs, "SLAB_VOXELS", 4 * fixed_grid.size[0] * fixed_grid.size[1])  # slabs of 4 slices
+    calls = counted_kernel(monkeypatch)
+    lowest = float(sitk.GetArrayViewFromImage(moving).min())  # the default outside the image
+    expected = sitk.GetArrayFromImage(warp_image_itk(moving, field, fixed_grid, nearest, lowest, None, None))
+    warped = sitk.GetArrayFromImage(warp_images_streamed([moving], field, fixed_grid, [nearest], [lowest], None, None,
+                                                         "compiled")[0])
+    assert len(calls) == -(-fixed_grid.size[2] // 4)  # every slab by the kernel
+    assert warped.dtype == np.int16
+    assert 0.02 < np.mean(expected == lowest) < 0.9  # part of the grid lies outside the moving image
+    assert np.mean(warped != expected) < 1e-3 and np.abs(warped.astype(int) - expected).max() <= (0 if nearest else 1)
+
+
+def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):
+    moving, fixed_grid, field = oblique_case(False)
+    calls = counted_kernel(monkeypatch)
+
+    def warp():
+        calls.clear()
+        warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "auto")
+        return len(calls)
+
+    monkeypatch.setattr(compiled, "_kernel", None)  # not loaded in this process
+    assert not compiled.worth_it(int(np.prod(fixed_grid.size))) and warp() == 0
+    monkeypatch.setattr(compiled, "MIN_POINTS", int(np.prod(fixed_grid.size)))
+    assert warp() > 0  # a warp this large loads it
+    monkeypatch.setattr(compiled, "MIN_POINTS", 10**12)
+    assert warp() > 0  # once loaded it is used for any size
+    monkeypatch.setenv("VOXELOPT_COMPILED", "0")
+    assert not compiled.enabled() and warp() == 0
+    with pytest.raises(RuntimeError, match="VOXELOPT_COMPILED=0"):
+        compiled.warp_slab(np.zeros((2, 2, 2), np.int16), None, (0, 0, 0), np.zeros((1, 1, 1), np.int16), 0.0, False)
+
+
+def test_the_kernel_refuses_outputs_beyond_the_fixed_grid():
+    moving, fixed_grid, field = oblique_case(False)
+    where = outputs._compiled_field_map(field, fixed_grid, Grid.from_image(moving))
+    array = sitk.GetArrayViewFromImage(moving)
+    with pytest.raises(ValueError, match="beyond the fixed grid"):
+        compiled.warp_slab(array, where, (fixed_grid.size[2] - 1, 0, 0), np.zeros((2,) + fixed_grid.shape[1:], np.int16),
+                           0.0, False)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "fastest")
