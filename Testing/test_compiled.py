@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from testdata import make_image, oblique_direction, smooth_random_volume
+import voxelopt
 from voxelopt import compiled, outputs
 from voxelopt.geometry import Grid
 from voxelopt.outputs import GridField, warp_image_itk, warp_images_streamed
@@ -86,6 +87,26 @@ def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):
     assert not compiled.enabled() and warp() == 0
     with pytest.raises(RuntimeError, match="VOXELOPT_COMPILED=0"):
         compiled.warp_slab(np.zeros((2, 2, 2), np.int16), None, (0, 0, 0), np.zeros((1, 1, 1), np.int16), 0.0, False)
+
+
+def test_a_kernel_that_cannot_load_leaves_the_warps_to_torch(monkeypatch):
+    """A numba that cannot provide the kernel (here: a module without it; in the field: a numpy
+    it does not support, no writable cache location) gives a warning and torch warps."""
+    import sys
+    import types
+
+    moving, fixed_grid, field = oblique_case(False)
+    monkeypatch.setattr(compiled, "_kernel", None)
+    broken = types.ModuleType("voxelopt._numba_kernels")
+    monkeypatch.setitem(sys.modules, "voxelopt._numba_kernels", broken)
+    monkeypatch.setattr(voxelopt, "_numba_kernels", broken, raising=False)
+    monkeypatch.setattr(compiled, "MIN_POINTS", 0)
+    calls = counted_kernel(monkeypatch)
+    with pytest.warns(UserWarning, match="compiled warp kernel is unavailable"):
+        warped = warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "auto")[0]
+    assert calls == [] and compiled._kernel is False and not compiled.worth_it(10**9)
+    expected = warp_image_itk(moving, field, fixed_grid, False, None, None, None)
+    assert np.abs(sitk.GetArrayFromImage(warped).astype(int) - sitk.GetArrayFromImage(expected)).max() <= 1
 
 
 def test_the_kernel_refuses_outputs_beyond_the_fixed_grid():
