@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from voxelopt.metrics import jacobian_determinant, jacobian_statistics, label_metrics, registration_label_metrics
+from voxelopt.metrics import MAX_LABEL, jacobian_determinant, jacobian_statistics, label_metrics, registration_label_metrics
 
 
 def test_labels_scored_are_those_of_fixed_and_moving_and_a_lost_label_scores_zero():
@@ -39,6 +39,22 @@ def test_tensor_inputs_give_the_array_result():
     for label in (1, 2, 3):
         f, w = fixed == label, warped == label
         assert arrays["dice"][str(label)] == pytest.approx(2 * (f & w).sum() / (f.sum() + w.sum()))
+
+
+@pytest.mark.parametrize("dtype, offset", [(np.uint16, 0), (np.uint16, 40000), (np.uint32, 0), (np.uint32, 3_000_000_000)])
+def test_unsigned_label_maps_score_as_their_values(dtype, offset):
+    """Unsigned 16/32-bit maps are read through the signed type of the same width when their
+    labels fit it (no copy), and widened when they do not: the scores are those of the int64 maps."""
+    rng = np.random.default_rng(1)
+    fixed, warped = (rng.integers(0, 4, (12, 10, 9)) for _ in range(2))
+    shifted = [np.where(a > 0, a + offset, 0) for a in (fixed, warped)]
+    if offset > MAX_LABEL:  # beyond what the scorer takes, read as a wider type: the clear error
+        with pytest.raises(ValueError, match="label values above"):
+            label_metrics(*[a.astype(dtype) for a in (shifted[0], shifted[0], shifted[1])], (1.0, 2.0, 3.0))
+        return
+    expected = label_metrics(*[a.astype(np.int64) for a in (shifted[0], shifted[0], shifted[1])], (1.0, 2.0, 3.0))
+    got = label_metrics(*[a.astype(dtype) for a in (shifted[0], shifted[0], shifted[1])], (1.0, 2.0, 3.0))
+    assert got == expected and len(got["labels"]) == 3
 
 
 def _reference_hd95(a, b, spacing):

@@ -218,6 +218,39 @@ def test_solver_only_change_reuses_features_and_output_nodes(scene):
     assert not fourth.featureCacheHit and cache.misses == 5  # the fixed features still come from the cache
 
 
+def test_segmentation_exports_are_reused_until_their_content_changes(scene, monkeypatch):
+    """A re-run reuses the segmentations' label-map exports (Slicer's export is the slow part of
+    reading the scene); editing a segment's voxels, even in place without a Modified event,
+    exports that segmentation again, and the run scores the edited segments."""
+    from vtkmodules.util import numpy_support
+
+    from VoxelOptRegistrationLib import segmentations
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True, moving_geometry=MOVING_GEOMETRY)
+    exported = []
+    original = segmentations._export_labelmap
+    monkeypatch.setattr(segmentations, "_export_labelmap",
+                        lambda node, *args: exported.append(node.GetName()) or original(node, *args))
+    logic = RegistrationLogic(scene)
+    segs = (nodes["fixed_segmentation"], nodes["moving_segmentation"])
+    first = logic.process(nodes["fixed"], nodes["moving"], fast_config(), *segs, showResult=False)
+    assert len(exported) == 2 and "liver" in first.dice
+    second = logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), *segs, showResult=False)
+    assert len(exported) == 2 and set(second.dice) == set(first.dice)  # both exports reused
+    # the moving liver erased in place in its labelmap layer
+    segmentation = nodes["moving_segmentation"].GetSegmentation()
+    liver = segmentation.GetSegmentIdBySegmentName("liver")
+    layer = numpy_support.vtk_to_numpy(segmentation.GetLayerDataObject(segmentation.GetLayerIndex(liver))
+                                       .GetPointData().GetScalars())
+    layer[layer == segmentation.GetSegment(liver).GetLabelValue()] = 0
+    third = logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), *segs, showResult=False)
+    assert exported[2:] == [nodes["moving_segmentation"].GetName()]  # only the edited one again
+    assert "liver" not in third.dice and set(third.dice) == set(first.dice) - {"liver"}
+    logic.cacheSegmentationExports = False
+    logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), *segs, showResult=False)
+    assert len(exported) == 5
+
+
 def test_cancel_leaves_the_scene_as_before(scene):
     import voxelopt
 

@@ -194,6 +194,10 @@ class RegistrationLogic:
         """``scene``: the MRML scene to work in (default: ``slicer.mrmlScene`` at call time)."""
         self._scene = scene
         self.featureCache = None
+        #: Reuse the segmentations' label-map exports while they are unchanged (see
+        #: :class:`.segmentations.ExportCache`); False exports every time.
+        self.cacheSegmentationExports = True
+        self._exportCache = None
         self._lastRun: Optional[RegistrationRun] = None
         #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
         self.presetStore = PresetStore()
@@ -415,14 +419,17 @@ class RegistrationLogic:
                 if not node.IsA("vtkMRMLSegmentationNode"):
                     raise InputNodeError(f"{role} segmentation '{node.GetName()}' is a {node.GetClassName()}, not a segmentation")
                 volumes.parent_transform_check(node, ignore_roles=())
+        if self.cacheSegmentationExports and self._exportCache is None:
+            self._exportCache = segmentations.ExportCache()
+        export_cache = self._exportCache if self.cacheSegmentationExports else None
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
-            fixedSegmentation, movingSegmentation, fixedVolume, movingVolume
+            fixedSegmentation, movingSegmentation, fixedVolume, movingVolume, export_cache
         )
         masks = {}
         for role, node, volume in (("fixed", fixedMask, fixedVolume), ("moving", movingMask, movingVolume)):
             if node is not None:
                 volumes.parent_transform_check(node, ignore_roles=())
-                masks[role] = segmentations.mask_for_registration(node, volume, role)
+                masks[role] = segmentations.mask_for_registration(node, volume, role, export_cache)
         initial = None
         if initialTransform is not None:
             volumes.parent_transform_check(initialTransform, ignore_roles=())

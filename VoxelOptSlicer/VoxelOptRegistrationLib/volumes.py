@@ -111,10 +111,15 @@ def validate_volume_node(node, role: str = "input", check_values: bool = True) -
 
 def array_from_volume_node(node) -> np.ndarray:
     """A copy of the voxels of a scalar volume node, shape (K, J, I) (numpy order k, j, i)."""
+    return np.array(_voxel_view(node))
+
+
+def _voxel_view(node) -> np.ndarray:
+    """The voxels of a scalar volume node as a (K, J, I) view of its image data (valid while the
+    node keeps that image data)."""
     image = node.GetImageData()
     dims = image.GetDimensions()
-    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    return np.array(values).reshape(dims[2], dims[1], dims[0])
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])
 
 
 def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] = None) -> sitk.Image:
@@ -132,7 +137,7 @@ def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] =
     validate_volume_node(node, role)
     origin, spacing, direction = node_geometry_ras(node)
     label = f"{role} {_node_label(node)}"
-    image = sitk.GetImageFromArray(array_from_volume_node(node))
+    image = sitk.GetImageFromArray(_voxel_view(node))  # SimpleITK copies the voxels (once)
     try:
         image.SetSpacing(tuple(float(s) for s in spacing))
         image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ origin))

@@ -172,11 +172,16 @@ def with_initial_scores(after: Dict[str, object], before: Dict[str, object]) -> 
 
 # ---------------------------------------------------------------------------- internals
 def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
-    """An integer tensor on ``device`` (dtypes torch cannot hold, e.g. uint16, become int32)."""
+    """An integer tensor on ``device``. Unsigned 16/32-bit maps (types few torch operations take)
+    whose labels fit the signed type of the same width are read through it, without a copy
+    (a 512x512x300 uint16 map: 0.4 s to convert); other types become int32 or int64."""
     if not isinstance(x, torch.Tensor):
         x = np.asarray(x)
-        if x.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
-            x = x.astype(np.int32)
+        signed = {np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}.get(x.dtype)
+        if signed is not None and (not x.size or int(x.max()) <= np.iinfo(signed).max):
+            x = x.view(signed)
+        elif x.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):
+            x = x.astype(np.int64 if x.dtype in (np.uint32, np.uint64) else np.int32)
         with warnings.catch_warnings():  # a read-only view (sitk.GetArrayViewFromImage) is wrapped, not
             warnings.simplefilter("ignore", UserWarning)  # copied: nothing here writes to a label map
             x = torch.from_numpy(np.ascontiguousarray(x))
