@@ -164,3 +164,29 @@ def test_foreign_parent_transform_is_refused_but_voxelopt_transform_ignored(scen
     volumes.parent_transform_check(node)  # no error
     with pytest.raises(InputNodeError):
         volumes.parent_transform_check(node, ignore_roles=())
+
+
+def test_labels_round_trip_through_a_segmentation_on_an_oblique_grid(scene):
+    """Label maps become segments and come back as the same voxels on the reference grid: the
+    import hands Slicer only the labelled box (a crop of the same grid), which must not move a
+    voxel; a label map with no label gives no segment."""
+    from VoxelOptRegistrationLib import segmentations
+
+    reference = _sitk_image((14, 16, 18), (1.3, 0.9, 2.5), 25.0)
+    reference_node = volumes.add_volume_node_from_sitk(scene, reference, "reference")
+    array = np.zeros((14, 16, 18), np.uint8)
+    array[3:7, 5:12, 2:6] = 2
+    array[8:10, 1:4, 9:17] = 5  # two labels in an off-centre box
+    labels = sitk.GetImageFromArray(array)
+    labels.CopyInformation(reference)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segments")
+    segmentations.update_segmentation_from_labels(node, labels, {2: "two", 5: "five"}, None, reference_node)
+    assert segmentations.segment_names(node) == ["two", "five"]
+    ids = [node.GetSegmentation().GetSegmentIdBySegmentName(name) for name in ("two", "five")]
+    back = segmentations.export_labelmap(node, ids, reference_node, "round trip")
+    expected = np.select([array == 2, array == 5], [1, 2], 0)  # exported as 1..n in the given order
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
+    empty = sitk.GetImageFromArray(np.zeros_like(array))
+    empty.CopyInformation(reference)
+    segmentations.update_segmentation_from_labels(node, empty, {}, None, reference_node)
+    assert segmentations.segment_names(node) == []

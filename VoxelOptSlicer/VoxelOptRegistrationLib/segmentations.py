@@ -256,8 +256,16 @@ def update_segmentation_from_labels(
 ) -> None:
     """Replace the segments of ``segmentation_node`` by one segment per label of ``labels`` (LPS image).
 
-    Segments are named ``names[label]`` (or "Label N") and coloured ``colors[label]``.
+    Segments are named ``names[label]`` (or "Label N") and coloured ``colors[label]``. Only the
+    box holding the labelled voxels is handed to Slicer's import (a crop of the same grid, so no
+    voxel moves): the import's time grows with the map it is given.
     """
+    from voxelopt.extent import nonzero_extent
+
+    extent = nonzero_extent(sitk.GetArrayViewFromImage(labels))
+    if extent is not None:
+        (k0, j0, i0), (k1, j1, i1) = (np.asarray(bound, dtype=int) for bound in extent)
+        labels = labels[int(i0):int(i1) + 1, int(j0):int(j1) + 1, int(k0):int(k1) + 1]  # keeps the physical place
     scene = segmentation_node.GetScene()
     with TemporaryNodes(scene):
         labelmap = add_volume_node_from_sitk(scene, sitk.Cast(labels, sitk.sitkInt16), "labels (temporary)", "vtkMRMLLabelMapVolumeNode")
