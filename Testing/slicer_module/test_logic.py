@@ -251,6 +251,36 @@ def test_segmentation_exports_are_reused_until_their_content_changes(scene, monk
     assert len(exported) == 5
 
 
+def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, monkeypatch):
+    """compute (a worker thread in the GUI) warps the moving volume onto the fixed grid, with
+    progress and cancel; apply (the GUI thread) only writes it into its node."""
+    import voxelopt
+    import voxelopt.result
+
+    nodes = phantom_nodes.add_phantom_volumes(scene)
+    logic = RegistrationLogic(scene)
+    request = logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    messages = []
+    computed = logic.compute(request.engineInputs, lambda fraction, message: messages.append((fraction, message)))
+    fractions = [fraction for fraction, _ in messages]
+    assert fractions == sorted(fractions) and messages[-1] == (1.0, "warping the volume")
+    assert "warp" in computed.result.timings
+    monkeypatch.setattr(voxelopt.result.RegistrationResult, "warp", lambda *args, **kwargs: pytest.fail("warped in apply"))
+    run = logic.apply(request, computed, showResult=False)
+    assert run.warpedVolume is not None
+    monkeypatch.undo()
+    from voxelopt import outputs
+
+    monkeypatch.setattr(outputs, "SLAB_VOXELS", 1)  # a slab per slice: cancel is polled between them
+    before = scene_snapshot(scene)
+    warping = []
+    with pytest.raises(voxelopt.RegistrationCancelled):  # cancelled during the warp: nothing written
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), showResult=False,
+                      progress=lambda fraction, message: warping.append(message == "warping the volume"),
+                      cancel=lambda: any(warping))
+    assert any(warping) and scene_snapshot(scene) == before
+
+
 def test_cancel_leaves_the_scene_as_before(scene):
     import voxelopt
 

@@ -182,6 +182,11 @@ class RegistrationRun:
         return "\n".join(lines)
 
 
+#: The share of :meth:`RegistrationLogic.compute`'s progress that the registration takes; the
+#: warped volume on the full fixed grid takes the rest.
+_REGISTERED = 0.9
+
+
 class RegistrationLogic:
     """VoxelOpt registration on MRML nodes. Usable without the GUI.
 
@@ -462,19 +467,23 @@ class RegistrationLogic:
             network_weights.download(inputs.weight_downloads, inputs.config.weights, progress)
         cache = self.getFeatureCache()
         hits, misses = cache.hits, cache.misses
+        report = progress or (lambda fraction, message: None)
         result = voxelopt.register(
             inputs.fixed_image,
             inputs.moving_image,
             inputs.config,
             fixed_labels=inputs.fixed_labels,
             moving_labels=inputs.moving_labels,
-            progress=progress,
+            progress=lambda fraction, message: report(_REGISTERED * fraction, message),
             cancel=cancel,
             cache=cache,
             initial_transform=inputs.initial_transform,
             fixed_mask=inputs.fixed_mask,
             moving_mask=inputs.moving_mask,
         )
+        # The warped volume too, here and not in apply: apply runs on the GUI thread
+        result.compute_warped(lambda fraction: report(_REGISTERED + (1 - _REGISTERED) * fraction, "warping the volume"),
+                              cancel)
         return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
     def apply(

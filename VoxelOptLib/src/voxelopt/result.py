@@ -91,11 +91,19 @@ class RegistrationResult:
 
     @property
     def warped(self) -> sitk.Image:
-        """The moving image on the fixed grid through the field (trilinear, the moving pixel type)."""
+        """The moving image on the fixed grid through the field (trilinear, the moving pixel type),
+        computed on first use (:meth:`compute_warped`)."""
+        return self.compute_warped()
+
+    def compute_warped(self, progress: Optional[Callable[[float], None]] = None,
+                       cancel: Optional[Callable[[], bool]] = None) -> sitk.Image:
+        """:attr:`warped`, computed now if it is not yet, reporting ``progress(fraction)`` and
+        polling ``cancel`` between slabs: for a caller that computes on a worker thread and
+        writes the result on another (the Slicer module's GUI thread)."""
         if self._warped is None:
             start = time.perf_counter()
             release_free_memory()  # before a full-grid array: see voxelopt.allocator
-            self._warped = self.warp(self.moving)
+            self._warped = self.warp(self.moving, progress=progress, cancel=cancel)
             self.timings["warp"] = time.perf_counter() - start
         return self._warped
 
