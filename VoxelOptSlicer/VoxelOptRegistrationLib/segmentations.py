@@ -126,9 +126,23 @@ def _export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_vo
             segmentation_node, ids, labelmap, grid
         ):
             raise InputNodeError(f"could not convert {role} segmentation '{segmentation_node.GetName()}' to a label map")
-        # in the exported pixel type (Slicer's: short), which the engine takes without a copy
-        image = sitk_from_volume_node(labelmap, role=f"{role} segmentation")
+        # labels 1..n in the smallest unsigned type that holds n (Slicer exports short): half the
+        # memory of the engine's label work and of the cached export for up to 255 segments
+        image = sitk_from_volume_node(labelmap, role=f"{role} segmentation",
+                                      pixel_type=_PIXEL_TYPES[_label_dtype(len(segment_ids))])
     return image
+
+
+_PIXEL_TYPES = {np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.uint16): sitk.sitkUInt16,
+                np.dtype(np.uint32): sitk.sitkUInt32}
+
+
+def _label_dtype(largest_label: int) -> np.dtype:
+    """The smallest unsigned type that holds labels 0..``largest_label``."""
+    for dtype in _PIXEL_TYPES:
+        if largest_label <= np.iinfo(dtype).max:
+            return dtype
+    raise InputNodeError(f"too many segments ({largest_label}) for a label map")
 
 
 def mask_for_registration(mask_node, volume_node, role: str, cache: Optional[ExportCache] = None) -> sitk.Image:
@@ -239,10 +253,10 @@ def _export_with_gaps(segmentation_node, ordered_ids: Sequence[Optional[str]], r
     image = export_labelmap(segmentation_node, present, reference_volume, "fixed", cache)
     if len(present) == len(ordered_ids):
         return image
-    lut = np.zeros(len(present) + 1, sitk.GetArrayViewFromImage(image).dtype)
+    lut = np.zeros(len(present) + 1, _label_dtype(len(ordered_ids)))
     for new_index, sid in enumerate(present, start=1):
         lut[new_index] = ordered_ids.index(sid) + 1
-    remapped = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(image)])
+    remapped = sitk.GetImageFromArray(lut[sitk.GetArrayViewFromImage(image)])
     remapped.CopyInformation(image)
     return remapped
 
