@@ -62,10 +62,11 @@ class ExportCache:
 def export_key(segmentation_node, segment_ids: Sequence[str], reference_volume) -> Optional[tuple]:
     """What an export depends on: each segment's id, layer and label value, each binary labelmap
     layer's extent, geometry, type and content digest (BLAKE2b of its voxels: 0.03 s for a
-    12.6 M-voxel layer), and the reference volume's grid; None when the source representation
-    is not image data."""
+    12.6 M-voxel layer), and the reference volume's grid; None (not cacheable) when the source
+    representation is not image data or there is no reference volume (the export then follows
+    the segmentation's own reference geometry, which the key does not hold)."""
     segmentation = segmentation_node.GetSegmentation()
-    if not segmentation.IsSourceRepresentationImageData():
+    if reference_volume is None or not segmentation.IsSourceRepresentationImageData():
         return None
     layers = {}
     segments = []
@@ -83,10 +84,8 @@ def export_key(segmentation_node, segment_ids: Sequence[str], reference_volume) 
             layers[layer] = (tuple(data.GetExtent()), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)),
                              str(voxels.dtype), hashlib.blake2b(memoryview(np.ascontiguousarray(voxels)),
                                                                 digest_size=16).hexdigest())
-    grid = None
-    if reference_volume is not None:
-        origin, spacing, direction = node_geometry_ras(reference_volume)
-        grid = (_dimensions_kji(reference_volume), tuple(origin), tuple(spacing), tuple(direction.ravel()))
+    origin, spacing, direction = node_geometry_ras(reference_volume)
+    grid = (_dimensions_kji(reference_volume), tuple(origin), tuple(spacing), tuple(direction.ravel()))
     return (segmentation.GetSourceRepresentationName(), tuple(segments), tuple(sorted(layers.items())), grid)
 
 

@@ -5,13 +5,15 @@ points on 2 cores) and samples float32 only, so the torch path of
 :func:`voxelopt.outputs.warp_images_streamed` first converts each block of moving voxels it reads.
 :func:`warp_slab` interpolates the field, reads the moving voxels in their own pixel type,
 interpolates them in float64 and writes the output type, point by point with no intermediate
-arrays: about 9 ms per million points of a 512x512x600 CT warp on 2 cores, against about 35 ms
-for the torch path (see the README's *Performance*). Its rules are the torch path's and ITK's.
+arrays: a whole 512x512x600 int16 CT warp in 11-14 ms per million points on 2 cores, against
+28-31 ms for the torch path (see the README's *Performance*). Its rules are the torch path's
+and ITK's.
 
-Cost: numba compiles the kernel once per pixel type (about 1 s; the machine code is cached on
+Cost: numba compiles the kernel once per pixel type (about 0.8 s; the machine code is cached on
 disk, beside this module or in the user's cache directory) and each process loads it once
-(about 0.5 s with numba's import). So a warp uses the kernel only when it is worth that:
-:func:`worth_it` (the kernel already loaded, or a warp of at least :data:`MIN_POINTS` points).
+(about 0.45 s with numba's import). So a warp uses the kernel only when it is worth that:
+:func:`worth_it` (the kernel already loaded, or a fixed grid of at least :data:`MIN_POINTS`
+voxels).
 ``VOXELOPT_COMPILED=0`` in the environment turns the kernels off (A/B benchmarks, tests).
 """
 

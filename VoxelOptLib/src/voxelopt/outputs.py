@@ -122,8 +122,8 @@ def warp_images(
     one pass: the field and the moving coordinates of each slab are computed once for all.
 
     Scalar images are warped slab by slab (:func:`warp_images_streamed`): on the CPU by the
-    compiled kernel of :mod:`voxelopt.compiled` when numba is installed and the warp is large
-    enough to pay for loading it (an int16 512x512x600 CT in 1.7-2.2 s on 2 cores), otherwise
+    compiled kernel of :mod:`voxelopt.compiled` when numba is installed and the fixed grid is
+    large enough to pay for loading it (an int16 512x512x600 CT in 1.7-2.2 s on 2 cores), otherwise
     with torch on the field's device (4.4-4.9 s for that CT); images with several components by
     SimpleITK (:func:`warp_image_itk`). Per slab of fixed-grid slices: the field at the slab's
     voxels, the moving indices ``q = M^-1 (x + d(x) - origin)``, then for each image the voxels
@@ -158,11 +158,11 @@ def warp_images_streamed(movings: Sequence[sitk.Image], field: GridField, fixed_
     output arrays of the moving pixel type. Label maps alone (nearest, 0 outside) are sampled only
     in the box they can reach (:func:`labelled_region`).
 
-    ``sampler``: ``"compiled"``, the compiled CPU kernel (:class:`_CompiledSlabs`); ``"torch"``,
-    torch on the field's device, the CPU or CUDA (:class:`_TorchSlabs`); ``"auto"``, the kernel
-    on the CPU when :func:`compiled.worth_it` for the fixed grid's voxel count. The kernel needs the field's grid to have the
-    fixed grid's axes (every field of a registration does) and the field on the CPU; otherwise
-    torch samples.
+    ``sampler``: ``"compiled"``, the compiled CPU kernel (:class:`_CompiledSlabs`; RuntimeError
+    without numba); ``"torch"``, torch on the field's device, the CPU or CUDA
+    (:class:`_TorchSlabs`); ``"auto"``, the kernel on the CPU when :func:`compiled.worth_it` for
+    the fixed grid's voxel count. The kernel needs the field's grid to have the fixed grid's
+    axes (every field of a registration does) and the field on the CPU; otherwise torch samples.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
