@@ -132,6 +132,23 @@ def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], 
     if parts == 1:
         kernel(*args, 0, rows)
         return
-    with ThreadPoolExecutor(max_workers=parts) as pool:  # the kernel releases the GIL
-        for future in [pool.submit(kernel, *args, bounds[n], bounds[n + 1]) for n in range(parts)]:
-            future.result()
+    pool = _row_pool(parts)  # the kernel releases the GIL: the parts run at once
+    for future in [pool.submit(kernel, *args, bounds[n], bounds[n + 1]) for n in range(parts)]:
+        future.result()
+
+
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+
+
+def _row_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool of worker threads for the kernel's rows, kept across slabs and warps (a warp has
+    150 slabs at 512x512x600; starting the threads for each cost more as the count grows); made
+    anew when more threads are asked for."""
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < threads:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="voxelopt-warp"), threads
+        return _pool
