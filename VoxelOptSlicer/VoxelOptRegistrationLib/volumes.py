@@ -135,9 +135,18 @@ def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] =
             ``voxelopt.geometry.check_image`` refuses (spacing, direction, origin).
     """
     validate_volume_node(node, role)
+    image = sitk_on_node_grid(_voxel_view(node), node, role)  # SimpleITK copies the voxels (once)
+    if pixel_type is not None:
+        image = sitk.Cast(image, pixel_type)
+    return image
+
+
+def sitk_on_node_grid(array: np.ndarray, node, role: str = "input") -> sitk.Image:
+    """A SimpleITK image (LPS) of ``array`` (K, J, I) on a volume node's own voxel grid (its
+    parent transform is not applied); geometry checked as in :func:`sitk_from_volume_node`."""
     origin, spacing, direction = node_geometry_ras(node)
     label = f"{role} {_node_label(node)}"
-    image = sitk.GetImageFromArray(_voxel_view(node))  # SimpleITK copies the voxels (once)
+    image = sitk.GetImageFromArray(array)
     try:
         image.SetSpacing(tuple(float(s) for s in spacing))
         image.SetOrigin(tuple(float(v) for v in LPS_TO_RAS @ origin))
@@ -148,8 +157,6 @@ def sitk_from_volume_node(node, role: str = "input", pixel_type: Optional[int] =
             f"{np.round(direction, 4).T.tolist()} must be > 0 and orthonormal; fix the volume's geometry (Volumes module) first"
         ) from None
     _check_geometry(image, label)
-    if pixel_type is not None:
-        image = sitk.Cast(image, pixel_type)
     return image
 
 
