@@ -79,10 +79,8 @@ def export_key(segmentation_node, segment_ids: Sequence[str], reference_volume) 
             data = segmentation.GetLayerDataObject(layer)
             if data is None or data.GetPointData().GetScalars() is None:
                 return None
-            matrix = vtk.vtkMatrix4x4()
-            data.GetImageToWorldMatrix(matrix)
             voxels = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars())
-            layers[layer] = (tuple(data.GetExtent()), tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)),
+            layers[layer] = (tuple(data.GetExtent()), tuple(_layer_to_ras(data).ravel()),
                              str(voxels.dtype), hashlib.blake2b(memoryview(np.ascontiguousarray(voxels)),
                                                                 digest_size=16).hexdigest())
     origin, spacing, direction = node_geometry_ras(reference_volume)
@@ -139,10 +137,7 @@ def _labels_from_shared_layer(segmentation_node, segment_ids: Sequence[str], ref
     scalars = data.GetPointData().GetScalars() if data is not None else None
     if scalars is None or scalars.GetNumberOfComponents() != 1:
         return None
-    matrix = vtk.vtkMatrix4x4()
-    data.GetImageToWorldMatrix(matrix)
-    layer_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-    relative = np.linalg.inv(ijk_to_ras_matrix(reference_volume)) @ layer_to_ras  # layer index -> reference index
+    relative = np.linalg.inv(ijk_to_ras_matrix(reference_volume)) @ _layer_to_ras(data)  # layer index -> reference index
     shift = relative[:3, 3]
     if not (np.allclose(relative[:3, :3], np.eye(3), atol=1e-6) and np.allclose(shift, np.round(shift), atol=1e-3)):
         return None
@@ -163,6 +158,13 @@ def _labels_from_shared_layer(segmentation_node, segment_ids: Sequence[str], ref
     part = voxels[tuple(slice(a - f, b - f) for a, b, f in zip(low, high, first))]
     out[tuple(slice(a, b) for a, b in zip(low, high))] = lut[part]
     return out
+
+
+def _layer_to_ras(data) -> np.ndarray:
+    """The 4x4 index -> RAS matrix of a segmentation's labelmap layer (``vtkOrientedImageData``)."""
+    matrix = vtk.vtkMatrix4x4()
+    data.GetImageToWorldMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def _slicer_export(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str) -> sitk.Image:
