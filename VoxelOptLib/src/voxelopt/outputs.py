@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from . import compiled
 from .errors import RegistrationCancelled
 from .extent import nonzero_extent
-from .geometry import (Grid, grid_sample, image_to_mm_field, mm_field_to_image, mm_to_voxel_field, resample_image,
-                       resize_volume, voxel_to_mm_field)
+from .geometry import (Grid, axis_interpolation, axis_permutation, grid_sample, image_to_mm_field, mm_field_to_image,
+                       mm_to_voxel_field, resample_image, resize_volume, voxel_to_mm_field)
 from .metrics import jacobian_determinant
 
 #: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
@@ -288,20 +288,18 @@ def _in_moving_indices(field: GridField, moving_grid: Grid) -> GridField:
 
 def _compiled_field_map(field: GridField, fixed_grid: Grid, moving_grid: Grid) -> Optional[compiled.FieldMap]:
     """The map of :func:`_moving_index_sampler` for :func:`compiled.warp_slab`, when the field's
-    grid has the fixed grid's axes (the solver's fields always do); None otherwise. Per fixed
-    axis, the field index ``to_field[a, a] * index + offset[a]`` clamped to the field's grid (its
-    border values, as in ITK's ``DisplacementFieldTransform`` and :func:`_field_sampler`)."""
+    grid has the fixed grid's axes, in their order (the solver's fields always do); None
+    otherwise. Per fixed axis, the field index ``to_field[a, a] * index + offset[a]`` clamped to
+    the field's grid (:func:`axis_interpolation`: border values, as in ITK's
+    ``DisplacementFieldTransform`` and :func:`_field_sampler`)."""
     to_field, field_offset = fixed_grid.index_map_to(field.grid)
-    if not np.allclose(to_field, np.diag(np.diag(to_field)), atol=1e-9 * np.abs(to_field).max()):
+    field_axis = axis_permutation(to_field)
+    if field_axis is None or field_axis.tolist() != [0, 1, 2]:
         return None
     to_moving, moving_offset = fixed_grid.index_map_to(moving_grid)
     e_field = _in_moving_indices(field, moving_grid).data[0]  # (3, fz, fy, fx)
     field_shape = field.data.shape[-3:][::-1]  # (fx, fy, fz)
-    axes = []
-    for axis, n in enumerate(fixed_grid.size):
-        index = np.clip(np.arange(n) * to_field[axis, axis] + field_offset[axis], 0, field_shape[axis] - 1)
-        low = np.floor(index).astype(np.int64)
-        axes.append((low, np.minimum(low + 1, field_shape[axis] - 1), index - low))
+    axes = [axis_interpolation(n, to_field[a, a], field_offset[a], field_shape[a]) for a, n in enumerate(fixed_grid.size)]
     return compiled.FieldMap(np.ascontiguousarray(e_field.cpu().numpy(), dtype=np.float32), axes[0], axes[1], axes[2],
                              np.ascontiguousarray(to_moving, dtype=np.float64),
                              np.ascontiguousarray(moving_offset, dtype=np.float64))
@@ -485,13 +483,11 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int, sl
         # in-plane once, when a slab first needs it (a slab of fixed slices falls between a few
         # field slices: at 1 mm from a 4 mm field, a quarter of the in-plane work of
         # interpolating every fixed slice), then each fixed slice between its two field slices.
-        nz = data.shape[1]
+        z_low, z_high, z_weight = axis_interpolation(Z, scale[2], 0.5 * scale[2] - 0.5, data.shape[1])
         in_plane: Dict[int, torch.Tensor] = {}  # field slice -> (3, Y, X), the slices of the last slab
 
         def separable(z0: int, z1: int, rows: slice, cols: slice) -> torch.Tensor:
-            fz = ((torch.arange(z0, z1, dtype=torch.float64) + 0.5) * scale[2] - 0.5).clamp_(0, nz - 1)
-            low = fz.floor().long()
-            high = torch.clamp(low + 1, max=nz - 1)
+            low, high, weight = z_low[z0:z1], z_high[z0:z1], z_weight[z0:z1]
             needed = range(int(low.min()), int(high.max()) + 1)
             for k in [k for k in in_plane if k not in needed]:
                 del in_plane[k]
@@ -503,7 +499,7 @@ def _field_sampler(field: GridField, fixed_grid: Grid) -> Callable[[int, int, sl
                     planes = F.interpolate(flat, size=(Y, X), mode="bilinear", align_corners=False).view(3, -1, Y, X)
                 in_plane.update({k: planes[:, n] for n, k in enumerate(missing)})
             out = torch.empty((3, z1 - z0, rows.stop - rows.start, cols.stop - cols.start), dtype=data.dtype, device=data.device)
-            for n, (k0, k1, w) in enumerate(zip(low.tolist(), high.tolist(), (fz - low).tolist())):
+            for n, (k0, k1, w) in enumerate(zip(low.tolist(), high.tolist(), weight.tolist())):
                 torch.lerp(in_plane[k0][:, rows, cols], in_plane[k1][:, rows, cols], w, out=out[:, n])
             return out
 

@@ -45,8 +45,8 @@ from .resampling import affine_matrix, affine_transform, overlap_fraction, resam
 _LAZY = {
     "fields": ("image_to_mm_field", "mm_field_to_image", "mm_to_voxel_field", "resize_volume", "resize_voxel_field",
                "voxel_to_mm_field"),
-    "sampling": ("grid_sample", "grid_sample_index", "index_grid", "replicate_pad", "resample_axis_aligned", "resample_separable", "resample_through_field",
-                 "warp"),
+    "sampling": ("axis_interpolation", "axis_permutation", "grid_sample", "grid_sample_index", "index_grid", "replicate_pad",
+                 "resample_axis_aligned", "resample_separable", "resample_through_field", "warp"),
     "tensors": ("image_to_tensor", "tensor_to_image"),
     "network_input": ("AIR_HU", "body_grid", "crop_array", "features_to_image", "network_array", "network_volume", "oriented_grid", "padded_to_multiple"),
 }

@@ -191,7 +191,7 @@ def resample_axis_aligned(data: torch.Tensor, source_grid: Grid, target_grid: Gr
     layout = torch.channels_last_3d if data.is_contiguous(memory_format=torch.channels_last_3d) and not data.is_contiguous() \
         else torch.contiguous_format
     linear, offset = target_grid.index_map_to(source_grid)  # source index = linear @ target index + offset
-    source_axis = _axis_permutation(linear)
+    source_axis = axis_permutation(linear)
     if source_axis is None:
         return None
     pads: List[Tuple[int, int]] = [(0, 0)] * 3  # per source axis (i, j, k)
@@ -247,7 +247,7 @@ def resample_separable(data: torch.Tensor, source_grid: Grid, target_grid: Grid)
     times it is NaN). Returns a contiguous tensor of ``data``'s dtype.
     """
     linear, offset = target_grid.index_map_to(source_grid)  # source index = linear @ target index + offset
-    source_axis = _axis_permutation(linear)
+    source_axis = axis_permutation(linear)
     if source_axis is None:
         return None
     # the source's array dims in the target's axis order: target array dim 4 - t holds source axis source_axis[t]
@@ -255,10 +255,7 @@ def resample_separable(data: torch.Tensor, source_grid: Grid, target_grid: Grid)
     for t in (0, 1, 2):  # target axes i, j, k: array dims 4, 3, 2
         dim, s, n_target = 4 - t, source_axis[t], target_grid.size[t]
         n_source = out.shape[dim]
-        q = np.clip(np.arange(n_target, dtype=np.float64) * linear[s, t] + offset[s], 0.0, n_source - 1)
-        low = np.minimum(np.floor(q), max(n_source - 2, 0)).astype(np.int64)
-        high = np.minimum(low + 1, n_source - 1)
-        weight = q - low  # 0 for a one-voxel axis (low = high = 0)
+        low, high, weight = axis_interpolation(n_target, linear[s, t], offset[s], n_source)
         if dim > 2:  # in-plane: a matrix product with the (n_target, n_source) interpolation matrix
             matrix = np.zeros((n_target, n_source))
             np.add.at(matrix, (np.arange(n_target), low), 1.0 - weight)
@@ -273,7 +270,20 @@ def resample_separable(data: torch.Tensor, source_grid: Grid, target_grid: Grid)
     return out
 
 
-def _axis_permutation(linear: np.ndarray) -> Optional[np.ndarray]:
+def axis_interpolation(count: int, scale: float, offset: float,
+                       source_count: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation along one axis with border values: for target indices 0..count-1 at
+    source index ``scale * index + offset`` (float64, clamped to the source's 0..source_count-1),
+    the source index below (``low``, int64, at most ``source_count - 2``), the one above
+    (``high``) and the weight of ``high`` (0 for a one-voxel axis). One axis of every separable
+    trilinear resampling with border values: :func:`resample_separable` and the streamed warps'
+    field sampling (ITK's ``DisplacementFieldTransform`` interpolation)."""
+    q = np.clip(np.arange(count, dtype=np.float64) * scale + offset, 0.0, source_count - 1)
+    low = np.minimum(np.floor(q), max(source_count - 2, 0)).astype(np.int64)
+    return low, np.minimum(low + 1, source_count - 1), q - low
+
+
+def axis_permutation(linear: np.ndarray) -> Optional[np.ndarray]:
     """For a map ``source index = linear @ target index + offset`` between grids, the source axis
     of each target axis (``source_axis[t]``) when the map only permutes, flips and scales axes;
     None when it mixes them (a rotation)."""
