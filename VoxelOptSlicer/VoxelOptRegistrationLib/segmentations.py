@@ -111,7 +111,9 @@ def export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_vol
 def _export_labelmap(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str) -> sitk.Image:
     """:func:`export_labelmap`: read from the segmentation's shared labelmap when that is all
     Slicer's export would do (:func:`_labels_from_shared_layer`), else by Slicer's export."""
-    dtype = _label_dtype(len(segment_ids))
+    from voxelopt.inputs import label_dtype
+
+    dtype = label_dtype(len(segment_ids))
     array = _labels_from_shared_layer(segmentation_node, segment_ids, reference_volume, dtype)
     if array is not None:
         return sitk_on_node_grid(array, reference_volume, f"{role} segmentation")
@@ -169,6 +171,8 @@ def _layer_to_ras(data) -> np.ndarray:
 
 def _slicer_export(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str) -> sitk.Image:
     """:func:`export_labelmap` by Slicer's segmentation logic."""
+    from voxelopt.inputs import LABEL_TYPES, label_dtype
+
     ids = vtk.vtkStringArray()
     for sid in segment_ids:
         ids.InsertNextValue(sid)
@@ -186,20 +190,8 @@ def _slicer_export(segmentation_node, segment_ids: Sequence[str], reference_volu
         # labels 1..n in the smallest unsigned type that holds n (Slicer exports short): half the
         # memory of the engine's label work and of the cached export for up to 255 segments
         image = sitk_from_volume_node(labelmap, role=f"{role} segmentation",
-                                      pixel_type=_PIXEL_TYPES[_label_dtype(len(segment_ids))])
+                                      pixel_type=LABEL_TYPES[label_dtype(len(segment_ids))])
     return image
-
-
-_PIXEL_TYPES = {np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.uint16): sitk.sitkUInt16,
-                np.dtype(np.uint32): sitk.sitkUInt32}
-
-
-def _label_dtype(largest_label: int) -> np.dtype:
-    """The smallest unsigned type that holds labels 0..``largest_label``."""
-    for dtype in _PIXEL_TYPES:
-        if largest_label <= np.iinfo(dtype).max:
-            return dtype
-    raise InputNodeError(f"too many segments ({largest_label}) for a label map")
 
 
 def mask_for_registration(mask_node, volume_node, role: str, cache: Optional[ExportCache] = None) -> sitk.Image:
@@ -310,7 +302,9 @@ def _export_with_gaps(segmentation_node, ordered_ids: Sequence[Optional[str]], r
     image = export_labelmap(segmentation_node, present, reference_volume, "fixed", cache)
     if len(present) == len(ordered_ids):
         return image
-    lut = np.zeros(len(present) + 1, _label_dtype(len(ordered_ids)))
+    from voxelopt.inputs import label_dtype
+
+    lut = np.zeros(len(present) + 1, label_dtype(len(ordered_ids)))
     for new_index, sid in enumerate(present, start=1):
         lut[new_index] = ordered_ids.index(sid) + 1
     remapped = sitk.GetImageFromArray(lut[sitk.GetArrayViewFromImage(image)])

@@ -99,19 +99,25 @@ def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) ->
     if not values.size or values.max() == 0:
         raise InputError(f"{what} holds no labelled voxel (all zero)")
     if labels.GetPixelID() not in _INTEGER_TYPES:  # integer labels keep their type
-        labels = sitk.Cast(labels, _label_pixel_type(int(values.max())))
+        labels = sitk.Cast(labels, LABEL_TYPES[label_dtype(int(values.max()))])
     on_image = resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
     if not np.any(sitk.GetArrayViewFromImage(on_image)):
         raise InputError(f"{what} do not overlap their image: no labelled voxel lies inside it (check the headers)")
     return on_image
 
 
-def _label_pixel_type(max_label: int) -> int:
-    if max_label <= np.iinfo(np.uint8).max:
-        return sitk.sitkUInt8
-    if max_label <= np.iinfo(np.uint16).max:
-        return sitk.sitkUInt16
-    return sitk.sitkUInt32
+#: The pixel types of label maps made here, smallest first: numpy dtype -> SimpleITK pixel type.
+LABEL_TYPES = {np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.uint16): sitk.sitkUInt16,
+               np.dtype(np.uint32): sitk.sitkUInt32}
+
+
+def label_dtype(largest_label: int) -> np.dtype:
+    """The smallest unsigned type of :data:`LABEL_TYPES` that holds labels 0..``largest_label``
+    (uint32 beyond: labels that large are refused when scored, see ``metrics.MAX_LABEL``)."""
+    for dtype in LABEL_TYPES:
+        if largest_label <= np.iinfo(dtype).max:
+            return dtype
+    return np.dtype(np.uint32)
 
 
 def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
