@@ -7,24 +7,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from testdata import make_image, oblique_direction, smooth_random_volume
+from testdata import count_calls, make_image, oblique_direction, smooth_random_volume
 import voxelopt
 from voxelopt import compiled, outputs
 from voxelopt.geometry import Grid
 from voxelopt.outputs import GridField, warp_image_itk, warp_images_streamed
 
 pytest.importorskip("numba", reason="the compiled kernel needs numba (extra 'fast')")
-
-
-def counted_kernel(monkeypatch):
-    calls, original = [], compiled.warp_slab
-
-    def counted(*args, **kwargs):
-        calls.append(args[3].shape)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(compiled, "warp_slab", counted)
-    return calls
 
 
 def oblique_case(flip_field_axis: bool):
@@ -57,7 +46,7 @@ def oblique_case(flip_field_axis: bool):
 def test_the_kernel_warps_as_simpleitk_on_an_oblique_anisotropic_pair(flip_field_axis, nearest, monkeypatch):
     moving, fixed_grid, field = oblique_case(flip_field_axis)
     monkeypatch.setattr(outputs, "SLAB_VOXELS", 4 * fixed_grid.size[0] * fixed_grid.size[1])  # slabs of 4 slices
-    calls = counted_kernel(monkeypatch)
+    calls = count_calls(monkeypatch, compiled, "warp_slab")
     lowest = float(sitk.GetArrayViewFromImage(moving).min())  # the default outside the image
     expected = sitk.GetArrayFromImage(warp_image_itk(moving, field, fixed_grid, nearest, lowest, None, None))
     warped = sitk.GetArrayFromImage(warp_images_streamed([moving], field, fixed_grid, [nearest], [lowest], None, None,
@@ -70,7 +59,7 @@ def test_the_kernel_warps_as_simpleitk_on_an_oblique_anisotropic_pair(flip_field
 
 def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):
     moving, fixed_grid, field = oblique_case(False)
-    calls = counted_kernel(monkeypatch)
+    calls = count_calls(monkeypatch, compiled, "warp_slab")
 
     def warp():
         calls.clear()
@@ -101,7 +90,7 @@ def test_a_kernel_that_cannot_load_leaves_the_warps_to_torch(monkeypatch):
     monkeypatch.setitem(sys.modules, "voxelopt._numba_kernels", broken)
     monkeypatch.setattr(voxelopt, "_numba_kernels", broken, raising=False)
     monkeypatch.setattr(compiled, "MIN_POINTS", 0)
-    calls = counted_kernel(monkeypatch)
+    calls = count_calls(monkeypatch, compiled, "warp_slab")
     with pytest.warns(UserWarning, match="compiled warp kernel is unavailable"):
         warped = warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "auto")[0]
     assert calls == [] and compiled._kernel is False and not compiled.worth_it(10**9)

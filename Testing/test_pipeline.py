@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from testdata import make_image, oblique_direction, smooth_random_volume
+from testdata import count_calls, make_image, oblique_direction, smooth_random_volume
 import voxelopt
 from voxelopt import (
     ArrayImage,
@@ -27,18 +27,6 @@ except ImportError:
     HAVE_NUMBA = False
 #: The streamed warps' samplers, each asked for explicitly (whatever the size of the warp).
 SAMPLERS = ["torch", pytest.param("compiled", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed"))]
-
-
-def count_calls(monkeypatch, owner, name):
-    """A list that gets one entry per call of ``owner.name`` (which still runs)."""
-    calls, original = [], getattr(owner, name)
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counted)
-    return calls
 
 
 def translated_pair(shift_mm, direction=None, spacing=(2.0, 2.0, 2.0), shape=(36, 40, 44), seed=0):

@@ -43,3 +43,15 @@ def smooth_random_volume(shape, seed=0, smooth=2.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     volume = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), smooth)
     return (volume / volume.std() * 150.0).astype(np.float32)
+
+
+def count_calls(monkeypatch, owner, name):
+    """A list that gets one entry per call of ``owner.name`` (which still runs)."""
+    calls, original = [], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
