@@ -253,6 +253,52 @@ def test_each_image_is_digested_once_per_registration(pair, monkeypatch):
     assert len(digested) == 2  # the fixed and the moving image: for the affine stage's and the features' keys
 
 
+def test_images_marked_constant_are_digested_once_for_all_registrations(pair, monkeypatch):
+    """A caller that promises its images never change (the Slicer module's copies) has each
+    digested once across registrations; any other image, on every registration."""
+    import gc
+
+    import voxelopt.digest
+
+    digested = []
+    digest = voxelopt.digest.image_digest
+    monkeypatch.setattr(voxelopt.digest, "image_digest", lambda image: digested.append(image) or digest(image))
+    cache = FeatureCache()
+    fixed, moving = sitk.Image(pair.fixed), sitk.Image(pair.moving)
+    fixed_labels, moving_labels = sitk.Image(pair.fixed_labels), sitk.Image(pair.moving_labels)
+    for image in (fixed, moving, fixed_labels):
+        cache.mark_constant(image)
+    first = register(fixed, moving, SMALL, fixed_labels, moving_labels, cache=cache)
+    assert len(digested) == 4  # both images (features) and both label maps (the scores before registration)
+    second = register(fixed, moving, SMALL.replace(alpha=3.0), fixed_labels, moving_labels, cache=cache)
+    assert digested[4:] == [moving_labels]  # only the unmarked label map again
+    assert second.metrics["dice_initial_mean"] == first.metrics["dice_initial_mean"]
+    # the marked objects' digests are the content digests: a copy of the same content hits the cache
+    hits = cache.hits
+    register(sitk.Image(pair.fixed), moving, SMALL.replace(alpha=2.0), cache=cache)
+    assert cache.hits == hits + 2
+    # the fixed side of the scores comes from the cache, still valid once its label maps are gone
+    import voxelopt.stages
+
+    built = []
+    scorer = voxelopt.stages.LabelScorer
+    monkeypatch.setattr(voxelopt.stages, "LabelScorer", lambda *a: built.append(1) or scorer(*a))
+    third = register(fixed, moving, SMALL.replace(alpha=3.0), sitk.Image(pair.fixed_labels),
+                     sitk.Image(pair.moving_labels), cache=cache)
+    gc.collect()
+    sitk.Image(pair.fixed_labels.GetSize(), sitk.sitkUInt8)  # fresh memory where the label maps were
+    fourth = register(fixed, moving, SMALL.replace(alpha=3.0), sitk.Image(pair.fixed_labels),
+                      sitk.Image(pair.moving_labels), cache=cache)
+    assert built == [] and third.metrics["dice"] == fourth.metrics["dice"] == second.metrics["dice"]
+    register(fixed, moving, SMALL, sitk.Image(pair.moving_labels), sitk.Image(pair.moving_labels), cache=cache)
+    assert built == [1]  # other fixed labels: a new scorer
+    # entries go with their images (weak references)
+    assert len(cache.constant_images) == 3
+    del fixed, first, second, third, fourth, digested[:]
+    gc.collect()
+    assert len(cache.constant_images) == 2
+
+
 def test_an_affine_stage_failing_in_the_background_is_reported(pair):
     flat = sitk.Image(pair.moving.GetSize(), sitk.sitkFloat32) + 40.0
     flat.CopyInformation(pair.moving)
@@ -604,3 +650,14 @@ def test_a_core_is_kept_for_the_affine_stage_only_beside_light_features(pair, he
     register(pair.fixed, pair.moving, SMALL.replace(features=features, init="affine", device="cpu"))
     assert asked == [not heavy]
     assert NetworkExtractor.heavy and not RawIntensity.heavy
+
+
+def test_outputs_are_written_straight_into_new_images():
+    """``writable_array`` is a view of a new image's own voxels (K, J, I), in its pixel type."""
+    from voxelopt.outputs import writable_array
+
+    image = sitk.Image([5, 4, 3], sitk.sitkUInt16)
+    array = writable_array(image)
+    assert array.shape == (3, 4, 5) and array.dtype == np.uint16 and not array.any()
+    array[2, 1, 4] = 65000
+    assert image[4, 1, 2] == 65000 and int(sitk.GetArrayViewFromImage(image).sum()) == 65000

@@ -15,9 +15,14 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Hashable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Optional, Union
 
 import torch
+
+from .digest import ConstantImages
+
+if TYPE_CHECKING:  # pragma: no cover
+    import SimpleITK as sitk
 
 
 class FeatureCache:
@@ -25,7 +30,9 @@ class FeatureCache:
 
     Pass the same instance to successive :func:`voxelopt.register` calls. ``hits`` counts
     lookups answered from memory or disk (``disk_hits`` those from disk), ``misses`` the
-    computations.
+    computations. Every lookup is keyed by the content digest of the images involved; a caller
+    that hands the same unchanging image objects to successive calls can say so with
+    :meth:`mark_constant`, and their digests are then computed once.
     """
 
     def __init__(self, max_items: int = 4, directory: Optional[Union[str, "os.PathLike[str]"]] = None):
@@ -36,8 +43,18 @@ class FeatureCache:
         self.hits = 0
         self.disk_hits = 0
         self.misses = 0
+        #: Images promised not to change (see :meth:`mark_constant`), with their digests.
+        self.constant_images = ConstantImages()
         # a registration may use the cache from two threads (the affine stage runs in the background)
         self._lock = threading.Lock()
+
+    def mark_constant(self, image: "sitk.Image") -> None:
+        """Promise that ``image`` (a SimpleITK image) will never change its voxels or geometry: the
+        registrations using this cache then compute its content digest, the key of its cached
+        features, alignment and scores, once for the object's lifetime instead of on every call
+        (0.3 s per call for a 512x512x600 CT). Only for images nothing writes to afterwards: a
+        changed image would be handed its earlier content's features."""
+        self.constant_images.add(image)
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor],
                        device: Optional[torch.device] = None) -> torch.Tensor:

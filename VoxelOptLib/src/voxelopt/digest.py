@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Callable, Dict, Tuple
+import weakref
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,18 +22,65 @@ def image_digest(image: sitk.Image) -> str:
     return h.hexdigest()
 
 
+class ConstantImages:
+    """Images whose owner promises that their voxels and geometry never change (e.g. the Slicer
+    module's private copies of its volume nodes and label maps), with each one's
+    :func:`image_digest` computed on first use and kept while the image object lives: every
+    registration given such an image skips its digest (0.3 s for a 512x512x600 CT). Holds weak
+    references only. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[int, Tuple["weakref.ref[sitk.Image]", Optional[str]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, image: sitk.Image) -> None:
+        """Promise that ``image`` will not change from now on (changing it afterwards would hand
+        out the features and scores of its earlier content)."""
+        key = id(image)
+
+        def forget(_: object) -> None:  # the image is gone: its id may be reused
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry[0]() is None:
+                    del self._entries[key]
+
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0]() is not image:
+                self._entries[key] = (weakref.ref(image, forget), None)
+
+    def digest(self, image: sitk.Image) -> Optional[str]:
+        """``image_digest(image)`` for an image given to :meth:`add` (computed once), else None."""
+        with self._lock:
+            entry = self._entries.get(id(image))
+            if entry is None or entry[0]() is not image:
+                return None
+            if entry[1] is None:  # under the lock: a second caller waits for the first's digest
+                entry = self._entries[id(image)] = (entry[0], image_digest(image))
+            return entry[1]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 class DigestMemo:
     """:func:`image_digest`, computed at most once per image object: for one registration, whose
     images do not change while it runs (the affine stage's and the features' cache keys both need
-    the images' digests, 0.24 s each for a 512x512x300 CT). Holds the images it has seen, so an
-    object's id is not reused while the memo lives. Thread-safe: the affine stage's thread and the
-    features may ask for the same image at once (one computes, the other waits)."""
+    the images' digests, 0.24 s each for a 512x512x300 CT), and not at all for the ``constant``
+    images whose digest is already known. Holds the images it has seen, so an object's id is not
+    reused while the memo lives. Thread-safe: the affine stage's thread and the features may ask
+    for the same image at once (one computes, the other waits)."""
 
-    def __init__(self) -> None:
+    def __init__(self, constant: Optional[ConstantImages] = None) -> None:
         self._seen: Dict[int, Tuple[sitk.Image, str]] = {}
+        self._constant = constant
         self._lock = threading.Lock()
 
     def __call__(self, image: sitk.Image) -> str:
+        known = self._constant.digest(image) if self._constant is not None else None
+        if known is not None:
+            return known
         with self._lock:
             entry = self._seen.get(id(image))
             if entry is None or entry[0] is not image:

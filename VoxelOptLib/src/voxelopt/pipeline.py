@@ -144,7 +144,8 @@ def register(
         # while torch is imported and the fixed image's features, which do not depend on the
         # alignment, are computed; any other alignment is quick and done at once, so that its
         # errors come before torch is imported, as every input error above does.
-        digest = DigestMemo()  # each image's digest once, for the alignment's and the features' cache keys
+        # each image's digest once (never for the cache's constant images), for every cache key
+        digest = DigestMemo(cache.constant_images if cache is not None else None)
         alignment = _Deferred(config.init == "affine", align, checked, config, initial_transform, cache, digest)
         from .device import make_clock, one_core_left, resolve_device
         from .features import make_extractor
@@ -186,7 +187,7 @@ def register(
     report(_LEVELS_DONE, "outputs")
     with timer.stage("outputs"):
         outputs = solved_outputs(
-            solved, prepared, fixed_lab, moving_lab, cache,
+            solved, prepared, fixed_lab, moving_lab, cache, digest,
             lambda fraction: report(_LEVELS_DONE + (1 - _LEVELS_DONE) * fraction, "warping labels"),
             lambda: cancel is not None and bool(cancel()),
         )

@@ -82,21 +82,34 @@ def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch
             working_mask(prepared.moving, *grids, moving_mask, prepared.initial))
 
 
-def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image) -> LabelScorer:
-    """Scores of warped labels against the fixed labels (the scoring module's rule), fixed side once."""
-    view = sitk.GetArrayViewFromImage
-    return LabelScorer(view(fixed_labels), view(moving_labels), fixed_labels.GetSpacing()[::-1])
+def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image, cache: Optional[FeatureCache] = None,
+                 digest: Digest = image_digest) -> LabelScorer:
+    """Scores of warped labels against the fixed labels (the scoring module's rule), fixed side
+    once; kept in ``cache`` for the next registration of the same label maps (its surface points
+    and KD-trees: 0.27 s at 512x512x600)."""
+    def compute() -> LabelScorer:
+        view = sitk.GetArrayViewFromImage
+        return LabelScorer(view(fixed_labels), view(moving_labels), fixed_labels.GetSpacing()[::-1])
+
+    if cache is None:
+        return compute()
+    # kept with the fixed label map: the scorer reads its voxels through a view, which does not
+    # keep the SimpleITK image alive
+    scorer, _ = cache.get_or_compute_value(("label scorer", digest(fixed_labels), digest(moving_labels)),
+                                           lambda: (compute(), fixed_labels))
+    return scorer
 
 
 def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,
-                         scorer: LabelScorer, cache: Optional[FeatureCache]) -> Dict[str, object]:
+                         scorer: LabelScorer, cache: Optional[FeatureCache], digest: Digest = image_digest
+                         ) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair."""
     def compute() -> Dict[str, object]:
         return scorer.score(aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid))
 
     if cache is None:
         return compute()
-    key = ("initial scores", image_digest(fixed_labels), image_digest(moving_labels), prepared.initial.round(9).tobytes())
+    key = ("initial scores", digest(fixed_labels), digest(moving_labels), prepared.initial.round(9).tobytes())
     return cache.get_or_compute_value(key, compute)
 
 
@@ -106,6 +119,7 @@ def solved_outputs(
     fixed_labels: Optional[sitk.Image],
     moving_labels: Optional[sitk.Image],
     cache: Optional[FeatureCache],
+    digest: Digest,
     progress: Callable[[float], None],
     cancel: Callable[[], bool],
 ) -> Dict[str, object]:
@@ -119,9 +133,10 @@ def solved_outputs(
         warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
                                    progress=progress, cancel=cancel)
         if fixed_labels is not None:
-            scorer = label_scorer(fixed_labels, moving_labels)
+            scorer = label_scorer(fixed_labels, moving_labels, cache, digest)
             metrics.update(with_initial_scores(scorer.score(sitk.GetArrayViewFromImage(warped_labels)),
-                                               initial_label_scores(prepared, fixed_labels, moving_labels, scorer, cache)))
+                                               initial_label_scores(prepared, fixed_labels, moving_labels, scorer, cache,
+                                                                    digest)))
     return {"field": field, "entropy": tensor_to_image(solved.entropy.float(), prepared.working_grid),
             "jacobian": tensor_to_image(jacobian.float(), field.grid), "warped_labels": warped_labels,
             "metrics": metrics}
