@@ -186,6 +186,16 @@ def test_labels_round_trip_through_a_segmentation_on_an_oblique_grid(scene):
     back = segmentations.export_labelmap(node, ids, reference_node, "round trip")
     expected = np.select([array == 2, array == 5], [1, 2], 0)  # exported as 1..n in the given order
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), expected)
+    # importing again replaces the segments (one label now) and keeps the user's conversion parameters
+    node.GetSegmentation().SetConversionParameter("Smoothing factor", "0.25")
+    only_five = sitk.GetImageFromArray(np.where(array == 5, 5, 0).astype(np.uint8))
+    only_five.CopyInformation(reference)
+    segmentations.update_segmentation_from_labels(node, only_five, {5: "five"}, None, reference_node)
+    assert segmentations.segment_names(node) == ["five"]
+    assert node.GetSegmentation().GetConversionParameter("Smoothing factor") == "0.25"
+    back = segmentations.export_labelmap(node, [node.GetSegmentation().GetSegmentIdBySegmentName("five")],
+                                         reference_node, "round trip")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), (array == 5).astype(np.uint8))
     empty = sitk.GetImageFromArray(np.zeros_like(array))
     empty.CopyInformation(reference)
     segmentations.update_segmentation_from_labels(node, empty, {}, None, reference_node)

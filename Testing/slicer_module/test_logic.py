@@ -7,6 +7,7 @@ keeps each registration to about 2 s on 2 CPU cores.
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import slicer
 from slicer_test_helpers import requires_engine
@@ -249,6 +250,45 @@ def test_segmentation_exports_are_reused_until_their_content_changes(scene, monk
     logic.cacheSegmentationExports = False
     logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), *segs, showResult=False)
     assert len(exported) == 5
+
+
+def test_volume_copies_are_reused_until_their_voxels_change(scene, monkeypatch):
+    """A re-run hands the engine the same copies of unchanged volumes, whose digests it then
+    does not compute again; a voxel edited in place (no Modified event) or a new geometry makes
+    a new copy, and the run registers the edited voxels."""
+    import voxelopt.digest
+
+    from VoxelOptRegistrationLib import volumes as volume_module
+
+    nodes = phantom_nodes.add_phantom_volumes(scene)
+    copies = []
+    original = volume_module.sitk_from_volume_node
+    monkeypatch.setattr(volume_module, "sitk_from_volume_node",
+                        lambda node, *args: copies.append(node.GetName()) or original(node, *args))
+    digested = []
+    digest = voxelopt.digest.image_digest
+    monkeypatch.setattr(voxelopt.digest, "image_digest", lambda image: digested.append(image) or digest(image))
+    logic = RegistrationLogic(scene)
+    first = logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    logic.compute(first.engineInputs)
+    assert len(copies) == 2 and len(digested) == 2
+    second = logic.prepare(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0))
+    assert second.engineInputs.moving_image is first.engineInputs.moving_image
+    computed = logic.compute(second.engineInputs)
+    assert len(copies) == 2 and len(digested) == 2 and computed.cacheHit
+    view = volume_module._voxel_view(nodes["moving"])
+    view[3, 4, 5] += 100  # in place, no Modified event
+    third = logic.prepare(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0))
+    assert copies[2:] == [nodes["moving"].GetName()]
+    assert sitk.GetArrayViewFromImage(third.engineInputs.moving_image)[3, 4, 5] == view[3, 4, 5]
+    computed = logic.compute(third.engineInputs)
+    assert not computed.cacheHit and len(digested) == 3  # the new moving copy's features
+    nodes["fixed"].SetOrigin(*(np.array(nodes["fixed"].GetOrigin()) + 1.0))
+    logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    assert copies[3:] == [nodes["fixed"].GetName()]
+    logic.cacheVolumeCopies = False
+    logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    assert len(copies) == 6
 
 
 def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, monkeypatch):

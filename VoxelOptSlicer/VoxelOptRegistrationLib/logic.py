@@ -87,6 +87,8 @@ class EngineInputs:
     ``fixed_mask``/``moving_mask``: uint8 masks (1 = use the voxel in the cost) or None;
     ``initial_transform``: a ``sitk.AffineTransform`` (LPS mm, fixed -> moving points) or None;
     ``weight_downloads``: network weights (``WeightsInfo``) to download into ``config.weights`` first.
+    The images are the module's own copies (:meth:`RegistrationLogic.prepare`), which nothing
+    writes to: :meth:`RegistrationLogic.compute` tells the feature cache so (``mark_constant``).
     """
 
     fixed_image: Any
@@ -203,6 +205,10 @@ class RegistrationLogic:
         #: :class:`.segmentations.ExportCache`); False exports every time.
         self.cacheSegmentationExports = True
         self._exportCache = None
+        #: Reuse the input volumes' SimpleITK copies while their voxels are unchanged (see
+        #: :class:`.volumes.VolumeCopies`); False copies every time (and keeps no copy between runs).
+        self.cacheVolumeCopies = True
+        self._volumeCopies = None
         self._lastRun: Optional[RegistrationRun] = None
         #: Where user presets are saved (see :mod:`.presets`); replace it to use another folder.
         self.presetStore = PresetStore()
@@ -415,8 +421,16 @@ class RegistrationLogic:
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
         config = _as_config(voxelopt, config)
-        fixed_image = volumes.sitk_from_volume_node(fixedVolume, "fixed")
-        moving_image = volumes.sitk_from_volume_node(movingVolume, "moving")
+        if self.cacheVolumeCopies and self._volumeCopies is None:
+            self._volumeCopies = volumes.VolumeCopies()
+        elif not self.cacheVolumeCopies:
+            self._volumeCopies = None
+        if self._volumeCopies is not None:
+            fixed_image = self._volumeCopies.image(fixedVolume, "fixed")
+            moving_image = self._volumeCopies.image(movingVolume, "moving")
+        else:
+            fixed_image = volumes.sitk_from_volume_node(fixedVolume, "fixed")
+            moving_image = volumes.sitk_from_volume_node(movingVolume, "moving")
         volumes.parent_transform_check(fixedVolume, ignore_roles=())
         volumes.parent_transform_check(movingVolume)
         for role, node in (("fixed", fixedSegmentation), ("moving", movingSegmentation)):
@@ -466,6 +480,10 @@ class RegistrationLogic:
 
             network_weights.download(inputs.weight_downloads, inputs.config.weights, progress)
         cache = self.getFeatureCache()
+        for image in (inputs.fixed_image, inputs.moving_image, inputs.fixed_labels, inputs.moving_labels,
+                      inputs.fixed_mask, inputs.moving_mask):
+            if image is not None:  # the module's own copies: nothing writes to them
+                cache.mark_constant(image)
         hits, misses = cache.hits, cache.misses
         report = progress or (lambda fraction, message: None)
         result = voxelopt.register(
