@@ -116,6 +116,9 @@ def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
     run, fixed = registered["run"], registered["nodes"]["fixed"]
     assert run.warpedVolume.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
     np.testing.assert_allclose(volumes.ijk_to_ras_matrix(run.warpedVolume), volumes.ijk_to_ras_matrix(fixed), rtol=0, atol=1e-9)
+    warped_display, moving_display = run.warpedVolume.GetDisplayNode(), registered["nodes"]["moving"].GetDisplayNode()
+    assert not warped_display.GetAutoWindowLevel()  # the moving volume's window, not one computed from the voxels
+    assert (warped_display.GetWindow(), warped_display.GetLevel()) == (moving_display.GetWindow(), moving_display.GetLevel())
     for node in (run.entropyVolume, run.jacobianVolume):  # on their own grids, over the fixed volume's box
         np.testing.assert_allclose(box_corners(node), box_corners(fixed), atol=1e-3)
     assert np.prod(run.entropyVolume.GetImageData().GetDimensions()) < np.prod(fixed.GetImageData().GetDimensions())

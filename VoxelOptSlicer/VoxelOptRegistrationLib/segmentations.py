@@ -17,8 +17,8 @@ from vtkmodules.util import numpy_support
 import slicer
 
 from .errors import InputNodeError
-from .volumes import (TemporaryNodes, add_volume_node_from_sitk, ijk_to_ras_matrix, node_geometry_ras, set_volume_array,
-                      sitk_from_volume_node, sitk_on_node_grid)
+from .volumes import (TemporaryNodes, ijk_to_ras_matrix, node_geometry_ras, set_volume_array, sitk_from_volume_node,
+                      sitk_geometry_ras, sitk_on_node_grid)
 
 RGB = Tuple[float, float, float]
 
@@ -322,19 +322,14 @@ def update_segmentation_from_labels(
     """Replace the segments of ``segmentation_node`` by one segment per label of ``labels`` (LPS image).
 
     Segments are named ``names[label]`` (or "Label N") and coloured ``colors[label]``. Only the
-    box holding the labelled voxels is handed to Slicer's import (a crop of the same grid, so no
-    voxel moves): the import's time grows with the map it is given.
+    box holding the labelled voxels is handed to Slicer's import, as an extent of the label
+    map's own voxel grid (so no voxel moves): the import's time grows with the map it is given.
     """
-    from voxelopt.extent import nonzero_extent
-
-    extent = nonzero_extent(sitk.GetArrayViewFromImage(labels))
-    if extent is not None:
-        (k0, j0, i0), (k1, j1, i1) = (np.asarray(bound, dtype=int) for bound in extent)
-        labels = labels[int(i0):int(i1) + 1, int(j0):int(j1) + 1, int(k0):int(k1) + 1]  # keeps the physical place
-    scene = segmentation_node.GetScene()
-    with TemporaryNodes(scene):
-        labelmap = add_volume_node_from_sitk(scene, sitk.Cast(labels, sitk.sitkInt16), "labels (temporary)", "vtkMRMLLabelMapVolumeNode")
-        _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume)
+    origin, spacing, direction = sitk_geometry_ras(labels)
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = direction * spacing
+    ijk_to_ras[:3, 3] = origin
+    _import_labels(segmentation_node, sitk.GetArrayViewFromImage(labels), ijk_to_ras, names, colors, reference_volume)
 
 
 def add_segmentation_from_array(
@@ -346,17 +341,29 @@ def add_segmentation_from_array(
     colors: Optional[Mapping[int, RGB]] = None,
 ):
     """A new segmentation node from a (K, J, I) label array on ``reference_volume``'s grid."""
-    origin, spacing, direction = node_geometry_ras(reference_volume)
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     segmentation_node.CreateDefaultDisplayNodes()
-    with TemporaryNodes(scene):
-        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} (temporary)")
-        set_volume_array(labelmap, labels_kji.astype(np.int16), origin, spacing, direction)
-        _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume)
+    _import_labels(segmentation_node, labels_kji, ijk_to_ras_matrix(reference_volume), names, colors, reference_volume)
     return segmentation_node
 
 
-def _import_labelmap(segmentation_node, labelmap, names, colors, reference_volume) -> None:
+def _import_labels(segmentation_node, labels_kji: np.ndarray, ijk_to_ras: np.ndarray, names, colors,
+                   reference_volume) -> None:
+    """The segments of ``segmentation_node`` replaced by the labels of a (K, J, I) array whose voxel
+    (k, j, i) lies at ``ijk_to_ras @ (i, j, k, 1)`` (RAS mm), through Slicer's own label map import
+    (one segment per label, all sharing one labelmap layer)."""
+    from voxelopt.extent import nonzero_extent
+
+    extent = nonzero_extent(labels_kji)
+    image = slicer.vtkOrientedImageData()
+    if extent is not None:  # the labelled box, as an extent of the whole array's grid
+        (k0, j0, i0), (k1, j1, i1) = (np.asarray(bound, dtype=int) for bound in extent)
+        box = np.ascontiguousarray(labels_kji[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1])
+        image.SetExtent(int(i0), int(i1), int(j0), int(j1), int(k0), int(k1))
+        image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(box.ravel(), deep=True))
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(np.asarray(ijk_to_ras, dtype=float).ravel())
+    image.SetImageToWorldMatrix(matrix)
     was_modifying = segmentation_node.StartModify()
     try:
         # The old segments go with their segmentation object, replaced by an empty one with the same
@@ -369,7 +376,9 @@ def _import_labelmap(segmentation_node, labelmap, names, colors, reference_volum
         segmentation_node.SetAndObserveSegmentation(segmentation)
         if reference_volume is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node):
+        if extent is None:
+            return  # no label: no segment
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(image, segmentation_node, "", ""):
             raise RuntimeError(f"could not import label map into segmentation '{segmentation_node.GetName()}'")
         for sid in _segment_ids(segmentation_node):
             segment = segmentation.GetSegment(sid)
