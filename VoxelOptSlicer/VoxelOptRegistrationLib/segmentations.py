@@ -6,7 +6,6 @@ the labels 1..n in their order, and a fixed segment with the same name gets the 
 Where segments overlap, the later segment wins in the label map.
 """
 
-import hashlib
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -66,6 +65,8 @@ def export_key(segmentation_node, segment_ids: Sequence[str], reference_volume) 
     12.6 M-voxel layer), and the reference volume's grid; None (not cacheable) when the source
     representation is not image data or there is no reference volume (the export then follows
     the segmentation's own reference geometry, which the key does not hold)."""
+    from voxelopt.digest import array_digest
+
     segmentation = segmentation_node.GetSegmentation()
     if reference_volume is None or not segmentation.IsSourceRepresentationImageData():
         return None
@@ -80,9 +81,8 @@ def export_key(segmentation_node, segment_ids: Sequence[str], reference_volume) 
             if data is None or data.GetPointData().GetScalars() is None:
                 return None
             voxels = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars())
-            layers[layer] = (tuple(data.GetExtent()), tuple(_layer_to_ras(data).ravel()),
-                             str(voxels.dtype), hashlib.blake2b(memoryview(np.ascontiguousarray(voxels)),
-                                                                digest_size=16).hexdigest())
+            layers[layer] = (tuple(data.GetExtent()), tuple(_layer_to_ras(data).ravel()), str(voxels.dtype),
+                             array_digest(voxels))
     origin, spacing, direction = node_geometry_ras(reference_volume)
     grid = (_dimensions_kji(reference_volume), tuple(origin), tuple(spacing), tuple(direction.ravel()))
     return (segmentation.GetSourceRepresentationName(), tuple(segments), tuple(sorted(layers.items())), grid)

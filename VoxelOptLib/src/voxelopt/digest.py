@@ -14,12 +14,18 @@ import SimpleITK as sitk
 Digest = Callable[[sitk.Image], str]
 
 
-def image_digest(image: sitk.Image) -> str:
-    """A content digest of an image's voxels and geometry (BLAKE2b, 128 bit)."""
+def array_digest(array: np.ndarray, header: str = "") -> str:
+    """A content digest of ``header`` and an array's bytes (BLAKE2b, 128 bit; about 1 GB/s)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelIDValue())).encode())
-    h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+    h.update(header.encode())
+    h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()
+
+
+def image_digest(image: sitk.Image) -> str:
+    """A content digest of an image's voxels and geometry (:func:`array_digest`)."""
+    header = repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelIDValue()))
+    return array_digest(sitk.GetArrayViewFromImage(image), header)
 
 
 class ConstantImages:

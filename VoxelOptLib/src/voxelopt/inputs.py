@@ -111,6 +111,12 @@ LABEL_TYPES = {np.dtype(np.uint8): sitk.sitkUInt8, np.dtype(np.uint16): sitk.sit
                np.dtype(np.uint32): sitk.sitkUInt32}
 
 
+#: Unsigned integer types and the signed type of the same width, through which their voxels are
+#: read where torch does not take the unsigned type (values that fit, or bits only copied).
+SIGNED_OF_UNSIGNED = {np.dtype(np.uint16): np.dtype(np.int16), np.dtype(np.uint32): np.dtype(np.int32),
+                      np.dtype(np.uint64): np.dtype(np.int64)}
+
+
 def label_dtype(largest_label: int) -> np.dtype:
     """The smallest unsigned type of :data:`LABEL_TYPES` that holds labels 0..``largest_label``
     (uint32 beyond: labels that large are refused when scored, see ``metrics.MAX_LABEL``)."""

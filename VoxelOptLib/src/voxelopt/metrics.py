@@ -172,12 +172,14 @@ def with_initial_scores(after: Dict[str, object], before: Dict[str, object]) -> 
 
 # ---------------------------------------------------------------------------- internals
 def _as_labels(x: LabelMap, device: torch.device) -> torch.Tensor:
-    """An integer tensor on ``device``. Unsigned 16/32-bit maps (types few torch operations take)
+    """An integer tensor on ``device``. Unsigned 16/32/64-bit maps (types few torch operations take)
     whose labels fit the signed type of the same width are read through it, without a copy
     (a 512x512x300 uint16 map: 0.4 s to convert); other types become int32 or int64."""
     if not isinstance(x, torch.Tensor):
+        from .inputs import SIGNED_OF_UNSIGNED
+
         x = np.asarray(x)
-        signed = {np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}.get(x.dtype)
+        signed = SIGNED_OF_UNSIGNED.get(x.dtype)
         if signed is not None and (not x.size or int(x.max()) <= np.iinfo(signed).max):
             x = x.view(signed)
         elif x.dtype not in (np.uint8, np.int8, np.int16, np.int32, np.int64):

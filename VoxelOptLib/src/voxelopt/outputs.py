@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from . import compiled
 from .errors import RegistrationCancelled
+from .inputs import SIGNED_OF_UNSIGNED
 from .extent import nonzero_extent
 from .geometry import (Grid, axis_interpolation, axis_permutation, grid_sample, image_to_mm_field, mm_field_to_image,
                        mm_to_voxel_field, resample_image, resize_volume, voxel_to_mm_field)
@@ -617,8 +618,7 @@ _TORCH_DTYPES = {np.dtype(t): getattr(torch, n) for t, n in (("int8", "int8"), (
 #: Unsigned types of this torch (2.3 and later) that most of its operations do not accept, and the
 #: signed type of the same width that stands in for them where only bits are copied.
 _UNSIGNED = {np.dtype(t): getattr(torch, t) for t in ("uint16", "uint32", "uint64") if hasattr(torch, t)}
-_SIGNED_OF = {np.dtype(u): np.dtype(i) for u, i in (("uint16", "int16"), ("uint32", "int32"), ("uint64", "int64"))
-              if np.dtype(u) in _UNSIGNED}
+_SIGNED_OF = {u: i for u, i in SIGNED_OF_UNSIGNED.items() if u in _UNSIGNED}
 
 
 def _store(values: torch.Tensor, target: np.ndarray) -> None:
