@@ -160,6 +160,7 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onSceneStartClose(self, caller, event) -> None:
         self.stopWorker()  # its results belong to the closing scene
+        self.logic.clearCaches()  # and so do the cached copies and features
         self.setParameterNode(None)
         self._lastRunKey = self._shownOverlay = None
 

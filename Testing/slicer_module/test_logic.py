@@ -292,6 +292,14 @@ def test_volume_copies_are_reused_until_their_voxels_change(scene, monkeypatch):
     logic.cacheVolumeCopies = False
     logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
     assert len(copies) == 6
+    logic.cacheVolumeCopies = True
+    logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    assert len(copies) == 8  # kept again
+    logic.clearCaches()  # what the module does when the scene closes
+    assert len(logic.featureCache) == 0
+    logic.prepare(nodes["fixed"], nodes["moving"], fast_config())
+    assert len(copies) == 10
 
 
 def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, monkeypatch):

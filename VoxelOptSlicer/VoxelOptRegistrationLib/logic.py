@@ -293,6 +293,15 @@ class RegistrationLogic:
             self.featureCache = voxelopt.FeatureCache()
         return self.featureCache
 
+    def clearCaches(self) -> None:
+        """Forget what the logic keeps between runs: the features, alignments and scores of the
+        feature cache (in memory), the segmentation exports and the volume copies (called when the
+        scene closes: they hold up to a few GB for native-size CT)."""
+        if self.featureCache is not None:
+            self.featureCache.clear()
+        self._exportCache = None
+        self._volumeCopies = None
+
     def prepareParameterNode(self, parameterNode, allowWeightsDownload: bool = False) -> "RegistrationRequest":
         """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked
         (``allowWeightsDownload``: see :meth:`prepare`)."""
