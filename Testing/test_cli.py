@@ -383,3 +383,20 @@ def test_the_command_ends_without_teardown_yet_flushes_its_output_and_keeps_its_
                           str(files["moving"]), "--out-dir", str(tmp_path / "bad")], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and bad.stderr == f"error: fixed image file not found: {tmp_path / 'none.nii'}\n"
     assert not (tmp_path / "bad").exists()
+
+
+def test_images_not_in_hounsfield_units_get_a_warning_line(files, tmp_path, capsys):
+    """CT stored without its rescale intercept is registered, with one ``warning:`` line per image
+    and the warnings in metrics.json; CT in HU gets none."""
+    raw = {}
+    for name in ("fixed", "moving"):
+        raw[name] = tmp_path / f"{name}_raw.nii.gz"
+        sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(files[name])) + 1024.0, sitk.sitkUInt16), str(raw[name]))
+    code, _, stderr = run(["register", raw["fixed"], raw["moving"], "--out-dir", tmp_path / "raw", *FAST], capsys)
+    lines = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert code == 0 and [line.split(":")[1].strip() for line in lines] == ["fixed image", "moving image"]
+    assert "UserWarning" not in stderr and "--hu-window" in lines[0]
+    assert len(json.loads((tmp_path / "raw" / "metrics.json").read_text())["warnings"]) == 2
+    code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", tmp_path / "hu", *FAST], capsys)
+    assert code == 0 and "warning" not in stderr
+    assert json.loads((tmp_path / "hu" / "metrics.json").read_text())["warnings"] == []

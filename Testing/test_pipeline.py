@@ -661,3 +661,23 @@ def test_outputs_are_written_straight_into_new_images():
     assert array.shape == (3, 4, 5) and array.dtype == np.uint16 and not array.any()
     array[2, 1, 4] = 65000
     assert image[4, 1, 2] == 65000 and int(sitk.GetArrayViewFromImage(image).sum()) == 65000
+
+
+def test_images_not_in_hounsfield_units_are_reported(pair):
+    """CT stored without its rescale intercept (air at 0 instead of -1000) registers without an
+    error but badly: each such image gets a warning naming it and the way out, kept in the result."""
+    import warnings
+
+    from voxelopt import InputWarning
+
+    raw = [sitk.Cast(image + 1024.0, sitk.sitkFloat32) for image in (pair.fixed, pair.moving)]
+    with pytest.warns(InputWarning) as caught:
+        result = register(*raw, SMALL)
+    messages = [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    assert [m.split(":")[0] for m in messages] == ["fixed image", "moving image"]
+    assert "--hu-window" in messages[0] and "lowest 24" in messages[0]  # the phantom's air is -1000
+    assert result.warnings == messages and result.summary()["warnings"] == messages
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)  # none for CT in HU, or a window set to the values
+        assert register(pair.fixed, pair.moving, SMALL).warnings == []
+        assert register(*raw, SMALL.replace(hu_window=(224.0, 1524.0))).warnings == []

@@ -302,6 +302,17 @@ def test_volume_copies_are_reused_until_their_voxels_change(scene, monkeypatch):
     assert len(copies) == 10
 
 
+def test_input_warnings_head_the_run_summary(scene):
+    """A volume that does not look like CT in HU (no voxel below 0) is registered, and the run's
+    summary (the module's results box) starts with the engine's warning about it."""
+    nodes = phantom_nodes.add_phantom_volumes(scene)
+    raw = volumes.array_from_volume_node(nodes["moving"]) + 1100.0
+    volumes.set_volume_array(nodes["moving"], raw, *volumes.node_geometry_ras(nodes["moving"]))
+    with pytest.warns(UserWarning, match="moving image: no voxel below 0"):
+        run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
+    assert len(run.warnings) == 1 and run.summary().startswith("Warning: moving image: no voxel below 0")
+
+
 def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, monkeypatch):
     """compute (a worker thread in the GUI) warps the moving volume onto the fixed grid, with
     progress and cancel; apply (the GUI thread) only writes it into its node."""

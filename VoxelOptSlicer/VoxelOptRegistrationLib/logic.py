@@ -147,6 +147,8 @@ class RegistrationRun:
             (time the GUI spent between the steps is not counted).
         config: the engine configuration used (``voxelopt.RegistrationConfig``).
         createdNodeIDs: IDs of the nodes this run added to the scene.
+        warnings: what about the inputs may have spoiled the result (``voxelopt.InputWarning``
+            messages, e.g. intensities that do not look like CT in HU); shown first by :meth:`summary`.
     """
 
     transform: Any
@@ -163,10 +165,12 @@ class RegistrationRun:
     totalSeconds: float
     config: Any
     createdNodeIDs: List[str]
+    warnings: List[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        """A plain-text report for the GUI's results box or a log: timings, SDlogJ, folding, Dice."""
-        lines = [f"Device: {self.device}    total: {self.totalSeconds:.2f} s" + ("    (features from cache)" if self.featureCacheHit else "")]
+        """A plain-text report for the GUI's results box or a log: warnings, timings, SDlogJ, folding, Dice."""
+        lines = [f"Warning: {text}" for text in self.warnings]
+        lines += [f"Device: {self.device}    total: {self.totalSeconds:.2f} s" + ("    (features from cache)" if self.featureCacheHit else "")]
         lines.append("Time per stage: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.timings.items()))
         sdlogj = self.metrics.get("sdlogj")
         folding = self.metrics.get("folding_percent")
@@ -562,6 +566,7 @@ class RegistrationLogic:
             totalSeconds=request.inputSeconds + computed.seconds + timings["slicer_output"],
             config=result.config,
             createdNodeIDs=[node.GetID() for node in writes.created],
+            warnings=list(result.warnings),
         )
         self._lastRun = run
         return run

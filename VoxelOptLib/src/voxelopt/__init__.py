@@ -20,7 +20,7 @@ import importlib
 from typing import Any
 
 from .config import PRESETS, RegistrationConfig
-from .errors import ConfigError, InputError, RegistrationCancelled, VoxelOptError
+from .errors import ConfigError, InputError, InputWarning, RegistrationCancelled, VoxelOptError
 
 __version__ = "0.1.0"
 #: The oldest torch the engine supports (as in pyproject.toml's dependencies).
@@ -62,6 +62,7 @@ __all__ = [
     "FeatureCache",
     "FeatureExtractor",
     "InputError",
+    "InputWarning",
     "RegistrationCancelled",
     "RegistrationConfig",
     "RegistrationResult",

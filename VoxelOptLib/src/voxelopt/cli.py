@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -25,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .allocator import keep_freed_memory
 from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
-from .errors import InputError, VoxelOptError
+from .errors import InputError, InputWarning, VoxelOptError
 from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
 
 
@@ -349,9 +350,26 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] =
         return 130
 
 
+def _show_input_warnings() -> None:
+    """Print :class:`InputWarning` as one ``warning:`` line on standard error (other warnings as Python prints them)."""
+    original = warnings.showwarning
+    if getattr(original, "voxelopt_input_warnings", False):
+        return  # installed by an earlier main() of this process
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (the hook's signature)
+        if issubclass(category, InputWarning):
+            print(f"warning: {message}", file=sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show.voxelopt_input_warnings = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``voxelopt`` command line; returns the exit status (2: a user error, 130: interrupted)."""
     keep_freed_memory()  # this process is ours: reuse freed arrays instead of page-faulting them in again
+    _show_input_warnings()
     try:
         return run_command(build_parser(), argv)
     except KeyboardInterrupt:  # while the parser is built

@@ -18,5 +18,10 @@ class ConfigError(VoxelOptError, ValueError):
     """A registration parameter is invalid (negative alpha, empty theta schedule, unknown preset...)."""
 
 
+class InputWarning(UserWarning):
+    """An input that can be registered, but probably not as the user means it (e.g. intensities
+    that do not look like CT in Hounsfield units); the message says what to check."""
+
+
 class RegistrationCancelled(VoxelOptError):
     """Raised between steps when the caller's cancel callback returns True."""

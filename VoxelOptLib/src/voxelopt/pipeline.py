@@ -22,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from .allocator import release_free_memory
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .digest import DigestMemo
-from .errors import RegistrationCancelled
-from .inputs import align, check_inputs, checked_labels
+from .errors import InputWarning, RegistrationCancelled
+from .inputs import align, check_inputs, checked_labels, intensity_warnings
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
@@ -140,6 +141,10 @@ def register(
         checked = check_inputs(fixed, moving, config, fixed_mask, moving_mask)
         fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
+        notes = [note for image, what in ((checked.fixed, "fixed image"), (checked.moving, "moving image"))
+                 for note in intensity_warnings(image, what, config.hu_window)]
+        for note in notes:
+            warnings.warn(note, InputWarning, stacklevel=2)
         # The affine stage (SimpleITK on one thread, which releases the GIL) runs in the background
         # while torch is imported and the fixed image's features, which do not depend on the
         # alignment, are computed; any other alignment is quick and done at once, so that its
@@ -205,6 +210,7 @@ def register(
         fixed_grid=prepared.fixed_grid,
         moving=prepared.moving,
         grid_field=outputs["field"],
+        warnings=notes,
     )
 
 

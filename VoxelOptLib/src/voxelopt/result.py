@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import SimpleITK as sitk
 
@@ -57,6 +57,8 @@ class RegistrationResult:
             ``field``.
         fixed_grid: the fixed image's grid, where :attr:`warped` lives.
         moving: the moving image (kept to compute :attr:`warped` on demand).
+        warnings: what about the inputs may have spoiled the registration (see
+            :class:`voxelopt.InputWarning`, also issued as Python warnings), in ``metrics.json``.
     """
 
     field: sitk.Image
@@ -72,6 +74,7 @@ class RegistrationResult:
     moving: sitk.Image
     grid_field: Any = dataclasses.field(default=None, repr=False)  # the field as a tensor (voxelopt.outputs.GridField)
     _warped: Optional[sitk.Image] = dataclasses.field(default=None, repr=False)
+    warnings: List[str] = dataclasses.field(default_factory=list)
 
     # ------------------------------------------------------------------ outputs on demand
     def warp(self, image: sitk.Image, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
@@ -128,6 +131,7 @@ class RegistrationResult:
             "config": self.config.to_dict(),
             "device": self.device,
             "initial_transform": [list(row) for row in self.initial_transform],
+            "warnings": list(self.warnings),
         })
 
     # ------------------------------------------------------------------ writing
