@@ -55,3 +55,27 @@ def count_calls(monkeypatch, owner, name):
 
     monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1",
+                       description: str = "test series") -> Path:
+    """Write a 3-D CT image in HU as a DICOM series of signed 16-bit slices (one file per slice,
+    written in reverse order), its geometry in the Image Position / Orientation (Patient) tags
+    (LPS mm), as CT scanners store it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = sitk.Cast(image, sitk.sitkInt16)
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    orientation = "\\".join(f"{v:.10g}" for v in (*d[:, 0], *d[:, 1]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in reversed(range(image.GetSize()[2])):
+        slice_k = stored[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {"0008|0060": "CT", "0008|103e": description, "0020|000d": series_uid + ".0", "0020|000e": series_uid,
+                "0008|0018": f"{series_uid}.{k + 1}", "0020|0013": str(k + 1), "0020|0037": orientation,
+                "0020|0032": "\\".join(f"{v:.10g}" for v in position), "0018|0050": f"{image.GetSpacing()[2]:.10g}"}
+        for key, value in tags.items():
+            slice_k.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{series_uid}-{k:04d}.dcm"))
+        writer.Execute(slice_k)
+    return folder

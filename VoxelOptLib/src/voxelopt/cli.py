@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "solver's grid over the fixed image's box, warped(x) = moving(x + field(x))), "
                                    "warped.nii.gz (on the fixed grid, the moving pixel type), warped_labels.nii.gz "
                                    "(with --moving-labels), entropy.nii.gz, jacobian.nii.gz and metrics.json.")
-    p.add_argument("fixed", help="fixed image file")
-    p.add_argument("moving", help="moving image file")
+    p.add_argument("fixed", help="fixed image: a file (NIfTI, NRRD, MHA, ...) or a folder holding one DICOM series")
+    p.add_argument("moving", help="moving image: a file or a folder holding one DICOM series")
     p.add_argument("--out-dir", required=True, help="output directory")
     p.add_argument("--fixed-labels", help="fixed label map (for Dice/HD95)")
     p.add_argument("--moving-labels", help="moving label map (warped with nearest neighbour)")

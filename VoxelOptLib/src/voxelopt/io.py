@@ -61,10 +61,13 @@ ImageLike = Union[sitk.Image, ArrayImage, str, "os.PathLike[str]"]
 
 
 def read_image(path: PathLike, what: str = "image") -> sitk.Image:
-    """Read an image file, raising :class:`InputError` naming ``what`` and the path on failure."""
+    """Read an image file (any format SimpleITK reads) or a folder holding one DICOM series,
+    raising :class:`InputError` naming ``what`` and the path on failure."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} file not found: {path}")
+    if path.is_dir():
+        return read_dicom_series(path, what)
     if not path.is_file():
         raise InputError(f"{what} path is not a file: {path}")
     try:
@@ -77,6 +80,51 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
         if bad:
             raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
     return image
+
+
+def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
+    """The DICOM series in ``folder`` (its files, not subfolders) as one image, read by GDCM
+    through SimpleITK: slices ordered by position, geometry from the DICOM tags (LPS mm, like
+    every image here), voxel values with the rescale slope and intercept applied (CT in HU).
+
+    Raises :class:`InputError` when the folder holds no DICOM series, or several (listed with
+    their slice counts and descriptions: a folder per series, or a conversion such as
+    ``dcm2niix``, tells them apart).
+    """
+    folder = Path(folder)
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
+    if not series:
+        raise InputError(f"{what} folder {folder} holds no DICOM series (give an image file or a folder of one DICOM series)")
+    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
+    if len(series) > 1:
+        listing = "; ".join(f"{uid} ({len(names)} files{_series_description(names[0])})" for uid, names in files.items())
+        raise InputError(f"{what} folder {folder} holds {len(series)} DICOM series: {listing}; "
+                         "put the series to register in a folder of its own")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files[series[0]])
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise InputError(f"cannot read {what} DICOM series in {folder}: {first_line}") from None
+    if image.GetDimension() == 3 and image.GetSize()[2] < 2:
+        raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
+    return image
+
+
+def _series_description(file_name: str) -> str:
+    """``, "<Series Description>"`` of a DICOM file, or nothing when it has none or cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file_name)
+    try:
+        reader.ReadImageInformation()
+        text = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+    except RuntimeError:
+        text = ""
+    return f', "{text}"' if text else ""
 
 
 def read_images(items: Sequence[Tuple[Optional[PathLike], str]]) -> List[Optional[sitk.Image]]:
