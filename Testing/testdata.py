@@ -62,7 +62,10 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.8
     """Write a 3-D CT image in HU as a DICOM series of signed 16-bit slices (one file per slice,
     written in reverse order), its geometry in the Image Position / Orientation (Patient) tags
     (LPS mm), as CT scanners store it."""
+    import locale
+
     folder.mkdir(parents=True, exist_ok=True)
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer sets the C locale and leaves it
     stored = sitk.Cast(image, sitk.sitkInt16)
     d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     orientation = "\\".join(f"{v:.10g}" for v in (*d[:, 0], *d[:, 1]))
@@ -78,4 +81,5 @@ def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str = "1.2.8
             slice_k.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{series_uid}-{k:04d}.dcm"))
         writer.Execute(slice_k)
+    locale.setlocale(locale.LC_ALL, saved_locale)
     return folder

@@ -210,7 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         check_output_dir(out.parent)
         with atomic_output_dir(out.parent) as staging:
-            (staging / out.name).write_text(text)
+            (staging / out.name).write_text(text, encoding="utf-8")
     print(text)
     return 0
 
@@ -228,7 +228,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     results = entropy_distributions(read_image(args.fixed, "fixed image"), read_image(args.moving, "moving image"),
                                     names, config)
     with atomic_output_dir(out_dir) as staging:
-        (staging / "entropy.json").write_text(json.dumps(results, indent=2))
+        (staging / "entropy.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         plot_entropy_distributions(results, staging / "entropy.png")
     for name, stats in results.items():
         print(f"{name:>20s}: mean {stats['mean']:.3f} nats ({100 * stats['relative_mean']:.1f}% of ln L), "

@@ -177,7 +177,7 @@ class RegistrationResult:
                 report(number / len(wanted), f"writing {names[key]}")
                 if key == "metrics":
                     self.timings["write"] = time.perf_counter() - start
-                    (staging / names[key]).write_text(json.dumps(self.summary(), indent=2))
+                    (staging / names[key]).write_text(json.dumps(self.summary(), indent=2), encoding="utf-8")
                 elif key == "field":
                     write_field(self.field_image(field_grid), staging / names[key])
                 else:

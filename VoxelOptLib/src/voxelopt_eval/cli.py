@@ -139,7 +139,7 @@ def ablation_command(args: argparse.Namespace) -> int:
                               workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
                               threads=args.threads, progress=not args.quiet, init=init)
     if not args.quiet:
-        print(Path(paths["ablation_md"]).read_text())
+        print(Path(paths["ablation_md"]).read_text(encoding="utf-8"))
     return _print(run, args.quiet)
 
 

@@ -95,7 +95,7 @@ def read_pairs(csv_path: str, check_files: bool = True) -> List[PairSpec]:
     if not path.is_file():
         raise InputError(f"pairs file {path} does not exist")
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
@@ -171,7 +171,7 @@ def write_subject_list(csv_path: str, subjects: Sequence[Dict[str, str]]) -> Pat
     """Write a subject-list CSV (columns id, image, labels); paths are stored relative to it when possible."""
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["id", "image", "labels"])
         writer.writeheader()
         for subject in subjects:

@@ -118,7 +118,7 @@ def _csv_value(value: Any) -> Any:
 
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
         write(handle)
     os.replace(tmp, path)
 

@@ -157,7 +157,7 @@ def load_finished(out_dir: Path, job: Job) -> Optional[Dict[str, Any]]:
     """The stored record of ``job`` when it finished with the same key, else None."""
     path = record_path(out_dir, job)
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if record.get("status") == "ok" and record.get("key") == json.loads(json.dumps(job.key())):
@@ -169,7 +169,7 @@ def _store(out_dir: Path, job: Job, record: Dict[str, Any]) -> None:
     path = record_path(out_dir, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 
