@@ -291,7 +291,10 @@ def test_images_marked_constant_are_digested_once_for_all_registrations(pair, mo
                       sitk.Image(pair.moving_labels), cache=cache)
     assert built == [] and third.metrics["dice"] == fourth.metrics["dice"] == second.metrics["dice"]
     register(fixed, moving, SMALL, sitk.Image(pair.moving_labels), sitk.Image(pair.moving_labels), cache=cache)
-    assert built == [1]  # other fixed labels: a new scorer
+    assert built == [1]  # other fixed labels: a new scorer, which replaces the first (one is kept)
+    assert sum(key[0] == "label scorer" for key in cache._values) == 1
+    register(fixed, moving, SMALL, sitk.Image(pair.fixed_labels), sitk.Image(pair.moving_labels), cache=cache)
+    assert built == [1, 1]
     # entries go with their images (weak references)
     assert len(cache.constant_images) == 3
     del fixed, first, second, third, fourth, digested[:]

@@ -82,8 +82,10 @@ class FeatureCache:
             self._write(path, value)
         return self._remember(key, value)
 
-    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """Like :meth:`get_or_compute` for any value (e.g. scores before registration); memory only."""
+    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None) -> Any:
+        """Like :meth:`get_or_compute` for any value (e.g. scores before registration); memory
+        only, at most ``4 * max_items`` values. ``key`` is a tuple whose first item names the kind
+        of value; ``keep`` bounds the values of that kind (for large ones: the oldest go first)."""
         with self._lock:
             if key in self._values:
                 self.hits += 1
@@ -92,6 +94,10 @@ class FeatureCache:
         value = compute()
         with self._lock:
             self._values[key] = value
+            if keep is not None:
+                same_kind = [k for k in self._values if isinstance(k, tuple) and k[:1] == key[:1]]
+                for old in same_kind[:max(0, len(same_kind) - keep)]:
+                    del self._values[old]
             while len(self._values) > 4 * self.max_items:
                 self._values.pop(next(iter(self._values)))
         return value
