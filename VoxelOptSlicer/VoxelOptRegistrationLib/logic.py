@@ -434,16 +434,8 @@ class RegistrationLogic:
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
         config = _as_config(voxelopt, config)
-        if self.cacheVolumeCopies and self._volumeCopies is None:
-            self._volumeCopies = volumes.VolumeCopies()
-        elif not self.cacheVolumeCopies:
-            self._volumeCopies = None
-        if self._volumeCopies is not None:
-            fixed_image = self._volumeCopies.image(fixedVolume, "fixed")
-            moving_image = self._volumeCopies.image(movingVolume, "moving")
-        else:
-            fixed_image = volumes.sitk_from_volume_node(fixedVolume, "fixed")
-            moving_image = volumes.sitk_from_volume_node(movingVolume, "moving")
+        fixed_image = self._volumeImage(fixedVolume, "fixed")
+        moving_image = self._volumeImage(movingVolume, "moving")
         volumes.parent_transform_check(fixedVolume, ignore_roles=())
         volumes.parent_transform_check(movingVolume)
         for role, node in (("fixed", fixedSegmentation), ("moving", movingSegmentation)):
@@ -474,6 +466,17 @@ class RegistrationLogic:
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
             label_names, label_colors, time.perf_counter() - start,
         )
+
+    def _volumeImage(self, node, role: str):
+        """The SimpleITK copy of an input volume node, kept between runs unless ``cacheVolumeCopies`` is False."""
+        from . import volumes
+
+        if not self.cacheVolumeCopies:
+            self._volumeCopies = None
+            return volumes.sitk_from_volume_node(node, role)
+        if self._volumeCopies is None:
+            self._volumeCopies = volumes.VolumeCopies()
+        return self._volumeCopies.image(node, role)
 
     def compute(
         self,
