@@ -445,3 +445,7 @@ def test_folders_without_exactly_one_dicom_series_are_refused(files, tmp_path, c
     code, _, stderr = run(["register", both, moving, "--out-dir", tmp_path / "b", *FAST], capsys)
     assert code == 2 and "holds 2 DICOM series: 1.2.3.1 (4 files, \"arterial\"); 1.2.3.2 (4 files, \"venous\")" in stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    gap = write_dicom_series(sitk.ReadImage(str(files["fixed"])), tmp_path / "gap")
+    sorted(gap.iterdir())[7].unlink()  # a slice missing
+    code, _, stderr = run(["register", gap, moving, "--out-dir", tmp_path / "c", *FAST], capsys)
+    assert code == 2 and "has unevenly spaced slices" in stderr and not (tmp_path / "c").exists()

@@ -89,7 +89,8 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
 
     Raises :class:`InputError` when the folder holds no DICOM series, or several (listed with
     their slice counts and descriptions: a folder per series, or a conversion such as
-    ``dcm2niix``, tells them apart).
+    ``dcm2niix``, tells them apart), or one whose slices are unevenly spaced (a slice missing:
+    ITK would spread the others evenly, a wrong geometry).
     """
     folder = Path(folder)
     try:
@@ -112,7 +113,32 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
         raise InputError(f"cannot read {what} DICOM series in {folder}: {first_line}") from None
     if image.GetDimension() == 3 and image.GetSize()[2] < 2:
         raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
+    steps = _slice_steps(files[series[0]], image)
+    if steps is not None and np.ptp(steps) > max(0.01 * float(np.median(steps)), 1e-3):
+        raise InputError(f"{what} DICOM series in {folder} has unevenly spaced slices ({float(steps.min()):g} to "
+                         f"{float(steps.max()):g} mm apart: a slice missing, or a varying spacing), so it is no "
+                         "regular grid; complete it or resample it onto one first")
     return image
+
+
+def _slice_steps(file_names: Sequence[str], image: sitk.Image) -> Optional[np.ndarray]:
+    """The distances (mm) between successive slices of a DICOM series (files in position order)
+    along the normal of ``image``'s slices, from each file's Image Position (Patient); None when
+    a file has no position. ITK reads a series with a missing slice as evenly spaced (a
+    warning on standard error only): the positions tell. 0.3 ms per file."""
+    reader = sitk.ImageFileReader()
+    positions = []
+    for name in file_names:
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
+        except (RuntimeError, ValueError):
+            return None
+    if len(positions) < 3:
+        return None
+    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    return np.abs(np.diff(np.asarray(positions) @ normal))
 
 
 def _series_description(file_name: str) -> str:
