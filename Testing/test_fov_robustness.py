@@ -1,6 +1,7 @@
 """Robustness on a thin field of view: search limits from the scanned extent, and the real
 inter-patient pair A (moving) -> B (fixed) of ../shared/data/totalseg_ct, where B's scan covers
-40 mm of a 96 mm grid (the rest is air padding). Every preset must gain Dice there."""
+40 mm of a 96 mm grid (the rest is air padding). Every preset must gain Dice there, and in the
+other direction (the thin scan moving)."""
 
 import pytest
 import SimpleITK as sitk
@@ -42,5 +43,19 @@ def test_every_preset_gains_dice_on_a_thin_field_of_view(preset, init):
     m = result.metrics
     print(f"\nA->B {preset} init {init}: Dice {m['dice_initial_mean']:.3f} -> {m['dice_mean']:.3f}, "
           f"SDlogJ {m['sdlogj']:.3f}, folding {m['folding_percent']:.3f} %")
+    assert m["dice_mean"] >= m["dice_initial_mean"] + MIN_GAIN
+    assert m["folding_percent"] < 0.5
+
+
+@pytest.mark.parametrize("preset", ["abdomen", "paper", "accurate", "fast"])
+def test_every_preset_gains_dice_with_the_thin_scan_moving(preset):
+    """B (moving, thin) -> A (fixed), each preset from its own start (measured: 0.297 -> 0.374
+    abdomen, 0.393 accurate, 0.250 -> 0.383 fast, 0.236 -> 0.375 paper)."""
+    folder = shared_path("data", "totalseg_ct")
+    read = lambda name: sitk.ReadImage(str(folder / name))  # noqa: E731
+    config = RegistrationConfig.preset(preset)
+    if config.applies("weights"):
+        config = config.replace(weights=str(shared_path("models")))
+    m = register(read("A_img.nii.gz"), read("B_img.nii.gz"), config, read("A_lab.nii.gz"), read("B_lab.nii.gz")).metrics
     assert m["dice_mean"] >= m["dice_initial_mean"] + MIN_GAIN
     assert m["folding_percent"] < 0.5
