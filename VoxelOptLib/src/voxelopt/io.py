@@ -98,7 +98,8 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
     except RuntimeError:
         series = ()
     if not series:
-        raise InputError(f"{what} folder {folder} holds no DICOM series (give an image file or a folder of one DICOM series)")
+        raise InputError(f"{what} folder {folder} holds no DICOM series (its subfolders are not searched); give an "
+                         "image file or a folder holding the files of one DICOM series")
     files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
     if len(series) > 1:
         listing = "; ".join(f"{uid} ({len(names)} files{_series_description(names[0])})" for uid, names in files.items())
