@@ -156,9 +156,10 @@ SAMPLERS = ("auto", "torch", "compiled")
 def warp_images_streamed(movings: Sequence[sitk.Image], field: GridField, fixed_grid: Grid, nearest: Sequence[bool],
                          defaults: Sequence[Optional[float]], progress: Optional[ProgressCallback],
                          cancel: Optional[CancelCallback], sampler: str = "auto") -> List[sitk.Image]:
-    """:func:`warp_images` of scalar images, slab by slab of fixed-grid slices, straight into
-    output arrays of the moving pixel type. Label maps alone (nearest, 0 outside) are sampled only
-    in the box they can reach (:func:`labelled_region`).
+    """:func:`warp_images` of scalar images, slab by slab of fixed-grid slices, straight into the
+    output images' voxels (:func:`writable_array`), in the moving pixel type. Label maps alone
+    (nearest, 0 outside) are sampled only in the box they can reach (:func:`labelled_region`);
+    the rest of a new image is 0 already.
 
     ``sampler``: ``"compiled"``, the compiled CPU kernel (:class:`_CompiledSlabs`; RuntimeError
     without numba); ``"torch"``, torch on the field's device, the CPU or CUDA
