@@ -336,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the chosen subcommand's ``func``; a user error prints one ``error:``
-    line and returns 2, Ctrl-C prints ``error: interrupted`` and returns 130. Shared with
-    ``voxelopt-eval``."""
+    line and returns 2, an input warning one ``warning:`` line, Ctrl-C prints ``error:
+    interrupted`` and returns 130. Shared with ``voxelopt-eval``."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    _show_input_warnings()
     try:
         args = parser.parse_args(argv)
         return args.func(args)
@@ -369,7 +370,6 @@ def _show_input_warnings() -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``voxelopt`` command line; returns the exit status (2: a user error, 130: interrupted)."""
     keep_freed_memory()  # this process is ours: reuse freed arrays instead of page-faulting them in again
-    _show_input_warnings()
     try:
         return run_command(build_parser(), argv)
     except KeyboardInterrupt:  # while the parser is built
