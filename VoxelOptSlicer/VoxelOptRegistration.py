@@ -404,14 +404,21 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             (warped,) = self.logic.warpNodes(transform, [node], fixed)
             self.ui.resultsTextEdit.appendPlainText(_("Warped into the fixed space: ") + warped.GetName())
 
+    @staticmethod
+    def _requireWarped(warped) -> None:
+        if warped is None:
+            raise ValueError(_("There is no warped volume: tick 'Warped volume' and run the registration again."))
+
     def onCheckerboardButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not create the checkerboard."), waitCursor=True):
             _transform, fixed, warped = self._resultNodes()
+            self._requireWarped(warped)
             slicer.util.setSliceViewerLayers(background=self.logic.createCheckerboard(fixed, warped), foreground=None)
 
     def onDifferenceButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not create the difference."), waitCursor=True):
             _transform, fixed, warped = self._resultNodes()
+            self._requireWarped(warped)
             slicer.util.setSliceViewerLayers(background=self.logic.createDifference(fixed, warped), foreground=None)
 
     # ---------------------------------------------------------------- user presets

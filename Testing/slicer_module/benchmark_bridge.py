@@ -1,7 +1,7 @@
 """The Slicer bridge at native CT size: time and peak memory of the module's Logic on slicer-core
 (real MRML, no GUI), as a batch script or the Apply button runs it.
 
-    python Testing/slicer_module/benchmark_bridge.py [--case native300] [--preset abdomen]
+    python Testing/slicer_module/benchmark_bridge.py [--case native300] [--preset abdomen] [--no-warped-volume]
 
 The pseudo-CT pair of VoxelOptLib/benchmarks/benchmark.py (BTCV 2 <- 1, needs ../shared), resampled
 to the case's native size, is loaded as volume nodes and its label maps as segmentations; then
@@ -43,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="native300", choices=["paper", *benchmark.NATIVE])
     parser.add_argument("--preset", default=DEFAULT_PRESET)
+    parser.add_argument("--no-warped-volume", action="store_true",
+                        help="the module's 'Warped volume' unticked: the transform alone, no full-size resampling")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         _, paths = benchmark.paper_pair(Path(tmp))
@@ -67,7 +69,7 @@ def main() -> None:
     for attempt, alpha in ((1, config.alpha), (2, config.alpha * 1.5)):
         run_config = config.replace(alpha=alpha)
         start = time.perf_counter()
-        request = logic.prepare(fixed, moving, run_config, *segs, outputs=outputs)
+        request = logic.prepare(fixed, moving, run_config, *segs, outputs=outputs, warpedVolume=not args.no_warped_volume)
         prepared = time.perf_counter()
         computed = logic.compute(request.engineInputs)
         done = time.perf_counter()

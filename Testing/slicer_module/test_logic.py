@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 import slicer
 from slicer_test_helpers import requires_engine
-from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, phantom_nodes, volumes
+from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, parameters, phantom_nodes, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError
 from voxelopt.phantom import LABEL_NAMES
 
@@ -405,3 +405,33 @@ def test_views_are_set_up_when_the_scene_has_slice_views(scene):
     assert composite.GetForegroundVolumeID() == run.jacobianVolume.GetID()
     assert composite.GetForegroundOpacity() == pytest.approx(0.6)
     assert composite.GetCompositing() == composite.Add  # the Jacobian adds to the CT (black at det J = 1)
+
+
+def test_the_warped_volume_can_be_left_out(scene, monkeypatch):
+    """warpedVolume=False: no full-size resampling in compute and no warped volume written; the
+    progress still ends at 1; the "warped" overlay shows the moving volume through the transform;
+    through the parameter node, an earlier run's warped volume is no longer referenced as an
+    output (and is left as it was)."""
+    import voxelopt.result
+
+    nodes = phantom_nodes.add_phantom_volumes(scene)
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    logic.applyPreset(node, "fast")
+    parameters.set_values(node, {"levels": 2, "featureSpacing": 2.0, "device": "cpu"})  # as fast_config
+    first = logic.processParameterNode(node, showResult=False)
+    kept = volumes.array_from_volume_node(first.warpedVolume).copy()
+    assert node.GetNodeReference("outputVolume") is first.warpedVolume
+    monkeypatch.setattr(voxelopt.result.RegistrationResult, "warp", lambda *a, **k: pytest.fail("warped the volume"))
+    parameters.set_values(node, {"warpedVolume": False, "overlay": "warped", "alpha": 3.0})
+    messages = []
+    run = logic.processParameterNode(node, progress=lambda fraction, message: messages.append((fraction, message)))
+    assert run.warpedVolume is None and node.GetNodeReference("outputVolume") is None
+    assert messages[-1][0] == pytest.approx(1.0) and all(m != "warping the volume" for _, m in messages)
+    assert composite.GetForegroundVolumeID() == nodes["moving"].GetID()
+    assert nodes["moving"].GetParentTransformNode() is run.transform
+    np.testing.assert_array_equal(volumes.array_from_volume_node(first.warpedVolume), kept)  # left as it was
+    assert "warpedVolume" not in {p.name for p in parameters.REGISTRATION_VALUES}  # not part of a user preset

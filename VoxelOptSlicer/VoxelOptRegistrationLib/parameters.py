@@ -96,6 +96,9 @@ VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
     ValueParameter("overlay", str, "entropy", None, OVERLAY_CHOICES, "foreground shown over the fixed volume"),
     ValueParameter("overlayOpacity", float, 0.5, None, doc="foreground opacity (0-1)"),
     ValueParameter("autoUpdate", bool, False, None, doc="re-run the registration when a parameter changes"),
+    ValueParameter("warpedVolume", bool, True, None,
+                   doc="resample the moving volume onto the fixed grid (an output volume); off: the transform alone, "
+                       "through which the views show the moving volume warped"),
 )
 
 #: Node classes a mask may be: a segmentation (all its segments) or a label map (its nonzero voxels).
@@ -125,8 +128,11 @@ PARAMETER_NAMES: Tuple[str, ...] = tuple(VALUE_BY_NAME) + tuple(NODE_BY_NAME)
 
 #: Parameters that only change what is shown, never the registration (auto-update ignores them).
 DISPLAY_ONLY = ("overlay", "overlayOpacity", "autoUpdate", "preset")
+#: Parameters that choose which outputs are made (a re-run makes them; a user preset does not hold them).
+OUTPUT_CHOICES = ("warpedVolume",)
 #: The value parameters that change the registration: what a user preset holds.
-REGISTRATION_VALUES: Tuple[ValueParameter, ...] = tuple(p for p in VALUE_PARAMETERS if p.name not in DISPLAY_ONLY)
+REGISTRATION_VALUES: Tuple[ValueParameter, ...] = tuple(p for p in VALUE_PARAMETERS
+                                                        if p.name not in DISPLAY_ONLY + OUTPUT_CHOICES)
 
 
 def format_value(parameter: ValueParameter, value: Any) -> str:
