@@ -17,7 +17,7 @@ import slicer
 
 from .errors import InputNodeError
 from .volumes import (TemporaryNodes, ijk_to_ras_matrix, node_geometry_ras, set_volume_array, sitk_from_volume_node,
-                      sitk_geometry_ras, sitk_on_node_grid)
+                      sitk_ijk_to_ras_matrix, sitk_on_node_grid)
 
 RGB = Tuple[float, float, float]
 
@@ -325,11 +325,8 @@ def update_segmentation_from_labels(
     box holding the labelled voxels is handed to Slicer's import, as an extent of the label
     map's own voxel grid (so no voxel moves): the import's time grows with the map it is given.
     """
-    origin, spacing, direction = sitk_geometry_ras(labels)
-    ijk_to_ras = np.eye(4)
-    ijk_to_ras[:3, :3] = direction * spacing
-    ijk_to_ras[:3, 3] = origin
-    _import_labels(segmentation_node, sitk.GetArrayViewFromImage(labels), ijk_to_ras, names, colors, reference_volume)
+    _import_labels(segmentation_node, sitk.GetArrayViewFromImage(labels), sitk_ijk_to_ras_matrix(labels), names, colors,
+                   reference_volume)
 
 
 def add_segmentation_from_array(

@@ -168,10 +168,6 @@ class VolumeCopies:
         self._entries[role] = (key, image)
         return image
 
-    def clear(self) -> None:
-        """Forget every kept copy."""
-        self._entries.clear()
-
     @classmethod
     def _same_voxels(cls, view: np.ndarray, image: sitk.Image) -> bool:
         kept = sitk.GetArrayViewFromImage(image)
@@ -221,6 +217,15 @@ def sitk_geometry_ras(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray, np.nda
     direction_lps = np.array(image.GetDirection(), float).reshape(3, 3)
     origin_ras = LPS_TO_RAS @ np.array(image.GetOrigin(), float)
     return origin_ras, np.array(image.GetSpacing(), float), LPS_TO_RAS @ direction_lps
+
+
+def sitk_ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
+    """The 4x4 IJK -> RAS matrix of a SimpleITK image (:func:`ijk_to_ras_matrix` of the node it would make)."""
+    origin, spacing, direction = sitk_geometry_ras(image)
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * spacing
+    matrix[:3, 3] = origin
+    return matrix
 
 
 def set_node_geometry(node, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> None:

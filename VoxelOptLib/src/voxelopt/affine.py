@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, itk_message
 from .geometry import check_image
 from .io import PathLike
 
@@ -131,7 +131,7 @@ def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, m
         try:
             method.Execute(fixed, moving)
         except RuntimeError as error:
-            raise InputError(f"affine alignment failed (do the images overlap?): {_last_line(error)}") from None
+            raise InputError(f"affine alignment failed (do the images overlap?): {itk_message(error)}") from None
     return transform
 
 
@@ -271,10 +271,5 @@ def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
     try:
         transform = sitk.ReadTransform(str(path))
     except RuntimeError as error:
-        raise InputError(f"cannot read initial transform {path}: {_last_line(error)}") from None
+        raise InputError(f"cannot read initial transform {path}: {itk_message(error)}") from None
     return linear_to_affine(transform, f"initial transform {path}")
-
-
-def _last_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[-1] if text else "unknown error"

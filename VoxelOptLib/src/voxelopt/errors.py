@@ -25,3 +25,10 @@ class InputWarning(UserWarning):
 
 class RegistrationCancelled(VoxelOptError):
     """Raised between steps when the caller's cancel callback returns True."""
+
+
+def itk_message(error: Exception) -> str:
+    """The last line of a SimpleITK (ITK) exception's text, the one that says what went wrong
+    (the lines before give ITK's source file and line)."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown error"

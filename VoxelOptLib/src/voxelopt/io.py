@@ -24,7 +24,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, itk_message
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -73,8 +73,7 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise InputError(f"cannot read {what} {path}: {first_line}") from None
+        raise InputError(f"cannot read {what} {path}: {itk_message(error)}") from None
     if path.name.endswith((".nii", ".nii.gz")) and _may_hold_nonfinite(image):
         bad = nifti_nonfinite_count(path)
         if bad:
@@ -110,8 +109,7 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise InputError(f"cannot read {what} DICOM series in {folder}: {first_line}") from None
+        raise InputError(f"cannot read {what} DICOM series in {folder}: {itk_message(error)}") from None
     if image.GetDimension() == 3 and image.GetSize()[2] < 2:
         raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
     steps = _slice_steps(files[series[0]], image)

@@ -175,16 +175,16 @@ def warp_images_streamed(movings: Sequence[sitk.Image], field: GridField, fixed_
     arrays = [sitk.GetArrayViewFromImage(m) for m in movings]
     defaults = [float(value) if value is not None else (0.0 if near else float(array.min()))
                 for value, near, array in zip(defaults, nearest, arrays)]
-    everywhere = tuple(slice(0, n) for n in fixed_grid.shape)
-    box = everywhere
+    # new images are zero-filled: what a label box leaves out stays 0
+    images = [fixed_grid.apply_to(sitk.Image(list(fixed_grid.size), m.GetPixelID())) for m in movings]
+    box = tuple(slice(0, n) for n in fixed_grid.shape)
     if all(nearest) and not any(defaults):  # label maps: 0 wherever the field cannot reach a label
         boxes = [labelled_region(array, moving_grid, field, fixed_grid) for array in arrays]
         boxes = [b for b in boxes if b is not None]
         if not boxes:
-            return [fixed_grid.apply_to(sitk.Image(list(fixed_grid.size), m.GetPixelID())) for m in movings]  # zeros
+            return images
         box = tuple(slice(min(b[axis].start for b in boxes), max(b[axis].stop for b in boxes)) for axis in range(3))
-    images = [fixed_grid.apply_to(sitk.Image(list(fixed_grid.size), m.GetPixelID())) for m in movings]
-    outs = [writable_array(image) for image in images]  # zero-filled: what a label box leaves out stays 0
+    outs = [writable_array(image) for image in images]
     where = None
     # "auto" weighs the kernel's loading against the whole fixed grid, not a label box: the
     # image of a registration is warped onto the whole grid in the same process
