@@ -1,5 +1,5 @@
-"""The compiled warp kernel (voxelopt.compiled, numba): when it is used, and that it warps as
-SimpleITK does. Its agreement on registration fields is also tested with every streamed-warp
+"""The compiled kernels (voxelopt.compiled, numba): when they are used, that the warp kernel warps
+as SimpleITK does, and that the surface distances equal a KD-tree's. The warp kernel's agreement on registration fields is also tested with every streamed-warp
 test of test_pipeline.py (parametrized by sampler)."""
 
 import numpy as np
@@ -9,7 +9,9 @@ import torch
 
 from testdata import count_calls, make_image, oblique_direction, smooth_random_volume
 import voxelopt
-from voxelopt import compiled, outputs
+from scipy.spatial import cKDTree
+
+from voxelopt import compiled, metrics, outputs
 from voxelopt.geometry import Grid
 from voxelopt.outputs import GridField, warp_image_itk, warp_images_streamed
 
@@ -66,7 +68,7 @@ def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):
         warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "auto")
         return len(calls)
 
-    monkeypatch.setattr(compiled, "_kernel", None)  # not loaded in this process
+    monkeypatch.setattr(compiled, "_kernels", None)  # not loaded in this process
     assert not compiled.worth_it(int(np.prod(fixed_grid.size))) and warp() == 0
     monkeypatch.setattr(compiled, "MIN_POINTS", int(np.prod(fixed_grid.size)))
     assert warp() > 0  # a warp this large loads it
@@ -85,15 +87,15 @@ def test_a_kernel_that_cannot_load_leaves_the_warps_to_torch(monkeypatch):
     import types
 
     moving, fixed_grid, field = oblique_case(False)
-    monkeypatch.setattr(compiled, "_kernel", None)
+    monkeypatch.setattr(compiled, "_kernels", None)
     broken = types.ModuleType("voxelopt._numba_kernels")
     monkeypatch.setitem(sys.modules, "voxelopt._numba_kernels", broken)
     monkeypatch.setattr(voxelopt, "_numba_kernels", broken, raising=False)
     monkeypatch.setattr(compiled, "MIN_POINTS", 0)
     calls = count_calls(monkeypatch, compiled, "warp_slab")
-    with pytest.warns(UserWarning, match="compiled warp kernel is unavailable"):
+    with pytest.warns(UserWarning, match="compiled kernels are unavailable"):
         warped = warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "auto")[0]
-    assert calls == [] and compiled._kernel is False and not compiled.worth_it(10**9)
+    assert calls == [] and compiled._kernels is False and not compiled.worth_it(10**9)
     expected = warp_image_itk(moving, field, fixed_grid, False, None, None, None)
     assert np.abs(sitk.GetArrayFromImage(warped).astype(int) - sitk.GetArrayFromImage(expected)).max() <= 1
 
@@ -107,3 +109,72 @@ def test_the_kernel_refuses_outputs_beyond_the_fixed_grid():
                            0.0, False)
     with pytest.raises(ValueError, match="unknown sampler"):
         warp_images_streamed([moving], field, fixed_grid, [False], [None], None, None, "fastest")
+
+
+def _kd_distances(a, b, spacing):
+    a_mm, b_mm = a * np.asarray(spacing), b * np.asarray(spacing)
+    return cKDTree(b_mm).query(a_mm)[0], cKDTree(a_mm).query(b_mm)[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_surface_distances_equal_the_kd_tree_nearest_neighbours(seed):
+    """Exact nearest distances in mm both ways, on sets in and out of C order, far apart or
+    interleaved, of one voxel, and flat (a box one voxel thick), with anisotropic spacing."""
+    rng = np.random.default_rng(seed)
+    spacing = tuple(rng.uniform(0.4, 3.0, 3))
+    cases = [
+        (rng.integers(0, 30, (400, 3)), rng.integers(0, 30, (300, 3))),  # interleaved, unsorted
+        (np.unique(rng.integers(0, 12, (200, 3)), axis=0), np.unique(rng.integers(40, 50, (150, 3)), axis=0)),  # far apart, sorted
+        (np.array([[5, 6, 7]]), rng.integers(0, 20, (50, 3))),  # one voxel
+        (np.c_[np.full(60, 3), rng.integers(0, 25, (60, 2))], np.c_[np.full(40, 3), rng.integers(0, 25, (40, 2))]),  # one plane
+        (np.array([[0, 0, 0]]), np.array([[0, 0, 0]])),  # the same voxel
+    ]
+    got = compiled.surface_distances([(a.astype(np.int64), b.astype(np.int64)) for a, b in cases], spacing, threads=2)
+    for (a, b), (to_b, to_a) in zip(cases, got):
+        expected_to_b, expected_to_a = _kd_distances(a, b, spacing)
+        np.testing.assert_allclose(to_b, expected_to_b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(to_a, expected_to_a, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one voxel"):
+        compiled.surface_distances([(np.zeros((0, 3), np.int64), np.zeros((1, 3), np.int64))], spacing)
+
+
+@pytest.mark.parametrize("transforms", ["always", "mixed"])
+def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch, transforms):
+    """The scorer on a grid where the kernels pay (forced here) gives the KD-tree path's HD95,
+    labels far apart and nearly coinciding, lost or not, each label by either search."""
+    rng = np.random.default_rng(3)
+    fixed = np.zeros((30, 34, 38), np.uint8)
+    fixed[4:20, 5:25, 6:30] = 1
+    fixed[15:28, 20:32, 2:12] = 2
+    fixed[22:26, 3:9, 30:36] = 3
+    warped = np.roll(fixed, (1, -2, 1), axis=(0, 1, 2))  # nearly coinciding
+    warped[warped == 2] = 0
+    warped[2:8, 2:8, 2:8] = 2  # far from the fixed label 2
+    warped[warped == 3] = 0  # lost
+    warped[rng.random(warped.shape) < 0.01] = 1
+    spacing = (1.7, 0.8, 1.1)
+    monkeypatch.setattr(compiled, "MIN_POINTS", 10**12)
+    monkeypatch.setattr(compiled, "_kernels", None)
+    by_trees = metrics.label_metrics(fixed, fixed, warped, spacing)
+    calls = count_calls(monkeypatch, compiled, "surface_distances")
+    assert calls == [] and by_trees["labels_lost"] == [3]
+    monkeypatch.setattr(compiled, "MIN_POINTS", 0)
+    decisions = []  # "mixed": the far label (Dice 0) by the transforms, the other by a KD-tree
+    monkeypatch.setattr(metrics, "_transform_is_cheaper",
+                        lambda a, b, dice: decisions.append(transforms == "always" or dice == 0.0) or decisions[-1])
+    by_transforms = metrics.label_metrics(fixed, fixed, warped, spacing)
+    assert len(calls) == 1 and decisions == ([True, True] if transforms == "always" else [False, True])
+    assert by_transforms["labels"] == by_trees["labels"] and by_transforms["dice"] == by_trees["dice"]
+    for label, value in by_trees["hd95_mm"].items():
+        assert by_transforms["hd95_mm"][label] == pytest.approx(value, rel=1e-12)
+
+
+def test_the_cost_model_keeps_kd_trees_for_large_coinciding_surfaces():
+    """Distance transforms cost per voxel of the box, KD-tree queries per surface point (more when
+    the surfaces lie apart): a large organ-sized surface that nearly coincides with the fixed one
+    stays with the trees, the same surface 60 voxels away goes to the transforms."""
+    n = 400  # a box 400 voxels a side, 1.9 M surface points
+    face = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2)
+    cube = np.concatenate([np.insert(face, axis, value, axis=1) for axis in range(3) for value in (0, n - 1)])
+    assert not metrics._transform_is_cheaper(cube, cube + 1, dice=0.95)
+    assert metrics._transform_is_cheaper(cube, cube + 60, dice=0.2)

@@ -72,3 +72,112 @@ def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_m
             if integer:
                 value = min(max(np.rint(value), low), high)
             out[zl, yl, xl] = value
+
+
+# ------------------------------------------------------------------ surface distances
+# An exact Euclidean distance transform (Felzenszwalb and Huttenlocher's lower envelope of
+# parabolas, one axis at a time) over a box (Z, Y, X) of squared distances ``d`` (float64, mm^2)
+# to the feature voxels (``features``, bool); ``step2_*`` is the squared voxel size along an axis.
+# Axis 0 by a forward and a backward sweep, axis 1 by the lower envelope per plane, axis 2 by the
+# lower envelope of each row that holds query points, evaluated only there.
+
+
+@numba.njit(nogil=True, cache=True)
+def distance_sweep_axis0(features, d, step2_z, y_start, y_stop):  # pragma: no cover - compiled; tested through voxelopt.compiled
+    """Columns (y, x) for y in ``y_start .. y_stop - 1``: ``d`` gets the squared distance (mm^2)
+    along axis 0 to the nearest feature in the same column, inf if there is none."""
+    size_z, size_x = d.shape[0], d.shape[2]
+    last = np.empty(size_x, np.int64)
+    for y in range(y_start, y_stop):
+        last[:] = -1
+        for z in range(size_z):
+            for x in range(size_x):
+                if features[z, y, x]:
+                    last[x] = z
+                t = z - last[x]
+                d[z, y, x] = np.inf if last[x] < 0 else step2_z * t * t
+        last[:] = -1
+        for z in range(size_z - 1, -1, -1):
+            for x in range(size_x):
+                if features[z, y, x]:
+                    last[x] = z
+                elif last[x] >= 0:
+                    t = last[x] - z
+                    nearer = step2_z * t * t
+                    if nearer < d[z, y, x]:
+                        d[z, y, x] = nearer
+
+
+@numba.njit(nogil=True, cache=True)
+def _lower_envelope(f, n, step2, vertex, boundary):  # pragma: no cover - compiled
+    """The lower envelope of the parabolas ``f[p] + step2 (q - p)^2`` (p with finite ``f[p]``):
+    parabola ``vertex[j]`` is lowest for q in ``boundary[j] .. boundary[j + 1]``; returns the index
+    of the last parabola (-1 when every ``f`` is inf)."""
+    last = -1
+    for q in range(n):
+        fq = f[q]
+        if fq == np.inf:
+            continue
+        hq = fq + step2 * q * q
+        cross = 0.0
+        while last >= 0:
+            p = vertex[last]
+            cross = (hq - (f[p] + step2 * p * p)) / (2.0 * step2 * (q - p))
+            if cross <= boundary[last]:
+                last -= 1
+            else:
+                break
+        last += 1
+        vertex[last] = q
+        boundary[last] = -np.inf if last == 0 else cross
+    return last
+
+
+@numba.njit(nogil=True, cache=True)
+def distance_envelope_axis1(d, step2_y, z_start, z_stop):  # pragma: no cover - compiled
+    """In place, planes ``z_start .. z_stop - 1``: the squared distances of axes 0 and 1 together,
+    from those of axis 0 (each plane's columns copied into a transposed buffer, so each line is
+    contiguous)."""
+    size_y, size_x = d.shape[1], d.shape[2]
+    lines = np.empty((size_x, size_y))
+    vertex = np.empty(size_y, np.int64)
+    boundary = np.empty(size_y + 1)
+    for z in range(z_start, z_stop):
+        for y in range(size_y):
+            for x in range(size_x):
+                lines[x, y] = d[z, y, x]
+        for x in range(size_x):
+            f = lines[x]
+            last = _lower_envelope(f, size_y, step2_y, vertex, boundary)
+            if last < 0:
+                continue
+            j = 0
+            for q in range(size_y):
+                while j < last and boundary[j + 1] < q:
+                    j += 1
+                p = vertex[j]
+                d[z, q, x] = f[p] + step2_y * (q - p) * (q - p)
+
+
+@numba.njit(nogil=True, cache=True)
+def distance_at_points_axis2(d, step2_x, row_z, row_y, row_first, query_x, out, row_start, row_stop):  # pragma: no cover - compiled
+    """The distance (mm) at the query points: rows ``row_start .. row_stop - 1`` of (``row_z``,
+    ``row_y``) hold the queries ``row_first[r] .. row_first[r + 1] - 1`` at columns ``query_x``
+    (ascending within a row); ``out`` gets the square root of the lower envelope of the row's
+    squared distances of axes 0 and 1 (inf when there is no feature)."""
+    size_x = d.shape[2]
+    vertex = np.empty(size_x, np.int64)
+    boundary = np.empty(size_x + 1)
+    for r in range(row_start, row_stop):
+        f = d[row_z[r], row_y[r]]
+        last = _lower_envelope(f, size_x, step2_x, vertex, boundary)
+        j = 0
+        for n in range(row_first[r], row_first[r + 1]):
+            if last < 0:
+                out[n] = np.inf
+                continue
+            q = query_x[n]
+            while j < last and boundary[j + 1] < q:
+                j += 1
+            p = vertex[j]
+            out[n] = np.sqrt(f[p] + step2_x * (q - p) * (q - p))

@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the full-grid warps (optional: ``numba``, in the extra ``fast``).
+"""Compiled CPU kernels for the full-grid warps and the label scores' surface distances
+(optional: ``numba``, in the extra ``fast``).
 
 On the CPU, PyTorch's ``grid_sample`` runs a scalar loop for 3-D volumes (25-38 ms per million
 points on 2 cores) and samples float32 only, so the torch path of
@@ -9,10 +10,15 @@ arrays: a whole 512x512x600 int16 CT warp in 11-14 ms per million points on 2 co
 28-31 ms for the torch path (see the README's *Performance*). Its rules are the torch path's
 and ITK's.
 
-Cost: numba compiles the kernel once per pixel type (about 0.8 s; the machine code is cached on
-disk, beside this module or in the user's cache directory) and each process loads it once
-(about 0.45 s with numba's import). So a warp uses the kernel only when it is worth that:
-:func:`worth_it` (the kernel already loaded, or a fixed grid of at least :data:`MIN_POINTS`
+:func:`surface_distances` gives the HD95's nearest-surface distances by exact Euclidean distance
+transforms over each label's box instead of KD-tree queries (SciPy's ``cKDTree``, about 4 µs of
+CPU per surface point at native CT resolution, most where the surfaces lie far apart, as before
+registration).
+
+Cost: numba compiles the kernels once (about 0.8 s per warp pixel type; the machine code is
+cached on disk, beside this module or in the user's cache directory) and each process loads them
+once (about 0.45 s with numba's import). So a warp or a score uses them only when it is worth that:
+:func:`worth_it` (the kernels already loaded, or a fixed grid of at least :data:`MIN_POINTS`
 voxels).
 ``VOXELOPT_COMPILED=0`` in the environment turns the kernels off (A/B benchmarks, tests).
 """
@@ -25,7 +31,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -36,15 +42,16 @@ import numpy as np
 MIN_POINTS = 30_000_000
 
 _lock = threading.Lock()
-_kernel = None  # the loaded kernel, or False when numba is not installed or turned off
+_kernels = None  # the loaded kernels (module voxelopt._numba_kernels), or False when numba is not installed or turned off
+_KERNELS = ("warp_rows", "distance_sweep_axis0", "distance_envelope_axis1", "distance_at_points_axis2")
 
 
 def enabled() -> bool:
     """Whether the kernels can run here: numba installed and ``VOXELOPT_COMPILED`` not ``0``."""
     if os.environ.get("VOXELOPT_COMPILED", "1") == "0":
         return False
-    if _kernel is not None:
-        return _kernel is not False
+    if _kernels is not None:
+        return _kernels is not False
     try:
         return importlib.util.find_spec("numba") is not None
     except (ImportError, ValueError):
@@ -52,30 +59,34 @@ def enabled() -> bool:
 
 
 def worth_it(points: int) -> bool:
-    """Whether a warp of ``points`` fixed-grid points should use :func:`warp_slab` (see the
-    module); loads the kernel when the answer is yes (False if that fails)."""
-    return enabled() and (bool(_kernel) or (points >= MIN_POINTS and bool(_load())))
+    """Whether a warp or a score on a fixed grid of ``points`` voxels should use the kernels (see
+    the module); loads them when the answer is yes (False if that fails)."""
+    return enabled() and (bool(_kernels) or (points >= MIN_POINTS and bool(_load())))
 
 
 def _load():
-    """The kernel, loaded (compiled the first time) once per process; False when numba cannot
-    provide it (not installed, incompatible with this numpy, no cache location), with a warning
-    in the last two cases: the warps then use torch."""
-    global _kernel
+    """The kernels, loaded (compiled the first time) once per process; False when numba cannot
+    provide them (not installed, incompatible with this numpy, no cache location), with a warning
+    in the last two cases: the warps then use torch, the scores SciPy's KD-tree."""
+    global _kernels
+    unavailable = "the compiled kernels are unavailable ({}); warping with torch, scoring with SciPy"
     with _lock:
-        if _kernel is None:
+        if _kernels is None:
             try:
                 from . import _numba_kernels
 
-                _kernel = _numba_kernels.warp_rows
+                missing = [name for name in _KERNELS if not hasattr(_numba_kernels, name)]
+                if missing:
+                    raise AttributeError(f"voxelopt._numba_kernels has no {', '.join(missing)}")
+                _kernels = _numba_kernels
             except ImportError as error:
-                _kernel = False
+                _kernels = False
                 if importlib.util.find_spec("numba") is not None:
-                    warnings.warn(f"the compiled warp kernel is unavailable ({error}); warping with torch")
+                    warnings.warn(unavailable.format(error))
             except Exception as error:  # e.g. numba's "cannot cache function ...: no locator available"
-                _kernel = False
-                warnings.warn(f"the compiled warp kernel is unavailable ({error}); warping with torch")
-    return _kernel
+                _kernels = False
+                warnings.warn(unavailable.format(error))
+    return _kernels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +120,7 @@ def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], 
 
     Raises RuntimeError when the kernels are not available (see :func:`enabled`).
     """
-    kernel = _load() if enabled() else False
-    if not kernel:
-        raise RuntimeError("compiled kernels are not available (numba is not installed or VOXELOPT_COMPILED=0)")
+    kernels = _loaded()
     if source.ndim != 3 or out.ndim != 3 or where.field.ndim != 4 or where.field.shape[0] != 3:
         raise ValueError(f"warp_slab: source {source.shape}, out {out.shape}, field {where.field.shape}")
     if any(s + n > len(axis[0]) for s, n, axis in zip(start, out.shape, (where.z, where.y, where.x))):
@@ -120,35 +129,110 @@ def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], 
     low, high = (float(np.iinfo(out.dtype).min), float(np.iinfo(out.dtype).max)) if integer else (-np.inf, np.inf)
     if integer:
         default = min(max(float(np.rint(default)), low), high)
+    args = (source, where.field, *where.x, *where.y, *where.z, where.to_moving, where.offset, *start, out,
+            float(default), bool(nearest), bool(integer), low, high)
+    _in_parts(kernels.warp_rows, args, out.shape[0] * out.shape[1], threads, "warp")
+
+
+def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zyx: Sequence[float],
+                      threads: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """For each pair ``(a, b)`` of non-empty voxel sets of one grid ((N, 3) integer (z, y, x)
+    indices): the distance in mm from every voxel of ``a`` to the nearest voxel of ``b``, and from
+    every voxel of ``b`` to the nearest of ``a`` (in their order) — the nearest-neighbour distances
+    of their centres in mm, as a KD-tree gives them (equal to about 10^-13 mm), by exact Euclidean
+    distance transforms over the box holding both sets, one box buffer for all pairs.
+
+    Raises RuntimeError when the kernels are not available (see :func:`enabled`).
+    """
+    kernels = _loaded()
+    step2 = [float(s) ** 2 for s in spacing_zyx]
+    boxes = []
+    for a, b in pairs:
+        if not len(a) or not len(b):
+            raise ValueError("surface_distances: every set must hold at least one voxel")
+        low = np.minimum(a.min(axis=0), b.min(axis=0))
+        boxes.append((low, tuple(int(n) for n in np.maximum(a.max(axis=0), b.max(axis=0)) - low + 1)))
+    largest = max((int(np.prod(shape)) for _, shape in boxes), default=0)
+    squared, marks = np.empty(largest), np.zeros(largest, dtype=bool)  # the boxes' working memory
+    results = []
+    for (a, b), (low, shape) in zip(pairs, boxes):
+        size = int(np.prod(shape))
+        results.append(tuple(_distances_to(kernels, squared[:size].reshape(shape), marks[:size].reshape(shape),
+                                           np.asarray(features, np.int64) - low, np.asarray(queries, np.int64) - low,
+                                           step2, threads)
+                             for features, queries in ((b, a), (a, b))))
+    return results
+
+
+def _distances_to(kernels, d: np.ndarray, marks: np.ndarray, features: np.ndarray, queries: np.ndarray,
+                  step2: Sequence[float], threads: Optional[int]) -> np.ndarray:
+    """The distances (mm) from ``queries`` to the nearest of ``features`` (both box indices), with
+    ``d`` (float64) and ``marks`` (bool, all False; left so) of the box's shape as working memory."""
+    at = (features[:, 0], features[:, 1], features[:, 2])
+    marks[at] = True
+    try:
+        _in_parts(kernels.distance_sweep_axis0, (marks, d, step2[0]), d.shape[1], threads, "distance")
+    finally:
+        marks[at] = False
+    _in_parts(kernels.distance_envelope_axis1, (d, step2[1]), d.shape[0], threads, "distance")
+    row = queries[:, 0] * d.shape[1] + queries[:, 1]
+    order = None
+    if np.any(np.diff(row * d.shape[2] + queries[:, 2]) < 0):  # surface voxels come in C order; others are sorted
+        order = np.argsort(row * d.shape[2] + queries[:, 2], kind="stable")
+        row, queries = row[order], queries[order]
+    first = np.flatnonzero(np.diff(row, prepend=-1))
+    rows = row[first]
+    out = np.empty(len(row))
+    _in_parts(kernels.distance_at_points_axis2, (d, step2[2], rows // d.shape[1], rows % d.shape[1],
+                                                 np.append(first, len(row)).astype(np.int64),
+                                                 np.ascontiguousarray(queries[:, 2]), out), len(rows), threads, "distance")
+    if order is None:
+        return out
+    unsorted = np.empty_like(out)
+    unsorted[order] = out
+    return unsorted
+
+
+def _loaded():
+    """The kernels; RuntimeError when they are not available."""
+    kernels = _load() if enabled() else False
+    if not kernels:
+        raise RuntimeError("compiled kernels are not available (numba is not installed or VOXELOPT_COMPILED=0)")
+    return kernels
+
+
+def _in_parts(kernel, args: tuple, count: int, threads: Optional[int], pool: str) -> None:
+    """``kernel(*args, start, stop)`` over ``0 .. count - 1`` in one part per thread (default:
+    torch's thread count) of the worker pool named ``pool``; the kernels release the GIL, so the
+    parts run at once."""
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    rows = out.shape[0] * out.shape[1]
-    parts = max(1, min(int(threads), rows))
-    bounds = [rows * n // parts for n in range(parts + 1)]
-    args = (source, where.field, *where.x, *where.y, *where.z, where.to_moving, where.offset, *start, out,
-            float(default), bool(nearest), bool(integer), low, high)
+    parts = max(1, min(int(threads), count))
     if parts == 1:
-        kernel(*args, 0, rows)
+        kernel(*args, 0, count)
         return
-    pool = _row_pool(parts)  # the kernel releases the GIL: the parts run at once
-    for future in [pool.submit(kernel, *args, bounds[n], bounds[n + 1]) for n in range(parts)]:
+    bounds = [count * n // parts for n in range(parts + 1)]
+    workers = _worker_pool(pool, parts)
+    for future in [workers.submit(kernel, *args, bounds[n], bounds[n + 1]) for n in range(parts)]:
         future.result()
 
 
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_size = 0
+_pools: Dict[str, Tuple[ThreadPoolExecutor, int]] = {}  # name -> (pool, its threads)
 
 
-def _row_pool(threads: int) -> ThreadPoolExecutor:
-    """One pool of worker threads for the kernel's rows, kept across slabs and warps (a warp has
-    150 slabs at 512x512x600; starting the threads for each cost more as the count grows); made
-    anew when more threads are asked for."""
-    global _pool, _pool_size
+def _worker_pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """The pool of worker threads named ``name``, kept across calls (a warp has 150 slabs at
+    512x512x600; starting the threads for each cost more as the count grows); made anew when more
+    threads are asked for. The warps and the distance transforms have a pool each: the label
+    scores run beside a warp (:func:`voxelopt.stages.solved_outputs`), and in one pool each would
+    wait for the other's parts."""
     with _lock:
-        if _pool is None or _pool_size < threads:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_size = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="voxelopt-warp"), threads
-        return _pool
+        pool, size = _pools.get(name, (None, 0))
+        if pool is None or size < threads:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxelopt-{name}")
+            _pools[name] = (pool, threads)
+        return pool
