@@ -234,26 +234,73 @@ COMPRESSION_LEVEL = 1
 def write_image(image: sitk.Image, path: PathLike) -> None:
     """Write an image; its format follows the file name (``.nii`` is uncompressed).
 
-    ``.nii.gz`` is written by SimpleITK as an uncompressed ``.nii`` beside the target, then
-    gzip-compressed on every core (:mod:`voxelopt.compression`; SimpleITK's own writer compresses
-    on one core); other compressed formats (``.nrrd``, ``.mha``) at gzip level 1 by SimpleITK.
+    ``.nii.gz`` is gzip-compressed on every core (:mod:`voxelopt.compression`; SimpleITK's own
+    writer compresses on one core): a 3-D scalar image straight from its voxels behind the NIfTI
+    header SimpleITK writes for its geometry (:func:`nifti_header`; the bytes are those of
+    SimpleITK's ``.nii``), other images through an uncompressed ``.nii`` SimpleITK writes beside
+    the target; other compressed formats (``.nrrd``, ``.mha``) at gzip level 1 by SimpleITK.
     """
     path = Path(path)
     if not path.name.endswith(".nii.gz"):
         sitk.WriteImage(image, str(path), True, COMPRESSION_LEVEL)
         return
-    from .compression import gzip_file
+    from .compression import gzip_buffers, gzip_file
 
     plain = path.with_name(f".{path.name[:-len('.gz')]}")
     try:
-        sitk.WriteImage(image, str(plain), False)
-        gzip_file(plain, path, COMPRESSION_LEVEL)
+        header = nifti_header(image, path.parent)
+        if header is not None:
+            gzip_buffers([header, sitk.GetArrayViewFromImage(image)], path, COMPRESSION_LEVEL)
+        else:
+            sitk.WriteImage(image, str(plain), False)
+            gzip_file(plain, path, COMPRESSION_LEVEL)
     except BaseException:
         path.unlink(missing_ok=True)  # no partial file under the output's name
         raise
     finally:
         if plain.exists():
             plain.unlink()
+
+
+#: NIfTI-1: the header's size, where the voxels start in a ``.nii``, and the byte offsets of the
+#: header's fields ``dim`` (8 int16) and ``vox_offset`` (float32).
+_NIFTI_HEADER_BYTES, _NIFTI_VOXEL_OFFSET, _NIFTI_DIM, _NIFTI_VOX_OFFSET = 348, 352, 40, 108
+
+
+def nifti_header(image: sitk.Image, folder: PathLike) -> Optional[bytes]:
+    """The first bytes of the ``.nii`` file SimpleITK writes for ``image``, up to its voxels, for a
+    3-D scalar image; None for any other (vector images are stored planar, unlike in memory).
+
+    SimpleITK writes them for a 1x1x1 image with the same pixel type, geometry and metadata (in a
+    temporary file in ``folder``); only the image size (``dim[1..3]``) depends on the voxels'
+    count, and is set here. Anything unexpected in that file (another byte order, header size or
+    voxel offset) gives None: the caller then has SimpleITK write the whole image.
+    """
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return None
+    if max(image.GetSize()) > np.iinfo(np.int16).max:
+        return None
+    probe = sitk.Image([1, 1, 1], image.GetPixelID())
+    probe.SetSpacing(image.GetSpacing())
+    probe.SetOrigin(image.GetOrigin())
+    probe.SetDirection(image.GetDirection())
+    for key in image.GetMetaDataKeys():
+        probe.SetMetaData(key, image.GetMetaData(key))
+    handle, name = tempfile.mkstemp(suffix=".nii", prefix=".header-", dir=str(folder))
+    os.close(handle)
+    try:
+        sitk.WriteImage(probe, name, False)
+        data = Path(name).read_bytes()
+    finally:
+        os.unlink(name)
+    pixel_bytes = sitk.GetArrayViewFromImage(probe).itemsize
+    dims = struct.unpack_from("<4h", data, _NIFTI_DIM)
+    if (len(data) != _NIFTI_VOXEL_OFFSET + pixel_bytes or struct.unpack_from("<i", data, 0)[0] != _NIFTI_HEADER_BYTES
+            or struct.unpack_from("<f", data, _NIFTI_VOX_OFFSET)[0] != _NIFTI_VOXEL_OFFSET or dims != (3, 1, 1, 1)):
+        return None
+    header = bytearray(data[:_NIFTI_VOXEL_OFFSET])
+    struct.pack_into("<3h", header, _NIFTI_DIM + 2, *image.GetSize())
+    return bytes(header)
 
 
 def write_field(field: sitk.Image, path: PathLike) -> None:
