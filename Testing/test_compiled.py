@@ -158,6 +158,7 @@ def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch
     by_trees = metrics.label_metrics(fixed, fixed, warped, spacing)
     calls = count_calls(monkeypatch, compiled, "surface_distances")
     assert calls == [] and by_trees["labels_lost"] == [3]
+    assert compiled._kernels is None  # a grid below the threshold does not load the kernels
     monkeypatch.setattr(compiled, "MIN_POINTS", 0)
     decisions = []  # "mixed": the far label (Dice 0) by the transforms, the other by a KD-tree
     monkeypatch.setattr(metrics, "_transform_is_cheaper",

@@ -144,6 +144,8 @@ def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zy
 
     Raises RuntimeError when the kernels are not available (see :func:`enabled`).
     """
+    if not pairs:
+        return []
     kernels = _loaded()
     step2 = [float(s) ** 2 for s in spacing_zyx]
     boxes = []

@@ -169,8 +169,10 @@ class LabelScorer:
         the 95th percentile of the distances fixed -> warped and warped -> fixed, pooled."""
         by_transform = [label for label in labels if self._transforms and _transform_is_cheaper(
             self._fixed_points[label], warped_voxels[label], dice[label])]
-        both = dict(zip(by_transform, compiled.surface_distances(
-            [(self._fixed_points[label], warped_voxels[label]) for label in by_transform], self.spacing_zyx)))
+        both = {}
+        if by_transform:
+            both = dict(zip(by_transform, compiled.surface_distances(
+                [(self._fixed_points[label], warped_voxels[label]) for label in by_transform], self.spacing_zyx)))
         for label in labels:
             if label not in both:
                 fixed_tree = self._fixed_trees.get(label)
