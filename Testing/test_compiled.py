@@ -170,12 +170,20 @@ def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch
         assert by_transforms["hd95_mm"][label] == pytest.approx(value, rel=1e-12)
 
 
-def test_the_cost_model_keeps_kd_trees_for_large_coinciding_surfaces():
+def test_the_cost_model_weighs_box_voxels_against_surface_points(monkeypatch):
     """Distance transforms cost per voxel of the box, KD-tree queries per surface point (more when
-    the surfaces lie apart): a large organ-sized surface that nearly coincides with the fixed one
-    stays with the trees, the same surface 60 voxels away goes to the transforms."""
-    n = 400  # a box 400 voxels a side, 1.9 M surface points
-    face = np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2)
-    cube = np.concatenate([np.insert(face, axis, value, axis=1) for axis in range(3) for value in (0, n - 1)])
-    assert not metrics._transform_is_cheaper(cube, cube + 1, dice=0.95)
-    assert metrics._transform_is_cheaper(cube, cube + 60, dice=0.2)
+    the surfaces lie apart): few surface points in a large box, nearly coinciding, stay with the
+    trees; a compact surface 60 voxels from its counterpart goes to the transforms, unless the box
+    exceeds the memory cap."""
+    def cube_surface(n, step=1):
+        face = np.stack(np.meshgrid(np.arange(0, n, step), np.arange(0, n, step), indexing="ij"), -1).reshape(-1, 2)
+        return np.concatenate([np.insert(face, axis, value, axis=1) for axis in range(3) for value in (0, n - 1)])
+
+    sparse = cube_surface(300, step=10)  # 5 k points in a box of 300^3
+    assert not metrics._transform_is_cheaper(sparse, sparse + 1, dice=0.95)
+    compact = cube_surface(160)  # 154 k points
+    assert metrics._transform_is_cheaper(compact, compact + 60, dice=0.2)
+    large = cube_surface(320)  # 614 k points: cheaper by the transforms, but a box of 330^3 voxels
+    assert 330**3 > metrics.MAX_TRANSFORM_BOX_VOXELS and not metrics._transform_is_cheaper(large, large + 10, dice=0.0)
+    monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 330**3)
+    assert metrics._transform_is_cheaper(large, large + 10, dice=0.0)

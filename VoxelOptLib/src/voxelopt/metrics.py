@@ -307,13 +307,18 @@ def _union_box(a: Optional[Tuple[slice, ...]], b: Optional[Tuple[slice, ...]]) -
 #: the label's Dice tells.
 TRANSFORM_NS_PER_BOX_VOXEL = 17.0
 TREE_NS_PER_POINT = 450.0
+#: Largest box the distance transforms take (9 bytes of working memory per voxel: 0.29 GB); a
+#: label whose surfaces span more (a body outline) is left to the KD-tree.
+MAX_TRANSFORM_BOX_VOXELS = 32_000_000
 
 
 def _transform_is_cheaper(a: np.ndarray, b: np.ndarray, dice: float) -> bool:
     """Whether the distance transforms over the box of voxel sets ``a`` and ``b`` are expected to
-    be faster than the KD-tree queries between them (the results are the same)."""
+    be faster than the KD-tree queries between them (the results are the same), within
+    :data:`MAX_TRANSFORM_BOX_VOXELS`."""
     box = np.prod(np.maximum(a.max(axis=0), b.max(axis=0)) - np.minimum(a.min(axis=0), b.min(axis=0)) + 1.0)
-    return TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * (len(a) + len(b)) * (3.0 - 2.0 * dice)
+    return (box <= MAX_TRANSFORM_BOX_VOXELS
+            and TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * (len(a) + len(b)) * (3.0 - 2.0 * dice))
 
 
 def _tree(points: np.ndarray) -> cKDTree:
