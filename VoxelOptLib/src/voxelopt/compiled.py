@@ -179,8 +179,9 @@ def _distances_to(kernels, d: np.ndarray, marks: np.ndarray, features: np.ndarra
     _in_parts(kernels.distance_envelope_axis1, (d, step2[1]), d.shape[0], threads, "distance")
     row = queries[:, 0] * d.shape[1] + queries[:, 1]
     order = None
-    if np.any(np.diff(row * d.shape[2] + queries[:, 2]) < 0):  # surface voxels come in C order; others are sorted
-        order = np.argsort(row * d.shape[2] + queries[:, 2], kind="stable")
+    linear = row * d.shape[2] + queries[:, 2]
+    if np.any(np.diff(linear) < 0):  # surface voxels come in C order; others are sorted into it
+        order = np.argsort(linear, kind="stable")
         row, queries = row[order], queries[order]
     first = np.flatnonzero(np.diff(row, prepend=-1))
     rows = row[first]
