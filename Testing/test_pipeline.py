@@ -657,7 +657,7 @@ def test_a_core_is_kept_for_the_affine_stage_only_beside_light_features(pair, he
 
 def test_outputs_are_written_straight_into_new_images():
     """``writable_array`` is a view of a new image's own voxels (K, J, I), in its pixel type."""
-    from voxelopt.outputs import writable_array
+    from voxelopt.io import writable_array
 
     image = sitk.Image([5, 4, 3], sitk.sitkUInt16)
     array = writable_array(image)

@@ -200,3 +200,29 @@ def test_labels_round_trip_through_a_segmentation_on_an_oblique_grid(scene):
     empty.CopyInformation(reference)
     segmentations.update_segmentation_from_labels(node, empty, {}, None, reference_node)
     assert segmentations.segment_names(node) == []
+
+
+def test_a_shared_image_is_the_nodes_voxels_and_outlives_its_last_reference(scene):
+    """``share=True``: the node's voxels are the SimpleITK image's own buffer (no copy), kept
+    alive by VTK after the caller drops the image; without it the voxels are copied."""
+    import gc
+
+    def address(array):
+        return array.__array_interface__["data"][0]
+
+    image = _sitk_image((30, 20, 10), (0.8, 0.9, 1.5), 0.0)
+    expected = sitk.GetArrayFromImage(image)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "shared")
+    volumes.update_volume_node_from_sitk(node, image, share=True)
+    assert address(volumes._voxel_view(node)) == address(sitk.GetArrayViewFromImage(image))
+    del image
+    gc.collect()
+    clutter = [np.full(expected.shape, -7.0, expected.dtype) for _ in range(20)]  # would reuse freed memory
+    np.testing.assert_array_equal(volumes.array_from_volume_node(node), expected)
+    del clutter
+    copied = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "copied")
+    source = _sitk_image((30, 20, 10), (0.8, 0.9, 1.5), 0.0)
+    volumes.update_volume_node_from_sitk(copied, source)
+    assert address(volumes._voxel_view(copied)) != address(sitk.GetArrayViewFromImage(source))
+    with pytest.raises(ValueError, match="writable"):
+        volumes.set_volume_array(node, sitk.GetArrayViewFromImage(source), np.zeros(3), np.ones(3), np.eye(3), owner=source)

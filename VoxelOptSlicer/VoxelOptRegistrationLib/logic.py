@@ -726,10 +726,11 @@ def _check_output_classes(outputs: RegistrationOutputs) -> None:
 
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:
-    """Store an engine image (on the fixed grid) in ``node`` with exactly the fixed node's geometry."""
+    """Store an engine image (on the fixed grid, made for this node) in ``node`` with exactly the
+    fixed node's geometry; the node's voxels are the image's own (no copy on the GUI thread)."""
     from . import volumes
 
-    volumes.update_volume_node_from_sitk(node, image)
+    volumes.update_volume_node_from_sitk(node, image, share=True)
     fixed_dims = tuple(fixed_volume.GetImageData().GetDimensions())
     if tuple(node.GetImageData().GetDimensions()) != fixed_dims:
         raise RuntimeError(

@@ -239,11 +239,22 @@ def set_node_geometry(node, origin: np.ndarray, spacing: np.ndarray, direction: 
     node.SetIJKToRASDirectionMatrix(m)
 
 
-def update_volume_node_from_sitk(node, image: sitk.Image) -> None:
-    """Replace the voxels and geometry of ``node`` by those of a scalar SimpleITK image (LPS -> RAS)."""
+def update_volume_node_from_sitk(node, image: sitk.Image, share: bool = False) -> None:
+    """Replace the voxels and geometry of ``node`` by those of a scalar SimpleITK image (LPS -> RAS).
+
+    The voxels are copied into VTK, unless ``share``: then the node's voxels are the image's own
+    buffer, which VTK keeps alive (no copy: 0.5 s less at 512x512x600 int16). Share only an image
+    made for this node and not used afterwards (an engine output): what Slicer writes into the
+    node (an edit) it writes into the image.
+    """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError("only scalar images can be stored in a scalar volume node")
     origin, spacing, direction = sitk_geometry_ras(image)
+    if share:
+        from voxelopt.io import writable_array
+
+        set_volume_array(node, writable_array(image), origin, spacing, direction, owner=image)
+        return
     # a view: set_volume_array copies the voxels into VTK once (a copy here cost 0.3 s more at 512x512x600)
     set_volume_array(node, sitk.GetArrayViewFromImage(image), origin, spacing, direction)
 
@@ -263,15 +274,23 @@ def same_geometry(node_a, node_b, atol: float = 1e-4) -> bool:
     return tuple(dims_a) == tuple(dims_b) and np.allclose(ijk_to_ras_matrix(node_a), ijk_to_ras_matrix(node_b), atol=atol)
 
 
-def set_volume_array(node, array: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> None:
-    """Set a volume node's voxels from a (K, J, I) array (copied; a read-only view will do) and its
-    RAS geometry (see :func:`set_node_geometry`)."""
-    array = np.ascontiguousarray(array)
+def set_volume_array(node, array: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
+                     owner: Optional[object] = None) -> None:
+    """Set a volume node's voxels from a (K, J, I) array and its RAS geometry (see
+    :func:`set_node_geometry`). The voxels are copied (a read-only view will do), unless
+    ``owner`` is given: then VTK uses the array's memory (a writable, C-contiguous array) and keeps
+    ``owner`` (what the memory belongs to, e.g. a SimpleITK image) alive as long as it does."""
+    if owner is None:
+        array = np.ascontiguousarray(array)
+    elif not (array.flags.c_contiguous and array.flags.writeable):
+        raise ValueError("a shared array must be C-contiguous and writable")
     if array.ndim != 3:
         raise ValueError(f"a (K, J, I) array is needed, got shape {array.shape}")
     vtk_image = vtk.vtkImageData()
     vtk_image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=owner is None)
+    if owner is not None:  # VTK keeps a wrapped object's Python attributes while the object lives
+        scalars._voxelopt_memory_owner = owner
     scalars.SetName("ImageScalars")
     vtk_image.GetPointData().SetScalars(scalars)
     was_modifying = node.StartModify()

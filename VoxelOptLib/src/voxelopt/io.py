@@ -11,6 +11,7 @@ into place only when all were written, so a failure leaves no partial output.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import gzip
 import os
@@ -225,6 +226,18 @@ def as_image(value: ImageLike, what: str) -> sitk.Image:
     if isinstance(value, (str, os.PathLike)):
         return read_image(value, what)
     raise InputError(f"{what} must be a SimpleITK image, an ArrayImage or a file path, got {type(value).__name__}")
+
+
+def writable_array(image: sitk.Image) -> np.ndarray:
+    """A writable (K, J, I) numpy view of a *new* scalar SimpleITK image's voxels, for writing
+    outputs straight into the image: SimpleITK's own views are read-only, and an array copied in
+    (``GetImageFromArray``) costs a second full-grid buffer (0.5-0.9 s of fresh memory and copy
+    for an int16 512x512x600 CT). Valid while ``image`` lives, and only for an image whose buffer
+    nothing else shares (one just constructed): SimpleITK copies a shared buffer before writing
+    to it, which this view bypasses."""
+    view = sitk.GetArrayViewFromImage(image)  # makes the buffer the image's own (MakeUnique)
+    buffer = (ctypes.c_char * view.nbytes).from_address(view.__array_interface__["data"][0])
+    return np.frombuffer(buffer, dtype=view.dtype).reshape(view.shape)
 
 
 #: gzip level of compressed outputs: the fastest; CT compresses about as well as at the default level.
