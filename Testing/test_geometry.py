@@ -269,3 +269,34 @@ def test_a_crop_of_a_network_array_is_the_array_resampled_on_the_crop():
             assert torch.allclose(crop_array(whole, grid, part), expected, atol=1e-3)
         with pytest.raises(ValueError, match="crop of the grid"):
             crop_array(whole, grid, grid.with_size(np.asarray(grid.size) // 2))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlap_fraction_is_that_of_a_nearest_neighbour_resampling_of_ones(seed):
+    """The overlap check maps the points of a coarse fixed grid into the moving image's index
+    space; it counts what ``sitk.Resample`` of an all-ones moving image (0 outside) would, on
+    oblique anisotropic grids, with and without an affine alignment."""
+    from voxelopt.geometry.resampling import overlap_fraction, resample_image
+
+    rng = np.random.default_rng(seed)
+    moving = sitk.Image([int(n) for n in rng.integers(10, 60, 3)], sitk.sitkInt16)
+    moving.SetSpacing(tuple(rng.uniform(0.5, 3.0, 3)))
+    moving.SetOrigin(tuple(rng.uniform(-50.0, 50.0, 3)))
+    moving.SetDirection(oblique_direction(tuple(rng.uniform(-40, 40, 3))))
+    size, spacing = rng.integers(10, 80, 3), rng.uniform(0.5, 3.0, 3)
+    direction = oblique_direction(tuple(rng.uniform(-40, 40, 3)))
+    centre = np.asarray(moving.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in moving.GetSize()]))
+    corner = centre - np.reshape(direction, (3, 3)) @ ((size - 1) / 2 * spacing) + rng.uniform(-15.0, 15.0, 3)
+    fixed_grid = Grid(tuple(int(n) for n in size), tuple(spacing), tuple(corner), direction)  # partly overlapping
+    alignment = np.eye(4)
+    alignment[:3, :3] = np.asarray(oblique_direction(tuple(rng.uniform(-20, 20, 3)))).reshape(3, 3) * rng.uniform(0.9, 1.1)
+    alignment[:3, 3] = rng.uniform(-20.0, 20.0, 3)
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    coarse = fixed_grid.with_size(np.minimum(fixed_grid.size, 32))
+    overlaps = []
+    for matrix in (None, alignment):
+        expected = sitk.GetArrayFromImage(resample_image(ones, coarse, matrix, sitk.sitkNearestNeighbor, 0)).mean()
+        assert overlap_fraction(fixed_grid, moving, matrix) == pytest.approx(float(expected), abs=1e-12)
+        overlaps.append(expected)
+    assert 0.0 < min(overlaps) and min(overlaps) < 1.0  # partial overlaps: the border decides

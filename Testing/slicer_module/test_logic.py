@@ -205,21 +205,21 @@ def test_solver_only_change_reuses_features_and_output_nodes(scene):
     logic = RegistrationLogic(scene)
     first = logic.process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
     cache = logic.featureCache
-    assert not first.featureCacheHit and (cache.hits, cache.misses) == (0, 2)
+    assert not first.featureCacheHit and (cache.hits, cache.misses) == (0, 4)  # features and cost masks
     count = scene.GetNumberOfNodes()
     outputs = RegistrationOutputs(first.transform, first.warpedVolume, first.entropyVolume, first.jacobianVolume)
     second = logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0, thetas=(20.0, 2.0)), outputs=outputs, showResult=False)
-    assert second.featureCacheHit and (cache.hits, cache.misses) == (2, 2)
+    assert second.featureCacheHit and (cache.hits, cache.misses) == (4, 4)
     assert "features_fixed" in second.timings
     assert scene.GetNumberOfNodes() == count and second.transform is first.transform and second.createdNodeIDs == []
     # A feature parameter (the intensity window) changes the features: recomputed.
     third = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
-    assert not third.featureCacheHit and cache.misses == 4
+    assert not third.featureCacheHit and cache.misses == 7  # the features, and the moving mask: the centre-of-mass start moves with the window
     # The moving volume's voxels changing also means new features.
     arr = volumes.array_from_volume_node(nodes["moving"]) + 10.0
     volumes.set_volume_array(nodes["moving"], arr, *volumes.node_geometry_ras(nodes["moving"]))
     fourth = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
-    assert not fourth.featureCacheHit and cache.misses == 5  # the fixed features still come from the cache
+    assert not fourth.featureCacheHit and cache.misses == 9  # the fixed features and mask still come from the cache
 
 
 def test_segmentation_exports_are_reused_until_their_content_changes(scene, monkeypatch):

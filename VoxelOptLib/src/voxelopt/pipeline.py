@@ -171,7 +171,8 @@ def register(
         if alignment.running():
             report(_FEATURES_DONE / 2, "affine alignment")
         prepared = alignment.result(poll=check_cancel)
-        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use)
+        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use,
+                                                       cache, digest)
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):
