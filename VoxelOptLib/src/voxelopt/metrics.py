@@ -109,7 +109,7 @@ class LabelScorer:
     """:func:`label_metrics` of any number of warped label maps against one fixed label map.
 
     The fixed side is worked out once: which labels are scored, their voxel counts, their
-    surface points and KD-trees; each :meth:`score` then counts only inside the box holding the
+    surface voxels and (where the KD-tree search is used) their KD-trees; each :meth:`score` then counts only inside the box holding the
     labelled voxels of the fixed and the warped map (grown by one voxel), where every scored
     voxel lies. Scoring the "before" and "after" maps of a registration with one scorer costs
     about 1.3 times one :func:`label_metrics` instead of twice.
