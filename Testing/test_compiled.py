@@ -59,6 +59,25 @@ def test_the_kernel_warps_as_simpleitk_on_an_oblique_anisotropic_pair(flip_field
     assert np.mean(warped != expected) < 1e-3 and np.abs(warped.astype(int) - expected).max() <= (0 if nearest else 1)
 
 
+@pytest.mark.parametrize("nearest", [False, True])
+def test_the_kernel_keeps_itks_rules_at_the_image_border_and_on_a_single_slice(nearest):
+    """Points on the last voxel, within half a voxel outside (the border value) and beyond (the
+    default), along every axis, one of them a single slice: the kernel's clamping and flat
+    indices against SimpleITK's resampling (no field: the points are the fixed grid's)."""
+    rng = np.random.default_rng(11)
+    moving = make_image(rng.integers(-1000, 1000, (1, 4, 5)).astype(np.int16), (1.0, 1.2, 0.9), (0.0, 0.0, 0.0))
+    # fixed points every 0.29 moving voxels from 1.13 voxels before the first to beyond the last
+    fixed_grid = Grid((24, 20, 8), (0.29 * 0.9, 0.29 * 1.2, 0.29 * 1.0), (-1.13 * 0.9, -1.13 * 1.2, -1.13), tuple(np.eye(3).ravel()))
+    field_grid = fixed_grid.with_spacing(2.0)
+    zero = field_grid.apply_to(sitk.GetImageFromArray(np.zeros(field_grid.shape + (3,), np.float32), isVector=True))
+    field = GridField.from_image(zero, torch.device("cpu"))
+    expected = sitk.GetArrayFromImage(warp_image_itk(moving, field, fixed_grid, nearest, -2000.0, None, None))
+    warped = sitk.GetArrayFromImage(warp_images_streamed([moving], field, fixed_grid, [nearest], [-2000.0], None, None,
+                                                         "compiled")[0])
+    assert 0.2 < np.mean(expected == -2000) < 0.9 and len(np.unique(expected)) > 20  # outside and inside
+    assert np.array_equal(warped, expected)
+
+
 def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):
     moving, fixed_grid, field = oblique_case(False)
     calls = count_calls(monkeypatch, compiled, "warp_slab")

@@ -129,6 +129,7 @@ def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], 
     low, high = (float(np.iinfo(out.dtype).min), float(np.iinfo(out.dtype).max)) if integer else (-np.inf, np.inf)
     if integer:
         default = min(max(float(np.rint(default)), low), high)
+    source = np.ascontiguousarray(source)  # the kernel reads it by flat index (a copy only if it is a strided view)
     args = (source, where.field, *where.x, *where.y, *where.z, where.to_moving, where.offset, *start, out,
             float(default), bool(nearest), bool(integer), low, high)
     _in_parts(kernels.warp_rows, args, out.shape[0] * out.shape[1], threads, "warp")
