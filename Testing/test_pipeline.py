@@ -395,6 +395,40 @@ def test_disk_cache_survives_a_new_process_and_replaces_bad_files(pair, tmp_path
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_disk_cache_keeps_the_alignment_and_the_scores_before_registration(pair, tmp_path, monkeypatch):
+    """With a directory, the affine alignment and the scores before registration survive a new
+    process (a command-line re-run repeats neither); a value file that cannot be read, or one
+    written by another version of the library, is recomputed."""
+    import voxelopt
+    import voxelopt.affine
+    from voxelopt.metrics import LabelScorer
+
+    estimates = count_calls(monkeypatch, voxelopt.affine, "estimate_affine")
+    scores = count_calls(monkeypatch, LabelScorer, "score")
+    config = SMALL.replace(init="affine")
+
+    def run():
+        return register(pair.fixed, pair.moving, config, pair.fixed_labels, pair.moving_labels,
+                        cache=FeatureCache(directory=tmp_path))  # a fresh cache, as in another process
+
+    first = run()
+    assert (len(estimates), len(scores)) == (1, 2)  # the scores before and after registration
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    second = run()
+    assert (len(estimates), len(scores)) == (1, 3)  # only the scores after registration
+    assert second.initial_transform == first.initial_transform
+    for key in ("dice_initial_mean", "hd95_mm_initial_mean", "dice_mean"):
+        assert second.metrics[key] == first.metrics[key]
+    for path in tmp_path.glob("*.json"):
+        path.write_text("{not json")
+    run()
+    assert (len(estimates), len(scores)) == (2, 5)
+    monkeypatch.setattr(voxelopt, "__version__", "another")
+    run()
+    assert (len(estimates), len(scores)) == (3, 7)
+    assert not list(tmp_path.glob("*.part"))
+
+
 def known_affine_pair():
     """fixed(x) = moving(T(x)) for a known affine T (rotation ~6 degrees, 4 % scaling, 8 mm shift)."""
     moving = make_image(smooth_random_volume((48, 52, 56), seed=3), (2.5, 2.5, 2.5))

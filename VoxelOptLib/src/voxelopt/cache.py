@@ -1,22 +1,28 @@
-"""A cache of working-grid features, so solver-only re-runs skip feature extraction.
+"""A cache of working-grid features and other per-pair values, so solver-only re-runs skip
+feature extraction, the affine alignment and the scores before registration.
 
 Entries are keyed by a digest of the image content and geometry, the grid, the initial
 translation, the feature extractor's cache key and the device, so a key can only match when the
 features would be identical. In memory, least recently used entries are dropped beyond
-``max_items``. With a ``directory`` every entry is also kept on disk (one ``.pt`` file holding a
-plain tensor, read back with ``weights_only=True``), so features survive between processes.
+``max_items``. With a ``directory`` every feature is also kept on disk (one ``.pt`` file holding a
+plain tensor, read back with ``weights_only=True``), and so are the small values asked for
+``on_disk`` (the affine matrix, the scores before registration: one ``.json`` file each, keyed
+also by the library's version), so they survive between processes (``voxelopt register
+--feature-cache DIR``). Nothing on disk is unpickled.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Optional, Union
 
+import numpy as np
 import torch
 
 from .digest import ConstantImages
@@ -82,16 +88,37 @@ class FeatureCache:
             self._write(path, value)
         return self._remember(key, value)
 
-    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None) -> Any:
-        """Like :meth:`get_or_compute` for any value (e.g. scores before registration); memory
-        only, at most ``4 * max_items`` values. ``key`` is a tuple whose first item names the kind
-        of value; ``keep`` bounds the values of that kind (for large ones: the oldest go first)."""
+    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None,
+                             on_disk: bool = False) -> Any:
+        """Like :meth:`get_or_compute` for any value (e.g. scores before registration); at most
+        ``4 * max_items`` values in memory. ``key`` is a tuple whose first item names the kind
+        of value; ``keep`` bounds the values of that kind (for large ones: the oldest go first).
+        ``on_disk``: with a ``directory``, the value is also kept there, as JSON — it must be a
+        float ``numpy`` array or made of dicts with string keys, lists, strings, numbers and
+        None (a file that cannot be read back is recomputed and replaced)."""
         with self._lock:
             if key in self._values:
                 self.hits += 1
                 return self._values[key]
+        path = self._value_path(key) if on_disk else None
+        if path is not None and path.is_file():
+            try:
+                value = _from_json(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError, KeyError):
+                value = _UNREADABLE
+            if value is not _UNREADABLE:
+                with self._lock:
+                    self.hits += 1
+                    self.disk_hits += 1
+                return self._keep_value(key, value, keep)
+        with self._lock:
             self.misses += 1
         value = compute()
+        if path is not None:
+            self._write_text(path, json.dumps(_to_json(value)))
+        return self._keep_value(key, value, keep)
+
+    def _keep_value(self, key: Hashable, value: Any, keep: Optional[int]) -> Any:
         with self._lock:
             self._values[key] = value
             if keep is not None:
@@ -114,17 +141,23 @@ class FeatureCache:
             return None
         return self.directory / (hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest() + ".pt")
 
+    def _value_path(self, key: Hashable) -> Optional[Path]:
+        """A value's file: keyed also by the library's version (a later version may compute the
+        value otherwise; features carry their extractor's parameters in their key)."""
+        if self.directory is None:
+            return None
+        from . import __version__
+
+        return self.directory / (hashlib.blake2b(repr(("value", __version__, key)).encode(), digest_size=16).hexdigest()
+                                 + ".json")
+
     @staticmethod
     def _write(path: Path, value: torch.Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        os.close(handle)
-        try:
-            torch.save(value.detach().cpu().contiguous(), temporary)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
+        _write_atomically(path, lambda temporary: torch.save(value.detach().cpu().contiguous(), temporary))
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
+        _write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
     def clear(self) -> None:
         """Forget the in-memory entries (files on disk are kept)."""
@@ -133,3 +166,32 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+_UNREADABLE = object()
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(temporary)`` then rename it to ``path``: a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _to_json(value: Any) -> Dict[str, Any]:
+    """A value for :meth:`FeatureCache.get_or_compute_value`'s files: a float array or plain JSON."""
+    if isinstance(value, np.ndarray):
+        return {"float64 array": np.asarray(value, dtype=np.float64).tolist()}
+    return {"json": value}
+
+
+def _from_json(stored: Dict[str, Any]) -> Any:
+    if "float64 array" in stored:
+        return np.asarray(stored["float64 array"], dtype=np.float64)
+    return stored["json"]

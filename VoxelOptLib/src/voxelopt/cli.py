@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "alignment with --init none, the start of --init affine")
     p.add_argument("--overview", metavar="PNG", help="also write a picture to check the result: fixed, moving before and "
                    "after, checkerboard, difference, organ outlines (with labels), in radiological orientation")
-    p.add_argument("--feature-cache", metavar="DIR", help="keep features on disk in DIR and reuse them across runs")
+    p.add_argument("--feature-cache", metavar="DIR", help="keep features, the affine alignment and the scores "
+                   "before registration on disk in DIR and reuse them across runs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_registration_options(p)
     p.set_defaults(func=cmd_register)

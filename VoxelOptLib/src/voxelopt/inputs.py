@@ -31,7 +31,8 @@ from .io import ImageLike, PathLike, as_image
 class ValueCache(Protocol):
     """Anything that keeps computed values by key, as :meth:`voxelopt.FeatureCache.get_or_compute_value`."""
 
-    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any]) -> Any: ...
+    def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None,
+                             on_disk: bool = False) -> Any: ...
 
 
 #: Registration refuses pairs whose fields of view overlap less than this after alignment.
@@ -281,7 +282,7 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
         key = ("affine", digest(fixed), digest(moving), tuple(config.hu_window),
                None if start is None else start.GetParameters() + start.GetFixedParameters(),
                *(None if m is None else image_digest(m) for m in masks))
-        return cache.get_or_compute_value(key, estimate).copy()
+        return cache.get_or_compute_value(key, estimate, on_disk=True).copy()
     if start is not None:
         return affine_matrix(start)
     matrix = np.eye(4)

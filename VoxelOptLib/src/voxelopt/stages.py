@@ -118,14 +118,15 @@ def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image, cache: Opt
 def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,
                          scorer: LabelScorer, cache: Optional[FeatureCache], digest: Digest = image_digest
                          ) -> Dict[str, object]:
-    """The scores before registration (labels through the initial alignment only), once per pair."""
+    """The scores before registration (labels through the initial alignment only), once per pair
+    (kept on disk with the cache's directory: a command-line re-run does not repeat them)."""
     def compute() -> Dict[str, object]:
         return scorer.score(aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid))
 
     if cache is None:
         return compute()
     key = ("initial scores", digest(fixed_labels), digest(moving_labels), _alignment_key(prepared.initial))
-    return cache.get_or_compute_value(key, compute)
+    return cache.get_or_compute_value(key, compute, on_disk=True)
 
 
 def solved_outputs(
