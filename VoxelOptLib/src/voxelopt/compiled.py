@@ -6,9 +6,9 @@ points on 2 cores) and samples float32 only, so the torch path of
 :func:`voxelopt.outputs.warp_images_streamed` first converts each block of moving voxels it reads.
 :func:`warp_slab` interpolates the field, reads the moving voxels in their own pixel type,
 interpolates them in float64 and writes the output type, point by point with no intermediate
-arrays: a whole 512x512x600 int16 CT warp in 11-14 ms per million points on 2 cores, against
-28-31 ms for the torch path (see the README's *Performance*). Its rules are the torch path's
-and ITK's.
+arrays: a whole 512x512x600 int16 CT warp in 5.5 ms per million points on 2 cores (0.86 s; with
+the output image's allocation about 7 ms), against 28-31 ms for the torch path (see the README's
+*Performance*). Its rules are the torch path's and ITK's.
 
 :func:`surface_distances` gives the HD95's nearest-surface distances by exact Euclidean distance
 transforms over each label's box instead of KD-tree queries (SciPy's ``cKDTree``, about 4 µs of
@@ -36,9 +36,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 #: Fixed-grid points from which a warp loads the kernel in a process that has not yet: about
-#: 0.45 s of loading (numba's import and the cached machine code) against about 17 ms saved per
-#: million points (a 512x512x600 CT warp: 28-31 ms per million with torch, 11-14 with the
-#: kernel; 2 cores), so it pays from about 26 M points.
+#: 0.45 s of loading (numba's import and the cached machine code) against about 22 ms saved per
+#: million points (a 512x512x600 CT warp: 28-31 ms per million with torch, about 7 with the
+#: kernel; 2 cores), so it pays from about 20 M points; the threshold was set at 30 M when the
+#: kernel saved 17 ms per million, and whole commands were not measured between the two.
 MIN_POINTS = 30_000_000
 
 _lock = threading.Lock()
