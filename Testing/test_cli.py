@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from testdata import make_image, oblique_direction, smooth_random_volume, write_dicom_series
+from testdata import count_calls, make_image, oblique_direction, smooth_random_volume, write_dicom_series
 from voxelopt import RegistrationConfig
 from voxelopt.cli import add_registration_options, config_from_options, main
 from voxelopt.config import DEFAULT_PRESET, SCHEMA
@@ -186,6 +186,18 @@ def test_unwritable_output_path(files, tmp_path, capsys):
     code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", blocker / "out", *FAST], capsys)
     assert code == 2 and "not a directory" in stderr
     assert blocker.read_text() == "x"
+
+
+def test_unwritable_feature_cache_is_refused_before_any_work(files, tmp_path, capsys, monkeypatch):
+    import voxelopt.io
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    reads = count_calls(monkeypatch, voxelopt.io, "read_images")
+    code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", tmp_path / "out",
+                           "--feature-cache", blocker / "cache", *FAST], capsys)
+    assert code == 2 and stderr.startswith("error: --feature-cache directory") and "not a directory" in stderr
+    assert reads == [] and not (tmp_path / "out").exists() and blocker.read_text() == "x"
 
 
 def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeypatch):

@@ -103,17 +103,18 @@ def config_from_options(args: argparse.Namespace) -> RegistrationConfig:
 
 
 # ============================================================================ helpers
-def check_output_dir(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be created or written (creates nothing)."""
+def check_output_dir(path: Path, what: str = "output directory") -> None:
+    """Fail before any work if directory ``path`` (``what`` names it in the message) cannot be
+    created or written (creates nothing)."""
     existing = path
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise InputError(f"output path {existing} exists and is not a directory")
+        raise InputError(f"{what} {path}: {existing} exists and is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"output directory {path} cannot be written (no write permission on {existing})")
+        raise InputError(f"{what} {path} cannot be written (no write permission on {existing})")
 
 
 def _progress_printer(quiet: bool):
@@ -160,6 +161,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
     if args.overview:
         check_output_dir(Path(args.overview).parent)
+    if args.feature_cache:
+        check_output_dir(Path(args.feature_cache), "--feature-cache directory")
     from .io import read_images  # numpy and SimpleITK: only once the arguments are good
 
     fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask = read_images([
