@@ -15,9 +15,9 @@ transforms over each label's box instead of KD-tree queries (SciPy's ``cKDTree``
 CPU per surface point at native CT resolution, most where the surfaces lie far apart, as before
 registration).
 
-Cost: numba compiles the kernels once (about 0.8 s per warp pixel type; the machine code is
+Cost: numba compiles the kernels once (about 1 s per warp pixel type; the machine code is
 cached on disk, beside this module or in the user's cache directory) and each process loads them
-once (about 0.45 s with numba's import). So a warp or a score uses them only when it is worth that:
+once (about 0.4 s with numba's import and the first call). So a warp or a score uses them only when it is worth that:
 :func:`worth_it` (the kernels already loaded, or a fixed grid of at least :data:`MIN_POINTS`
 voxels).
 ``VOXELOPT_COMPILED=0`` in the environment turns the kernels off (A/B benchmarks, tests).
@@ -35,12 +35,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-#: Fixed-grid points from which a warp loads the kernel in a process that has not yet: about
-#: 0.45 s of loading (numba's import and the cached machine code) against about 22 ms saved per
-#: million points (a 512x512x600 CT warp: 28-31 ms per million with torch, about 7 with the
-#: kernel; 2 cores), so it pays from about 20 M points; the threshold was set at 30 M when the
-#: kernel saved 17 ms per million, and whole commands were not measured between the two.
-MIN_POINTS = 30_000_000
+#: Fixed-grid points from which a warp or a score loads the kernels in a process that has not
+#: yet: about 0.4 s of loading (numba's import, the cached machine code of the first signature)
+#: against about 22 ms saved per million points of a CT warp (28-31 ms per million with torch,
+#: about 7 with the kernel; 2 cores), plus the label warp and the HD95. Measured on whole
+#: ``voxelopt register`` commands with labels (2 cores, three alternations each): 512x512x100
+#: (26 M) 5.75-5.89 -> 5.22-5.34 s, 512x512x60 (15.7 M) 5.30-5.57 -> 5.15-5.18 s, the paper's
+#: 192x160x256 (7.9 M) 5.63-5.98 -> 5.66-5.77 s (no gain): from 12 M.
+MIN_POINTS = 12_000_000
 
 _lock = threading.Lock()
 _kernels = None  # the loaded kernels (module voxelopt._numba_kernels), or False when numba is not installed or turned off
