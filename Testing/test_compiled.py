@@ -67,7 +67,8 @@ def test_the_kernel_keeps_itks_rules_at_the_image_border_and_on_a_single_slice(n
     rng = np.random.default_rng(11)
     moving = make_image(rng.integers(-1000, 1000, (1, 4, 5)).astype(np.int16), (1.0, 1.2, 0.9), (0.0, 0.0, 0.0))
     # fixed points every 0.29 moving voxels from 1.13 voxels before the first to beyond the last
-    fixed_grid = Grid((24, 20, 8), (0.29 * 0.9, 0.29 * 1.2, 0.29 * 1.0), (-1.13 * 0.9, -1.13 * 1.2, -1.13), tuple(np.eye(3).ravel()))
+    fixed_grid = Grid((24, 20, 8), (0.29 * 0.9, 0.29 * 1.2, 0.29 * 1.0), (-1.13 * 0.9, -1.13 * 1.2, -1.13),
+                      tuple(np.eye(3).ravel()))
     field_grid = fixed_grid.with_spacing(2.0)
     zero = field_grid.apply_to(sitk.GetImageFromArray(np.zeros(field_grid.shape + (3,), np.float32), isVector=True))
     field = GridField.from_image(zero, torch.device("cpu"))

@@ -398,7 +398,8 @@ def test_disk_cache_survives_a_new_process_and_replaces_bad_files(pair, tmp_path
 def test_disk_cache_keeps_the_alignment_and_the_scores_before_registration(pair, tmp_path, monkeypatch):
     """With a directory, the affine alignment and the scores before registration survive a new
     process (a command-line re-run repeats neither); a value file that cannot be read, or one
-    written by another version of the library, is recomputed."""
+    written by another version of the library, is recomputed, and so is an alignment estimated
+    with other settings."""
     import voxelopt
     import voxelopt.affine
     from voxelopt.metrics import LabelScorer
@@ -426,6 +427,9 @@ def test_disk_cache_keeps_the_alignment_and_the_scores_before_registration(pair,
     monkeypatch.setattr(voxelopt, "__version__", "another")
     run()
     assert (len(estimates), len(scores)) == (3, 7)
+    monkeypatch.setattr(voxelopt.affine, "SETTINGS", voxelopt.affine.SETTINGS + ("more steps",))
+    run()
+    assert (len(estimates), len(scores)) == (4, 8)  # the same alignment: the scores before are kept
     assert not list(tmp_path.glob("*.part"))
 
 

@@ -40,6 +40,9 @@ ITERATIONS = 30
 RIGID_ITERATIONS = 20
 #: Seed of the metric's sampling, so the same pair always gives the same transform.
 SAMPLING_SEED = 1
+#: The settings the estimate depends on besides its inputs: part of its cache key (a kept
+#: estimate, e.g. on disk, is not reused once any of them changes).
+SETTINGS = (ANALYSIS_SPACING_MM, METRIC_SAMPLES, RIGID_ITERATIONS, ITERATIONS, SAMPLING_SEED)
 #: Pixel types clipped to the HU window in place (others are cast to float32 first).
 _SIGNED_OR_FLOAT = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64)
 

@@ -7,7 +7,7 @@ features would be identical. In memory, least recently used entries are dropped 
 ``max_items``. With a ``directory`` every feature is also kept on disk (one ``.pt`` file holding a
 plain tensor, read back with ``weights_only=True``), and so are the small values asked for
 ``on_disk`` (the affine matrix, the scores before registration: one ``.json`` file each, keyed
-also by the library's version), so they survive between processes (``voxelopt register
+also by the versions of the library and of SimpleITK), so they survive between processes (``voxelopt register
 --feature-cache DIR``). Nothing on disk is unpickled.
 """
 
@@ -142,13 +142,17 @@ class FeatureCache:
         return self.directory / (hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest() + ".pt")
 
     def _value_path(self, key: Hashable) -> Optional[Path]:
-        """A value's file: keyed also by the library's version (a later version may compute the
-        value otherwise; features carry their extractor's parameters in their key)."""
+        """A value's file: keyed also by the versions of this library and of SimpleITK (another
+        version may compute the value otherwise; features carry their extractor's parameters in
+        their key)."""
         if self.directory is None:
             return None
+        import SimpleITK as sitk
+
         from . import __version__
 
-        return self.directory / (hashlib.blake2b(repr(("value", __version__, key)).encode(), digest_size=16).hexdigest()
+        versions = (__version__, sitk.Version.VersionString())
+        return self.directory / (hashlib.blake2b(repr(("value", versions, key)).encode(), digest_size=16).hexdigest()
                                  + ".json")
 
     @staticmethod

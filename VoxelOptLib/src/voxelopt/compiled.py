@@ -17,9 +17,9 @@ registration).
 
 Cost: numba compiles the kernels once (about 1 s per warp pixel type; the machine code is
 cached on disk, beside this module or in the user's cache directory) and each process loads them
-once (about 0.4 s with numba's import and the first call). So a warp or a score uses them only when it is worth that:
-:func:`worth_it` (the kernels already loaded, or a fixed grid of at least :data:`MIN_POINTS`
-voxels).
+once (about 0.4 s with numba's import and the first call). So a warp or a score uses them only
+when it is worth that: :func:`worth_it` (the kernels already loaded, or a fixed grid of at least
+:data:`MIN_POINTS` voxels).
 ``VOXELOPT_COMPILED=0`` in the environment turns the kernels off (A/B benchmarks, tests).
 """
 

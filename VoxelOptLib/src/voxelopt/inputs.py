@@ -262,7 +262,7 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
     a re-run with other solver parameters does not repeat it. ``fixed_use``, ``moving_use``:
     user masks ((Z, Y, X) booleans on the image's grid) the affine metric is restricted to.
     """
-    from .affine import estimate_affine, linear_to_affine, read_initial_transform
+    from .affine import SETTINGS, estimate_affine, linear_to_affine, read_initial_transform
 
     start = None
     if initial_transform is not None:
@@ -279,7 +279,7 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
 
         if cache is None:
             return estimate()
-        key = ("affine", digest(fixed), digest(moving), tuple(config.hu_window),
+        key = ("affine", SETTINGS, digest(fixed), digest(moving), tuple(config.hu_window),
                None if start is None else start.GetParameters() + start.GetFixedParameters(),
                *(None if m is None else image_digest(m) for m in masks))
         return cache.get_or_compute_value(key, estimate, on_disk=True).copy()
