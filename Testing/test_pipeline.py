@@ -334,6 +334,9 @@ def test_cancel_is_heard_while_the_affine_stage_runs(pair, monkeypatch):
         register(pair.fixed, pair.moving, SMALL.replace(init="affine"), progress=lambda f, m: messages.append(m),
                  cancel=lambda: "affine alignment" in messages)
     assert not finished.is_set()  # cancelled while waiting, not after the alignment
+    # the stage then finishes on its own: waited for here, or it would run into later tests (it
+    # calls the affine estimate, which a later test counts)
+    assert finished.wait(timeout=60)
 
 
 def test_progress_is_reported_per_level_and_cancel_stops(pair):
