@@ -175,7 +175,7 @@ def test_a_registration_too_large_for_memory_is_refused_before_it_starts():
 
 def test_the_memory_estimate_counts_the_finest_levels_own_search_radius():
     from voxelopt.geometry import Grid
-    from voxelopt.outputs import estimate_peak_bytes
+    from voxelopt.peak_memory import estimate_peak_bytes
 
     image = sitk.Image([200, 200, 100], sitk.sitkInt16)
     working = Grid.from_image(image)  # a working grid as large as the image: the solver dominates

@@ -155,7 +155,8 @@ def register(
         from .device import make_clock, one_core_left, resolve_device
         from .features import make_extractor
         from .solver import solve_pyramid
-        from .stages import check_memory, cost_masks, solved_outputs, working_features
+        from .peak_memory import check_memory
+        from .stages import cost_masks, solved_outputs, working_features
 
         device = resolve_device(config.device)
         timer.clock = make_clock(device)

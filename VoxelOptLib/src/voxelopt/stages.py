@@ -1,6 +1,7 @@
-"""The torch stages of a registration: features on the working grid, the memory check, and the
-outputs computed after the solver (see :mod:`voxelopt.pipeline` for the order, and
-:mod:`voxelopt.outputs` for where each output lives).
+"""The torch stages of a registration: features on the working grid, cost masks, and the outputs
+computed after the solver (see :mod:`voxelopt.pipeline` for the order, and
+:mod:`voxelopt.outputs` for where each output lives; the memory check before them:
+:mod:`voxelopt.peak_memory`).
 """
 
 from __future__ import annotations
@@ -15,37 +16,12 @@ import torch
 from .cache import FeatureCache
 from .digest import Digest, image_digest
 from .config import RegistrationConfig
-from .errors import InputError
 from .features import FeatureExtractor
 from .geometry import resample_image, tensor_to_image
 from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
-from .outputs import GridField, aligned_labels, available_bytes, estimate_peak_bytes, human_bytes, warp_image
-
-#: Share of the free memory a registration may plan to use.
-MEMORY_SHARE = 0.9
-#: Feature channels assumed by the memory estimate (MIND-SSC's 12; the networks' are of that order).
-ESTIMATED_CHANNELS = 12
-
-
-def check_memory(prepared: Union[CheckedPair, PreparedPair], config: RegistrationConfig, device: torch.device,
-                 with_labels: bool) -> int:
-    """Refuse a registration that would not fit in ``device``'s free memory; returns the estimate (bytes)."""
-    k_finest = config.search_radius(finest=True)
-    needed = estimate_peak_bytes(prepared.fixed, prepared.moving, prepared.feature_grid, prepared.working_grid,
-                                 config.k, k_finest, ESTIMATED_CHANNELS, with_labels)
-    free = available_bytes(device)
-    if free is not None and needed > MEMORY_SHARE * free:
-        grid = "x".join(str(n) for n in prepared.feature_grid.size)
-        raise InputError(
-            f"this registration needs about {human_bytes(needed)} on {device} but only {human_bytes(free)} is free "
-            f"(feature grid {grid} voxels at {config.feature_spacing} mm, search radius {config.k}, "
-            f"{k_finest} at the finest level); "
-            "use a coarser feature_spacing or working_scale, a smaller k or k_finest, or another device"
-        )
-    return needed
-
+from .outputs import GridField, aligned_labels, warp_image
 
 def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, extractor: FeatureExtractor,
                      device: torch.device, cache: Optional[FeatureCache] = None,
