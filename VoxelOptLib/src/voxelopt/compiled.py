@@ -152,13 +152,11 @@ def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zy
         return []
     kernels = _loaded()
     step2 = [float(s) ** 2 for s in spacing_zyx]
-    boxes = []
     for a, b in pairs:
         if not len(a) or not len(b):
             raise ValueError("surface_distances: every set must hold at least one voxel")
-        low = np.minimum(a.min(axis=0), b.min(axis=0))
-        boxes.append((low, tuple(int(n) for n in np.maximum(a.max(axis=0), b.max(axis=0)) - low + 1)))
-    largest = max((int(np.prod(shape)) for _, shape in boxes), default=0)
+    boxes = [joint_box(a, b) for a, b in pairs]
+    largest = max(int(np.prod(shape)) for _, shape in boxes)
     squared, marks = np.empty(largest), np.zeros(largest, dtype=bool)  # the boxes' working memory
     results = []
     for (a, b), (low, shape) in zip(pairs, boxes):
@@ -168,6 +166,13 @@ def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zy
                                            step2, threads)
                              for features, queries in ((b, a), (a, b))))
     return results
+
+
+def joint_box(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """The box holding two non-empty voxel sets ((N, 3) integer indices): its lowest index and
+    its shape."""
+    low = np.minimum(a.min(axis=0), b.min(axis=0))
+    return low, tuple(int(n) for n in np.maximum(a.max(axis=0), b.max(axis=0)) - low + 1)
 
 
 def _distances_to(kernels, d: np.ndarray, marks: np.ndarray, features: np.ndarray, queries: np.ndarray,

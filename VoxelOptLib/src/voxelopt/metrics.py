@@ -109,9 +109,9 @@ class LabelScorer:
     """:func:`label_metrics` of any number of warped label maps against one fixed label map.
 
     The fixed side is worked out once: which labels are scored, their voxel counts, their
-    surface voxels and (where the KD-tree search is used) their KD-trees; each :meth:`score` then counts only inside the box holding the
-    labelled voxels of the fixed and the warped map (grown by one voxel), where every scored
-    voxel lies. Scoring the "before" and "after" maps of a registration with one scorer costs
+    surface voxels and (where the KD-tree search is used) their KD-trees; each :meth:`score` then
+    counts only inside the box holding the labelled voxels of the fixed and the warped map (grown
+    by one voxel), where every scored voxel lies. Scoring the "before" and "after" maps of a registration with one scorer costs
     about 1.3 times one :func:`label_metrics` instead of twice.
     """
 
@@ -316,7 +316,7 @@ def _transform_is_cheaper(a: np.ndarray, b: np.ndarray, dice: float) -> bool:
     """Whether the distance transforms over the box of voxel sets ``a`` and ``b`` are expected to
     be faster than the KD-tree queries between them (the results are the same), within
     :data:`MAX_TRANSFORM_BOX_VOXELS`."""
-    box = np.prod(np.maximum(a.max(axis=0), b.max(axis=0)) - np.minimum(a.min(axis=0), b.min(axis=0)) + 1.0)
+    box = float(np.prod(compiled.joint_box(a, b)[1]))
     return (box <= MAX_TRANSFORM_BOX_VOXELS
             and TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * (len(a) + len(b)) * (3.0 - 2.0 * dice))
 

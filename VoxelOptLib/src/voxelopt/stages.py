@@ -23,6 +23,7 @@ from .masks import working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
 from .outputs import GridField, aligned_labels, warp_image
 
+
 def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, extractor: FeatureExtractor,
                      device: torch.device, cache: Optional[FeatureCache] = None,
                      digest: Digest = image_digest) -> torch.Tensor:
