@@ -38,11 +38,20 @@ METRIC_SAMPLES = 50_000
 ITERATIONS = 30
 #: Optimizer steps of the rigid stage before the affine one at each level (0: none).
 RIGID_ITERATIONS = 20
+#: Largest scale (and smallest, its inverse) along any direction of an affine estimate that is kept;
+#: beyond it, or mirrored, the rigid estimate is used (:func:`plausible_linear`). A safety net, not
+#: a tuned value: every development pair's estimate is within it (singular values 0.47-1.18, the
+#: lowest on the thin B as moving image); with 2 that one was dropped (B -> A with ``abdomen``: Dice
+#: 0.374 -> 0.359). ``benchmarks/thin_slabs.py``: no slab lost or folded with either.
+MAX_SCALE = 3.0
 #: Seed of the metric's sampling, so the same pair always gives the same transform.
 SAMPLING_SEED = 1
 #: The settings the estimate depends on besides its inputs: part of its cache key (a kept
 #: estimate, e.g. on disk, is not reused once any of them changes).
-SETTINGS = (ANALYSIS_SPACING_MM, METRIC_SAMPLES, RIGID_ITERATIONS, ITERATIONS, SAMPLING_SEED)
+SETTINGS = (ANALYSIS_SPACING_MM, METRIC_SAMPLES, RIGID_ITERATIONS, ITERATIONS, SAMPLING_SEED, MAX_SCALE)
+#: Fewest voxels per axis of the images the metric is computed on (ITK's recursive Gaussian
+#: smoothing needs 4).
+_MIN_AXIS_VOXELS = 4
 #: Pixel types clipped to the HU window in place (others are cast to float32 first).
 _SIGNED_OR_FLOAT = (sitk.sitkInt16, sitk.sitkInt32, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64)
 
@@ -76,6 +85,9 @@ def estimate_affine(
     the transform is found with Mattes mutual information (robust to contrast differences) on
     at most :data:`METRIC_SAMPLES` voxels of the fixed mask, first rigid, then affine, each over
     two resolution levels (8 and 4 mm; :data:`RIGID_ITERATIONS` and :data:`ITERATIONS` steps).
+    An affine result that mirrors or scales beyond :data:`MAX_SCALE` is replaced by the rigid one
+    (:func:`plausible_linear`). Images of a few slices on their own short grid are handled (an
+    axis keeps at least 4 voxels; see :func:`_windowed_and_shrunk`).
 
     The result is reproducible: the sampling is seeded and the optimisation runs on one thread
     (ITK's multi-threaded Mattes metric sums its gradient in a run-dependent order, which
@@ -109,7 +121,18 @@ def estimate_affine(
         start.SetCenter(centre)
         start.SetMatrix(rigid.GetMatrix())
         start.SetTranslation(rigid.GetTranslation())
-    return _register(fixed_small, moving_small, fixed_region, moving_region, start, ITERATIONS)
+    affine = _register(fixed_small, moving_small, fixed_region, moving_region, sitk.AffineTransform(start), ITERATIONS)
+    # a thin slab constrains the affine part little: one that mirrors or scales beyond any anatomy
+    # is dropped for the rigid estimate it started from
+    return affine if plausible_linear(np.asarray(affine.GetMatrix()).reshape(3, 3)) else start
+
+
+def plausible_linear(matrix: np.ndarray) -> bool:
+    """Whether a 3x3 linear part can map one patient's anatomy onto another's: no mirroring
+    (positive determinant) and a scale within :data:`MAX_SCALE` along every direction (singular
+    values between 1 / MAX_SCALE and MAX_SCALE)."""
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    return bool(np.linalg.det(matrix) > 0 and singular.min() >= 1.0 / MAX_SCALE and singular.max() <= MAX_SCALE)
 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
@@ -163,18 +186,29 @@ _threads_before = 0
 
 
 def _windowed_and_shrunk(image: sitk.Image, window: Tuple[float, float]) -> sitk.Image:
-    """The image clipped to ``window`` and scaled to [0, 1], box-averaged to about 4 mm voxels."""
+    """The image clipped to ``window`` and scaled to [0, 1], box-averaged to about 4 mm voxels.
+
+    A thin image keeps at least :data:`_MIN_AXIS_VOXELS` voxels per axis (the smoothing of the
+    registration's coarse level needs them): an axis is shrunk less where it would have fewer,
+    and one that has fewer even unshrunk is padded with air (0, outside the scanned region, so
+    the metric never samples it). A slab of 6 mm (3 slices of 2 mm) is aligned instead of
+    failing in ITK's smoothing filter."""
     low, high = (float(v) for v in window)
     if not high > low:
         raise InputError(f"the HU window must have low < high, got {window}")
-    factors = [max(1, int(round(ANALYSIS_SPACING_MM / s))) for s in image.GetSpacing()]
+    factors = [max(1, min(int(round(ANALYSIS_SPACING_MM / s)), n // _MIN_AXIS_VOXELS))
+               for s, n in zip(image.GetSpacing(), image.GetSize())]
     # Windowing is a clip followed by a linear map, and the linear map commutes with averaging: so
     # clip in the image's own type, average, and map the small image (5x faster on int16 CT than
     # windowing the full image in float; BinShrink rounds the mean of an integer image, < 0.5 HU).
     if image.GetPixelID() not in _SIGNED_OR_FLOAT:
         image = sitk.Cast(image, sitk.sitkFloat32)
     clipped = sitk.Clamp(image, image.GetPixelID(), low, high)
-    return sitk.IntensityWindowing(sitk.Cast(sitk.BinShrink(clipped, factors), sitk.sitkFloat32), low, high, 0.0, 1.0)
+    small = sitk.IntensityWindowing(sitk.Cast(sitk.BinShrink(clipped, factors), sitk.sitkFloat32), low, high, 0.0, 1.0)
+    missing = [max(0, _MIN_AXIS_VOXELS - n) for n in small.GetSize()]
+    if any(missing):
+        small = sitk.ConstantPad(small, [m // 2 for m in missing], [m - m // 2 for m in missing], 0.0)
+    return small
 
 
 def _scanned_region(windowed: sitk.Image) -> sitk.Image:
