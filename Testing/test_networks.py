@@ -500,6 +500,38 @@ def test_obelisk_runs_on_the_body_box_and_maps_back_to_the_image_grid(tmp_path, 
     assert np.abs(hu[inner] - arr[inner]).max() < 0.05
 
 
+def thin_ct(slices: int) -> sitk.Image:
+    """A CT-like image of a few axial slices on its own short grid (2.5 mm slices)."""
+    arr = np.full((slices, 50, 60), -1000.0, dtype=np.float32)
+    arr[:, 10:40, 8:52] = 40.0
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((1.5, 2.0, 2.5))
+    return image
+
+
+@pytest.mark.parametrize("slices", [2, 3])
+def test_network_extractors_run_on_a_slab_of_a_few_slices(tmp_path, monkeypatch, slices):
+    """OBELISK needs at least 16 voxels per axis and PDD's output lattice 2 points: a thin slab
+    (5-7.5 mm) is padded with air to that (it failed with a shape error and a singular matrix);
+    the features come back on the image's own grid."""
+    from voxelopt.networks import obelisk as O
+    from voxelopt.networks.pdd import PDDExtractor
+
+    monkeypatch.setenv(W.ENV_ALLOW_UNVERIFIED, "1")
+    image = thin_ct(slices)
+    obelisk_path = tmp_path / "obelisk.pth"
+    torch.save(ObeliskHybridTCIA().state_dict(), obelisk_path)
+    obelisk = O.ObeliskExtractor(str(obelisk_path))
+    volume, grid = obelisk.input_grid(image, CPU)
+    assert all(n % 8 == 0 and n >= 16 for n in grid.size) and tuple(volume.shape[2:]) == grid.size
+    assert obelisk.extract(image, CPU).shape[1:] == (slices, 50, 60)
+    pdd_path = tmp_path / "pdd.pth"
+    net = PDDFeatureNet(96, 1, centred=True)
+    torch.save(_random_state(net), pdd_path)
+    features = PDDExtractor(str(pdd_path)).extract(image, CPU)
+    assert features.shape == (24, slices, 50, 60) and bool(torch.isfinite(features).all())
+
+
 def test_obelisk_in_array_order_gives_the_transposed_outputs():
     """The network for (k, j, i) tensors (kernels transposed, offsets reversed) computes what the
     published one computes on (i, j, k) tensors; sizes differ per axis so that a swapped axis,

@@ -37,9 +37,10 @@ def oriented_grid(image: sitk.Image, orientation: str, spacing_mm: Optional[Sequ
     return grid.with_spacings(np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)))
 
 
-def padded_to_multiple(grid: Grid, multiple: int) -> Grid:
-    """``grid`` extended at the far end of each axis to a multiple of ``multiple`` voxels."""
-    size = [int(np.ceil(n / multiple) * multiple) for n in grid.size]
+def padded_to_multiple(grid: Grid, multiple: int, minimum: int = 0) -> Grid:
+    """``grid`` extended at the far end of each axis to a multiple of ``multiple`` voxels, and to
+    at least ``minimum`` (a thin image's short axis, for a network that needs a few voxels)."""
+    size = [max(int(np.ceil(n / multiple) * multiple), minimum) for n in grid.size]
     return grid.crop((0, 0, 0), size)
 
 

@@ -223,7 +223,8 @@ class ObeliskExtractor(NetworkExtractor):
         tensor is a view of the grid's array (stored in (k, j, i) order)."""
         grid = oriented_grid(image, "LAI", NETWORK_SPACING_MM)
         whole = network_array(image, grid, device)
-        box = padded_to_multiple(body_grid(whole.permute(0, 1, 4, 3, 2), grid, BODY_THRESHOLD_HU, BODY_MARGIN_MM), 8)
+        box = padded_to_multiple(body_grid(whole.permute(0, 1, 4, 3, 2), grid, BODY_THRESHOLD_HU, BODY_MARGIN_MM), 8,
+                                 minimum=16)  # the network's smallest input (a thin slab is padded with air)
         return crop_array(whole, grid, box).permute(0, 1, 4, 3, 2), box
 
     def run(self, volume: torch.Tensor) -> Dict[str, torch.Tensor]:

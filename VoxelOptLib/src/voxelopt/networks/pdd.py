@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..geometry import check_image, features_to_image, network_volume, oriented_grid
+from ..geometry import check_image, features_to_image, network_volume, oriented_grid, padded_to_multiple
 from .base import NetworkExtractor
 from .layers import deformable_samples, lattice, linear_of_samples
 from .weights import WeightsError, load_checkpoint, resolve_weights, strict_load
@@ -113,7 +113,9 @@ class PDDExtractor(NetworkExtractor):
     def extract(self, image: sitk.Image, device: torch.device) -> torch.Tensor:
         check_image(image, "the image for network features")
         device = torch.device(device)
-        grid = oriented_grid(image, PDD_ORIENTATION, PDD_SPACING_MM)
+        # at least 8 voxels per axis (a thin slab padded with air): the output lattice, a quarter
+        # of the input, then has 2 points or more along every axis
+        grid = padded_to_multiple(oriented_grid(image, PDD_ORIENTATION, PDD_SPACING_MM), 1, minimum=8)
         volume = network_volume(image, grid, device)
         net = self.network(device)
         with torch.inference_mode():
