@@ -193,6 +193,18 @@ def test_labels_are_warped_and_scored(pair):
     assert np.isfinite(result.metrics["hd95_mm_mean"])
 
 
+def test_a_moving_image_too_small_to_overlap_says_to_swap_the_images():
+    fixed, moving = translated_pair([0.0, 0.0, 0.0], shape=(36, 40, 44))
+    thin = fixed[:, :, 18:19]  # one of its 36 slices: no alignment puts 5 % of the fixed image inside it
+    with pytest.raises(InputError, match=r"box is only 2\.\d% of the fixed image's: register the other way round"):
+        register(fixed, thin, SMALL.replace(init="com"))
+    far = sitk.Image(moving)
+    far.SetOrigin((150.0, -90.0, 60.0))  # as large as the fixed image, elsewhere: the alignment hint
+    with pytest.raises(InputError, match="do not overlap") as info:
+        register(fixed, far, SMALL)
+    assert "try another initial alignment" in str(info.value) and "other way round" not in str(info.value)
+
+
 def test_arrays_with_geometry_are_accepted():
     volume = smooth_random_volume((24, 28, 32))
     image = ArrayImage(volume, spacing=(2.0, 2.0, 2.0))

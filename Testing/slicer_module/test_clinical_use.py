@@ -301,6 +301,17 @@ def test_no_overlap_message_names_the_gui_setting(scene):
     assert "init=" not in text and "'Initial alignment' (Advanced) to centers or com" in text
 
 
+def test_a_too_small_moving_volume_message_says_to_swap_the_volumes():
+    import voxelopt
+
+    text = message_for_gui(voxelopt.InputError(
+        "the fixed and moving images do not overlap after the 'com' initial alignment (1.0% of the fixed image lies "
+        "inside the moving one, need 5%); the moving image's box is only 2.0% of the fixed image's: register the "
+        "other way round (the smaller scan as the fixed image), or crop the fixed image to the region the moving one covers"))
+    assert "swap the fixed and moving volumes" in text and "crop the fixed volume" in text
+    assert "register the other way round" not in text
+
+
 def test_last_run_is_forgotten_when_the_scene_is_closed(registered):
     logic = RegistrationLogic(registered["scene"])
     logic._lastRun = registered["run"]

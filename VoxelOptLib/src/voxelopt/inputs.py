@@ -226,10 +226,17 @@ def align(checked: CheckedPair, config: RegistrationConfig,
     initial = initial_alignment(c.fixed, c.moving, config, initial_transform, cache, c.fixed_use, c.moving_use, digest)
     overlap = overlap_fraction(c.fixed_grid, c.moving, initial)
     if overlap < MIN_OVERLAP:
+        volumes = [float(np.prod(np.asarray(image.GetSize()) * np.asarray(image.GetSpacing())))
+                   for image in (c.fixed, c.moving)]  # of their boxes, mm^3
+        hint = _INIT_HINT
+        if volumes[1] < MIN_OVERLAP * volumes[0]:  # no alignment can place enough of the fixed image inside it
+            hint = (f"the moving image's box is only {100 * volumes[1] / volumes[0]:.1f}% of the fixed image's: "
+                    "register the other way round (the smaller scan as the fixed image), or crop the fixed image "
+                    "to the region the moving one covers")
         raise InputError(
             f"the fixed and moving images do not overlap after the '{config.init}' initial alignment "
             f"({100 * overlap:.1f}% of the fixed image lies inside the moving one, need {100 * MIN_OVERLAP:.0f}%); "
-            + _INIT_HINT
+            + hint
         )
     field_grid = c.working_grid if np.prod(c.working_grid.size) <= np.prod(c.fixed_grid.size) else c.fixed_grid
     return PreparedPair(c.fixed, c.moving, c.fixed_grid, c.feature_grid, c.working_grid, field_grid, initial,
