@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Fixed protocol for thin fixed images: each preset on fixed slabs of a few millimetres.
+
+A short scan is often stored on a short grid (a few slices), not padded onto a taller one as
+the real pair B <- A of ``../shared`` is. This protocol crops the fixed image and its labels of
+every development pair (the real Adef <- A and the BTCV pseudo-CT pairs 1 <- 2, 3 <- 4, 5 <- 6;
+B <- A is thin already) to slabs of :data:`THICKNESSES_MM` along z, centred at :data:`POSITIONS`
+of the fixed labels' z extent, and registers the whole moving image onto each slab with each
+preset from its own start. A cell counts as lost when the Dice after is below the Dice before;
+the summary per preset gives the slabs that failed (an error), lost, or folded (folding ≥ 0.5 %
+of the voxels), and the mean and smallest gain in points.
+
+Usage::
+
+    python VoxelOptLib/benchmarks/thin_slabs.py WORK_DIR [--shared ../shared] [--presets abdomen,fast,paper,accurate]
+
+Written before it ran (2026-12-07); the README's *Accuracy* section has its last output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import SimpleITK as sitk
+
+from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
+from voxelopt import RegistrationConfig, register
+from voxelopt.config import PRESETS
+
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+#: Slab thicknesses (mm along the fixed image's z axis).
+THICKNESSES_MM = (6.0, 12.0, 24.0, 48.0)
+#: Slab centres, as fractions of the fixed labels' z extent.
+POSITIONS = (0.25, 0.5, 0.75)
+#: Folding (% of the voxels) above which a result counts as folded.
+MAX_FOLDING_PERCENT = 0.5
+
+
+def slab(image: sitk.Image, labels: sitk.Image, centre: float, thickness_mm: float):
+    """The slices of ``image`` and ``labels`` (one grid) within ``thickness_mm`` around the slice
+    at fraction ``centre`` of the labels' z extent."""
+    z = np.flatnonzero(sitk.GetArrayViewFromImage(labels).reshape(labels.GetSize()[2], -1).any(axis=1))
+    middle = int(round(z[0] + centre * (z[-1] - z[0])))
+    count = max(1, int(round(thickness_mm / image.GetSpacing()[2])))
+    first = min(max(0, middle - count // 2), image.GetSize()[2] - count)
+    return image[:, :, first:first + count], labels[:, :, first:first + count]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", type=Path)
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--presets", default="abdomen,fast,paper,accurate")
+    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
+    args = parser.parse_args()
+    presets = chosen_names(parser, args.presets, PRESETS, "preset")
+    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
+    pairs = [p for p in real_ct_pairs(args.shared) if not p[0].startswith("real B")]
+    pairs += pseudoct_pairs(args.shared, args.work_dir, pseudo)
+
+    print("| pair | slab | " + " | ".join(presets) + " |")
+    print("|---|---|" + "---|" * len(presets))
+    summary: Dict[str, Dict[str, List]] = {p: {"failed": [], "lost": [], "folded": [], "gain": []} for p in presets}
+    for name, fixed_path, moving_path, fixed_lab_path, moving_lab_path in pairs:
+        fixed, fixed_lab = sitk.ReadImage(str(fixed_path)), sitk.ReadImage(str(fixed_lab_path))
+        moving, moving_lab = sitk.ReadImage(str(moving_path)), sitk.ReadImage(str(moving_lab_path))
+        for thickness in THICKNESSES_MM:
+            for centre in POSITIONS:
+                image, labels = slab(fixed, fixed_lab, centre, thickness)
+                where = f"{thickness:g} mm at {centre:g}"
+                cells = []
+                for preset in presets:
+                    config = RegistrationConfig.preset(preset)
+                    if config.applies("weights"):
+                        config = config.replace(weights=str(args.shared / "models"))
+                    try:
+                        m = register(image, moving, config, labels, moving_lab).metrics
+                    except Exception as error:  # noqa: BLE001 - a protocol records every failure
+                        summary[preset]["failed"].append(f"{name}, {where}: {error}")
+                        cells.append(f"error: {type(error).__name__}")
+                        continue
+                    before, after = m["dice_initial_mean"], m["dice_mean"]
+                    if math.isnan(before):
+                        cells.append("no common label")
+                        continue
+                    summary[preset]["gain"].append(100 * (after - before))
+                    if after < before:
+                        summary[preset]["lost"].append(f"{name}, {where}: {before:.3f} -> {after:.3f}")
+                    if m["folding_percent"] >= MAX_FOLDING_PERCENT:
+                        summary[preset]["folded"].append(f"{name}, {where}: {m['folding_percent']:.1f} %")
+                    cells.append(f"{before:.3f} -> {after:.3f} (SDlogJ {m['sdlogj']:.2f})")
+                print(f"| {name} | {where} | " + " | ".join(cells) + " |", flush=True)
+    print()
+    for preset, s in summary.items():
+        gains = s["gain"] or [float("nan")]
+        print(f"{preset}: {len(s['gain'])} slabs scored, gain mean {np.mean(gains):+.1f} / smallest {min(gains):+.1f} "
+              f"points, {len(s['lost'])} lost, {len(s['folded'])} folded, {len(s['failed'])} failed")
+        for kind in ("failed", "lost", "folded"):
+            for line in s[kind]:
+                print(f"  {kind}: {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
