@@ -9,6 +9,7 @@ published checkpoints so they load with strict key matching. It segments 9 label
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -234,7 +235,9 @@ class ObeliskExtractor(NetworkExtractor):
         without transposing."""
         device = volume.device
         x = (volume.permute(0, 1, 4, 3, 2) / 1024.0 + 1.0).contiguous(memory_format=torch.channels_last_3d)
-        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+        # half precision on CUDA only (torch 2.1 refuses a float16 CPU autocast even when it is disabled)
+        half = torch.autocast("cuda", torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), half:
             logits, feats = self.network(device)(x, return_features=True)
         return {name: t[0].float().permute(0, 3, 2, 1)
                 for name, t in (("logits", logits), ("d144", feats["d144"]), ("d72", feats["d72"]))}
