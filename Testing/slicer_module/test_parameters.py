@@ -123,7 +123,7 @@ print(sorted(name for name in ("torch", "SimpleITK") if sys.modules.get(name) is
 @pytest.mark.parametrize(
     "torch_version, numpy_version, message",
     [
-        ("1.12.1", "1.26.4", "needs PyTorch 1.13 or newer; this Slicer has PyTorch 1.12.1"),
+        ("1.13.1", "1.26.4", "needs PyTorch 2.0 or newer; this Slicer has PyTorch 1.13.1"),
         ("2.2.2", "2.0.1", "PyTorch 2.2.2 was built for NumPy 1"),
         ("2.2.2", "1.26.4", None),
         ("2.13.0+cpu", "2.1.0", None),
