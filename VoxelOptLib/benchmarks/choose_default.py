@@ -35,16 +35,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
+from development_pairs import add_pair_arguments, chosen_names, development_pairs
 from voxelopt import RegistrationConfig, register
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 REFINE = {"refine_iterations": 40, "refine_weight": 1.25, "refine_scale": 0.5}
 SHORT_PYRAMID = {"levels": 4, "thetas": (50.0, 5.0, 0.5), "ss_steps": 5}
 AFFINE_SHORT = {"init": "affine", **SHORT_PYRAMID}
@@ -77,14 +75,11 @@ MAX_SECONDS = 9.0
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("work_dir", type=Path)
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
-    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
+    add_pair_arguments(parser)
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
     args = parser.parse_args()
     names = chosen_names(parser, args.candidates, CANDIDATES, "candidates")
-    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
-    pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
+    pairs = development_pairs(args)
     weights = str(args.shared / "models")
 
     rows: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}

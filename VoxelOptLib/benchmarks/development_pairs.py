@@ -6,6 +6,8 @@
   ``../shared/tools/make_pseudoct.py`` (192x160x256 at 2 mm) into ``WORK/pseudoct``;
 * ``make_pseudoct``: the pseudo-CT of any BTCV label files, made once into a folder (every
   benchmark script that needs pseudo-CT makes it here);
+* ``add_pair_arguments`` / ``development_pairs``: a protocol's WORK_DIR, ``--shared`` and
+  ``--pseudo-pairs``, and the pairs they give;
 * ``chosen_names``: the comma-separated candidates or variants of a protocol's command line.
 
 A pair is ``(name, fixed_image, moving_image, fixed_labels, moving_labels)``, paths.
@@ -20,6 +22,22 @@ from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple
 
 Pair = Tuple[str, Path, Path, Path, Path]
+#: ``../shared`` beside the repository.
+DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a protocol on the development pairs: ``WORK_DIR`` (where the pseudo-CT is
+    made), ``--shared`` and ``--pseudo-pairs`` (fixed-moving BTCV subjects)."""
+    parser.add_argument("work_dir", type=Path)
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
+
+
+def development_pairs(args: argparse.Namespace) -> List[Pair]:
+    """The real CT pairs and the pseudo-CT pairs of :func:`add_pair_arguments`' arguments."""
+    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
+    return real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
 
 
 def real_ct_pairs(shared: Path) -> List[Pair]:

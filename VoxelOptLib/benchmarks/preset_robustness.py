@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import pseudoct_pairs, real_ct_pairs
+from development_pairs import add_pair_arguments, development_pairs
 from voxelopt import RegistrationConfig, register
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 VARIANTS = {
     "features 3 mm, solved at 6 mm": {"feature_spacing": 3.0},
     "features 2.5 mm, solved at 5 mm": {"feature_spacing": 2.5},
@@ -45,13 +43,10 @@ MIN_THIN_GAIN = 0.02
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("work_dir", type=Path)
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    add_pair_arguments(parser)
     parser.add_argument("--preset", default="fast")
-    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
     args = parser.parse_args()
-    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
-    pairs = real_ct_pairs(args.shared) + pseudoct_pairs(args.shared, args.work_dir, pseudo)
+    pairs = development_pairs(args)
 
     print("| pair | init | " + " | ".join(VARIANTS) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
+from development_pairs import add_pair_arguments, chosen_names, development_pairs
 from voxelopt import RegistrationConfig, register
 from voxelopt.config import PRESETS
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 #: Slab thicknesses (mm along the fixed image's z axis).
 THICKNESSES_MM = (6.0, 12.0, 24.0, 48.0)
 #: Slab centres, as fractions of the fixed labels' z extent.
@@ -52,15 +50,11 @@ def slab(image: sitk.Image, labels: sitk.Image, centre: float, thickness_mm: flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("work_dir", type=Path)
-    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    add_pair_arguments(parser)
     parser.add_argument("--presets", default="abdomen,fast,paper,accurate")
-    parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
     args = parser.parse_args()
     presets = chosen_names(parser, args.presets, PRESETS, "preset")
-    pseudo = [tuple(int(v) for v in p.split("-")) for p in args.pseudo_pairs.split(",") if p]
-    pairs = [p for p in real_ct_pairs(args.shared) if not p[0].startswith("real B")]
-    pairs += pseudoct_pairs(args.shared, args.work_dir, pseudo)
+    pairs = [p for p in development_pairs(args) if not p[0].startswith("real B")]  # B is thin already
 
     print("| pair | slab | " + " | ".join(presets) + " |")
     print("|---|---|" + "---|" * len(presets))
