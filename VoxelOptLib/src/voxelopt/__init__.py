@@ -24,7 +24,7 @@ from .errors import ConfigError, InputError, InputWarning, RegistrationCancelled
 
 __version__ = "0.1.0"
 #: The oldest torch the engine supports (as in pyproject.toml's dependencies). The engine's tests pass
-#: with 2.0.1, 2.1.2 and 2.8.0 on Python 3.9 and 2.13.0 on 3.11; 1.13's weights-only loading cannot
+#: with 2.0.1, 2.1.2 and 2.8.0 on Python 3.9 and 2.13.0 on 3.11 and 3.12; 1.13's weights-only loading cannot
 #: read float values in a checkpoint (network features).
 MINIMUM_TORCH_VERSION = "2.0"
 
