@@ -312,6 +312,16 @@ def test_a_too_small_moving_volume_message_says_to_swap_the_volumes():
     assert "register the other way round" not in text
 
 
+def test_a_too_thin_fixed_volume_message_names_the_gui_settings(scene):
+    import voxelopt
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(40, 34, 2))  # 16 mm thick: 1 voxel of 20 mm
+    with pytest.raises(voxelopt.InputError) as info:
+        RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(feature_spacing=10.0))
+    text = message_for_gui(info.value)
+    assert "too small" in text and "a smaller 'Feature spacing' or a larger 'Working scale' (Advanced)" in text
+
+
 def test_last_run_is_forgotten_when_the_scene_is_closed(registered):
     logic = RegistrationLogic(registered["scene"])
     logic._lastRun = registered["run"]

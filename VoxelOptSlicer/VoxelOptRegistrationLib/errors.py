@@ -37,6 +37,8 @@ _GUI_WORDS = (
     ("after the 'centers' initial alignment", "with 'Initial alignment' centers"),
     ("after the 'com' initial alignment", "with 'Initial alignment' com"),
     ("after the 'affine' initial alignment", "with 'Initial alignment' affine"),
+    ("a smaller feature spacing or a larger working scale",
+     "a smaller 'Feature spacing' or a larger 'Working scale' (Advanced)"),
     ("register the other way round (the smaller scan as the fixed image), or crop the fixed image",
      "swap the fixed and moving volumes (the smaller scan as the fixed volume), or crop the fixed volume"),
 )

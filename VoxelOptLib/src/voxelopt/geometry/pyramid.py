@@ -21,7 +21,8 @@ def level_shapes(shape: Sequence[int], levels: int) -> List[Shape]:
     """
     shapes = [tuple(int(n) for n in shape)]
     if min(shapes[0]) < 2:
-        raise InputError(f"the working grid {shapes[0]} (z, y, x) is too small: every axis needs at least 2 voxels")
+        raise InputError(f"the working grid {shapes[0]} (z, y, x) is too small: every axis needs at least 2 voxels; "
+                         "use a finer working resolution (a smaller feature spacing or a larger working scale)")
     for level in range(1, levels):
         previous = shapes[-1]
         nxt = tuple(n // 2 if n // 2 >= MIN_LEVEL_SIZE else n for n in previous)
