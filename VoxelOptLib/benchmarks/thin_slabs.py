@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from development_pairs import add_pair_arguments, chosen_names, development_pairs
 from voxelopt import RegistrationConfig, register
 from voxelopt.config import PRESETS
+from voxelopt.extent import nonzero_extent
 
 #: Slab thicknesses (mm along the fixed image's z axis).
 THICKNESSES_MM = (6.0, 12.0, 24.0, 48.0)
@@ -41,8 +42,8 @@ MAX_FOLDING_PERCENT = 0.5
 def slab(image: sitk.Image, labels: sitk.Image, centre: float, thickness_mm: float):
     """The slices of ``image`` and ``labels`` (one grid) within ``thickness_mm`` around the slice
     at fraction ``centre`` of the labels' z extent."""
-    z = np.flatnonzero(sitk.GetArrayViewFromImage(labels).reshape(labels.GetSize()[2], -1).any(axis=1))
-    middle = int(round(z[0] + centre * (z[-1] - z[0])))
+    first_z, last_z = (int(e[0]) for e in nonzero_extent(sitk.GetArrayViewFromImage(labels)))  # array axis 0: z
+    middle = int(round(first_z + centre * (last_z - first_z)))
     count = max(1, int(round(thickness_mm / image.GetSpacing()[2])))
     first = min(max(0, middle - count // 2), image.GetSize()[2] - count)
     return image[:, :, first:first + count], labels[:, :, first:first + count]
