@@ -158,6 +158,49 @@ def test_surface_distances_equal_the_kd_tree_nearest_neighbours(seed):
         compiled.surface_distances([(np.zeros((0, 3), np.int64), np.zeros((1, 3), np.int64))], spacing)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64])
+def test_surface_voxels_by_the_kernel_equal_those_by_torch(dtype):
+    """The kernel's surface voxels are the torch path's, label by label and in the same order: on
+    a strided box view, labels touching the image's sides, one-voxel labels and negative values
+    (background)."""
+    rng = np.random.default_rng(5)
+    labels = (rng.random((21, 26, 31)) < 0.6) * rng.integers(1, 5, (21, 26, 31))
+    labels[3:15, 4:20, 5:25] = 7  # a block with inner voxels
+    labels[0, :, :6] = 9  # on the image's sides
+    labels[10, 13, 15] = 11  # one voxel inside the block
+    labels[rng.random(labels.shape) < 0.05] = -2
+    x = torch.from_numpy(labels.astype(dtype))
+    values = [int(v) for v in np.unique(labels) if v > 0]
+    for box in [(slice(0, 21), slice(0, 26), slice(0, 31)), (slice(2, 19), slice(1, 26), slice(4, 30))]:
+        by_torch = metrics._surface_voxels(x, values, box)
+        by_kernel = metrics._surface_voxels(x, values, box, use_compiled=True)
+        assert sum(len(v) for v in by_torch.values()) > 1000
+        for value in values:
+            np.testing.assert_array_equal(by_kernel[value], by_torch[value])
+    with pytest.raises(ValueError, match="3-D"):
+        compiled.surface_voxels(labels[0])
+
+
+def test_overlap_counts_equal_bincounts():
+    """Per label: the warped map's voxels and those where the fixed map agrees, as two bincounts
+    give them, for maps of different integer types on strided views; 0, negative values and
+    values from ``size`` on are not counted."""
+    rng = np.random.default_rng(6)
+    fixed = rng.integers(0, 6, (19, 23, 29)).astype(np.uint8)
+    warped = np.where(rng.random(fixed.shape) < 0.7, fixed, rng.integers(-3, 9, fixed.shape)).astype(np.int16)
+    box = (slice(1, 18), slice(2, 23), slice(0, 27))
+    f, w = fixed[box], warped[box]
+    in_warped, in_both = compiled.overlap_counts(f, w, 6, threads=2)
+    expected_warped = np.bincount(w[(w > 0) & (w < 6)], minlength=6)
+    expected_both = np.bincount(w[(w > 0) & (w < 6) & (f == w)], minlength=6)
+    expected_warped[0] = expected_both[0] = 0
+    np.testing.assert_array_equal(in_warped, expected_warped)
+    np.testing.assert_array_equal(in_both, expected_both)
+    assert in_both[1:].sum() > 1000 and in_warped[1:].sum() > in_both[1:].sum()
+    with pytest.raises(ValueError, match="one shape"):
+        compiled.overlap_counts(f, w[:, :, 1:], 6)
+
+
 @pytest.mark.parametrize("transforms", ["always", "mixed"])
 def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch, transforms):
     """The scorer on a grid where the kernels pay (forced here) gives the KD-tree path's HD95,

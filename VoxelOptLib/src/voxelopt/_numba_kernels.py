@@ -110,6 +110,45 @@ def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_m
             out_row[x] = value
 
 
+# ------------------------------------------------------------------ surface voxels
+@numba.njit(nogil=True, cache=True)
+def surface_marks(labels, marks, z_start, z_stop):  # pragma: no cover - compiled; tested through voxelopt.compiled
+    """Planes ``z_start .. z_stop - 1``: ``marks`` (bool, the shape of ``labels``) is True where
+    ``labels`` (Z, Y, X, any integer type; a view may be strided) is > 0 and a 6-neighbour has
+    another value or lies outside the array."""
+    size_z, size_y, size_x = labels.shape
+    for z in range(z_start, z_stop):
+        for y in range(size_y):
+            inner_zy = 0 < z < size_z - 1 and 0 < y < size_y - 1
+            for x in range(size_x):
+                v = labels[z, y, x]
+                if v <= 0:
+                    marks[z, y, x] = False
+                elif not inner_zy or x == 0 or x == size_x - 1:
+                    marks[z, y, x] = True
+                else:
+                    marks[z, y, x] = (labels[z, y, x - 1] != v or labels[z, y, x + 1] != v
+                                      or labels[z, y - 1, x] != v or labels[z, y + 1, x] != v
+                                      or labels[z - 1, y, x] != v or labels[z + 1, y, x] != v)
+
+
+@numba.njit(nogil=True, cache=True)
+def overlap_counts(fixed, warped, counts, z_start, z_stop):  # pragma: no cover - compiled; tested through voxelopt.compiled
+    """Planes ``z_start .. z_stop - 1`` of two label maps of one shape (any integer types; views
+    may be strided): ``counts[0, v]`` += the voxels where ``warped`` is ``v``, ``counts[1, v]``
+    += those where ``fixed`` is ``v`` too, for 0 < v < ``counts.shape[1]``."""
+    size_z, size_y, size_x = warped.shape
+    size = counts.shape[1]
+    for z in range(z_start, z_stop):
+        for y in range(size_y):
+            for x in range(size_x):
+                v = warped[z, y, x]
+                if 0 < v < size:
+                    counts[0, v] += 1
+                    if fixed[z, y, x] == v:
+                        counts[1, v] += 1
+
+
 # ------------------------------------------------------------------ surface distances
 # An exact Euclidean distance transform (Felzenszwalb and Huttenlocher's lower envelope of
 # parabolas, one axis at a time) over a box (Z, Y, X) of squared distances ``d`` (float64, mm^2)

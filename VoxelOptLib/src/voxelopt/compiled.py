@@ -46,7 +46,8 @@ MIN_POINTS = 12_000_000
 
 _lock = threading.Lock()
 _kernels = None  # the loaded kernels (module voxelopt._numba_kernels), or False when numba is not installed or turned off
-_KERNELS = ("warp_rows", "distance_sweep_axis0", "distance_envelope_axis1", "distance_at_points_axis2")
+_KERNELS = ("warp_rows", "surface_marks", "overlap_counts", "distance_sweep_axis0", "distance_envelope_axis1",
+            "distance_at_points_axis2")
 
 
 def enabled() -> bool:
@@ -138,6 +139,46 @@ def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], 
     _in_parts(kernels.warp_rows, args, out.shape[0] * out.shape[1], threads, "warp")
 
 
+def surface_voxels(labels: np.ndarray, threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The surface voxels of a label map (Z, Y, X; any integer type; a view may be strided): the
+    (N, 3) int64 indices (z, y, x; in C order) of the voxels > 0 with a 6-neighbour of another
+    value or outside the array, and their values. One pass over the voxels in parallel (the
+    torch form of :func:`voxelopt.metrics._surface_voxels` makes ten full-size passes).
+
+    Raises RuntimeError when the kernels are not available (see :func:`enabled`).
+    """
+    kernels = _loaded()
+    if labels.ndim != 3:
+        raise ValueError(f"surface_voxels: a 3-D label map is needed, got shape {labels.shape}")
+    marks = np.empty(labels.shape, dtype=bool)
+    _in_parts(kernels.surface_marks, (labels, marks), labels.shape[0], threads, "distance")
+    where = np.unravel_index(np.flatnonzero(marks), labels.shape)
+    return np.stack(where, axis=1).astype(np.int64, copy=False), labels[where]
+
+
+def overlap_counts(fixed: np.ndarray, warped: np.ndarray, size: int, threads: Optional[int] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Per label value ``v`` in ``1 .. size - 1``: the voxels where ``warped`` is ``v`` and those
+    where ``fixed`` is ``v`` too (two int64 arrays of length ``size``; index 0 and values outside
+    the range are not counted), for two label maps of one shape (Z, Y, X; any integer types;
+    views may be strided). One pass over both maps in parallel.
+
+    Raises RuntimeError when the kernels are not available (see :func:`enabled`).
+    """
+    kernels = _loaded()
+    if fixed.shape != warped.shape or fixed.ndim != 3:
+        raise ValueError(f"overlap_counts: two 3-D label maps of one shape are needed, got {fixed.shape} and {warped.shape}")
+    starts = _part_bounds(warped.shape[0], threads)[:-1]
+    counts = np.zeros((len(starts), 2, max(int(size), 1)), np.int64)  # counts of its own per part: no shared writes
+
+    def count_part(start: int, stop: int) -> None:
+        kernels.overlap_counts(fixed, warped, counts[starts.index(start)], start, stop)
+
+    _in_parts(count_part, (), warped.shape[0], threads, "distance")
+    total = counts.sum(axis=0)
+    return total[0], total[1]
+
+
 def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zyx: Sequence[float],
                       threads: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
     """For each pair ``(a, b)`` of non-empty voxel sets of one grid ((N, 3) integer (z, y, x)
@@ -217,18 +258,24 @@ def _in_parts(kernel, args: tuple, count: int, threads: Optional[int], pool: str
     """``kernel(*args, start, stop)`` over ``0 .. count - 1`` in one part per thread (default:
     torch's thread count) of the worker pool named ``pool``; the kernels release the GIL, so the
     parts run at once."""
+    bounds = _part_bounds(count, threads)
+    if len(bounds) == 2:
+        kernel(*args, 0, count)
+        return
+    workers = _worker_pool(pool, len(bounds) - 1)
+    for future in [workers.submit(kernel, *args, start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]:
+        future.result()
+
+
+def _part_bounds(count: int, threads: Optional[int]) -> List[int]:
+    """Where the parts of ``0 .. count - 1`` start (and the last ends): one part per thread
+    (default: torch's thread count), at least one."""
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
     parts = max(1, min(int(threads), count))
-    if parts == 1:
-        kernel(*args, 0, count)
-        return
-    bounds = [count * n // parts for n in range(parts + 1)]
-    workers = _worker_pool(pool, parts)
-    for future in [workers.submit(kernel, *args, bounds[n], bounds[n + 1]) for n in range(parts)]:
-        future.result()
+    return [count * n // parts for n in range(parts + 1)]
 
 
 _pools: Dict[str, Tuple[ThreadPoolExecutor, int]] = {}  # name -> (pool, its threads)
