@@ -6,9 +6,11 @@ pyramid. Peer adapters are tested only when their package imports (skipped other
 
 import csv
 import gzip
+import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from voxelopt_eval import (
     InitialAlignment,
     Job,
     MethodOutput,
+    MethodSpec,
     PairSpec,
     Peer,
     ablation_variants,
@@ -36,7 +39,7 @@ from voxelopt_eval import (
     run_method,
     voxelopt_spec,
 )
-from voxelopt_eval import runner
+from voxelopt_eval import report, runner
 from voxelopt_eval.cli import main
 
 SIZE, SPACING = (60, 52, 44), (3.0, 3.0, 3.0)
@@ -172,7 +175,7 @@ def test_results_files_per_pair_and_mean(serial_run):
             assert float(r["time_total_s"]) >= float(r["time_solver_s"]) > 0
     md = (out / "results.md").read_text()
     assert "## Mean over pairs — half" in md and "## Per pair — full" in md
-    assert '"levels": 3' in md and "voxelopt 0.1.0" in md
+    assert '"levels": 3' in md and "(voxelopt 0.1.0, 1 thread per pair)" in md
     record = json.loads((out / "records" / "VoxelOpt" / "pair1.json").read_text())
     assert record["status"] == "ok" and set(record["metrics"]) == {"half", "full"}
 
@@ -261,7 +264,7 @@ def test_cli_evaluate_dataset(data, tmp_path, capsys):
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [(r["pair_id"], r["protocol"]) for r in rows] == [("S1<-S0", "full"), ("MEAN", "full")]
     report = (tmp_path / "results.md").read_text()  # the default's own affine stage, from the common com start
-    assert "Initial alignment: com" in report and "adds its own affine stage" in report
+    assert "Initial alignment: com" in report and "- VoxelOpt: its own affine stage (init 'affine')" in report
 
 
 def test_the_common_start_of_an_affine_run_is_the_centres_of_mass():
@@ -284,6 +287,27 @@ def test_cli_unknown_peer_is_an_error(data, tmp_path, capsys):
     code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "deeds"])
     assert code == 2
     assert "unknown peer(s) deeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--no-voxelopt", "--peer-pairs", "0"], "--no-voxelopt leaves only the peers, and --peer-pairs 0 runs them on no pair"),
+    (["--peer-pairs", "-1"], "--peer-pairs must be >= 0, got -1"),
+])
+def test_cli_peer_pairs_that_leave_nothing_to_run_are_a_clear_error(options, message, recorder, data, tmp_path, capsys):
+    code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "recorder", *options])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error and "no pairs to evaluate" not in error
+    assert not recorder
+
+
+def test_cli_peer_pairs_0_runs_voxelopt_alone(recorder, data, tmp_path):
+    code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "recorder", "--peer-pairs", "0",
+                 "--max-pairs", "1", "--protocol", "full", "--levels", "3", "--feature-spacing", "none", "--device", "cpu",
+                 "--quiet"])
+    assert code == 0
+    assert not recorder and not (tmp_path / "with_peers").exists()
+    assert [r["method"] for r in csv.DictReader((tmp_path / "results.csv").open())] == ["VoxelOpt", "VoxelOpt"]
 
 
 # ============================================================================ a fair harness
@@ -366,6 +390,145 @@ def test_cli_init_is_applied_to_every_method(recorder, misplaced_pair, tmp_path)
     assert code == 0
     fixed, moving = recorder[-1]
     assert np.abs(moving - fixed).max() < 1e-5
+
+
+@pytest.fixture()
+def slow_package_peer(tmp_path, monkeypatch):
+    """A peer whose package takes 1 s to import, and 1 s more to load the attribute its run uses
+    on first access (as itk loads its modules lazily); the run itself takes no time."""
+    (tmp_path / "slow_peer_package.py").write_text(
+        "import time\n"
+        "time.sleep(1.0)\n"
+        "def register():\n"
+        "    return 0.0\n"
+        "def __getattr__(name):  # PEP 562: loaded on first access\n"
+        "    if name != 'lazy_part':\n"
+        "        raise AttributeError(name)\n"
+        "    time.sleep(1.0)\n"
+        "    globals()['lazy_part'] = 'loaded'\n"
+        "    return 'loaded'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def run(settings, fixed, moving):
+        import slow_peer_package
+
+        assert slow_peer_package.lazy_part == "loaded"
+        zero = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
+        zero.CopyInformation(fixed)
+        return MethodOutput(zero, {"registration": slow_peer_package.register()})
+
+    register_peer(Peer("slow", "Slow", "numpy", "slow_peer_package", "register", {"threads": 0}, run,
+                       lazy=("lazy_part",)))
+    yield
+    del PEERS["slow"]
+    sys.modules.pop("slow_peer_package", None)
+
+
+def test_times_exclude_importing_the_method_package(slow_package_peer, misplaced_pair):
+    record = run_job(Job(misplaced_pair, peer_spec("slow"), ("full",), 1))
+    assert record["status"] == "ok", record.get("error")
+    assert record["time_total_s"] < 0.7  # neither the 1 s import nor the 1 s lazy load is timed
+    assert sum(record["timings"].values()) == pytest.approx(record["time_total_s"], abs=0.05)
+
+
+def test_results_md_reports_the_threads_each_method_used(recorder, misplaced_pair, tmp_path):
+    own = MethodSpec("Recorder 3", "recorder", {**peer_spec("recorder").settings, "threads": 3})
+    run_evaluation([misplaced_pair], [peer_spec("recorder"), own], tmp_path, ("full",), threads=1, progress=False)
+    methods = (tmp_path / "results.md").read_text().split("## Methods")[1]
+    lines = {line.split("**")[1]: line for line in methods.splitlines() if line.startswith("- **")}
+    assert "1 thread per pair)" in lines["Recorder"]  # the run's count: the peer's threads setting is 0
+    assert "3 threads per pair)" in lines["Recorder 3"]  # its own setting
+    assert '"threads"' not in methods
+
+
+def test_results_md_says_what_each_method_does_from_the_common_start():
+    methods = [voxelopt_spec(CONFIG.replace(init="affine")), voxelopt_spec(CONFIG, "VoxelOpt none"),
+               peer_spec("convexadam"), peer_spec("ants"), peer_spec("elastix")]
+    text = report.markdown([], methods, ("full",), "Evaluation", InitialAlignment("com"))
+    assert "Initial alignment: com" in text
+    for line in ["- VoxelOpt: its own affine stage (init 'affine'), then its deformable registration.",
+                 "- VoxelOpt none: its deformable registration only (no affine stage: init 'none').",
+                 "- ConvexAdam: deformable registration only, no affine stage",
+                 "- ANTs SyN: antspyx preset 'SyN': its own centre-of-mass start and affine stage, then SyN",
+                 "- elastix B-spline: its own affine stage (map 'affine'), then a B-spline deformable stage (map 'bspline')."]:
+        assert "\n" + line in text
+
+
+# ============================================================================ benchmarks/evaluate_development_data.py
+BENCHMARKS = Path(__file__).resolve().parents[1] / "VoxelOptLib" / "benchmarks"
+
+
+@pytest.fixture()
+def development_script(monkeypatch):
+    """The script as a module, with its voxelopt-eval commands and pseudo-CT builds recorded, not run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    script = importlib.import_module("evaluate_development_data")
+    calls = {"commands": [], "pseudoct": []}
+
+    def make_pseudoct(shared, out_dir, label_files, quiet=True):
+        calls["pseudoct"].append(label_files)
+        return [(Path(out_dir) / f"case{i:04d}_img.nii.gz", Path(out_dir) / f"case{i:04d}_lab.nii.gz")
+                for i in range(len(label_files))]
+
+    monkeypatch.setattr(script, "voxelopt_eval", lambda *args: calls["commands"].append(args) or 0)
+    monkeypatch.setattr(script, "make_pseudoct", make_pseudoct)
+    return script, calls
+
+
+@pytest.fixture()
+def fake_shared(tmp_path):
+    """../shared's layout with empty files: the script checks that they exist before it runs."""
+    shared = tmp_path / "shared"
+    names = [f"data/totalseg_ct/{case}_{kind}.nii.gz" for case in ("A", "B", "Adef") for kind in ("img", "lab")]
+    names += ["data/totalseg_ct/Adef_gt_disp_mm.nii.gz", "tools/make_pseudoct.py"]
+    names += [f"data/btcv_labels/label{n:04d}.nii.gz" for n in range(27, 34)]
+    for name in names:
+        (shared / name).parent.mkdir(parents=True, exist_ok=True)
+        (shared / name).write_text("")
+    return shared
+
+
+def test_development_script_real_ct_has_both_pairs_and_makes_no_pseudoct(development_script, fake_shared, tmp_path):
+    script, calls = development_script
+    work = tmp_path / "work"
+    assert script.main([str(work), "--shared", str(fake_shared), "--skip", "pseudoct,ablation", "--peers", "ants"]) == 0
+    assert calls["pseudoct"] == []  # not needed by the real-CT step
+    assert calls["commands"] == [("dataset", str(work / "real_ct_pairs.csv"), "--out-dir", str(work / "results_real_ct"),
+                                  "--peers", "ants", "--threads", "2", "--device", "cpu")]
+    pairs = read_pairs(str(work / "real_ct_pairs.csv"))
+    real = fake_shared / "data" / "totalseg_ct"
+    assert [(p.pair_id, p.fixed, p.moving, p.fixed_labels, p.moving_labels, p.gt_field) for p in pairs] == [
+        ("B<-A", str(real / "B_img.nii.gz"), str(real / "A_img.nii.gz"), str(real / "B_lab.nii.gz"),
+         str(real / "A_lab.nii.gz"), None),
+        ("Adef<-A", str(real / "Adef_img.nii.gz"), str(real / "A_img.nii.gz"), str(real / "Adef_lab.nii.gz"),
+         str(real / "A_lab.nii.gz"), str(real / "Adef_gt_disp_mm.nii.gz"))]
+
+
+def test_development_script_makes_the_pseudoct_for_the_ablation(development_script, fake_shared, tmp_path):
+    script, calls = development_script
+    assert script.main([str(tmp_path / "work"), "--shared", str(fake_shared), "--skip", "real,pseudoct"]) == 0
+    assert len(calls["pseudoct"]) == 1 and [c[0] for c in calls["commands"]] == ["ablation"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--init", "affin"], "argument --init: invalid choice: 'affin'"),
+    (["--preset", "quick"], "argument --preset: invalid choice: 'quick'"),
+    (["--peers", "deeds"], "unknown peer(s) deeds"),
+    (["--skip", "reel"], "unknown step in --skip: ['reel']"),
+    (["--skip", "real,pseudoct,ablation"], "skips every step (real, pseudoct, ablation): nothing to do"),
+    (["--peer-pairs", "-1"], "--peer-pairs must be >= 0, got -1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--skip", "pseudoct,ablation", "--preset", "accurate"], "needed by step(s) real: "),  # no models/ for its network
+])
+def test_development_script_checks_its_options_before_any_work(options, message, development_script, fake_shared,
+                                                               tmp_path, capsys):
+    script, calls = development_script
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as stopped:
+        script.main([str(work), "--shared", str(fake_shared), *options])
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists() and calls == {"commands": [], "pseudoct": []}
 
 
 # ============================================================================ peers

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from voxelopt.config import SCHEMA
 from voxelopt.errors import ConfigError
+from voxelopt.inputs import initial_translation
 
 
 #: The initial alignments a run applies once to the moving image for every method: translations,
@@ -46,8 +47,6 @@ class InitialAlignment:
 
     def translation(self, fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:
         """The translation ``t`` (mm, LPS) of this pair."""
-        from voxelopt.inputs import initial_translation
-
         return np.asarray(initial_translation(fixed, moving, self.mode, tuple(self.hu_window)), dtype=np.float64)
 
     def describe(self) -> str:

@@ -7,8 +7,9 @@ Subcommands:
 
 The registration options are those of ``voxelopt register`` (:func:`voxelopt.cli.add_registration_options`);
 ``--init`` is the common initial alignment of every method (``affine``: every method starts from the
-centres of mass and VoxelOpt adds its own affine stage, as the peers add theirs). Errors a user can cause print one
-``error: ...`` line and exit with status 2; exit status 1 means some pair failed (see results.md).
+centres of mass and VoxelOpt adds its own affine stage, as elastix and ANTs add theirs; ConvexAdam has
+none; results.md states each method's stages). Errors a user can cause print one ``error: ...`` line
+and exit with status 2; exit status 1 means some pair failed (see results.md).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--peers", default="", help=f"comma-separated peers to run as well: {', '.join(PEERS)} "
                                                "(need the 'peers' extra)")
-    p.add_argument("--peer-pairs", type=int, help="run the peers only on the first N pairs (they are slow)")
+    p.add_argument("--peer-pairs", type=int, help="run the peers only on the first N pairs (they are slow; 0: on none)")
     p.add_argument("--no-voxelopt", action="store_true", help="run only the peers")
     p.add_argument("--protocol", choices=list(PROTOCOLS) + ["both"], default="both",
                    help="half: the official protocol (half of the 2 mm grid, as the paper reports); "
@@ -93,7 +94,7 @@ def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAl
     A translation (``none``, ``centers``, ``com``) is applied to the moving image for every
     method, and VoxelOpt then runs with ``init="none"``. With ``init="affine"`` every method
     starts from the centres of mass and VoxelOpt keeps its own affine stage, as elastix and ANTs
-    keep theirs in their standard pipelines.
+    keep theirs in their standard pipelines (ConvexAdam has none).
     """
     config = config_from_options(args)
     window = tuple(config.hu_window)
@@ -103,7 +104,13 @@ def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAl
 
 
 def dataset_command(args: argparse.Namespace) -> int:
-    """Body of ``voxelopt-eval dataset``; exit status 1 when any pair failed."""
+    """Body of ``voxelopt-eval dataset``; exit status 1 when any pair failed.
+
+    With ``--peer-pairs N`` below the number of pairs, VoxelOpt runs on every pair (OUT_DIR) and
+    all methods on the first N pairs (OUT_DIR/with_peers; none when N is 0).
+    """
+    if args.peer_pairs is not None and args.peer_pairs < 0:
+        raise ConfigError(f"--peer-pairs must be >= 0, got {args.peer_pairs}")
     config, init = _split_init(args)
     pairs = _pairs(args)
     peers = parse_peer_list(args.peers)
@@ -113,6 +120,8 @@ def dataset_command(args: argparse.Namespace) -> int:
     peer_methods = [peer_spec(kind, config.hu_window) for kind in peers]
     if not methods and not peer_methods:
         raise ConfigError("nothing to run: --no-voxelopt without --peers")
+    if not methods and args.peer_pairs == 0:
+        raise ConfigError("nothing to run: --no-voxelopt leaves only the peers, and --peer-pairs 0 runs them on no pair")
     protocols = _protocols(args.protocol)
     title = "Dataset evaluation: " + ", ".join(m.name for m in methods + peer_methods)
     if args.peer_pairs is not None and peer_methods and args.peer_pairs < len(pairs):
@@ -120,9 +129,11 @@ def dataset_command(args: argparse.Namespace) -> int:
         code = 0
         if methods:
             code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, **options), args.quiet)
-        subset = run_evaluation(pairs[: args.peer_pairs], methods + peer_methods, Path(args.out_dir) / "with_peers",
-                                protocols, title=title + f" (first {args.peer_pairs} pairs)", **options)
-        return max(code, _print(subset, args.quiet))
+        if args.peer_pairs > 0:
+            subset = run_evaluation(pairs[: args.peer_pairs], methods + peer_methods, Path(args.out_dir) / "with_peers",
+                                    protocols, title=title + f" (first {args.peer_pairs} pairs)", **options)
+            code = max(code, _print(subset, args.quiet))
+        return code
     run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, **options)
     return _print(run, args.quiet)
 
@@ -152,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/results.csv and DIR/results.md: Dice, HD95, SDlogJ, folding and times per pair "
                                    "and on average. --init is applied once to the moving image and labels, and every "
                                    "method starts from it (affine: every method starts from the centres of mass and "
-                                   "VoxelOpt adds its own affine stage). Re-runs resume; a failing pair is reported and the rest go on.")
+                                   "VoxelOpt adds its own affine stage; results.md says what each method does from "
+                                   "there). Re-runs resume; a failing pair is reported and the rest go on.")
     add_dataset_arguments(p)
     add_registration_options(p)
     p.set_defaults(func=dataset_command)

@@ -6,6 +6,12 @@ every other kind is a :class:`Peer` of the registry in :mod:`.peers`. Every meth
 :class:`MethodOutput`: one displacement field on the fixed grid (LPS mm,
 ``warped(x) = moving(x + field(x))``) and per-stage wall-clock times in seconds. The metrics
 are computed afterwards from the field by :mod:`.protocols`, identically for every method.
+
+Before a method is timed its package is imported (:func:`load_voxelopt`, :meth:`Peer.load`), so
+that its times are its work only, never the import of its package.
+
+Threads: the runner sets torch's and ITK's thread counts to the run's per-pair count before every
+job; a peer's own ``threads`` setting (> 0) overrides it for that peer (:func:`threads_used`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,15 @@ import SimpleITK as sitk
 from voxelopt.config import RegistrationConfig
 
 VOXELOPT = "voxelopt"
+
+#: The engine's modules that :func:`voxelopt.pipeline.register` imports only on first use (once its
+#: inputs are checked; the network feature extractors when one is made): :func:`load_voxelopt`
+#: imports them before the clock starts.
+VOXELOPT_MODULES: Tuple[str, ...] = (
+    "voxelopt.pipeline", "voxelopt.affine", "voxelopt.device", "voxelopt.features", "voxelopt.peak_memory",
+    "voxelopt.solver", "voxelopt.stages", "voxelopt.networks.obelisk", "voxelopt.networks.pdd",
+    "voxelopt.networks.universal", "voxelopt.networks.torchscript",
+)
 
 
 @dataclasses.dataclass
@@ -53,6 +68,8 @@ class MethodOutput:
 
 #: A peer's run function: (settings, fixed, moving) -> output, on prepared inputs (:func:`.peers.prepare`).
 PeerRun = Callable[[Dict[str, Any], sitk.Image, sitk.Image], MethodOutput]
+#: What a peer does from the common initial alignment, given its settings: a phrase for results.md.
+PeerStages = Callable[[Mapping[str, Any]], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +85,11 @@ class Peer:
             the harness adds ``hu_window``.
         run: registers prepared inputs (both on the fixed grid, intensities windowed to [0, 1],
             moving already in the common initial alignment) and returns the field.
+        lazy: further attributes of ``module`` that ``run`` uses (directly or through the
+            package's own helpers) and that the package loads only on first access, as ``itk``
+            does; :meth:`load` touches them.
+        stages: what the tool does from the common initial alignment with given settings (a
+            phrase for results.md, e.g. "its own affine stage, then B-spline"); None: not stated.
     """
 
     kind: str
@@ -77,14 +99,28 @@ class Peer:
     entry_point: str
     defaults: Mapping[str, Any]
     run: PeerRun
+    lazy: Tuple[str, ...] = ()
+    stages: Optional[PeerStages] = None
+
+    def load(self) -> None:
+        """Import :attr:`module` and touch :attr:`entry_point` and :attr:`lazy`, so that a timed
+        ``run`` measures registration only, not the import of the package. Instant once done
+        (Python keeps the loaded modules for the process). Raises what the import raises."""
+        module = importlib.import_module(self.module)
+        for name in (self.entry_point,) + tuple(self.lazy):
+            getattr(module, name)
 
     def available(self) -> Tuple[bool, str]:
-        """(True, "") when the tool can run here, else (False, the reason)."""
+        """(True, "") when the tool can run here, else (False, the reason); loads it (:meth:`load`)."""
         try:
-            getattr(importlib.import_module(self.module), self.entry_point)
+            self.load()
         except Exception as error:  # ImportError, AttributeError, or a broken install raising something else
             return False, f"{self.kind} is not usable ({type(error).__name__}: {error}); install the 'peers' extra"
         return True, ""
+
+    def describe_stages(self, settings: Mapping[str, Any]) -> str:
+        """What the tool does from the common initial alignment with ``settings`` (:attr:`stages`)."""
+        return self.stages(settings) if self.stages is not None else "its own registration (stages not stated)"
 
     def version(self) -> str:
         """The installed version of :attr:`package`, or ``"not installed"``."""
@@ -102,6 +138,30 @@ def voxelopt_version() -> str:
     from voxelopt import __version__
 
     return _distribution_version("voxelopt") or __version__
+
+
+def load_voxelopt() -> None:
+    """Import the engine's modules (:data:`VOXELOPT_MODULES`), so that a timed VoxelOpt run
+    measures registration only; instant once done."""
+    for name in VOXELOPT_MODULES:
+        importlib.import_module(name)
+
+
+def voxelopt_stages(settings: Mapping[str, Any]) -> str:
+    """What VoxelOpt does from the common initial alignment with the configuration ``settings``."""
+    init = settings.get("init", "none")
+    if init == "none":
+        return "its deformable registration only (no affine stage: init 'none')"
+    if init == "affine":
+        return "its own affine stage (init 'affine'), then its deformable registration"
+    return f"its own initial alignment (init {init!r}), then its deformable registration"
+
+
+def threads_used(settings: Mapping[str, Any], run_threads: int) -> int:
+    """The torch/ITK threads a method uses per pair: its own ``threads`` setting when > 0 (peers),
+    else the run's per-pair count ``run_threads``; 0 means the libraries' defaults."""
+    own = int(settings.get("threads") or 0)
+    return own if own > 0 else max(0, int(run_threads or 0))
 
 
 def run_voxelopt(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image) -> MethodOutput:

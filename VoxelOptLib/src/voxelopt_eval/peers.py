@@ -5,8 +5,10 @@ peers: one :class:`.methods.Peer` entry per tool in :data:`PEERS` (add one with
 Every peer gets identical inputs (:func:`prepare`): the fixed image and the moving image, both
 already in the run's common initial alignment (:mod:`.alignment`), the moving one resampled onto
 the fixed grid (linear; identity in physical space), both clipped to the HU window and scaled to
-[0, 1] (the paper's preprocessing). The tools may add their own affine stage (ANTs' ``SyN``
-preset and the elastix ``affine`` map do, as in their standard pipelines). Each returns its displacement field on the fixed grid in the
+[0, 1] (the paper's preprocessing). From there each tool runs its own standard pipeline, which
+may start with its own alignment: ANTs' ``SyN`` preset with a centre-of-mass start and an affine
+stage, elastix with its ``affine`` map; ConvexAdam has no affine stage (each peer's ``stages``
+says which, for results.md). Each returns its displacement field on the fixed grid in the
 harness's convention (LPS mm, ``warped(x) = moving(x + d(x))``), so its labels are warped and
 scored by the same code as VoxelOpt's (:mod:`.protocols`).
 
@@ -22,9 +24,13 @@ scored by the same code as VoxelOpt's (:mod:`.protocols`).
   default ``"affine"`` and ``"bspline"`` parameter maps; the field from
   ``itk.transformix_deformation_field``. Threads are set through the environment variable
   ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` (itk-elastix 0.25.4 crashes when
-  ``number_of_threads`` is passed).
+  ``number_of_threads`` is passed). ``itk`` loads its modules lazily, on first access of an
+  attribute (about 10 s for the elastix ones): the peer lists the attributes its run uses
+  (``lazy``), so that they are loaded before the clock starts.
 
-Threads: every peer uses ``threads`` threads (setting; 0 = leave the library's default).
+Threads: the runner sets torch's and ITK's thread counts to the run's per-pair count before every
+job; a peer's ``threads`` setting overrides it when > 0 (0, the default: the run's count). ITK
+reads its count once per process, when it first runs.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -226,15 +232,52 @@ def _to_itk(image: sitk.Image, itk) -> Any:
     return out
 
 
+# ---------------------------------------------------------------------------- what each peer does
+def convexadam_stages(settings: Mapping[str, Any]) -> str:
+    """ConvexAdam's stages: deformable only."""
+    return "deformable registration only, no affine stage (MIND features, coupled convex optimisation, then Adam)"
+
+
+#: antspyx presets (``type_of_transform``) -> what they do from the given start (antspyx 0.6.3).
+ANTS_PRESETS = {
+    "SyN": "its own centre-of-mass start and affine stage, then SyN (deformable), both on mutual information",
+    "SyNOnly": "SyN only (deformable, no affine stage)",
+    "Affine": "its own centre-of-mass start and affine stage only",
+    "Rigid": "its own centre-of-mass start and rigid stage only",
+    "Translation": "its own centre-of-mass start and translation only",
+}
+
+
+def ants_stages(settings: Mapping[str, Any]) -> str:
+    """ANTs' stages for its ``type_of_transform`` preset."""
+    preset = settings["type_of_transform"]
+    return f"antspyx preset {preset!r}: " + ANTS_PRESETS.get(preset, "see antspyx's ants.registration")
+
+
+#: elastix default parameter maps -> the stage each adds.
+ELASTIX_MAPS = {"translation": "a translation", "rigid": "a rigid stage", "affine": "its own affine stage",
+                "bspline": "a B-spline deformable stage"}
+
+
+def elastix_stages(settings: Mapping[str, Any]) -> str:
+    """elastix's stages: its parameter maps in turn."""
+    return ", then ".join(f"{ELASTIX_MAPS.get(name, 'a stage')} (map {name!r})" for name in settings["parameter_maps"])
+
 
 # ---------------------------------------------------------------------------- the built-in peers
 # convexAdam 0.2.0 package defaults (MIND r=1 d=2, grid_sp 6, disp_hw 4, lambda 1.25, 80 Adam
 # iterations at grid_sp_adam 2, inverse consistency on).
 register_peer(Peer("convexadam", "ConvexAdam", "convexAdam", "convexAdam.convex_adam_MIND", "convex_adam_pt",
                    {"mind_r": 1, "mind_d": 2, "lambda_weight": 1.25, "grid_sp": 6, "disp_hw": 4, "selected_niter": 80,
-                    "selected_smooth": 0, "grid_sp_adam": 2, "ic": True, "threads": 0}, run_convexadam))
+                    "selected_smooth": 0, "grid_sp_adam": 2, "ic": True, "threads": 0}, run_convexadam,
+                   stages=convexadam_stages))
 register_peer(Peer("ants", "ANTs SyN", "antspyx", "ants", "registration",
-                   {"type_of_transform": "SyN", "random_seed": 1, "threads": 0}, run_ants))
+                   {"type_of_transform": "SyN", "random_seed": 1, "threads": 0}, run_ants, stages=ants_stages))
 # elastix's default "affine" then "bspline" maps; maximum_iterations None keeps their iterations.
+# lazy: what run_elastix and _to_itk use from itk (PyBuffer: the numpy bridge of image_from_array
+# and array_from_image), each loaded on first access.
 register_peer(Peer("elastix", "elastix B-spline", "itk-elastix", "itk", "elastix_registration_method",
-                   {"parameter_maps": ["affine", "bspline"], "maximum_iterations": None, "threads": 0}, run_elastix))
+                   {"parameter_maps": ["affine", "bspline"], "maximum_iterations": None, "threads": 0}, run_elastix,
+                   lazy=("ParameterObject", "transformix_deformation_field", "image_from_array", "array_from_image",
+                         "matrix_from_array", "PyBuffer"),
+                   stages=elastix_stages))

@@ -7,7 +7,8 @@ left out of the means; ``n_pairs`` says how many entered). Columns: Dice as a fr
 (Learn2Reg, log(J + 3)), ``sdlogj_plain``, ``folding_percent``, ``disp_error_mm_*`` when a
 ground-truth field was given, and seconds: ``time_total_s`` end to end, ``time_<stage>_s``
 per stage. ``results.md`` shows the same means (Dice in %) and the per-pair values, the common
-initial alignment every method started from, and each method's settings and package version.
+initial alignment every method started from and what each method does from there, what the
+times include, and each method's settings, package version and threads per pair.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .alignment import InitialAlignment
-from .methods import MethodSpec
+from .methods import MethodSpec, threads_used
+from .runner import method_stages
 
 BASE_COLUMNS = ["pair_id", "method", "protocol", "status", "n_pairs", "dice_initial_mean", "dice_mean",
                 "hd95_mm_initial_mean", "hd95_mm_mean", "sdlogj", "sdlogj_plain", "folding_percent", "jacobian_min",
@@ -136,13 +138,16 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
                  for r in records)
     lines = [f"# {title}", "",
              f"{len(pairs)} pair(s) x {len(methods)} method(s); machine: {platform.machine()}, "
-             f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}.",
-             init.describe(),
-             *[f"{m.name} adds its own affine stage from there (init 'affine'), as elastix's affine map and ANTs' SyN "
-               "preset add theirs." for m in methods if m.settings.get("init") == "affine"],
+             f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}.", "",
+             init.describe() + " From there each method runs:", "",
+             *[f"- {m.name}: {method_stages(m)}." for m in methods], "",
              "Dice in % over the labels present in both the fixed and the moving label maps (a label the warp loses "
              "scores 0); HD95 in mm (a lost label: the fixed box's diagonal); SDlogJ = std log(J + 3) (Learn2Reg); "
-             "time = end to end per pair (reading the images to the field), in seconds.", ""]
+             "time = seconds per pair, end to end: reading the images, the common initial alignment, the method's "
+             "preprocessing and registration, and the conversion of its output to a displacement field. It excludes "
+             "importing the method's package (done once per worker process before its first pair is timed, with "
+             "what the package loads lazily, such as itk's modules), reading the labels and computing the metrics.",
+             ""]
     for protocol in protocols:
         summary = summarize(records, protocol)
         lines += [f"## Mean over pairs — {protocol} ({PROTOCOL_TEXT[protocol]})", ""]
@@ -177,12 +182,15 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
                          f"{_fmt(row.get('sdlogj'), 3)} | {_fmt(row.get('folding_percent'), 3)} | "
                          f"{_fmt(row.get('time_total_s'), 1)} |")
         lines.append("")
-    threads = sorted({r.get("threads") for r in records if r.get("threads")})
     lines += ["## Methods: settings and versions", "",
-              f"Threads per pair (torch and ITK): {', '.join(str(t) for t in threads) or 'library defaults'}.", ""]
+              "Threads: the torch and ITK threads each method used per pair (a peer's own `threads` setting when "
+              "above 0, else the run's per-pair count); the settings below leave that setting out.", ""]
     for method in methods:
-        version = next((r.get("version") for r in records if r["method"] == method.name), "")
-        lines.append(f"- **{method.name}** ({method.kind} {version}): `{json.dumps(method.settings, sort_keys=True)}`")
+        own = [r for r in records if r["method"] == method.name]
+        version = own[0].get("version", "") if own else ""
+        settings = {k: v for k, v in method.settings.items() if k != "threads"}
+        lines.append(f"- **{method.name}** ({method.kind} {version}, {_threads_text(method, own)}): "
+                     f"`{json.dumps(settings, sort_keys=True)}`")
     lines.append("")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
@@ -190,6 +198,15 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
         lines += [f"- {r['pair_id']} / {r['method']}: {r.get('error', '')}" for r in failed]
         lines.append("")
     return "\n".join(lines)
+
+
+def _threads_text(method: MethodSpec, records: Sequence[Dict[str, Any]]) -> str:
+    """The threads ``method`` used per pair in its finished ``records`` (:func:`.methods.threads_used`)."""
+    counts = sorted({threads_used(method.settings, r["threads"]) for r in records if r["status"] == "ok"})
+    if not counts:
+        return "threads: no pair finished"
+    texts = ["library default threads" if n == 0 else f"{n} thread{'s' if n != 1 else ''}" for n in counts]
+    return " / ".join(texts) + " per pair"
 
 
 def _stage_table(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], protocol: str) -> List[str]:

@@ -9,9 +9,13 @@ with the same settings, protocols and inputs (failed jobs are retried). ``result
 ``results.md`` are then written from the records of the requested pairs and methods.
 
 Times: ``time_total_s`` is the wall-clock time of one job from reading the input images to the
-method's displacement field on the fixed grid (label reading and metrics excluded); ``timings``
-holds ``load`` (reading the images), ``align`` (the initial alignment) and the method's own
-stages.
+method's displacement field on the fixed grid: reading the images, the common initial alignment,
+the method's preprocessing, registration and conversion of its output to a displacement field.
+It excludes importing the method's package (and what it loads lazily, such as itk's modules):
+:func:`load_method` does that before the clock starts, once per process (worker), so the first
+pair of a worker is timed like the others. Reading the labels and computing the metrics are
+excluded too. ``timings`` holds ``load`` (reading the images), ``align`` (the initial alignment)
+and the method's own stages.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import SimpleITK as sitk
 from voxelopt.errors import ConfigError, InputError
 
 from .alignment import COMMON_MODES, InitialAlignment, relative_to_alignment, shifted
-from .methods import VOXELOPT, MethodOutput, MethodSpec, run_voxelopt, voxelopt_version
+from .methods import VOXELOPT, MethodOutput, MethodSpec, load_voxelopt, run_voxelopt, voxelopt_stages, voxelopt_version
 from .pairs import PairSpec, safe_name
 from .peers import get_peer, run_peer
 from .protocols import check_protocols, evaluate_field
@@ -53,6 +57,26 @@ def run_method(spec: MethodSpec, fixed: sitk.Image, moving: sitk.Image) -> Metho
 def method_version(kind: str) -> str:
     """Version of the package that implements ``kind`` ("not installed" when absent)."""
     return voxelopt_version() if kind == VOXELOPT else get_peer(kind).version()
+
+
+def method_stages(spec: MethodSpec) -> str:
+    """What the method of ``spec`` does from the common initial alignment (a phrase for results.md)."""
+    return voxelopt_stages(spec.settings) if spec.kind == VOXELOPT else get_peer(spec.kind).describe_stages(spec.settings)
+
+
+def load_method(kind: str) -> None:
+    """Import the package of method ``kind`` and what it loads lazily on first use, so that a run
+    timed afterwards measures the method's work only. Instant once done in a process.
+
+    Raises:
+        ConfigError: a peer whose package is not usable here.
+    """
+    if kind == VOXELOPT:
+        load_voxelopt()
+        return
+    usable, reason = get_peer(kind).available()  # imports it
+    if not usable:
+        raise ConfigError(reason)
 
 
 @dataclasses.dataclass
@@ -104,6 +128,7 @@ def run_job(job: Job) -> Dict[str, Any]:
                               "version": method_version(job.method.kind), "threads": job.threads}
     _limit_threads(job.threads)
     try:
+        load_method(job.method.kind)  # before the clock: the times exclude importing the method's package
         start = time.perf_counter()
         fixed = read_image(job.pair.fixed, "fixed image")
         moving = read_image(job.pair.moving, "moving image")
