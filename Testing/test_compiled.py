@@ -201,10 +201,11 @@ def test_overlap_counts_equal_bincounts():
         compiled.overlap_counts(f, w[:, :, 1:], 6)
 
 
-@pytest.mark.parametrize("transforms", ["always", "mixed"])
+@pytest.mark.parametrize("transforms", ["always", "mixed", "bounded"])
 def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch, transforms):
     """The scorer on a grid where the kernels pay (forced here) gives the KD-tree path's HD95,
-    labels far apart and nearly coinciding, lost or not, each label by either search."""
+    labels far apart and nearly coinciding, lost or not, each label by either search, or
+    ("bounded") every label from coarse distance transforms and exact distances where needed."""
     rng = np.random.default_rng(3)
     fixed = np.zeros((30, 34, 38), np.uint8)
     fixed[4:20, 5:25, 6:30] = 1
@@ -225,9 +226,11 @@ def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch
     monkeypatch.setattr(compiled, "MIN_POINTS", 0)
     decisions = []  # "mixed": the far label (Dice 0) by the transforms, the other by a KD-tree
     monkeypatch.setattr(metrics, "_transform_is_cheaper",
-                        lambda a, b, dice: decisions.append(transforms == "always" or dice == 0.0) or decisions[-1])
+                        lambda a, b, dice: decisions.append(transforms != "mixed" or dice == 0.0) or decisions[-1])
+    monkeypatch.setattr(metrics, "BOUNDED_MIN_BOX_VOXELS", 0 if transforms == "bounded" else 10**12)
     by_transforms = metrics.label_metrics(fixed, fixed, warped, spacing)
-    assert len(calls) == 1 and decisions == ([True, True] if transforms == "always" else [False, True])
+    expected = {"always": [True, True], "mixed": [False, True], "bounded": []}[transforms]  # bounded: no choice to make
+    assert len(calls) == 1 and decisions == expected
     assert by_transforms["labels"] == by_trees["labels"] and by_transforms["dice"] == by_trees["dice"]
     for label, value in by_trees["hd95_mm"].items():
         assert by_transforms["hd95_mm"][label] == pytest.approx(value, rel=1e-12)
@@ -250,3 +253,48 @@ def test_the_cost_model_weighs_box_voxels_against_surface_points(monkeypatch):
     assert 330**3 > metrics.MAX_TRANSFORM_BOX_VOXELS and not metrics._transform_is_cheaper(large, large + 10, dice=0.0)
     monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 330**3)
     assert metrics._transform_is_cheaper(large, large + 10, dice=0.0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 400, 3001])
+def test_the_percentile_within_bounds_is_the_exact_percentile(size):
+    """From distances known only to within a slack, the pooled 95th percentile equals numpy's on
+    the exact values (ties and all), computing exact values only for the points the bounds leave
+    undecided: few of them when the slack is small against the spread."""
+    rng = np.random.default_rng(size)
+    exact = [np.round(rng.gamma(2.0, 3.0, size), 1), np.round(rng.gamma(2.0, 4.0, size + 3), 1)]  # with ties
+    slack = 0.5
+    coarse = [values + rng.uniform(-slack, slack, len(values)) for values in exact]
+    asked = []
+
+    def exact_of(index):
+        def distances(chosen, within):
+            assert np.all(exact[index][chosen] <= within + 1e-12)
+            asked.append(int(chosen.sum()))
+            return exact[index][chosen]
+        return distances
+
+    got = metrics._percentile_within_bounds(coarse, slack, (exact_of(0), exact_of(1)))
+    assert got == pytest.approx(np.percentile(np.concatenate(exact), 95), rel=1e-13, abs=1e-13)
+    if size >= 400:
+        assert sum(asked) < 0.25 * (2 * size + 3)
+
+
+def test_a_point_beyond_its_bound_is_an_error_not_a_wrong_score(monkeypatch):
+    """Should the bounds ever be wrong, the bounded KD-tree search raises instead of scoring."""
+    scorer = metrics.LabelScorer(np.ones((4, 4, 4), np.uint8), np.ones((2, 2, 2), np.uint8), (1.0, 1.0, 1.0))
+    with pytest.raises(ArithmeticError, match="bound"):
+        scorer._nearest(np.array([[0, 0, 0]]), np.array([[3, 3, 3]]), within=1.0)
+
+
+def test_the_coarse_slack_bounds_every_voxel_distance_and_is_tight():
+    """Two voxels' distance differs from that of their coarse voxels' centres (on the grid
+    COARSE_FACTOR times coarser) by at most the slack, and by nearly that much for some pairs."""
+    rng = np.random.default_rng(8)
+    spacing = np.array([1.7, 0.6, 0.9])
+    a, b = rng.integers(0, 40, (20000, 3)), rng.integers(0, 40, (20000, 3))
+    factor = metrics.COARSE_FACTOR
+    exact = np.linalg.norm((a - b) * spacing, axis=1)
+    coarse = np.linalg.norm((a // factor - b // factor) * factor * spacing, axis=1)
+    slack = metrics._coarse_slack(spacing)
+    assert np.abs(exact - coarse).max() <= slack
+    assert np.abs(exact - coarse).max() > 0.8 * slack

@@ -24,7 +24,10 @@ Definitions:
   points in mm, or, on grids where the compiled kernels pay (:func:`voxelopt.compiled.worth_it`),
   by exact Euclidean distance transforms over each label's box
   (:func:`voxelopt.compiled.surface_distances`); both equal the distance transform of the
-  complement of the other surface (to about 10^-13 mm).
+  complement of the other surface (to about 10^-13 mm). For large labels on those grids the
+  transforms run on a grid twice as coarse, which bounds every distance, and only the points
+  whose bounds leave their rank around the 95th percentile open get exact (KD-tree) distances:
+  the same HD95 in about half the time (:data:`BOUNDED_MIN_BOX_VOXELS`).
 * The Jacobian determinant is that of ``x -> x + d(x)`` (the resampling map of the field) with
   central differences in voxel units of the fixed grid (one-sided at the borders); it is
   invariant to the voxel/mm choice because it is a ratio of volumes.
@@ -173,21 +176,50 @@ class LabelScorer:
               ) -> Dict[int, float]:
         """HD95 (mm) of each label between its fixed and warped surface voxels (both non-empty):
         the 95th percentile of the distances fixed -> warped and warped -> fixed, pooled."""
-        by_transform = [label for label in labels if self._transforms and _transform_is_cheaper(
+        bounded = [label for label in labels if self._transforms and _box_voxels(
+            self._fixed_points[label], warped_voxels[label]) >= BOUNDED_MIN_BOX_VOXELS]
+        exact = [label for label in labels if self._transforms and label not in bounded and _transform_is_cheaper(
             self._fixed_points[label], warped_voxels[label], dice[label])]
         both = {}
-        if by_transform:
-            both = dict(zip(by_transform, compiled.surface_distances(
-                [(self._fixed_points[label], warped_voxels[label]) for label in by_transform], self.spacing_zyx)))
+        if exact:
+            both = dict(zip(exact, compiled.surface_distances(
+                [(self._fixed_points[label], warped_voxels[label]) for label in exact], self.spacing_zyx)))
+        hd95 = {}
+        if bounded:
+            coarse = compiled.surface_distances([(self._fixed_points[label] // COARSE_FACTOR, warped_voxels[label] //
+                                                  COARSE_FACTOR) for label in bounded],
+                                                [COARSE_FACTOR * s for s in self.spacing_zyx])
+            for label, distances in zip(bounded, coarse):
+                hd95[label] = _percentile_within_bounds(distances, _coarse_slack(self.spacing_zyx), (
+                    lambda chosen, within, label=label: self._nearest(
+                        warped_voxels[label], self._fixed_points[label][chosen], within=within),
+                    lambda chosen, within, label=label: self._nearest(
+                        self._fixed_points[label], warped_voxels[label][chosen], fixed_label=label, within=within)))
         for label in labels:
-            if label not in both:
-                fixed_tree = self._fixed_trees.get(label)
-                if fixed_tree is None:  # the scorer may serve two threads: a tree built twice is harmless
-                    fixed_tree = self._fixed_trees.setdefault(label, _tree(self._in_mm(self._fixed_points[label])))
-                warped = self._in_mm(warped_voxels[label])
-                both[label] = (_tree(warped).query(self._in_mm(self._fixed_points[label]), workers=-1)[0],
-                               fixed_tree.query(warped, workers=-1)[0])
-        return {label: float(np.percentile(np.concatenate(both[label]), 95)) for label in labels}
+            if label not in both and label not in hd95:
+                both[label] = (self._nearest(warped_voxels[label], self._fixed_points[label]),
+                               self._nearest(self._fixed_points[label], warped_voxels[label], fixed_label=label))
+        hd95.update({label: float(np.percentile(np.concatenate(both[label]), HD_PERCENTILE)) for label in both})
+        return {label: hd95[label] for label in labels}
+
+    def _nearest(self, surface: np.ndarray, points: np.ndarray, fixed_label: Optional[int] = None,
+                 within: float = np.inf) -> np.ndarray:
+        """The distances (mm) from voxels ``points`` to the nearest voxel of ``surface`` by a
+        KD-tree (the fixed surface's tree of ``fixed_label`` is kept for the next score), each
+        known to be at most ``within`` (the search stops there; a point found beyond it, which
+        would be an error of the caller's bounds, raises)."""
+        if not len(points):
+            return np.zeros(0)
+        if fixed_label is None:
+            tree = _tree(self._in_mm(surface))
+        else:
+            tree = self._fixed_trees.get(fixed_label)
+            if tree is None:  # the scorer may serve two threads: a tree built twice is harmless
+                tree = self._fixed_trees.setdefault(fixed_label, _tree(self._in_mm(surface)))
+        distances = tree.query(self._in_mm(points), workers=-1, distance_upper_bound=within)[0]
+        if within < np.inf and not np.all(np.isfinite(distances)):
+            raise ArithmeticError("a surface distance exceeded its bound")
+        return distances
 
 
 def registration_label_metrics(fixed: LabelMap, moving: LabelMap, initial: LabelMap, warped: LabelMap,
@@ -331,6 +363,60 @@ def _transform_is_cheaper(a: np.ndarray, b: np.ndarray, dice: float) -> bool:
     box = float(np.prod(compiled.joint_box(a, b)[1]))
     return (box <= MAX_TRANSFORM_BOX_VOXELS
             and TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * (len(a) + len(b)) * (3.0 - 2.0 * dice))
+
+
+#: The percentile of the pooled surface distances that HD95 is (numpy's linear interpolation).
+HD_PERCENTILE = 95.0
+#: On grids where the compiled kernels pay, labels whose box holding both surfaces has at least
+#: this many voxels get their HD95 from distance transforms on a grid :data:`COARSE_FACTOR` times
+#: coarser, which bound every distance to within :func:`_coarse_slack`, and exact KD-tree
+#: distances only for the points those bounds cannot place below or above the percentile: the
+#: same value (to 10^-14 mm), for 2-3 % of a liver's surface points computed exactly after
+#: registration and 13 % with the surfaces 1 cm apart. Measured at 512x512x600 (2 threads): a
+#: liver's HD95 0.29-0.38 s (the cheaper of the full transforms and the KD-trees) -> 0.19 s, a
+#: whole score of 8 organs 0.78 -> 0.50 s after registration and 0.94 -> 0.59 s 1 cm apart;
+#: below about 2 M voxels, where most points stay undecided, it costs more.
+BOUNDED_MIN_BOX_VOXELS = 2_000_000
+COARSE_FACTOR = 2
+
+
+def _box_voxels(a: np.ndarray, b: np.ndarray) -> int:
+    """Voxels of the box holding voxel sets ``a`` and ``b``."""
+    return int(np.prod(compiled.joint_box(a, b)[1]))
+
+
+def _coarse_slack(spacing_zyx: Sequence[float]) -> float:
+    """How far (mm) a distance between two voxels can be from that between the centres of their
+    voxels on the grid :data:`COARSE_FACTOR` times coarser (voxel v in coarse voxel
+    v // COARSE_FACTOR): at most COARSE_FACTOR - 1 fine voxels along each axis, so that many
+    fine-voxel diagonals; widened by a rounding margin, as the bounds must hold in floating point."""
+    return (COARSE_FACTOR - 1) * float(np.linalg.norm(spacing_zyx)) * (1 + 1e-9) + 1e-9
+
+
+def _percentile_within_bounds(coarse: Sequence[np.ndarray], slack: float, exact: Sequence) -> float:
+    """The :data:`HD_PERCENTILE` percentile (numpy's linear rule) of the pooled exact distances of
+    two point sets, given ``coarse`` distances within ``slack`` of them (one array per set) and,
+    per set, ``exact(chosen, within)``: the exact distances of the points selected by a bool
+    mask, each known to be at most ``within`` mm.
+
+    A point whose upper bound lies below the lower bound of the order statistic needed is ranked
+    below it whatever its exact value, one whose lower bound lies above the upper bound of the
+    next is ranked above; only the others are computed exactly, and the needed order statistics
+    are found among them, offset by the count below.
+    """
+    lower = np.concatenate(coarse) - slack
+    upper = lower + 2.0 * slack
+    position = (len(lower) - 1) * (HD_PERCENTILE / 100.0)  # numpy's virtual index for the linear rule
+    first = int(np.floor(position))
+    second = min(first + 1, len(lower) - 1)
+    below = upper < np.partition(lower, first)[first]
+    undecided = ~below & ~(lower > np.partition(upper, second)[second])
+    split = len(coarse[0])
+    values = np.sort(np.concatenate([
+        exact[index](chosen, float(bounds[chosen].max()) if chosen.any() else 0.0) for index, (chosen, bounds)
+        in enumerate([(undecided[:split], upper[:split]), (undecided[split:], upper[split:])])]))
+    skipped = int(np.count_nonzero(below))
+    return float(np.quantile(values[[first - skipped, second - skipped]], position - first))
 
 
 def _tree(points: np.ndarray) -> cKDTree:
