@@ -176,6 +176,11 @@ def test_results_files_per_pair_and_mean(serial_run):
     md = (out / "results.md").read_text()
     assert "## Mean over pairs — half" in md and "## Per pair — full" in md
     assert '"levels": 3' in md and "(voxelopt 0.1.0, 1 thread per pair)" in md
+    mean_full = next(r for r in rows if r["protocol"] == "full" and r["pair_id"] == "MEAN")
+    summary_full = md.split("## Mean over pairs — full")[1].split("##")[0]
+    assert "disp. error mm, whole grid / in the labels" in summary_full  # both errors, the labels' not hidden
+    assert (f"| {float(mean_full['disp_error_mm_mean']):.2f} / {float(mean_full['disp_error_mm_labels']):.2f} |"
+            in summary_full)
     record = json.loads((out / "records" / "VoxelOpt" / "pair1.json").read_text())
     assert record["status"] == "ok" and set(record["metrics"]) == {"half", "full"}
 
