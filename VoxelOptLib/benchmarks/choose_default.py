@@ -22,9 +22,13 @@ the qualifying candidate with the highest mean Dice over all pairs is the defaul
 ``accurate`` preset is the candidate with the highest mean Dice that meets every rule but the
 time rule (printed as well).
 
+``--neighbours`` runs the default's candidate and its :data:`NEIGHBOURS` (one setting changed
+each: MIND radius and dilation, the refinement's grid and weight, the smoothing passes, alpha) to
+check that the default sits at a local best of this protocol.
+
 Usage::
 
-    python VoxelOptLib/benchmarks/choose_default.py WORK_DIR [--shared ../shared] [--candidates NAME,...]
+    python VoxelOptLib/benchmarks/choose_default.py WORK_DIR [--shared ../shared] [--candidates NAME,... | --neighbours]
 
 Network candidates read their weights from ``SHARED/models``. Prints Markdown tables; nothing is
 written into the repository.
@@ -67,6 +71,15 @@ CANDIDATES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "paper + affine + short pyramid + refinement + OBELISK + k=2 (1 at the finest level)": (
         "paper", {**AFFINE_SHORT, **REFINE, "k": 2, "k_finest": 1, "features": "mind+obelisk"}),
 }
+#: The neighbours of the default (``abdomen`` = the candidate below with one setting changed): run
+#: with ``--candidates`` to see whether the default sits at a local best on this protocol.
+ABDOMEN = "paper + affine + short pyramid + refinement"
+NEIGHBOURS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    f"{ABDOMEN} + {label}": ("paper", {**AFFINE_SHORT, **REFINE, **change}) for label, change in (
+        ("MIND radius 1", {"mind_radius": 1}), ("MIND dilation 1", {"mind_dilation": 1}),
+        ("refinement on the working grid", {"refine_scale": 1.0}), ("refinement weight 0.75", {"refine_weight": 0.75}),
+        ("2 smoothing passes", {"smoothing_passes": 2}), ("alpha 1.0", {"alpha": 1.0}), ("alpha 2.0", {"alpha": 2.0}))
+}
 MIN_THIN_GAIN = 0.02
 MAX_SDLOGJ = 0.15
 MAX_FOLDING_PERCENT = 0.1
@@ -77,8 +90,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_pair_arguments(parser)
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
+    parser.add_argument("--neighbours", action="store_true",
+                        help="run the default's candidate and its NEIGHBOURS (one setting changed each) instead")
     args = parser.parse_args()
-    names = chosen_names(parser, args.candidates, CANDIDATES, "candidates")
+    everything = {**CANDIDATES, **NEIGHBOURS}
+    names = [ABDOMEN, *NEIGHBOURS] if args.neighbours else chosen_names(parser, args.candidates, everything, "candidates")
     pairs = development_pairs(args)
     weights = str(args.shared / "models")
 
@@ -89,7 +105,7 @@ def main() -> int:
         fixed, moving, fixed_labels, moving_labels = (sitk.ReadImage(str(p)) for p in paths)
         cells = []
         for name in names:
-            preset, overrides = CANDIDATES[name]
+            preset, overrides = everything[name]
             if "obelisk" in overrides.get("features", ""):
                 overrides = {**overrides, "weights": weights}
             start = time.perf_counter()
