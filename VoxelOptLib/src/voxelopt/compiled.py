@@ -68,6 +68,13 @@ def worth_it(points: int) -> bool:
     return enabled() and (bool(_kernels) or (points >= MIN_POINTS and bool(_load())))
 
 
+def preload() -> bool:
+    """Load the kernels now if they can run here (:func:`enabled`), so that a timed run that uses
+    them does not pay the loading (about 0.4 s once per process); afterwards :func:`worth_it`
+    says yes for every grid, as it does after a first large one. Returns whether they are loaded."""
+    return enabled() and bool(_load())
+
+
 def _load():
     """The kernels, loaded (compiled the first time) once per process; False when numba cannot
     provide them (not installed, incompatible with this numpy, no cache location), with a warning
