@@ -298,3 +298,13 @@ def test_the_coarse_slack_bounds_every_voxel_distance_and_is_tight():
     slack = metrics._coarse_slack(spacing)
     assert np.abs(exact - coarse).max() <= slack
     assert np.abs(exact - coarse).max() > 0.8 * slack
+
+
+def test_coarse_bounds_only_for_large_boxes_within_the_memory_cap(monkeypatch):
+    """The bounds are used from BOUNDED_MIN_BOX_VOXELS of the box holding both surfaces on, unless
+    the coarse box would exceed the distance transforms' memory cap (then the KD-trees serve)."""
+    a = np.array([[0, 0, 0]])
+    assert not metrics._bounds_pay(a, np.array([[99, 99, 99]]))  # 1 M voxels: too small to pay
+    assert metrics._bounds_pay(a, np.array([[199, 199, 199]]))  # 8 M voxels, 1 M coarse
+    monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 999_999)
+    assert not metrics._bounds_pay(a, np.array([[199, 199, 199]]))  # the coarse box beyond the cap

@@ -176,8 +176,8 @@ class LabelScorer:
               ) -> Dict[int, float]:
         """HD95 (mm) of each label between its fixed and warped surface voxels (both non-empty):
         the 95th percentile of the distances fixed -> warped and warped -> fixed, pooled."""
-        bounded = [label for label in labels if self._transforms and _box_voxels(
-            self._fixed_points[label], warped_voxels[label]) >= BOUNDED_MIN_BOX_VOXELS]
+        bounded = [label for label in labels if self._transforms and _bounds_pay(self._fixed_points[label],
+                                                                                   warped_voxels[label])]
         exact = [label for label in labels if self._transforms and label not in bounded and _transform_is_cheaper(
             self._fixed_points[label], warped_voxels[label], dice[label])]
         both = {}
@@ -380,9 +380,13 @@ BOUNDED_MIN_BOX_VOXELS = 2_000_000
 COARSE_FACTOR = 2
 
 
-def _box_voxels(a: np.ndarray, b: np.ndarray) -> int:
-    """Voxels of the box holding voxel sets ``a`` and ``b``."""
-    return int(np.prod(compiled.joint_box(a, b)[1]))
+def _bounds_pay(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the HD95 between voxel sets ``a`` and ``b`` is found from coarse bounds: their box
+    holds at least :data:`BOUNDED_MIN_BOX_VOXELS` voxels, and the coarse box at most
+    :data:`MAX_TRANSFORM_BOX_VOXELS` (the distance transforms' memory cap)."""
+    shape = np.asarray(compiled.joint_box(a, b)[1])
+    return (int(np.prod(shape)) >= BOUNDED_MIN_BOX_VOXELS
+            and int(np.prod(shape // COARSE_FACTOR + 1)) <= MAX_TRANSFORM_BOX_VOXELS)
 
 
 def _coarse_slack(spacing_zyx: Sequence[float]) -> float:
