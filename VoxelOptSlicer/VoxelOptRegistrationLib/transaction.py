@@ -7,6 +7,8 @@ A :class:`SceneTransaction` records, before anything is written,
   on failure: voxels, geometry, transform, segments, table, colours and window), and
 * the parent transform of every node it moves under a transform (put back on failure).
 
+On success the copies are released (:meth:`SceneTransaction.commit`).
+
 Usage::
 
     with SceneTransaction(scene) as writes:
@@ -44,22 +46,32 @@ class _NodeCopy:
     def restore(self, node) -> None:
         node.Copy(self.copy)
 
+    def release(self, node) -> None:
+        """Nothing to do once the run has succeeded: the copy goes with this object."""
+
 
 class _SegmentsCopy:
-    """The segments of a segmentation node, kept by reference: a run replaces segments (new ``vtkSegment``
-    objects) and never edits the old ones, and a deep copy of segments is not available everywhere
-    (slicer-core cannot construct their representations)."""
+    """The segmentation object (``vtkSegmentation``) of a segmentation node, kept by reference: a
+    run gives the node a new one (:func:`.segmentations.update_segmentation_from_labels`) and never
+    edits the old, and a deep copy of segments is not available everywhere (slicer-core cannot
+    construct their representations)."""
 
     def __init__(self, node) -> None:
-        segmentation = node.GetSegmentation()
-        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        self.segments = [(sid, segmentation.GetSegment(sid)) for sid in ids]
+        self.segmentation = node.GetSegmentation()
 
     def restore(self, node) -> None:
-        segmentation = node.GetSegmentation()
-        segmentation.RemoveAllSegments()
-        for sid, segment in self.segments:
-            segmentation.AddSegment(segment, sid)
+        if node.GetSegmentation() is not self.segmentation:
+            node.SetAndObserveSegmentation(self.segmentation)
+
+    def release(self, node) -> None:
+        """After a successful run: the replaced segmentation's segments drop their representations
+        before it goes. Slicer removes a segmentation's segments one by one, and gives each
+        segment of a shared labelmap layer a thresholded copy of the layer first: 1.5 s on the GUI
+        thread for 122 segments at 512x512x300, 0.03 s without representations."""
+        if self.segmentation is not None and node.GetSegmentation() is not self.segmentation:
+            for index in range(self.segmentation.GetNumberOfSegments()):
+                self.segmentation.GetNthSegment(index).RemoveAllRepresentations()
+        self.segmentation = None
 
 
 def _copy_of(node):
@@ -81,7 +93,17 @@ class SceneTransaction:
     def __exit__(self, exc_type, exc, traceback) -> bool:
         if exc_type is not None:
             self.rollback()
+        else:
+            self.commit()
         return False
+
+    def commit(self) -> None:
+        """Keep every write: the saved copies are released (a replaced segmentation cheaply);
+        :attr:`created` still lists the nodes the run made."""
+        for node, copy in self._saved:
+            copy.release(node)
+        self._saved.clear()
+        self._parents.clear()
 
     def node_for(self, existing, class_name: str, name: str, role: str):
         """``existing`` (saved first, so that a rollback restores it), or a new node named after ``name``.
