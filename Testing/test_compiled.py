@@ -226,7 +226,7 @@ def test_label_scores_by_distance_transforms_equal_those_by_kd_trees(monkeypatch
     monkeypatch.setattr(compiled, "MIN_POINTS", 0)
     decisions = []  # "mixed": the far label (Dice 0) by the transforms, the other by a KD-tree
     monkeypatch.setattr(metrics, "_transform_is_cheaper",
-                        lambda a, b, dice: decisions.append(transforms != "mixed" or dice == 0.0) or decisions[-1])
+                        lambda box, points, dice: decisions.append(transforms != "mixed" or dice == 0.0) or decisions[-1])
     monkeypatch.setattr(metrics, "BOUNDED_MIN_BOX_VOXELS", 0 if transforms == "bounded" else 10**12)
     by_transforms = metrics.label_metrics(fixed, fixed, warped, spacing)
     expected = {"always": [True, True], "mixed": [False, True], "bounded": []}[transforms]  # bounded: no choice to make
@@ -245,14 +245,17 @@ def test_the_cost_model_weighs_box_voxels_against_surface_points(monkeypatch):
         face = np.stack(np.meshgrid(np.arange(0, n, step), np.arange(0, n, step), indexing="ij"), -1).reshape(-1, 2)
         return np.concatenate([np.insert(face, axis, value, axis=1) for axis in range(3) for value in (0, n - 1)])
 
+    def cheaper(a, b, dice):
+        return metrics._transform_is_cheaper(compiled.joint_box(a, b)[1], len(a) + len(b), dice)
+
     sparse = cube_surface(300, step=10)  # 5 k points in a box of 300^3
-    assert not metrics._transform_is_cheaper(sparse, sparse + 1, dice=0.95)
+    assert not cheaper(sparse, sparse + 1, dice=0.95)
     compact = cube_surface(160)  # 154 k points
-    assert metrics._transform_is_cheaper(compact, compact + 60, dice=0.2)
+    assert cheaper(compact, compact + 60, dice=0.2)
     large = cube_surface(320)  # 614 k points: cheaper by the transforms, but a box of 330^3 voxels
-    assert 330**3 > metrics.MAX_TRANSFORM_BOX_VOXELS and not metrics._transform_is_cheaper(large, large + 10, dice=0.0)
+    assert 330**3 > metrics.MAX_TRANSFORM_BOX_VOXELS and not cheaper(large, large + 10, dice=0.0)
     monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 330**3)
-    assert metrics._transform_is_cheaper(large, large + 10, dice=0.0)
+    assert cheaper(large, large + 10, dice=0.0)
 
 
 @pytest.mark.parametrize("size", [1, 2, 7, 400, 3001])
@@ -303,8 +306,7 @@ def test_the_coarse_slack_bounds_every_voxel_distance_and_is_tight():
 def test_coarse_bounds_only_for_large_boxes_within_the_memory_cap(monkeypatch):
     """The bounds are used from BOUNDED_MIN_BOX_VOXELS of the box holding both surfaces on, unless
     the coarse box would exceed the distance transforms' memory cap (then the KD-trees serve)."""
-    a = np.array([[0, 0, 0]])
-    assert not metrics._bounds_pay(a, np.array([[99, 99, 99]]))  # 1 M voxels: too small to pay
-    assert metrics._bounds_pay(a, np.array([[199, 199, 199]]))  # 8 M voxels, 1 M coarse
+    assert not metrics._bounds_pay((100, 100, 100))  # 1 M voxels: too small to pay
+    assert metrics._bounds_pay((200, 200, 200))  # 8 M voxels, 1 M coarse
     monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 999_999)
-    assert not metrics._bounds_pay(a, np.array([[199, 199, 199]]))  # the coarse box beyond the cap
+    assert not metrics._bounds_pay((200, 200, 200))  # the coarse box beyond the cap

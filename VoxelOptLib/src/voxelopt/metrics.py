@@ -176,10 +176,11 @@ class LabelScorer:
               ) -> Dict[int, float]:
         """HD95 (mm) of each label between its fixed and warped surface voxels (both non-empty):
         the 95th percentile of the distances fixed -> warped and warped -> fixed, pooled."""
-        bounded = [label for label in labels if self._transforms and _bounds_pay(self._fixed_points[label],
-                                                                                   warped_voxels[label])]
-        exact = [label for label in labels if self._transforms and label not in bounded and _transform_is_cheaper(
-            self._fixed_points[label], warped_voxels[label], dice[label])]
+        boxes = {label: compiled.joint_box(self._fixed_points[label], warped_voxels[label])[1]
+                 for label in labels} if self._transforms else {}
+        bounded = [label for label in boxes if _bounds_pay(boxes[label])]
+        exact = [label for label in boxes if label not in bounded and _transform_is_cheaper(
+            boxes[label], len(self._fixed_points[label]) + len(warped_voxels[label]), dice[label])]
         both = {}
         if exact:
             both = dict(zip(exact, compiled.surface_distances(
@@ -365,13 +366,13 @@ TREE_NS_PER_POINT = 450.0
 MAX_TRANSFORM_BOX_VOXELS = 32_000_000
 
 
-def _transform_is_cheaper(a: np.ndarray, b: np.ndarray, dice: float) -> bool:
-    """Whether the distance transforms over the box of voxel sets ``a`` and ``b`` are expected to
-    be faster than the KD-tree queries between them (the results are the same), within
-    :data:`MAX_TRANSFORM_BOX_VOXELS`."""
-    box = float(np.prod(compiled.joint_box(a, b)[1]))
+def _transform_is_cheaper(box_shape: Sequence[int], points: int, dice: float) -> bool:
+    """Whether the distance transforms over the box (``box_shape``, voxels) holding two voxel sets
+    of ``points`` voxels in all are expected to be faster than the KD-tree queries between them
+    (the results are the same), within :data:`MAX_TRANSFORM_BOX_VOXELS`."""
+    box = float(np.prod(box_shape))
     return (box <= MAX_TRANSFORM_BOX_VOXELS
-            and TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * (len(a) + len(b)) * (3.0 - 2.0 * dice))
+            and TRANSFORM_NS_PER_BOX_VOXEL * box < TREE_NS_PER_POINT * points * (3.0 - 2.0 * dice))
 
 
 #: The percentile of the pooled surface distances that HD95 is (numpy's linear interpolation).
@@ -389,11 +390,11 @@ BOUNDED_MIN_BOX_VOXELS = 2_000_000
 COARSE_FACTOR = 2
 
 
-def _bounds_pay(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether the HD95 between voxel sets ``a`` and ``b`` is found from coarse bounds: their box
-    holds at least :data:`BOUNDED_MIN_BOX_VOXELS` voxels, and the coarse box at most
-    :data:`MAX_TRANSFORM_BOX_VOXELS` (the distance transforms' memory cap)."""
-    shape = np.asarray(compiled.joint_box(a, b)[1])
+def _bounds_pay(box_shape: Sequence[int]) -> bool:
+    """Whether the HD95 between two voxel sets is found from coarse bounds: the box holding both
+    (``box_shape``, voxels) has at least :data:`BOUNDED_MIN_BOX_VOXELS` voxels, and the coarse box
+    at most :data:`MAX_TRANSFORM_BOX_VOXELS` (the distance transforms' memory cap)."""
+    shape = np.asarray(box_shape)
     return (int(np.prod(shape)) >= BOUNDED_MIN_BOX_VOXELS
             and int(np.prod(shape // COARSE_FACTOR + 1)) <= MAX_TRANSFORM_BOX_VOXELS)
 
