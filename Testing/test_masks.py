@@ -10,7 +10,7 @@ import torch
 from testdata import make_image, smooth_random_volume
 from voxelopt import InputError, RegistrationConfig, register
 from voxelopt.geometry import Grid, image_to_tensor, resample_image
-from voxelopt.masks import _box_on_grid, padding_slabs, scanned_box, user_mask
+from voxelopt.masks import _box_on_grid, _clear_outside, padding_slabs, scanned_box, user_mask
 from voxelopt.solver import cost_volume, displacement_entropy, label_offsets, mask_cost_, solve_pyramid
 from test_solver import crop_shifted, smooth_features
 
@@ -92,6 +92,9 @@ def test_padding_slabs_are_border_planes_of_the_minimum_only():
     expected[:, :, 8] = True
     assert np.array_equal(slabs, expected)
     assert not padding_slabs(np.zeros((4, 4, 4))).any()
+    use = np.ones(array.shape, dtype=np.uint8)  # what a user mask keeps of the scan: all but the slabs
+    _clear_outside(use, scanned_box(array))
+    assert np.array_equal(use.astype(bool), ~expected)
 
 
 @pytest.mark.parametrize("oblique", [False, True])

@@ -71,6 +71,16 @@ def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Option
     return use
 
 
+def _clear_outside(values: np.ndarray, box_zyx: Tuple[Tuple[int, int], ...]) -> None:
+    """Set ``values`` to 0, in place, outside the index box (per array axis: first and last index),
+    i.e. on :func:`padding_slabs` when the box is :func:`scanned_box`."""
+    for axis, (first, last) in enumerate(box_zyx):
+        before, after = [slice(None)] * values.ndim, [slice(None)] * values.ndim
+        before[axis], after[axis] = slice(0, first), slice(last + 1, None)
+        values[tuple(before)] = 0
+        values[tuple(after)] = 0
+
+
 def working_mask(image: sitk.Image, feature_grid: Grid, working_grid: Grid, device: "torch.device",
                  padding: bool, user: Optional[np.ndarray] = None,
                  alignment: Optional[np.ndarray] = None) -> "Optional[torch.Tensor]":
@@ -87,13 +97,14 @@ def working_mask(image: sitk.Image, feature_grid: Grid, working_grid: Grid, devi
     array = sitk.GetArrayViewFromImage(image)
     if user is None:  # the scanned region only: a box, sampled without an image-sized mask
         on_grid = _box_on_grid(image, scanned_box(array), feature_grid, alignment, device)
-    else:
-        use = user.copy()
+    else:  # 1 byte per image voxel, interpolated in double by ITK into float32 (as a float32 image would be)
+        use = user.astype(np.uint8)
         if padding:
-            use &= ~padding_slabs(array)
-        on_image = sitk.GetImageFromArray(use.astype(np.float32))
+            _clear_outside(use, scanned_box(array))
+        on_image = sitk.GetImageFromArray(use)
         on_image.CopyInformation(image)
-        on_grid = image_to_tensor(resample_image(on_image, feature_grid, alignment, sitk.sitkLinear, 0.0), device)
+        on_grid = image_to_tensor(resample_image(on_image, feature_grid, alignment, sitk.sitkLinear, 0.0,
+                                                 sitk.sitkFloat32), device)
     mask = resize_volume(on_grid, working_grid.shape).clamp_(0.0, 1.0)
     if bool((mask == 1.0).all()):
         return None
