@@ -169,3 +169,14 @@ def test_the_masks_restrict_the_affine_stage_too(monkeypatch):
     register(fixed, moving, RegistrationConfig(levels=2, device="cpu", init="affine"),
              fixed_mask=make_image(mask_array, spacing=(2.0, 2.0, 2.0)))
     assert np.array_equal(sitk.GetArrayFromImage(seen["fixed_mask"]), mask_array) and seen["moving_mask"] is None
+
+
+def test_a_mask_with_nan_voxels_is_refused():
+    """A floating-point mask with a NaN voxel is bad input, named as the mask (integer masks
+    cannot hold one)."""
+    image = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.float32))
+    values = np.ones((6, 7, 8), np.float32)
+    values[2, 3, 4] = np.nan
+    mask = sitk.GetImageFromArray(values)
+    with pytest.raises(InputError, match="fixed mask .*NaN"):
+        user_mask(mask, image, "fixed mask")

@@ -62,8 +62,8 @@ def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Option
     mask = as_image(mask, what)
     check_image(mask, what)
     mask = resample_image(mask, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    values = sitk.GetArrayFromImage(mask)
-    if not np.isfinite(values).all():
+    values = sitk.GetArrayViewFromImage(mask)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():  # integer masks are finite
         raise InputError(f"{what} contains NaN or infinite voxels")
     use = values != 0
     if not use.any():
