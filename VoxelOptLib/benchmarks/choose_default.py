@@ -78,7 +78,7 @@ NEIGHBOURS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     f"{ABDOMEN} + {label}": ("paper", {**AFFINE_SHORT, **REFINE, **change}) for label, change in (
         ("MIND radius 1", {"mind_radius": 1}), ("MIND dilation 1", {"mind_dilation": 1}),
         ("refinement on the working grid", {"refine_scale": 1.0}),
-        ("refinement on the working grid, 10 steps", {"refine_scale": 1.0, "refine_iterations": 10}),
+        ("refinement on the working grid with 10 steps", {"refine_scale": 1.0, "refine_iterations": 10}),
         ("refinement at 0.75 of the working grid", {"refine_scale": 0.75}), ("refinement weight 0.75", {"refine_weight": 0.75}),
         ("2 smoothing passes", {"smoothing_passes": 2}), ("alpha 1.0", {"alpha": 1.0}), ("alpha 2.0", {"alpha": 2.0}))
 }
