@@ -310,3 +310,25 @@ def test_coarse_bounds_only_for_large_boxes_within_the_memory_cap(monkeypatch):
     assert metrics._bounds_pay((200, 200, 200))  # 8 M voxels, 1 M coarse
     monkeypatch.setattr(metrics, "MAX_TRANSFORM_BOX_VOXELS", 999_999)
     assert not metrics._bounds_pay((200, 200, 200))  # the coarse box beyond the cap
+
+
+def test_scores_with_torch_surfaces_and_compiled_distances_agree(monkeypatch):
+    """On a CUDA device the surface voxels and counts come from torch while the distances may come
+    from the compiled transforms and coarse bounds: that mix scores as the all-compiled CPU path."""
+    rng = np.random.default_rng(12)
+    fixed = np.zeros((40, 44, 48), np.uint8)
+    fixed[5:30, 6:36, 8:40] = 1
+    fixed[20:38, 25:42, 3:20] = 2
+    warped = np.roll(fixed, (2, -3, 1), axis=(0, 1, 2))
+    warped[rng.random(warped.shape) < 0.005] = 2
+    monkeypatch.setattr(compiled, "MIN_POINTS", 0)
+    monkeypatch.setattr(metrics, "BOUNDED_MIN_BOX_VOXELS", 50_000)  # label 2 (scattered: a large box) bounded, 1 not
+    bounded = count_calls(monkeypatch, metrics, "_percentile_within_bounds")
+    scorer = metrics.LabelScorer(fixed, fixed, (1.5, 0.7, 0.9))
+    assert scorer._compiled_surfaces
+    all_compiled = scorer.score(warped)
+    scorer._compiled_surfaces = False  # what a CUDA device gives
+    mixed = scorer.score(warped)
+    assert mixed["dice"] == all_compiled["dice"] and len(bounded) == 2  # one bounded label per score
+    for label, value in all_compiled["hd95_mm"].items():
+        assert mixed["hd95_mm"][label] == pytest.approx(value, rel=1e-12)
