@@ -23,7 +23,8 @@ the qualifying candidate with the highest mean Dice over all pairs is the defaul
 time rule (printed as well).
 
 ``--neighbours`` runs the default's candidate and its :data:`NEIGHBOURS` (one setting changed
-each: MIND radius and dilation, the refinement's grid and weight, the smoothing passes, alpha) to
+each: MIND radius and dilation, the refinement's grid and weight, the smoothing passes, alpha,
+the features, the HU window) to
 check that the default sits at a local best of this protocol.
 
 Usage::
@@ -80,7 +81,9 @@ NEIGHBOURS: Dict[str, Tuple[str, Dict[str, Any]]] = {
         ("refinement on the working grid", {"refine_scale": 1.0}),
         ("refinement on the working grid with 10 steps", {"refine_scale": 1.0, "refine_iterations": 10}),
         ("refinement at 0.75 of the working grid", {"refine_scale": 0.75}), ("refinement weight 0.75", {"refine_weight": 0.75}),
-        ("2 smoothing passes", {"smoothing_passes": 2}), ("alpha 1.0", {"alpha": 1.0}), ("alpha 2.0", {"alpha": 2.0}))
+        ("2 smoothing passes", {"smoothing_passes": 2}), ("alpha 1.0", {"alpha": 1.0}), ("alpha 2.0", {"alpha": 2.0}),
+        ("MIND and raw intensities", {"features": "mind+raw"}),
+        ("soft-tissue window -200 to 300 HU", {"hu_window": (-200.0, 300.0)}))
 }
 MIN_THIN_GAIN = 0.02
 MAX_SDLOGJ = 0.15
