@@ -41,15 +41,6 @@ def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     return tuple((int(first), int(last)) for first, last in zip(*extent))
 
 
-def padding_slabs(array: np.ndarray) -> np.ndarray:
-    """Boolean (Z, Y, X) map of the padding slabs of an image array: the complement of
-    :func:`scanned_box` (leading and trailing runs of planes, along each axis, whose every voxel
-    equals the array's minimum). An array that is constant everywhere has no slabs."""
-    padding = np.ones(array.shape, dtype=bool)
-    padding[tuple(slice(first, last + 1) for first, last in scanned_box(array))] = False
-    return padding
-
-
 def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[np.ndarray]:
     """A user mask as a boolean (Z, Y, X) array on ``image``'s grid (nonzero = use), or None.
 
@@ -71,10 +62,10 @@ def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Option
     return use
 
 
-def _clear_outside(values: np.ndarray, box_zyx: Tuple[Tuple[int, int], ...]) -> None:
-    """Set ``values`` to 0, in place, outside the index box (per array axis: first and last index),
-    i.e. on :func:`padding_slabs` when the box is :func:`scanned_box`."""
-    for axis, (first, last) in enumerate(box_zyx):
+def clear_padding(values: np.ndarray, image_array: np.ndarray) -> None:
+    """Set ``values`` (an array of ``image_array``'s shape) to 0, in place, on the image's padding
+    slabs: outside its :func:`scanned_box`."""
+    for axis, (first, last) in enumerate(scanned_box(image_array)):
         before, after = [slice(None)] * values.ndim, [slice(None)] * values.ndim
         before[axis], after[axis] = slice(0, first), slice(last + 1, None)
         values[tuple(before)] = 0
@@ -100,7 +91,7 @@ def working_mask(image: sitk.Image, feature_grid: Grid, working_grid: Grid, devi
     else:  # 1 byte per image voxel, interpolated in double by ITK into float32 (as a float32 image would be)
         use = user.astype(np.uint8)
         if padding:
-            _clear_outside(use, scanned_box(array))
+            clear_padding(use, array)
         on_image = sitk.GetImageFromArray(use)
         on_image.CopyInformation(image)
         on_grid = image_to_tensor(resample_image(on_image, feature_grid, alignment, sitk.sitkLinear, 0.0,
