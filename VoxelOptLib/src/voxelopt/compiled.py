@@ -181,7 +181,8 @@ def overlap_counts(fixed: np.ndarray, warped: np.ndarray, size: int, threads: Op
     def count_part(start: int, stop: int) -> None:
         kernels.overlap_counts(fixed, warped, counts[starts.index(start)], start, stop)
 
-    _in_parts(count_part, (), warped.shape[0], threads, "distance")
+    # as many threads as parts, so that _in_parts splits at the same starts
+    _in_parts(count_part, (), warped.shape[0], len(starts), "distance")
     total = counts.sum(axis=0)
     return total[0], total[1]
 
