@@ -91,7 +91,7 @@ def measure(paths: List[Path], config: RegistrationConfig, device: str, repeat: 
 def prepare(folder: Path, shared: Path) -> None:
     """Copy the run's inputs from ``shared`` into ``folder/shared``, download the SimpleITK wheel
     into ``folder/whl``, print the command for the GPU machine."""
-    needed = [Path("tools/make_pseudoct.py"), *(Path("data/btcv_labels") / f"label{s:04d}.nii.gz" for s in (1, 2))]
+    needed = [Path("tools/make_pseudoct.py"), *(btcv_labels(Path(), s) for s in (1, 2))]  # paths inside shared
     for relative in needed:
         (folder / "shared" / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shared / relative, folder / "shared" / relative)
