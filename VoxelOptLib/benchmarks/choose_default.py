@@ -24,8 +24,7 @@ time rule (printed as well).
 
 ``--neighbours`` runs the default's candidate and its :data:`NEIGHBOURS` (one setting changed
 each: MIND radius and dilation, the refinement's grid and weight, the smoothing passes, alpha,
-the features, the HU window) to
-check that the default sits at a local best of this protocol.
+the features, the HU window) to check that the default sits at a local best of this protocol.
 
 Usage::
 
@@ -72,8 +71,8 @@ CANDIDATES: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "paper + affine + short pyramid + refinement + OBELISK + k=2 (1 at the finest level)": (
         "paper", {**AFFINE_SHORT, **REFINE, "k": 2, "k_finest": 1, "features": "mind+obelisk"}),
 }
-#: The neighbours of the default (``abdomen`` = the candidate below with one setting changed): run
-#: with ``--candidates`` to see whether the default sits at a local best on this protocol.
+#: The neighbours of the default (``abdomen`` = :data:`ABDOMEN`, each with one setting changed):
+#: ``--neighbours`` runs them to see whether the default sits at a local best on this protocol.
 ABDOMEN = "paper + affine + short pyramid + refinement"
 NEIGHBOURS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     f"{ABDOMEN} + {label}": ("paper", {**AFFINE_SHORT, **REFINE, **change}) for label, change in (
