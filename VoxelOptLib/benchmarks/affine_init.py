@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import pseudoct_pairs, real_ct_pairs
+from development_pairs import DEFAULT_SHARED, pseudoct_pairs, real_ct_pairs
 from voxelopt.affine import estimate_affine
 from voxelopt.inputs import initial_translation
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 METHODS = ("none", "centers", "com", "affine")
 
 

@@ -37,10 +37,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from affine_init import mean_dice
-from development_pairs import chosen_names, pseudoct_pairs, real_ct_pairs
+from development_pairs import DEFAULT_SHARED, chosen_names, pseudoct_pairs, real_ct_pairs
 from voxelopt import affine, register
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 #: name -> (rigid steps, affine steps, metric samples), steps per level of the two levels.
 VARIANTS: Dict[str, Tuple[int, int, int]] = {
     "rigid 60 + affine 60 (reference)": (60, 60, 50_000),

@@ -37,10 +37,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import btcv_labels, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, make_pseudoct
 from voxelopt.config import RegistrationConfig
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5)),
           "native129": ((512, 512, 129), (0.57, 0.57, 1.6))}
 

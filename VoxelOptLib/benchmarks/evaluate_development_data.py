@@ -45,12 +45,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from development_pairs import chosen_names, make_pseudoct
+from development_pairs import DEFAULT_SHARED, chosen_names, make_pseudoct
 from voxelopt.config import DEFAULT_PRESET, PRESETS, SCHEMA, RegistrationConfig
 from voxelopt.errors import ConfigError
 from voxelopt_eval.peers import parse_peer_list
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 SUBJECTS = range(17, 24)
 STEPS = ("real", "pseudoct", "ablation")
 #: The real-CT pairs (fixed case, ground-truth field file or None); the moving case is always A.

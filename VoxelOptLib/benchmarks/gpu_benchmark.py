@@ -38,12 +38,11 @@ import SimpleITK as sitk
 import torch
 
 from benchmark import run_register
-from development_pairs import btcv_labels, chosen_names, make_pseudoct
+from development_pairs import DEFAULT_SHARED, btcv_labels, chosen_names, make_pseudoct
 from voxelopt import RegistrationConfig, register
 from voxelopt.io import read_images
 
 CASES = {"paper": None, "1mm": ((384, 320, 512), (1.0, 1.0, 1.0))}
-DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
 
 def case_paths(shared: Path, work: Path, case: str) -> List[Path]:

@@ -23,11 +23,10 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from development_pairs import btcv_labels, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, make_pseudoct
 from voxelopt.config import RegistrationConfig
 from voxelopt.features import make_extractor
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
 
 def images(workdir: Path):

@@ -24,9 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 
 import voxelopt
-from development_pairs import btcv_labels, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, make_pseudoct
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 PAIRS = [("0002", "0001"), ("0004", "0003"), ("0006", "0005"), ("0003", "0006")]
 
 

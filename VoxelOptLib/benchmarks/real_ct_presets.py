@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
+from development_pairs import DEFAULT_SHARED
 
 
 def value(text: str):

@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 import voxelopt
+from development_pairs import DEFAULT_SHARED as SHARED
 from voxelopt.device import make_clock, resolve_device
 from voxelopt.solver.refine import refine_field
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
 
 def time_refinement(args: argparse.Namespace, device: torch.device) -> None:
