@@ -300,3 +300,22 @@ def test_overlap_fraction_is_that_of_a_nearest_neighbour_resampling_of_ones(seed
         assert overlap_fraction(fixed_grid, moving, matrix) == pytest.approx(float(expected), abs=1e-12)
         overlaps.append(expected)
     assert 0.0 < min(overlaps) and min(overlaps) < 1.0  # partial overlaps: the border decides
+
+
+def test_the_solver_field_composed_with_an_affine_alignment_is_the_points_mapped():
+    """``GridField.from_solver``: d(x) = T(x + u(x)) - x on an oblique field grid, for a linear T
+    (its affine part added per axis, not from an array of points) and a translation."""
+    from voxelopt.outputs import GridField
+
+    working = oblique_grid(size=(10, 8, 6), spacing=(3.0, 2.0, 6.0))
+    field_grid = working.scaled(2.0)
+    u = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 3, 6, 8, 10)).astype(np.float32))
+    for matrix in (np.array([[1.04, 0.06, -0.03], [-0.05, 0.97, 0.02], [0.01, -0.04, 1.02]]), np.eye(3)):
+        initial = np.eye(4)
+        initial[:3, :3], initial[:3, 3] = matrix, (4.0, -7.0, 2.5)
+        field = GridField.from_solver(u, working, field_grid, initial)
+        u_mm = GridField.from_solver(u, working, field_grid, np.eye(4)).data[0].double().numpy()
+        x = field_grid.physical_points()
+        expected = np.einsum("rc,czyx->rzyx", matrix, x + u_mm) + initial[:3, 3].reshape(3, 1, 1, 1) - x
+        assert field.grid == field_grid and field.data.dtype == torch.float32
+        assert np.abs(field.data[0].double().numpy() - expected).max() < 1e-4

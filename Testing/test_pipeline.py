@@ -193,6 +193,25 @@ def test_labels_are_warped_and_scored(pair):
     assert np.isfinite(result.metrics["hd95_mm_mean"])
 
 
+def test_the_moving_image_warped_in_the_outputs_stage_is_the_one_warped_on_demand(pair):
+    """``warp_moving`` warps the moving image beside the label scores (after registration: on
+    another thread): the same image and scores as without it, the warp timed, progress through it."""
+    plain = register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, pair.moving_labels)
+    messages = []
+    eager = register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, pair.moving_labels, warp_moving=True,
+                     progress=lambda fraction, message: messages.append((fraction, message)))
+    assert "warp" not in plain.timings and 0 < eager.timings["warp"] < eager.timings["outputs"]
+    assert eager._warped is not None and plain._warped is None
+    assert np.array_equal(sitk.GetArrayViewFromImage(eager._warped), sitk.GetArrayViewFromImage(plain.warped))
+    assert eager.warped.GetPixelID() == pair.moving.GetPixelID()
+    for key in ("dice", "hd95_mm", "dice_initial_mean", "hd95_mm_initial_mean", "sdlogj"):
+        assert eager.metrics[key] == plain.metrics[key]
+    labels = [fraction for fraction, message in messages if message == "warping labels"]
+    image = [fraction for fraction, message in messages if message == "warping the moving image"]
+    assert labels and image and max(labels) <= min(image) and max(image) <= 1.0
+    assert [fraction for fraction, _ in messages] == sorted(fraction for fraction, _ in messages)
+
+
 def test_a_moving_image_too_small_to_overlap_says_to_swap_the_images():
     fixed, moving = translated_pair([0.0, 0.0, 0.0], shape=(36, 40, 44))
     thin = fixed[:, :, 18:19]  # one of its 36 slices: no alignment puts 5 % of the fixed image inside it

@@ -325,8 +325,9 @@ def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, 
     messages = []
     computed = logic.compute(request.engineInputs, lambda fraction, message: messages.append((fraction, message)))
     fractions = [fraction for fraction, _ in messages]
-    assert fractions == sorted(fractions) and messages[-1] == (1.0, "warping the volume")
-    assert "warp" in computed.result.timings
+    warping = [fraction for fraction, message in messages if message == "warping the moving image"]
+    assert fractions == sorted(fractions) and warping and messages[-1] == (1.0, "done")
+    assert "warp" in computed.result.timings and computed.result._warped is not None
     monkeypatch.setattr(voxelopt.result.RegistrationResult, "warp", lambda *args, **kwargs: pytest.fail("warped in apply"))
     run = logic.apply(request, computed, showResult=False)
     assert run.warpedVolume is not None
@@ -338,7 +339,7 @@ def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, 
     warping = []
     with pytest.raises(voxelopt.RegistrationCancelled):  # cancelled during the warp: nothing written
         logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), showResult=False,
-                      progress=lambda fraction, message: warping.append(message == "warping the volume"),
+                      progress=lambda fraction, message: warping.append(message == "warping the moving image"),
                       cancel=lambda: any(warping))
     assert any(warping) and scene_snapshot(scene) == before
 

@@ -122,7 +122,7 @@ def main() -> None:
                 best = result if best is None or result[0] < best[0] else best
             wall, peak, summary = best
             t, m = summary["timings_s"], summary["metrics"]
-            tail = t.get("outputs", 0.0) + t.get("write", 0.0)  # "write" includes the warp of the image (on demand)
+            tail = t.get("outputs", 0.0) + t.get("write", 0.0)  # the warp of the image: in "outputs" (or "write", on demand)
             image = sitk.ImageFileReader()
             image.SetFileName(str(paths[0]))
             image.ReadImageInformation()

@@ -192,11 +192,6 @@ class RegistrationRun:
         return "\n".join(lines)
 
 
-#: The share of :meth:`RegistrationLogic.compute`'s progress that the registration takes; the
-#: warped volume on the full fixed grid takes the rest.
-_REGISTERED = 0.9
-
-
 class RegistrationLogic:
     """VoxelOpt registration on MRML nodes. Usable without the GUI.
 
@@ -515,24 +510,22 @@ class RegistrationLogic:
             if image is not None:  # the module's own copies: nothing writes to them
                 cache.mark_constant(image)
         hits, misses = cache.hits, cache.misses
-        report = progress or (lambda fraction, message: None)
-        share = _REGISTERED if inputs.warp_moving else 1.0  # of the progress: the rest is the warped volume's
+        # the warped volume too, here and not in apply (apply runs on the GUI thread), and made by
+        # the engine beside the label scores
         result = voxelopt.register(
             inputs.fixed_image,
             inputs.moving_image,
             inputs.config,
             fixed_labels=inputs.fixed_labels,
             moving_labels=inputs.moving_labels,
-            progress=lambda fraction, message: report(share * fraction, message),
+            progress=progress,
             cancel=cancel,
             cache=cache,
             initial_transform=inputs.initial_transform,
             fixed_mask=inputs.fixed_mask,
             moving_mask=inputs.moving_mask,
+            warp_moving=inputs.warp_moving,
         )
-        if inputs.warp_moving:  # the warped volume too, here and not in apply: apply runs on the GUI thread
-            result.compute_warped(lambda fraction: report(_REGISTERED + (1 - _REGISTERED) * fraction,
-                                                          "warping the volume"), cancel)
         return EngineOutput(result, cache.hits > hits and cache.misses == misses, time.perf_counter() - start)
 
     def apply(

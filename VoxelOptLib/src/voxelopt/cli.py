@@ -178,7 +178,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         cache = FeatureCache(directory=args.feature_cache)
     report = _progress_printer(args.quiet)
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache,
-                      initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask)
+                      initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                      warp_moving=outputs is None or "warped" in outputs or bool(args.overview))
     paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
                         field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
     if args.overview:

@@ -61,12 +61,20 @@ class GridField:
         """The total field on ``field_grid``: the solver's field u (voxels of the working grid)
         composed with the initial alignment T (4x4, fixed -> moving, mm): ``d(x) = T(x + u(x)) - x``."""
         u = resize_volume(voxel_to_mm_field(u_voxels.float(), working_grid), field_grid.shape)
-        a = torch.as_tensor(initial[:3, :3], dtype=u.dtype, device=u.device)
-        b = torch.as_tensor(initial[:3, 3], dtype=u.dtype, device=u.device).view(1, 3, 1, 1, 1)
         if np.allclose(initial[:3, :3], np.eye(3)):  # a translation: d = u + t
-            return cls((u + b).contiguous(), field_grid)
-        x = torch.as_tensor(field_grid.physical_points(), dtype=u.dtype, device=u.device)[None]  # (1, 3, Z, Y, X) mm
-        d = torch.einsum("rc,bczyx->brzyx", a, x + u) + b - x
+            t = torch.as_tensor(initial[:3, 3], dtype=u.dtype, device=u.device).view(1, 3, 1, 1, 1)
+            return cls((u + t).contiguous(), field_grid)
+        # d = A u + (A - I) x + t, with x = M p + o at voxel index p = (i, j, k): the part without u
+        # is affine in p, added per axis (float64 rows) instead of from a (3, Z, Y, X) array of points
+        a = initial[:3, :3] - np.eye(3)
+        per_index = a @ field_grid.index_to_physical  # (A - I) M
+        constant = a @ np.asarray(field_grid.origin) + initial[:3, 3]
+        d = torch.einsum("rc,bczyx->brzyx", torch.as_tensor(initial[:3, :3], dtype=u.dtype, device=u.device), u)
+        k, j, i = (torch.arange(n, dtype=torch.float64, device=u.device) for n in field_grid.shape)
+        for r in range(3):
+            d[0, r].add_((per_index[r, 2] * k + constant[r]).to(u.dtype).view(-1, 1, 1))
+            d[0, r].add_((per_index[r, 1] * j).to(u.dtype).view(1, -1, 1))
+            d[0, r].add_((per_index[r, 0] * i).to(u.dtype).view(1, 1, -1))
         return cls(d.contiguous(), field_grid)
 
     @classmethod

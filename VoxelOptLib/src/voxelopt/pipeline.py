@@ -94,6 +94,7 @@ def register(
     initial_transform: Optional[Union["sitk.Transform", PathLike]] = None,
     fixed_mask: Optional[ImageLike] = None,
     moving_mask: Optional[ImageLike] = None,
+    warp_moving: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
@@ -116,6 +117,11 @@ def register(
         fixed_mask, moving_mask: optional masks of the images (label maps on their image's grid,
             nonzero = use the voxel in the cost), e.g. to leave out a tumour, metal or the table;
             combined with the scanned-region mask (``config.padding_mask``).
+        warp_moving: warp the moving image onto the fixed grid in the outputs stage, beside the
+            label scores after registration (whose single-core parts leave a core idle), instead
+            of on first use of :attr:`RegistrationResult.warped`: for a caller that writes or
+            shows the warped image (the command line when it writes ``warped``, the Slicer
+            module with a warped volume). The result is the same.
 
     Returns:
         A :class:`RegistrationResult`: the displacement field in LPS mm on the working grid with
@@ -195,8 +201,9 @@ def register(
     with timer.stage("outputs"):
         outputs = solved_outputs(
             solved, prepared, fixed_lab, moving_lab, cache, digest,
-            lambda fraction: report(_LEVELS_DONE + (1 - _LEVELS_DONE) * fraction, "warping labels"),
+            lambda fraction, message: report(_LEVELS_DONE + (1 - _LEVELS_DONE) * fraction, message),
             lambda: cancel is not None and bool(cancel()),
+            warp_moving=warp_moving,
         )
     report(1.0, "done")
     return RegistrationResult(
@@ -205,19 +212,21 @@ def register(
         jacobian=outputs["jacobian"],
         warped_labels=outputs["warped_labels"],
         metrics=outputs["metrics"],
-        timings=_timings(timer.seconds, solved),
+        timings=_timings(timer.seconds, solved, outputs["warp_seconds"]),
         config=config,
         device=str(device),
         initial_transform=tuple(tuple(float(v) for v in row) for row in prepared.initial),
         fixed_grid=prepared.fixed_grid,
         moving=prepared.moving,
         grid_field=outputs["field"],
+        _warped=outputs["warped"],
         warnings=notes,
     )
 
 
-def _timings(stages: Dict[str, float], solved) -> Dict[str, float]:
-    """Stage seconds in order, the solver followed by its parts (levels, refinement), and the total."""
+def _timings(stages: Dict[str, float], solved, warp_seconds: Optional[float]) -> Dict[str, float]:
+    """Stage seconds in order, the solver followed by its parts (levels, refinement), the total,
+    and the moving image's warp when the outputs stage made it (a part of ``outputs``)."""
     out: Dict[str, float] = {}
     for name, seconds in stages.items():
         out[name] = seconds
@@ -226,6 +235,8 @@ def _timings(stages: Dict[str, float], solved) -> Dict[str, float]:
             if solved.refine_seconds is not None:
                 out["refine"] = solved.refine_seconds
     out["total"] = sum(stages.values())
+    if warp_seconds is not None:
+        out["warp"] = warp_seconds
     return out
 
 

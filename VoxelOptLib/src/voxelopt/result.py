@@ -49,7 +49,9 @@ class RegistrationResult:
             were given (see :mod:`voxelopt.metrics`).
         timings: wall-clock seconds per stage (``prepare``, ``features_fixed``,
             ``features_moving``, ``solver`` (itself split into ``level_1`` (coarsest) ... and, when
-            it ran, ``refine``), ``outputs``, ``total``; ``warp`` and ``write`` once they ran).
+            it ran, ``refine``), ``outputs``, ``total``; ``warp`` (the moving image's, a part of
+            ``outputs`` when :func:`voxelopt.register` made it with ``warp_moving``) and ``write``
+            once they ran).
         config: the parameters used.
         device: torch device the computation ran on.
         initial_transform: the initial alignment as a 4x4 matrix (LPS mm, fixed -> moving points;

@@ -6,6 +6,7 @@ computed after the solver (see :mod:`voxelopt.pipeline` for the order, and
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -93,12 +94,15 @@ def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image, cache: Opt
 
 
 def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, moving_labels: sitk.Image,
-                         scorer: LabelScorer, cache: Optional[FeatureCache], digest: Digest = image_digest
-                         ) -> Dict[str, object]:
+                         scorer: Callable[[], LabelScorer], cache: Optional[FeatureCache],
+                         digest: Digest = image_digest) -> Dict[str, object]:
     """The scores before registration (labels through the initial alignment only), once per pair
-    (kept on disk with the cache's directory: a command-line re-run does not repeat them)."""
+    (kept on disk with the cache's directory: a command-line re-run does not repeat them).
+    ``scorer()`` gives the scorer, asked for once the labels are resampled (it may still be
+    being made on another thread)."""
     def compute() -> Dict[str, object]:
-        return scorer.score(aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid))
+        aligned = aligned_labels(moving_labels, prepared.initial, prepared.fixed_grid)
+        return scorer().score(aligned)
 
     if cache is None:
         return compute()
@@ -113,35 +117,55 @@ def solved_outputs(
     moving_labels: Optional[sitk.Image],
     cache: Optional[FeatureCache],
     digest: Digest,
-    progress: Callable[[float], None],
+    progress: Callable[[float, str], None],
     cancel: Callable[[], bool],
+    warp_moving: bool = False,
 ) -> Dict[str, object]:
     """Field on the field grid (see :class:`PreparedPair`), entropy (working grid), Jacobian map and statistics, and with
-    labels the warped labels and their scores before and after."""
+    labels the warped labels and their scores before and after; with ``warp_moving`` the warped
+    moving image too (``"warped"``, else None), ``"warp_seconds"`` its warp's wall time.
+    ``progress(fraction, message)`` through the warps."""
     field = GridField.from_solver(solved.field, prepared.working_grid, prepared.field_grid, prepared.initial)
     jacobian = field.jacobian()
     metrics: Dict[str, object] = dict(jacobian_statistics(jacobian.cpu().numpy()))
-    warped_labels = None
-    if moving_labels is not None:
-        # The fixed side of the scores and the scores before registration (a resampling and the
-        # nearest-surface searches, parts of them on one core) are computed on a thread beside the
-        # label warp, filling the cores it leaves idle (512x512x600: the outputs 3.3-3.7 -> 2.8-3.2 s).
-        background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxelopt-scores")
-        try:
+    warped_labels = warped = warp_seconds = None
+    # of the progress: the label warp (nearest, in the labels' box) costs about a third of the image's
+    labels_share = 0.0 if moving_labels is None else (0.3 if warp_moving else 1.0)
+    # The scores (the fixed side, the labels through the initial alignment, the scores before and
+    # after registration: resamplings and nearest-surface searches, parts of them on one core)
+    # are computed on two threads beside the warps, filling the cores those leave idle
+    # (512x512x600: the outputs 3.3-3.7 -> 2.8-3.2 s with the label warp; see the README).
+    background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="voxelopt-scores")
+    try:
+        after = None
+        if moving_labels is not None:
             if fixed_labels is not None:
                 scorer = background.submit(label_scorer, fixed_labels, moving_labels, cache, digest)
-                before = background.submit(lambda: initial_label_scores(prepared, fixed_labels, moving_labels,
-                                                                        scorer.result(), cache, digest))
+                before = background.submit(initial_label_scores, prepared, fixed_labels, moving_labels, scorer.result,
+                                           cache, digest)
             warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
-                                       progress=progress, cancel=cancel)
+                                       progress=lambda fraction: progress(labels_share * fraction, "warping labels"),
+                                       cancel=cancel)
             if fixed_labels is not None:
-                after = scorer.result().score(sitk.GetArrayViewFromImage(warped_labels))
-                metrics.update(with_initial_scores(after, before.result()))
-        finally:  # on cancel the scores before finish on their own, unused
-            background.shutdown(wait=False)
+                labels_view = sitk.GetArrayViewFromImage(warped_labels)
+                if warp_moving:
+                    after = background.submit(lambda: scorer.result().score(labels_view))
+                else:  # here, beside the scores before
+                    metrics.update(with_initial_scores(scorer.result().score(labels_view), before.result()))
+        if warp_moving:
+            start = time.perf_counter()
+            warped = warp_image(prepared.moving, field, prepared.fixed_grid, nearest=False,
+                                progress=lambda fraction: progress(labels_share + (1 - labels_share) * fraction,
+                                                                   "warping the moving image"),
+                                cancel=cancel)
+            warp_seconds = time.perf_counter() - start
+        if after is not None:
+            metrics.update(with_initial_scores(after.result(), before.result()))
+    finally:  # on cancel the scores finish on their own, unused
+        background.shutdown(wait=False)
     return {"field": field, "entropy": tensor_to_image(solved.entropy.float(), prepared.working_grid),
             "jacobian": tensor_to_image(jacobian.float(), field.grid), "warped_labels": warped_labels,
-            "metrics": metrics}
+            "warped": warped, "warp_seconds": warp_seconds, "metrics": metrics}
 
 
 def _alignment_key(matrix: Optional[np.ndarray]) -> Optional[bytes]:
