@@ -6,7 +6,7 @@ points on 2 cores) and samples float32 only, so the torch path of
 :func:`voxelopt.outputs.warp_images_streamed` first converts each block of moving voxels it reads.
 :func:`warp_slab` interpolates the field, reads the moving voxels in their own pixel type,
 interpolates them in float64 and writes the output type, point by point with no intermediate
-arrays: a whole 512x512x600 int16 CT warp in 5.5 ms per million points on 2 cores (0.86 s; with
+arrays: a whole 512x512x600 int16 CT warp in 5.6 ms per million points on 2 cores (0.88 s; with
 the output image's allocation about 7 ms), against 28-31 ms for the torch path (see the README's
 *Performance*). Its rules are the torch path's and ITK's.
 
