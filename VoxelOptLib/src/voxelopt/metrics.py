@@ -364,6 +364,8 @@ TREE_NS_PER_POINT = 450.0
 #: Largest box the distance transforms take (9 bytes of working memory per voxel: 0.29 GB); a
 #: label whose surfaces span more (a body outline) is left to the KD-tree.
 MAX_TRANSFORM_BOX_VOXELS = 32_000_000
+#: Working memory of the distance transforms per box voxel: the float64 distances and a bool mark.
+TRANSFORM_BYTES_PER_VOXEL = 9
 
 
 def _transform_is_cheaper(box_shape: Sequence[int], points: int, dice: float) -> bool:

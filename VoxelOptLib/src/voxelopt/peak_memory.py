@@ -16,6 +16,7 @@ from .config import RegistrationConfig
 from .errors import InputError
 from .geometry import Grid
 from .inputs import CheckedPair, PreparedPair
+from .metrics import MAX_TRANSFORM_BOX_VOXELS, TRANSFORM_BYTES_PER_VOXEL
 from .outputs import SLAB_VOXELS
 
 #: Share of the free memory a registration may plan to use.
@@ -49,7 +50,10 @@ def estimate_peak_bytes(fixed: sitk.Image, moving: sitk.Image, feature_grid: Gri
     Counts the inputs, the larger of the feature stage (both images' feature maps and their
     working copies) and the solver (cost volume, its filtered copy and softmax, at the finest
     level with search radius ``k_finest`` or at the next with ``k``, whichever is larger), and the
-    streamed outputs (the warped image in the moving pixel type, label maps, slab buffers).
+    streamed outputs (the warped image in the moving pixel type, label maps, slab buffers) with,
+    for labels, two label scores' working memory at once (they run beside the warps: surface
+    marks over the labelled box, at most the fixed grid, and the distance transforms' buffers,
+    at most :data:`voxelopt.metrics.MAX_TRANSFORM_BOX_VOXELS` voxels of 9 bytes).
     """
     def voxels(grid_or_image) -> int:
         size = grid_or_image.size if isinstance(grid_or_image, Grid) else grid_or_image.GetSize()
@@ -61,7 +65,8 @@ def estimate_peak_bytes(fixed: sitk.Image, moving: sitk.Image, feature_grid: Gri
     solver = voxels(working_grid) * 4 * max(3 * (2 * k_finest + 1) ** 3 + 4 * channels,
                                             (3 * (2 * k + 1) ** 3 + 4 * channels) // 8)
     outputs = voxels(fixed) * moving.GetSizeOfPixelComponent() + SLAB_VOXELS * 4 * 16
-    labels = 2 * (voxels(fixed) + voxels(moving)) if with_labels else 0
+    scores = 2 * (voxels(fixed) + TRANSFORM_BYTES_PER_VOXEL * min(voxels(fixed), MAX_TRANSFORM_BOX_VOXELS))
+    labels = 2 * (voxels(fixed) + voxels(moving)) + scores if with_labels else 0
     return int(fixed_bytes + moving_bytes + labels + max(features, solver) + outputs)
 
 
