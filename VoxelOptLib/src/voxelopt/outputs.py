@@ -72,9 +72,9 @@ class GridField:
         d = torch.einsum("rc,bczyx->brzyx", torch.as_tensor(initial[:3, :3], dtype=u.dtype, device=u.device), u)
         k, j, i = (torch.arange(n, dtype=torch.float64, device=u.device) for n in field_grid.shape)
         for r in range(3):
-            d[0, r].add_((per_index[r, 2] * k + constant[r]).to(u.dtype).view(-1, 1, 1))
-            d[0, r].add_((per_index[r, 1] * j).to(u.dtype).view(1, -1, 1))
-            d[0, r].add_((per_index[r, 0] * i).to(u.dtype).view(1, 1, -1))
+            d[0, r].add_((float(per_index[r, 2]) * k + float(constant[r])).to(u.dtype).view(-1, 1, 1))
+            d[0, r].add_((float(per_index[r, 1]) * j).to(u.dtype).view(1, -1, 1))
+            d[0, r].add_((float(per_index[r, 0]) * i).to(u.dtype).view(1, 1, -1))
         return cls(d.contiguous(), field_grid)
 
     @classmethod
