@@ -102,9 +102,10 @@ class RegistrationResult:
 
     def compute_warped(self, progress: Optional[Callable[[float], None]] = None,
                        cancel: Optional[Callable[[], bool]] = None) -> sitk.Image:
-        """:attr:`warped`, computed now if it is not yet, reporting ``progress(fraction)`` and
-        polling ``cancel`` between slabs: for a caller that computes on a worker thread and
-        writes the result on another (the Slicer module's GUI thread)."""
+        """:attr:`warped`, computed now if it is not yet (:func:`voxelopt.register` with
+        ``warp_moving=True`` makes it during the registration), reporting ``progress(fraction)``
+        and polling ``cancel`` between slabs: for a caller that computes on a worker thread and
+        writes the result on another."""
         if self._warped is None:
             start = time.perf_counter()
             release_free_memory()  # before a full-grid array: see voxelopt.allocator
