@@ -581,8 +581,9 @@ def test_nearest_warps_keep_every_pixel_type_and_its_values(pair, dtype, offset,
     assert np.mean(warped != expected) < 1e-4
 
 
+@pytest.mark.parametrize("sampler", ["itk", "compiled"])
 @pytest.mark.parametrize("case", ["affine", "translation", "labels at a border", "no label reached"])
-def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pair, case):
+def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pair, case, sampler):
     """The "before" label map (labels through the initial alignment only) is resampled only in the
     box its labels can reach: every labelled voxel of SimpleITK's resampling of the whole grid
     lies in that box, and the two maps are equal."""
@@ -608,7 +609,9 @@ def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pai
     grid = Grid.from_image(pair.fixed)
     expected = sitk.GetArrayFromImage(sitk.Resample(labels, pair.fixed, affine_transform(alignment),
                                                     sitk.sitkNearestNeighbor, 0, labels.GetPixelID()))
-    assert np.array_equal(aligned_labels(labels, alignment, grid), expected)
+    if sampler == "compiled":
+        pytest.importorskip("numba")
+    assert np.array_equal(aligned_labels(labels, alignment, grid, sampler), expected)
     region = aligned_region(array, Grid.from_image(labels), alignment, grid)
     outside = np.ones(grid.shape, dtype=bool)
     if region is not None:
@@ -618,6 +621,36 @@ def test_labels_through_a_linear_alignment_equal_simpleitk_on_the_whole_grid(pai
         assert region is None and not expected.any()
     else:  # the shortcut is taken: a box smaller than the grid, holding labels
         assert expected.any() and np.prod([b.stop - b.start for b in region]) < 0.5 * np.prod(grid.shape), region
+
+
+def test_the_kernel_and_simpleitk_differ_only_at_half_voxel_ties(pair):
+    """Shifted by exactly half a voxel, nearest-neighbour points fall on ties, which floating-point
+    rounding breaks either way: the kernel's "before" map differs from SimpleITK's only at fixed
+    voxels whose moving index lies within 1e-9 voxel of a half-integer, and there it reads a
+    neighbour on the tie."""
+    pytest.importorskip("numba")
+    from voxelopt.geometry import affine_transform
+    from voxelopt.outputs import aligned_labels
+
+    labels, grid = pair.moving_labels, Grid.from_image(pair.fixed)
+    moving_grid = Grid.from_image(labels)
+    alignment = np.eye(4)
+    alignment[:3, 3] = 0.5 * np.asarray(labels.GetSpacing()) * (1, -3, 5)
+    expected = sitk.GetArrayFromImage(sitk.Resample(labels, pair.fixed, affine_transform(alignment),
+                                                    sitk.sitkNearestNeighbor, 0, labels.GetPixelID()))
+    kernel = aligned_labels(labels, alignment, grid, "compiled")
+    differ = np.argwhere(kernel != expected)  # (z, y, x)
+    assert 0 < len(differ) < 1e-3 * expected.size  # ties exist here, and only they differ
+    to_moving, offset = grid.index_map_to(moving_grid, alignment)
+    q = differ[:, ::-1] @ to_moving.T + offset  # moving continuous indices (i, j, k)
+    tie = np.abs(q - np.floor(q) - 0.5) < 1e-9
+    assert tie.any(axis=1).all()
+    array = sitk.GetArrayViewFromImage(labels)
+    for point, is_tie, value in zip(q, tie, kernel[tuple(differ.T)]):  # a voxel on either side of each tie
+        sides = [(np.floor(c), np.ceil(c)) if t else (np.floor(c + 0.5),) for c, t in zip(point, is_tie)]
+        reads = {int(array[int(k), int(j), int(i)]) for i in sides[0] for j in sides[1] for k in sides[2]
+                 if 0 <= i < array.shape[2] and 0 <= j < array.shape[1] and 0 <= k < array.shape[0]}
+        assert int(value) in reads
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

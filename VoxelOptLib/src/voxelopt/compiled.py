@@ -118,6 +118,17 @@ class FieldMap:
     to_moving: np.ndarray
     offset: np.ndarray
 
+    @classmethod
+    def linear(cls, fixed_size: Sequence[int], to_moving: np.ndarray, offset: np.ndarray) -> "FieldMap":
+        """The map of a linear alignment alone, ``q = to_moving @ (i, j, k) + offset``, on a fixed
+        grid of ``fixed_size`` (i, j, k) voxels: a one-voxel field of zeros."""
+        def axis(n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+
+        x, y, z = (axis(int(n)) for n in fixed_size)
+        return cls(np.zeros((3, 1, 1, 1), np.float32), x, y, z, np.ascontiguousarray(to_moving, dtype=np.float64),
+                   np.ascontiguousarray(offset, dtype=np.float64))
+
 
 def warp_slab(source: np.ndarray, where: FieldMap, start: Tuple[int, int, int], out: np.ndarray, default: float,
               nearest: bool, threads: Optional[int] = None) -> None:

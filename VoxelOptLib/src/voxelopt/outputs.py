@@ -427,20 +427,38 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
     return out[2], out[1], out[0]
 
 
-def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid) -> np.ndarray:
+#: The samplers of :func:`aligned_labels`.
+ALIGNED_SAMPLERS = ("auto", "itk", "compiled")
+
+
+def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid, sampler: str = "auto") -> np.ndarray:
     """The (Z, Y, X) array of a label map on ``fixed_grid`` through a linear ``alignment`` (4x4,
     fixed -> moving points, LPS mm): ``sitk.Resample`` with nearest neighbour and 0 outside,
     computed only inside the box of fixed voxels whose points can land on a labelled voxel
     (:func:`aligned_region`); the zeros outside it are never written (memory the system gives
-    on first write)."""
+    on first write).
+
+    ``sampler``: ``"itk"``, SimpleITK's resampling of the box; ``"compiled"``, the warp kernel
+    with no displacement (ITK's rules, written straight into the box: 0.36-0.59 -> 0.21-0.41
+    CPU seconds at 512x512x600), RuntimeError without numba; ``"auto"``, the kernel where
+    :func:`compiled.worth_it` for the fixed grid.
+    """
+    if sampler not in ALIGNED_SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {ALIGNED_SAMPLERS}")
     array = sitk.GetArrayViewFromImage(labels)
-    region = aligned_region(array, Grid.from_image(labels), alignment, fixed_grid)
+    moving_grid = Grid.from_image(labels)
+    region = aligned_region(array, moving_grid, alignment, fixed_grid)
     out = np.zeros(fixed_grid.shape, dtype=array.dtype)
-    if region is not None:
-        (bz, by, bx) = region
-        part = fixed_grid.crop((bx.start, by.start, bz.start), (bx.stop - bx.start, by.stop - by.start, bz.stop - bz.start))
-        resampled = resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0)
-        out[region] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive
+    if region is None:
+        return out
+    (bz, by, bx) = region
+    if sampler == "compiled" or (sampler == "auto" and compiled.worth_it(math.prod(fixed_grid.shape))):
+        where = compiled.FieldMap.linear(fixed_grid.size, *fixed_grid.index_map_to(moving_grid, alignment))
+        compiled.warp_slab(array, where, (bz.start, by.start, bx.start), out[region], 0.0, nearest=True)
+        return out
+    part = fixed_grid.crop((bx.start, by.start, bz.start), (bx.stop - bx.start, by.stop - by.start, bz.stop - bz.start))
+    resampled = resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0)
+    out[region] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive
     return out
 
 
