@@ -427,11 +427,16 @@ def test_the_warped_volume_can_be_left_out(scene, monkeypatch):
     kept = volumes.array_from_volume_node(first.warpedVolume).copy()
     assert node.GetNodeReference("outputVolume") is first.warpedVolume
     monkeypatch.setattr(voxelopt.result.RegistrationResult, "warp", lambda *a, **k: pytest.fail("warped the volume"))
+    import voxelopt.stages
+
+    label_warp = voxelopt.stages.warp_image
+    monkeypatch.setattr(voxelopt.stages, "warp_image", lambda image, *a, nearest=False, **k: label_warp(
+        image, *a, nearest=nearest, **k) if nearest else pytest.fail("warped the volume in the engine"))
     parameters.set_values(node, {"warpedVolume": False, "overlay": "warped", "alpha": 3.0})
     messages = []
     run = logic.processParameterNode(node, progress=lambda fraction, message: messages.append((fraction, message)))
     assert run.warpedVolume is None and node.GetNodeReference("outputVolume") is None
-    assert messages[-1][0] == pytest.approx(1.0) and all(m != "warping the volume" for _, m in messages)
+    assert messages[-1][0] == pytest.approx(1.0) and all(m != "warping the moving image" for _, m in messages)
     assert composite.GetForegroundVolumeID() == nodes["moving"].GetID()
     assert nodes["moving"].GetParentTransformNode() is run.transform
     np.testing.assert_array_equal(volumes.array_from_volume_node(first.warpedVolume), kept)  # left as it was
