@@ -146,12 +146,9 @@ def solved_outputs(
             warped_labels = warp_image(moving_labels, field, prepared.fixed_grid, nearest=True, default=0,
                                        progress=lambda fraction: progress(labels_share * fraction, "warping labels"),
                                        cancel=cancel)
-            if fixed_labels is not None:
+            if fixed_labels is not None:  # beside the scores before and the image's warp
                 labels_view = sitk.GetArrayViewFromImage(warped_labels)
-                if warp_moving:
-                    after = background.submit(lambda: scorer.result().score(labels_view))
-                else:  # here, beside the scores before
-                    metrics.update(with_initial_scores(scorer.result().score(labels_view), before.result()))
+                after = background.submit(lambda: scorer.result().score(labels_view))
         if warp_moving:
             start = time.perf_counter()
             warped = warp_image(prepared.moving, field, prepared.fixed_grid, nearest=False,
