@@ -178,3 +178,17 @@ def test_surface_voxels_are_grouped_by_label_in_their_order():
     for label in (1, 3, 7, 250):
         np.testing.assert_array_equal(groups[label], voxels[values == label])
     assert groups[5].shape == (0, 3)
+
+
+def test_the_coarse_box_is_that_of_the_coarse_voxels():
+    """``_coarse_box`` of two voxel sets' joint box is the joint box of their coarse voxels (index //
+    COARSE_FACTOR), negative indices included: the distance transforms on the coarse grid reuse it."""
+    from voxelopt import compiled
+
+    rng = np.random.default_rng(12)
+    for _ in range(100):
+        a = rng.integers(-7, 90, (int(rng.integers(1, 40)), 3))
+        b = rng.integers(-3, 97, (int(rng.integers(1, 40)), 3))
+        low, shape = metrics._coarse_box(*compiled.joint_box(a, b))
+        expected_low, expected_shape = compiled.joint_box(a // metrics.COARSE_FACTOR, b // metrics.COARSE_FACTOR)
+        assert np.array_equal(low, expected_low) and shape == expected_shape

@@ -198,13 +198,18 @@ def overlap_counts(fixed: np.ndarray, warped: np.ndarray, size: int, threads: Op
     return total[0], total[1]
 
 
+Box = Tuple[np.ndarray, Tuple[int, int, int]]  # a box of voxels: its lowest (z, y, x) index and its shape
+
+
 def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zyx: Sequence[float],
-                      threads: Optional[int] = None) -> List[Tuple[np.ndarray, np.ndarray]]:
+                      threads: Optional[int] = None, boxes: Optional[Sequence[Box]] = None
+                      ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """For each pair ``(a, b)`` of non-empty voxel sets of one grid ((N, 3) integer (z, y, x)
     indices): the distance in mm from every voxel of ``a`` to the nearest voxel of ``b``, and from
     every voxel of ``b`` to the nearest of ``a`` (in their order) — the nearest-neighbour distances
     of their centres in mm, as a KD-tree gives them (equal to about 10^-13 mm), by exact Euclidean
-    distance transforms over the box holding both sets, one box buffer for all pairs.
+    distance transforms over the box holding both sets (:func:`joint_box`; ``boxes`` when the
+    caller has them already), one box buffer for all pairs.
 
     Raises RuntimeError when the kernels are not available (see :func:`enabled`).
     """
@@ -215,7 +220,8 @@ def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zy
     for a, b in pairs:
         if not len(a) or not len(b):
             raise ValueError("surface_distances: every set must hold at least one voxel")
-    boxes = [joint_box(a, b) for a, b in pairs]
+    if boxes is None:
+        boxes = [joint_box(a, b) for a, b in pairs]
     largest = max(int(np.prod(shape)) for _, shape in boxes)
     squared, marks = np.empty(largest), np.zeros(largest, dtype=bool)  # the boxes' working memory
     results = []
@@ -228,7 +234,7 @@ def surface_distances(pairs: Sequence[Tuple[np.ndarray, np.ndarray]], spacing_zy
     return results
 
 
-def joint_box(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+def joint_box(a: np.ndarray, b: np.ndarray) -> Box:
     """The box holding two non-empty voxel sets ((N, 3) integer indices): its lowest index and
     its shape."""
     low = np.minimum(a.min(axis=0), b.min(axis=0))

@@ -176,20 +176,22 @@ class LabelScorer:
               ) -> Dict[int, float]:
         """HD95 (mm) of each label between its fixed and warped surface voxels (both non-empty):
         the 95th percentile of the distances fixed -> warped and warped -> fixed, pooled."""
-        boxes = {label: compiled.joint_box(self._fixed_points[label], warped_voxels[label])[1]
-                 for label in labels} if self._transforms else {}
-        bounded = [label for label in boxes if _bounds_pay(boxes[label])]
+        boxes = {label: compiled.joint_box(self._fixed_points[label], warped_voxels[label])
+                 for label in labels} if self._transforms else {}  # each label's box, found once
+        bounded = [label for label in boxes if _bounds_pay(boxes[label][1])]
         exact = [label for label in boxes if label not in bounded and _transform_is_cheaper(
-            boxes[label], len(self._fixed_points[label]) + len(warped_voxels[label]), dice[label])]
+            boxes[label][1], len(self._fixed_points[label]) + len(warped_voxels[label]), dice[label])]
         both = {}
         if exact:
             both = dict(zip(exact, compiled.surface_distances(
-                [(self._fixed_points[label], warped_voxels[label]) for label in exact], self.spacing_zyx)))
+                [(self._fixed_points[label], warped_voxels[label]) for label in exact], self.spacing_zyx,
+                boxes=[boxes[label] for label in exact])))
         hd95 = {}
         if bounded:
             coarse = compiled.surface_distances([(self._fixed_points[label] // COARSE_FACTOR, warped_voxels[label] //
                                                   COARSE_FACTOR) for label in bounded],
-                                                [COARSE_FACTOR * s for s in self.spacing_zyx])
+                                                [COARSE_FACTOR * s for s in self.spacing_zyx],
+                                                boxes=[_coarse_box(*boxes[label]) for label in bounded])
             for label, distances in zip(bounded, coarse):
                 hd95[label] = _percentile_within_bounds(distances, _coarse_slack(self.spacing_zyx), (
                     lambda chosen, within, label=label: self._nearest(
@@ -399,6 +401,14 @@ def _bounds_pay(box_shape: Sequence[int]) -> bool:
     shape = np.asarray(box_shape)
     return (int(np.prod(shape)) >= BOUNDED_MIN_BOX_VOXELS
             and int(np.prod(shape // COARSE_FACTOR + 1)) <= MAX_TRANSFORM_BOX_VOXELS)
+
+
+def _coarse_box(low: np.ndarray, shape: Sequence[int]) -> compiled.Box:
+    """The box of voxels ``v // COARSE_FACTOR`` for the voxels ``v`` of a box (``low``, ``shape``):
+    flooring keeps the order, so the lowest and highest indices map to the coarse box's."""
+    coarse_low = np.asarray(low) // COARSE_FACTOR
+    high = (np.asarray(low) + np.asarray(shape) - 1) // COARSE_FACTOR
+    return coarse_low, tuple(int(n) for n in high - coarse_low + 1)
 
 
 def _coarse_slack(spacing_zyx: Sequence[float]) -> float:
