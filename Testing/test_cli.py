@@ -164,6 +164,8 @@ def _bad_file(tmp_path, kind):
         (None, ["--device", "tpu"], "device must be"),
         (None, ["--features", "sift"], "unknown feature type sift"),
         (None, ["--field-format", "png"], "unknown field format"),
+        (None, ["--overview", "qa.xyz"], r"--overview qa.xyz: give a file name ending in \.png"),
+        (None, ["--overview", "qa"], r"--overview qa: give a file name ending in \.png"),
     ],
 )
 def test_bad_input_gives_a_clear_error_and_no_output(files, tmp_path, capsys, moving_kind, extra, message):
@@ -186,6 +188,15 @@ def test_unwritable_output_path(files, tmp_path, capsys):
     code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", blocker / "out", *FAST], capsys)
     assert code == 2 and "not a directory" in stderr
     assert blocker.read_text() == "x"
+
+
+def test_an_overview_path_that_is_a_folder_is_refused_before_any_work(files, tmp_path, capsys):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    code, _, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", tmp_path / "out",
+                           "--overview", folder, *FAST], capsys)
+    assert code == 2 and stderr.startswith(f"error: --overview {folder} is a folder")
+    assert not (tmp_path / "out").exists() and not list(folder.iterdir())
 
 
 def test_unwritable_feature_cache_is_refused_before_any_work(files, tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ from testdata import count_calls, make_image, oblique_direction, smooth_random_v
 import voxelopt
 from voxelopt import (
     ArrayImage,
+    ConfigError,
     FeatureCache,
     InputError,
     RegistrationCancelled,
@@ -163,6 +164,12 @@ def test_labels_that_miss_their_image_are_an_error(pair):
         register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, off)
     with pytest.raises(InputError, match="fixed labels holds no labelled voxel"):
         register(pair.fixed, pair.moving, SMALL, pair.fixed_labels * 0, pair.moving_labels)
+
+
+def test_labels_beyond_what_the_scores_count_are_refused_with_the_inputs(pair):
+    huge = sitk.Cast(pair.moving_labels, sitk.sitkUInt32) * (2**25)  # labels 2^25, 2^26, ...
+    with pytest.raises(InputError, match=r"moving labels holds the label \d+; labels up to 16777216 are supported"):
+        voxelopt.inputs.checked_labels(huge, pair.moving, "moving labels")
 
 
 def test_a_registration_too_large_for_memory_is_refused_before_it_starts():
@@ -789,3 +796,41 @@ def test_images_not_in_hounsfield_units_are_reported(pair):
         warnings.simplefilter("error", InputWarning)  # none for CT in HU, or a window set to the values
         assert register(pair.fixed, pair.moving, SMALL).warnings == []
         assert register(*raw, SMALL.replace(hu_window=(224.0, 1524.0))).warnings == []
+
+
+@pytest.mark.parametrize("geometry, message", [
+    (dict(spacing=(2.0, 0.0, 2.0)), r"spacing must be positive .* got \[2.0, 0.0, 2.0\]"),
+    (dict(spacing=(2.0, 2.0)), "spacing must be 3 finite numbers"),
+    (dict(origin=(0.0, np.nan, 0.0)), "origin must be 3 finite numbers"),
+    (dict(direction=np.zeros(9)), "direction must be a 3x3 matrix of independent axes"),
+])
+def test_array_images_with_a_geometry_simpleitk_cannot_hold_are_input_errors(geometry, message):
+    with pytest.raises(InputError, match=message):
+        ArrayImage(np.zeros((4, 5, 6), np.int16), **geometry).to_sitk()
+
+
+def test_array_images_of_bool_and_float16_become_types_simpleitk_holds():
+    assert ArrayImage(np.ones((4, 5, 6), bool)).to_sitk().GetPixelID() == sitk.sitkUInt8
+    assert ArrayImage(np.ones((4, 5, 6), np.float16)).to_sitk().GetPixelID() == sitk.sitkFloat32
+    assert ArrayImage(np.ones((4, 5, 6), np.int8)).to_sitk().GetPixelID() == sitk.sitkInt8
+    with pytest.raises(InputError, match="must hold integers or floats, got complex64"):
+        ArrayImage(np.ones((4, 5, 6), np.complex64)).to_sitk()
+
+
+def test_wrong_kinds_of_config_and_initial_transform_are_clear_errors(pair):
+    with pytest.raises(ConfigError, match=r"config must be a RegistrationConfig .* got dict"):
+        register(pair.fixed, pair.moving, {"alpha": 2.0})
+    with pytest.raises(InputError, match="initial transform must be a linear SimpleITK transform or an ITK transform file, got ndarray"):
+        register(pair.fixed, pair.moving, SMALL.replace(init="none"), initial_transform=np.eye(4))
+
+
+def test_result_warp_takes_any_image_like_and_refuses_other_images(pair, tmp_path):
+    result = register(pair.fixed, pair.moving, SMALL)
+    path = tmp_path / "moving.nii.gz"
+    sitk.WriteImage(pair.moving, str(path))
+    from_file = result.warp(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(from_file), sitk.GetArrayFromImage(result.warped))
+    with pytest.raises(InputError, match="image to warp must be a 3-D image"):
+        result.warp(pair.moving[:, :, 3])
+    with pytest.raises(InputError, match="image to warp must be a SimpleITK image, an ArrayImage or a file path"):
+        result.warp(np.zeros((4, 4, 4)))

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from .errors import InputError, itk_message
 from .geometry import check_image
 from .io import PathLike
+from . import voxels
 
 #: Voxel size (mm) of the images the affine metric is computed on (the finest level).
 ANALYSIS_SPACING_MM = 4.0
@@ -98,16 +99,21 @@ def estimate_affine(
         check_image(image, what)
     fixed_small = _windowed_and_shrunk(fixed, window)
     moving_small = _windowed_and_shrunk(moving, window)
-    fixed_region = _mask_on(fixed_mask, fixed_small, "fixed mask") if fixed_mask is not None else _scanned_region(fixed_small)
-    moving_region = _mask_on(moving_mask, moving_small, "moving mask") if moving_mask is not None else _scanned_region(moving_small)
+    fixed_scanned, moving_scanned = _scanned_region(fixed_small), _scanned_region(moving_small)
+    fixed_region = fixed_scanned if fixed_mask is None else sitk.And(_mask_on(fixed_mask, fixed_small, "fixed mask"), fixed_scanned)
+    moving_region = moving_scanned if moving_mask is None else sitk.And(_mask_on(moving_mask, moving_small, "moving mask"), moving_scanned)
 
     for image, region, what in ((fixed_small, fixed_region, "fixed"), (moving_small, moving_region, "moving")):
         _require_contrast(image, region, what)
-    centre = _centre_of_mass(fixed_small, fixed_region)
+    # the centres of mass of corresponding regions: both masks, else both scanned regions (the
+    # centre of one image's organs against the other's whole body would start tens of mm off)
+    both_masked = fixed_mask is not None and moving_mask is not None
+    centre = _centre_of_mass(fixed_small, fixed_region if both_masked else fixed_scanned)
     if initial is None:
         start = sitk.AffineTransform(3)
         start.SetCenter(centre)
-        start.SetTranslation(tuple(_centre_of_mass(moving_small, moving_region) - np.asarray(centre)))
+        start.SetTranslation(tuple(_centre_of_mass(moving_small, moving_region if both_masked else moving_scanned)
+                                   - np.asarray(centre)))
     else:
         start = _recentred(linear_to_affine(initial, "initial transform"), centre)
 
@@ -137,15 +143,15 @@ def plausible_linear(matrix: np.ndarray) -> bool:
 
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
               transform: sitk.Transform, iterations: int) -> sitk.Transform:
-    voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(fixed_region)))
+    in_region = int(np.count_nonzero(voxels.view(fixed_region)))
     with _one_thread():  # the metric takes its thread count from the global default, not from the method
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         method.SetMetricFixedMask(fixed_region)
         method.SetMetricMovingMask(moving_region)
-        if voxels > METRIC_SAMPLES:
+        if in_region > METRIC_SAMPLES:
             method.SetMetricSamplingStrategy(method.REGULAR)
-            method.SetMetricSamplingPercentage(METRIC_SAMPLES / voxels, SAMPLING_SEED)
+            method.SetMetricSamplingPercentage(METRIC_SAMPLES / in_region, SAMPLING_SEED)
         method.SetInterpolator(sitk.sitkLinear)
         method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.003, numberOfIterations=iterations,
                                                          relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
@@ -229,14 +235,14 @@ def _mask_on(mask: sitk.Image, reference: sitk.Image, what: str) -> sitk.Image:
     """A user mask (any grid) as a UInt8 0/1 image on ``reference``'s grid (nearest neighbour)."""
     check_image(mask, what)
     on_grid = sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    if not np.any(sitk.GetArrayViewFromImage(on_grid)):
+    if not np.any(voxels.view(on_grid)):
         raise InputError(f"the {what} is empty (no non-zero voxel inside the image)")
     return on_grid
 
 
 def _require_contrast(windowed: sitk.Image, region: sitk.Image, what: str) -> None:
     """Refuse an image that is uniform inside its region: mutual information has nothing to align."""
-    values = sitk.GetArrayViewFromImage(windowed)[sitk.GetArrayViewFromImage(region) > 0]
+    values = voxels.view(windowed)[voxels.view(region) > 0]
     if values.size == 0 or float(values.max()) - float(values.min()) <= 1e-6:
         raise InputError(f"the {what} image is uniform inside the HU window within its scanned region: an affine "
                          "alignment has nothing to match (use init 'com' or 'none')")

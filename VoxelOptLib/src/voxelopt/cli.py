@@ -151,6 +151,21 @@ def _checked_outputs(names: Optional[List[str]], with_labels: bool) -> Optional[
     return names
 
 
+#: File types the overview picture may be written as (by matplotlib).
+OVERVIEW_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _checked_overview(path: str) -> Path:
+    """The ``--overview`` path, checked before any work: a picture file in a folder that can be written."""
+    overview = Path(path)
+    if overview.is_dir():
+        raise InputError(f"--overview {path} is a folder; give a file name ending in .png")
+    if overview.suffix.lower() not in OVERVIEW_FORMATS:
+        raise InputError(f"--overview {path}: give a file name ending in {', '.join(OVERVIEW_FORMATS)}")
+    check_output_dir(overview.parent, "--overview folder")
+    return overview
+
+
 # ============================================================================ subcommands
 def cmd_register(args: argparse.Namespace) -> int:
     config = config_from_options(args)
@@ -160,7 +175,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
     if args.overview:
-        check_output_dir(Path(args.overview).parent)
+        _checked_overview(args.overview)
     if args.feature_cache:
         check_output_dir(Path(args.feature_cache), "--feature-cache directory")
     from .io import read_images  # numpy and SimpleITK: only once the arguments are good
@@ -314,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", help="displacement field (image or .h5 transform) on the fixed grid")
     p.add_argument("--moving-labels", required=True,
                    help="moving label map: warped through --field; the labels scored are those present in it and in "
-                        "the fixed labels")
+                        "the fixed labels; the 'initial' scores are of this map as it lies (no transform), whereas "
+                        "register's are after its initial alignment")
     p.add_argument("--warped-labels", help="an already warped moving label map on the fixed grid (instead of --field)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_evaluate)

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+from . import voxels
 
 #: A function giving an image's content digest (:func:`image_digest` or a :class:`DigestMemo`).
 Digest = Callable[[sitk.Image], str]
@@ -25,7 +26,7 @@ def array_digest(array: np.ndarray, header: str = "") -> str:
 def image_digest(image: sitk.Image) -> str:
     """A content digest of an image's voxels and geometry (:func:`array_digest`)."""
     header = repr((image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), image.GetPixelIDValue()))
-    return array_digest(sitk.GetArrayViewFromImage(image), header)
+    return array_digest(voxels.view(image), header)
 
 
 class ConstantImages:
@@ -37,7 +38,7 @@ class ConstantImages:
 
     def __init__(self) -> None:
         self._entries: Dict[int, Tuple["weakref.ref[sitk.Image]", Optional[str]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a weakref callback may run while it is held
 
     def add(self, image: sitk.Image) -> None:
         """Promise that ``image`` will not change from now on (changing it afterwards would hand

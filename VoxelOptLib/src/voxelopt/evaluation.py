@@ -26,6 +26,7 @@ from .geometry import (
 )
 from .metrics import jacobian_determinant, jacobian_statistics, registration_label_metrics
 from .outputs import resample_map
+from . import voxels
 
 _CPU = torch.device("cpu")
 
@@ -41,8 +42,8 @@ def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_
     if not fixed_grid.same_as(Grid.from_image(warped_labels), tol=1e-4):
         raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, direction)")
     initial = resample_image(moving_labels, fixed_grid, None, sitk.sitkNearestNeighbor, 0)
-    return registration_label_metrics(sitk.GetArrayViewFromImage(fixed_labels), sitk.GetArrayViewFromImage(moving_labels),
-                                      sitk.GetArrayViewFromImage(initial), sitk.GetArrayViewFromImage(warped_labels),
+    return registration_label_metrics(voxels.view(fixed_labels), voxels.view(moving_labels),
+                                      voxels.view(initial), voxels.view(warped_labels),
                                       fixed_grid.spacing[::-1])
 
 
@@ -86,7 +87,7 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
         moving_t = image_to_tensor(resample_image(moving_labels, moving_eval_grid, None, sitk.sitkNearestNeighbor, 0), _CPU)
         warped = resample_through_field(moving_t, moving_eval_grid, grid, d, "nearest", 0.0)
         initial = resample_through_field(moving_t, moving_eval_grid, grid, None, "nearest", 0.0)
-        metrics.update(registration_label_metrics(fixed_np, sitk.GetArrayViewFromImage(moving_labels), initial[0, 0],
+        metrics.update(registration_label_metrics(fixed_np, voxels.view(moving_labels), initial[0, 0],
                                                   warped[0, 0], grid.spacing[::-1]))
     return metrics
 
@@ -98,4 +99,4 @@ def evaluation_grid(grid: Grid, scale: float) -> Grid:
 
 def evaluation_grid_labels(labels: sitk.Image, grid: Grid) -> np.ndarray:
     """``labels`` resampled onto ``grid`` with nearest neighbour, as an int32 (Z, Y, X) array."""
-    return sitk.GetArrayFromImage(resample_image(labels, grid, None, sitk.sitkNearestNeighbor, 0)).astype(np.int32)
+    return voxels.copy(resample_image(labels, grid, None, sitk.sitkNearestNeighbor, 0)).astype(np.int32)

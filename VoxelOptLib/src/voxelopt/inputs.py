@@ -16,6 +16,7 @@ and com), from ``init`` and/or a user-given initial transform.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Hashable, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
@@ -26,6 +27,7 @@ from .digest import Digest, image_digest
 from .errors import ConfigError, InputError
 from .geometry import Grid, affine_matrix, check_image, level_shapes, overlap_fraction, resample_image, window_hu
 from .io import ImageLike, PathLike, as_image
+from . import voxels
 
 
 class ValueCache(Protocol):
@@ -92,13 +94,13 @@ def intensity_warnings(image: sitk.Image, what: str, window: Tuple[float, float]
     of 0.727; with the window moved by 1024, 0.716). The median in the message is of every 4th
     voxel along each axis.
     """
-    voxels = sitk.GetArrayViewFromImage(image)
-    lowest = float(voxels.min())
+    values = voxels.view(image)
+    lowest = float(values.min())
     if window[0] >= 0 or lowest < 0:
         return []
-    sample = voxels[::4, ::4, ::4]
+    sample = values[::4, ::4, ::4]
     return [f"{what}: no voxel below 0 (lowest {lowest:g}, median {float(np.median(sample)):g}, highest "
-            f"{float(voxels.max()):g}), while CT in Hounsfield units has fat and air below 0; if the image is not in "
+            f"{float(values.max()):g}), while CT in Hounsfield units has fat and air below 0; if the image is not in "
             "HU (stored without its rescale intercept, or not CT), convert it or set the intensity window to its "
             f"values (hu_window, --hu-window LOW HIGH; now {window[0]:g} to {window[1]:g}): the registration may fail"]
 
@@ -114,7 +116,7 @@ def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) ->
         return None
     labels = as_image(labels, what)
     check_image(labels, what)
-    values = sitk.GetArrayViewFromImage(labels)
+    values = voxels.view(labels)
     if labels.GetPixelID() not in _INTEGER_TYPES:
         if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
             raise InputError(f"{what} must hold non-negative integer labels")
@@ -122,12 +124,19 @@ def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) ->
         raise InputError(f"{what} must hold non-negative integer labels (found {values.min()})")
     if not values.size or values.max() == 0:
         raise InputError(f"{what} holds no labelled voxel (all zero)")
+    if values.max() > MAX_LABEL:
+        raise InputError(f"{what} holds the label {int(values.max())}; labels up to {MAX_LABEL} are supported "
+                         "(renumber the labels)")
     if labels.GetPixelID() not in _INTEGER_TYPES:  # integer labels keep their type
         labels = sitk.Cast(labels, LABEL_TYPES[label_dtype(int(values.max()))])
     on_image = resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    if not np.any(sitk.GetArrayViewFromImage(on_image)):
+    if not np.any(voxels.view(on_image)):
         raise InputError(f"{what} do not overlap their image: no labelled voxel lies inside it (check the headers)")
     return on_image
+
+
+#: Largest label value accepted (the scores count labels with one histogram bin per value).
+MAX_LABEL = 2**24
 
 
 #: The pixel types of label maps made here, smallest first: numpy dtype -> SimpleITK pixel type.
@@ -143,7 +152,7 @@ SIGNED_OF_UNSIGNED = {np.dtype(np.uint16): np.dtype(np.int16), np.dtype(np.uint3
 
 def label_dtype(largest_label: int) -> np.dtype:
     """The smallest unsigned type of :data:`LABEL_TYPES` that holds labels 0..``largest_label``
-    (uint32 beyond: labels that large are refused when scored, see ``metrics.MAX_LABEL``)."""
+    (uint32 beyond; labels above :data:`MAX_LABEL` are refused by :func:`checked_labels`)."""
     for dtype in LABEL_TYPES:
         if largest_label <= np.iinfo(dtype).max:
             return dtype
@@ -168,7 +177,7 @@ def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
 
 def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarray:
     step = 2  # every 2nd voxel per axis is plenty for a centre of mass
-    weights = window_hu(sitk.GetArrayViewFromImage(image)[::step, ::step, ::step].astype(np.float32), window)
+    weights = window_hu(voxels.view(image)[::step, ::step, ::step].astype(np.float32), window)
     total = weights.sum()
     grid = Grid.from_image(image)
     if total <= 0:
@@ -275,8 +284,14 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
     if initial_transform is not None:
         if config.init not in ("none", "affine"):
             raise ConfigError(f"an initial transform is used with init 'none' or 'affine', not {config.init!r}")
-        start = (linear_to_affine(initial_transform, "initial transform") if isinstance(initial_transform, sitk.Transform)
-                 else read_initial_transform(initial_transform))
+        if isinstance(initial_transform, sitk.Transform):
+            start = linear_to_affine(initial_transform, "initial transform")
+        elif isinstance(initial_transform, (str, os.PathLike)):
+            start = read_initial_transform(initial_transform)
+        else:
+            raise InputError("the initial transform must be a linear SimpleITK transform or an ITK transform file, got "
+                             f"{type(initial_transform).__name__} (a 4x4 matrix M mapping fixed to moving points in LPS "
+                             "mm: sitk.AffineTransform(M[:3, :3].ravel(), M[:3, 3]))")
     if config.init == "affine":
         masks = [None if use is None else _mask_image(use, image) for use, image in ((fixed_use, fixed), (moving_use, moving))]
 

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_message
+from . import voxels
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,14 +49,37 @@ class ArrayImage:
     direction: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     def to_sitk(self) -> sitk.Image:
+        """The SimpleITK image (a copy of the array; bool becomes uint8, float16 float32), raising
+        :class:`InputError` for an array or a geometry SimpleITK cannot hold."""
         array = np.asarray(self.array)
         if array.ndim != 3:
             raise InputError(f"an image array must be 3-D (z, y, x), got shape {array.shape}")
+        if array.dtype.kind == "b" or array.dtype == np.float16:  # types SimpleITK has no image of
+            array = array.astype(np.uint8 if array.dtype.kind == "b" else np.float32)
+        if array.dtype.kind not in "iuf" or array.dtype.itemsize > 8:
+            raise InputError(f"an image array must hold integers or floats, got {array.dtype}")
+        spacing, origin = _vector(self.spacing, 3, "spacing"), _vector(self.origin, 3, "origin")
+        direction = _vector(self.direction, 9, "direction")
+        if np.any(spacing <= 0):
+            raise InputError(f"an image's spacing must be positive (mm along x, y, z), got {spacing.tolist()}")
+        if abs(np.linalg.det(direction.reshape(3, 3))) < 1e-6:
+            raise InputError(f"an image's direction must be a 3x3 matrix of independent axes, got {direction.tolist()}")
         image = sitk.GetImageFromArray(array)
-        image.SetSpacing([float(v) for v in self.spacing])
-        image.SetOrigin([float(v) for v in self.origin])
-        image.SetDirection([float(v) for v in np.asarray(self.direction, dtype=float).ravel()])
+        image.SetSpacing([float(v) for v in spacing])
+        image.SetOrigin([float(v) for v in origin])
+        image.SetDirection([float(v) for v in direction])
         return image
+
+
+def _vector(values: Sequence[float], size: int, what: str) -> np.ndarray:
+    """``values`` as ``size`` finite floats, or an :class:`InputError` naming ``what``."""
+    try:
+        vector = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise InputError(f"an image's {what} must be {size} numbers, got {values!r}") from None
+    if vector.size != size or not np.all(np.isfinite(vector)):
+        raise InputError(f"an image's {what} must be {size} finite numbers, got {values!r}")
+    return vector
 
 
 ImageLike = Union[sitk.Image, ArrayImage, str, "os.PathLike[str]"]
@@ -174,7 +198,7 @@ def _may_hold_nonfinite(image: sitk.Image) -> bool:
     exactly 0 (ITK's NIfTI reader turns NaN and Inf into 0), or an integer image."""
     if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         return False
-    return bool((sitk.GetArrayViewFromImage(image) == 0).any())
+    return bool((voxels.view(image) == 0).any())
 
 
 #: NIfTI-1 datatype codes of floating-point voxels and their numpy types.
@@ -235,7 +259,7 @@ def writable_array(image: sitk.Image) -> np.ndarray:
     for an int16 512x512x600 CT). Valid while ``image`` lives, and only for an image whose buffer
     nothing else shares (one just constructed): SimpleITK copies a shared buffer before writing
     to it, which this view bypasses."""
-    view = sitk.GetArrayViewFromImage(image)  # makes the buffer the image's own (MakeUnique)
+    view = voxels.view(image)  # makes the buffer the image's own (MakeUnique)
     buffer = (ctypes.c_char * view.nbytes).from_address(view.__array_interface__["data"][0])
     return np.frombuffer(buffer, dtype=view.dtype).reshape(view.shape)
 
@@ -263,7 +287,7 @@ def write_image(image: sitk.Image, path: PathLike) -> None:
     try:
         header = nifti_header(image, path.parent)
         if header is not None:
-            gzip_buffers([header, sitk.GetArrayViewFromImage(image)], path, COMPRESSION_LEVEL)
+            gzip_buffers([header, voxels.view(image)], path, COMPRESSION_LEVEL)
         else:
             sitk.WriteImage(image, str(plain), False)
             gzip_file(plain, path, COMPRESSION_LEVEL)
@@ -306,7 +330,7 @@ def nifti_header(image: sitk.Image, folder: PathLike) -> Optional[bytes]:
         data = Path(name).read_bytes()
     finally:
         os.unlink(name)
-    pixel_bytes = sitk.GetArrayViewFromImage(probe).itemsize
+    pixel_bytes = voxels.view(probe).itemsize
     dims = struct.unpack_from("<4h", data, _NIFTI_DIM)
     if (len(data) != _NIFTI_VOXEL_OFFSET + pixel_bytes or struct.unpack_from("<i", data, 0)[0] != _NIFTI_HEADER_BYTES
             or struct.unpack_from("<f", data, _NIFTI_VOX_OFFSET)[0] != _NIFTI_VOXEL_OFFSET or dims != (3, 1, 1, 1)):

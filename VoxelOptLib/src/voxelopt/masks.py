@@ -26,6 +26,7 @@ from .errors import InputError
 from .extent import nonzero_extent
 from .geometry import Grid, check_image, resample_image
 from .io import ImageLike, as_image
+from . import voxels
 
 if TYPE_CHECKING:  # torch is needed by working_mask only; the user-mask checks run before it is loaded
     import torch
@@ -53,7 +54,7 @@ def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Option
     mask = as_image(mask, what)
     check_image(mask, what)
     mask = resample_image(mask, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    values = sitk.GetArrayViewFromImage(mask)
+    values = voxels.view(mask)
     if values.dtype.kind == "f" and not np.isfinite(values).all():  # integer masks are finite
         raise InputError(f"{what} contains NaN or infinite voxels")
     use = values != 0
@@ -85,7 +86,7 @@ def working_mask(image: sitk.Image, feature_grid: Grid, working_grid: Grid, devi
 
     if not padding and user is None:
         return None
-    array = sitk.GetArrayViewFromImage(image)
+    array = voxels.view(image)
     if user is None:  # the scanned region only: a box, sampled without an image-sized mask
         on_grid = _box_on_grid(image, scanned_box(array), feature_grid, alignment, device)
     else:  # 1 byte per image voxel, interpolated in double by ITK into float32 (as a float32 image would be)

@@ -51,10 +51,9 @@ from scipy.spatial import cKDTree
 
 from . import compiled
 from .extent import nonzero_extent
+from .inputs import MAX_LABEL
 
 LabelMap = Union[np.ndarray, torch.Tensor]
-#: Largest label value accepted (labels are counted with one histogram bin per value).
-MAX_LABEL = 2**24
 
 
 def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:

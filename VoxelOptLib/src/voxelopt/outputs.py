@@ -37,6 +37,7 @@ from .extent import nonzero_extent
 from .geometry import (Grid, axis_interpolation, axis_permutation, grid_sample, image_to_mm_field, mm_field_to_image,
                        mm_to_voxel_field, resample_image, resize_volume, voxel_to_mm_field)
 from .metrics import jacobian_determinant
+from . import voxels
 
 #: Fixed-grid voxels per slab of a streamed warp (bounds the coordinate tensors to ~50 MB).
 SLAB_VOXELS = 4 * 1024 * 1024
@@ -180,7 +181,7 @@ def warp_images_streamed(movings: Sequence[sitk.Image], field: GridField, fixed_
     moving_grid = Grid.from_image(movings[0])
     if any(not Grid.from_image(m).same_as(moving_grid) for m in movings[1:]):
         raise ValueError("warp_images needs images on one grid")
-    arrays = [sitk.GetArrayViewFromImage(m) for m in movings]
+    arrays = [voxels.view(m) for m in movings]
     defaults = [float(value) if value is not None else (0.0 if near else float(array.min()))
                 for value, near, array in zip(defaults, nearest, arrays)]
     # new images are zero-filled: what a label box leaves out stays 0
@@ -345,7 +346,7 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
     field's ``DisplacementFieldTransform`` (float32 for trilinear, then rounded and clipped like
     :func:`warp_images_streamed`); the reference the streamed samplers are tested against, and
     the path of images with several components."""
-    array = sitk.GetArrayViewFromImage(moving)
+    array = voxels.view(moving)
     if default is None:
         default = 0.0 if nearest else float(array.min())
     transform = sitk.DisplacementFieldTransform(mm_field_to_image(field.data, field.grid))  # ITK takes 64-bit vectors
@@ -370,7 +371,7 @@ def warp_image_itk(moving: sitk.Image, field: GridField, fixed_grid: Grid, neare
         reference.SetDirection(fixed_grid.direction)
         reference.SetOrigin(tuple(fixed_grid.point([bx.start, by.start, z0])))
         resampled = sitk.Resample(moving, reference, transform, interpolator, float(default), pixel)
-        out[z0:z1, by, bx] = _to_dtype(sitk.GetArrayViewFromImage(resampled), out.dtype)  # the view needs ``resampled``
+        out[z0:z1, by, bx] = _to_dtype(voxels.view(resampled), out.dtype)  # the view needs ``resampled``
         if progress is not None:
             progress((z1 - bz.start) / (bz.stop - bz.start))
     return fixed_grid.apply_to(sitk.GetImageFromArray(out, isVector=vector))
@@ -445,7 +446,7 @@ def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid, 
     """
     if sampler not in ALIGNED_SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {ALIGNED_SAMPLERS}")
-    array = sitk.GetArrayViewFromImage(labels)
+    array = voxels.view(labels)
     moving_grid = Grid.from_image(labels)
     region = aligned_region(array, moving_grid, alignment, fixed_grid)
     out = np.zeros(fixed_grid.shape, dtype=array.dtype)
@@ -458,7 +459,7 @@ def aligned_labels(labels: sitk.Image, alignment: np.ndarray, fixed_grid: Grid, 
         return out
     part = fixed_grid.crop((bx.start, by.start, bz.start), (bx.stop - bx.start, by.stop - by.start, bz.stop - bz.start))
     resampled = resample_image(labels, part, alignment, sitk.sitkNearestNeighbor, 0)
-    out[region] = sitk.GetArrayViewFromImage(resampled)  # the view needs ``resampled`` alive
+    out[region] = voxels.view(resampled)  # the view needs ``resampled`` alive
     return out
 
 

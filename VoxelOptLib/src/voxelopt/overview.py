@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import Grid, resample_image
 from .io import PathLike
+from . import voxels
 
 #: Screen right and screen down as LPS unit vectors, per view (radiological convention).
 _SCREEN = {
@@ -141,8 +142,8 @@ def save_overview(
 
     grid = Grid.from_image(fixed)
     low, high = (float(v) for v in window)
-    gray = sitk.GetArrayFromImage(fixed).astype(np.float32)
-    before = _on_grid(moving, grid, sitk.sitkLinear, float(sitk.GetArrayViewFromImage(moving).min()))
+    gray = voxels.copy(fixed).astype(np.float32)
+    before = _on_grid(moving, grid, sitk.sitkLinear, float(voxels.view(moving).min()))
     after = _on_grid(warped, grid, sitk.sitkLinear, low).astype(np.float32)
     rows = [
         _Row("Fixed", gray, "gray", (low, high)),
@@ -196,7 +197,7 @@ def save_overview(
 
 def _on_grid(image: sitk.Image, grid: Grid, interpolator: int, default: float) -> np.ndarray:
     """The (z, y, x) array of ``image`` resampled onto ``grid`` (identity; itself when already there)."""
-    return sitk.GetArrayFromImage(resample_image(image, grid, interpolator=interpolator, default=default))
+    return voxels.copy(resample_image(image, grid, interpolator=interpolator, default=default))
 
 
 def result_note(result) -> str:
@@ -221,7 +222,7 @@ def _draw_outlines(ax, labels: np.ndarray, colour: Optional[str], aspect: float)
     """Draw the outline of every label of a 2-D label slice, in ``colour`` or (None) one colour per label."""
     from matplotlib.colors import ListedColormap
 
-    contour = np.ma.masked_equal(sitk.GetArrayFromImage(sitk.LabelContour(sitk.GetImageFromArray(labels.astype(np.int32)))), 0)
+    contour = np.ma.masked_equal(voxels.copy(sitk.LabelContour(sitk.GetImageFromArray(labels.astype(np.int32)))), 0)
     if colour is None:
         ax.imshow(contour % 10, cmap="tab10", vmin=0, vmax=9, aspect=aspect, interpolation="nearest")
     else:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
 from .allocator import release_free_memory
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .digest import DigestMemo
-from .errors import InputWarning, RegistrationCancelled
+from .errors import ConfigError, InputWarning, RegistrationCancelled
 from .inputs import align, check_inputs, checked_labels, intensity_warnings
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
@@ -136,6 +136,9 @@ def register(
         RegistrationCancelled: ``cancel()`` returned True.
     """
     config = config if config is not None else RegistrationConfig.preset(DEFAULT_PRESET)
+    if not isinstance(config, RegistrationConfig):
+        raise ConfigError(f"config must be a RegistrationConfig (e.g. RegistrationConfig.preset('{DEFAULT_PRESET}')"
+                          f".replace(alpha=2.0)), got {type(config).__name__}")
     report = progress or (lambda fraction, message: None)
     timer = _StageTimer(time.perf_counter)
 

@@ -21,9 +21,9 @@ import SimpleITK as sitk
 from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
-from .geometry import Grid
+from .geometry import Grid, check_geometry
 from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
-from .io import PathLike, atomic_output_dir, write_field, write_image
+from .io import ImageLike, PathLike, as_image, atomic_output_dir, write_field, write_image
 #: The file stem of each output ("labels" is the warped label map).
 _STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
           "jacobian": "jacobian"}
@@ -79,14 +79,22 @@ class RegistrationResult:
     warnings: List[str] = dataclasses.field(default_factory=list)
 
     # ------------------------------------------------------------------ outputs on demand
-    def warp(self, image: sitk.Image, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
+    def warp(self, image: ImageLike, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
              cancel: Optional[Callable[[], bool]] = None) -> sitk.Image:
-        """Any image of the moving space resampled onto the fixed grid through the field.
+        """Any image of the moving space (a SimpleITK image, an :class:`~voxelopt.io.ArrayImage` or
+        a file path) resampled onto the fixed grid through the field.
 
         Trilinear (``labels=False``; outside the image: its minimum) or nearest neighbour
-        (``labels=True``; outside: 0); the pixel type is kept. Streamed in slabs.
+        (``labels=True``; outside: 0); the pixel type is kept, and an image with several components
+        per voxel is warped like each component. Streamed in slabs. Raises
+        :class:`~voxelopt.errors.InputError` for anything but a 3-D image.
         """
         from .outputs import GridField, warp_image
+
+        image = as_image(image, "image to warp")
+        if image.GetDimension() != 3:
+            raise InputError(f"image to warp must be a 3-D image, got {image.GetDimension()}-D")
+        check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), "image to warp")
 
         if self.grid_field is None:
             from .device import resolve_device

@@ -23,6 +23,7 @@ from .inputs import CheckedPair, PreparedPair
 from .masks import working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
 from .outputs import GridField, aligned_labels, warp_image
+from . import voxels
 
 
 def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, extractor: FeatureExtractor,
@@ -40,7 +41,7 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
     feature_grid, working_grid = prepared.feature_grid, prepared.working_grid
 
     def compute() -> torch.Tensor:
-        default = float(sitk.GetArrayViewFromImage(image).min())
+        default = float(voxels.view(image).min())
         on_grid = resample_image(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32)
         return extractor.extract_resized(on_grid, device, working_grid.shape)
 
@@ -81,7 +82,7 @@ def label_scorer(fixed_labels: sitk.Image, moving_labels: sitk.Image, cache: Opt
     once; the last one is kept in ``cache`` for the next registration of the same label maps (its
     label counts and surface voxels: 0.44-0.49 s at 512x512x600)."""
     def compute() -> LabelScorer:
-        view = sitk.GetArrayViewFromImage
+        view = voxels.view
         return LabelScorer(view(fixed_labels), view(moving_labels), fixed_labels.GetSpacing()[::-1])
 
     if cache is None:
@@ -147,7 +148,7 @@ def solved_outputs(
                                        progress=lambda fraction: progress(labels_share * fraction, "warping labels"),
                                        cancel=cancel)
             if fixed_labels is not None:  # beside the scores before and the image's warp
-                labels_view = sitk.GetArrayViewFromImage(warped_labels)
+                labels_view = voxels.view(warped_labels)
                 after = background.submit(lambda: scorer.result().score(labels_view))
         if warp_moving:
             start = time.perf_counter()

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from voxelopt.config import SCHEMA
 from voxelopt.errors import ConfigError
 from voxelopt.inputs import initial_translation
+from voxelopt import voxels
 
 
 #: The initial alignments a run applies once to the moving image for every method: translations,
@@ -67,7 +68,7 @@ def shifted(image: sitk.Image, translation_mm: np.ndarray) -> sitk.Image:
 def relative_to_alignment(field: sitk.Image, translation_mm: np.ndarray) -> sitk.Image:
     """A displacement field towards the original moving image (LPS mm, x y z components) made
     relative to the aligned moving image: ``field - t``."""
-    array = sitk.GetArrayFromImage(field).astype(np.float64) - np.asarray(translation_mm, dtype=np.float64)
+    array = voxels.copy(field).astype(np.float64) - np.asarray(translation_mm, dtype=np.float64)
     out = sitk.GetImageFromArray(array, isVector=True)
     out.CopyInformation(field)
     return out

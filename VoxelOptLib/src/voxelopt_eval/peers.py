@@ -49,6 +49,7 @@ from voxelopt.errors import ConfigError
 from voxelopt.geometry import Grid, mm_field_to_image, resample_image, voxel_to_mm_field
 
 from .methods import MethodOutput, MethodSpec, Peer
+from voxelopt import voxels
 
 #: The registry: kind -> peer (built-ins at the end of this module).
 PEERS: Dict[str, Peer] = {}
@@ -107,7 +108,7 @@ def prepare(fixed: sitk.Image, moving: sitk.Image, hu_window) -> Tuple[sitk.Imag
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     moving = resample_image(moving, Grid.from_image(fixed), None, sitk.sitkLinear,
-                            float(sitk.GetArrayViewFromImage(moving).min()))
+                            float(voxels.view(moving).min()))
 
     def window(image: sitk.Image) -> sitk.Image:
         scaled = (sitk.Clamp(image, sitk.sitkFloat32, low, high) - low) / (high - low)
@@ -136,7 +137,7 @@ def run_convexadam(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Ima
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        disp = convex_adam_pt(sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(moving), dtype=torch.float32,
+        disp = convex_adam_pt(voxels.copy(fixed), voxels.copy(moving), dtype=torch.float32,
                               device=torch.device("cpu"), verbose=False, **kwargs)
     finally:
         torch.set_num_threads(previous)
@@ -225,7 +226,7 @@ def run_elastix(settings: Dict[str, Any], fixed: sitk.Image, moving: sitk.Image)
 
 
 def _to_itk(image: sitk.Image, itk) -> Any:
-    out = itk.image_from_array(np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32))
+    out = itk.image_from_array(np.ascontiguousarray(voxels.copy(image), dtype=np.float32))
     out.SetSpacing(image.GetSpacing())
     out.SetOrigin(image.GetOrigin())
     out.SetDirection(itk.matrix_from_array(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)))

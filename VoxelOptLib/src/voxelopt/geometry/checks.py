@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .. import voxels
 
 #: Tolerance on ``D^T D = I`` for a direction matrix D.
 ORTHONORMAL_TOLERANCE = 1e-4
@@ -47,7 +48,7 @@ def check_image(image: sitk.Image, what: str, values: bool = False) -> None:
         raise InputError(f"{what} must be a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), what)
     if values:
-        array = sitk.GetArrayViewFromImage(image)
+        array = voxels.view(image)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             bad = int(np.count_nonzero(~np.isfinite(array)))
             raise InputError(f"{what} contains {bad} NaN or infinite voxel(s); fix or mask them first")

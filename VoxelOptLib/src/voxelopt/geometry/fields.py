@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .checks import check_field_image
 from .grid import Grid
+from .. import voxels
 
 
 def voxel_to_mm_field(u: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -53,5 +54,5 @@ def mm_field_to_image(d: torch.Tensor, grid: Grid, dtype: torch.dtype = torch.fl
 def image_to_mm_field(image: sitk.Image, device: torch.device) -> torch.Tensor:
     """ITK displacement-field image (3 components, mm) to a (1, 3, Z, Y, X) float32 tensor."""
     check_field_image(image)
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)  # (Z, Y, X, 3)
+    arr = voxels.copy(image).astype(np.float32)  # (Z, Y, X, 3)
     return torch.from_numpy(arr).to(device).permute(3, 0, 1, 2)[None].contiguous()

@@ -9,11 +9,12 @@ import SimpleITK as sitk
 import torch
 
 from .grid import Grid
+from .. import voxels
 
 
 def image_to_tensor(image: sitk.Image, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Scalar sitk image to a (1, 1, Z, Y, X) tensor."""
-    arr = sitk.GetArrayFromImage(image).astype(np.float32 if dtype.is_floating_point else np.int64, copy=False)
+    arr = voxels.copy(image).astype(np.float32 if dtype.is_floating_point else np.int64, copy=False)
     return torch.from_numpy(arr).to(device, dtype)[None, None]
 
 
