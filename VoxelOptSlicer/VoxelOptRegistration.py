@@ -243,12 +243,12 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             return
         self._updatingGUI = True
         try:
-            values = parameters.get_values(self._parameterNode)
+            values = parameters.readable_values(self._parameterNode)  # an unreadable one: Apply reports it
             for name, widget in self._boundWidgets.items():
                 wasBlocked = widget.blockSignals(True)
                 if name in parameters.NODE_BY_NAME:
                     self._setWidgetValue(widget, self._parameterNode.GetNodeReference(name))
-                else:
+                elif name in values:
                     self._setWidgetValue(widget, values[name])
                 widget.blockSignals(wasBlocked)
         finally:
@@ -268,12 +268,15 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.updateGUIFromParameterNode()
         if self._running or self._parameterNode is None:
             return
-        values = parameters.get_values(self._parameterNode)
-        overlay = (values["overlay"], values["overlayOpacity"])
+        values = parameters.readable_values(self._parameterNode)
+        overlay = (values.get("overlay"), values.get("overlayOpacity"))
         if self.logic.lastRun is not None and overlay != self._shownOverlay:
-            self.logic.showOverlay(self._parameterNode)  # the foreground layer only: views keep zoom and slice
+            try:
+                self.logic.showOverlay(self._parameterNode)  # the foreground layer only: views keep zoom and slice
+            except ValueError as error:  # a bad overlay or opacity: say so, keep what is shown
+                self.ui.resultsTextEdit.setPlainText(message_for_gui(error))
             self._shownOverlay = overlay
-        if parameters.get_value(self._parameterNode, "autoUpdate") and self._lastRunKey is not None:
+        if values.get("autoUpdate") and self._lastRunKey is not None:
             if self.logic.registrationInputsKey(self._parameterNode) != self._lastRunKey:
                 self._autoTimer.start()
 

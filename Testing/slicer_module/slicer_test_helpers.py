@@ -2,16 +2,17 @@
 
 import os
 
+import numpy as np
 import pytest
 
 
 def engine_available() -> bool:
     """True when the voxelopt engine (with torch) provides ``register``."""
     try:
-        from voxelopt import register  # noqa: F401  (loads torch)
+        from voxelopt import register  # loads torch
     except Exception:  # the engine or torch missing
         return False
-    return True
+    return callable(register)
 
 
 #: Skip marker for tests that run the engine. Under CI (CI=true) nothing is skipped: a missing
@@ -19,3 +20,20 @@ def engine_available() -> bool:
 requires_engine = pytest.mark.skipif(
     not engine_available() and not os.environ.get("CI"), reason="voxelopt.register (or torch) is not available"
 )
+
+
+def add_segment(scene, segmentation_node, array_kji, reference, name):
+    """Import a label array on ``reference``'s grid into ``segmentation_node`` (one segment per
+    label, after the others); segments overlapping those there go to a layer of their own."""
+    import slicer
+    from VoxelOptRegistrationLib import volumes
+
+    segmentation = segmentation_node.GetSegmentation()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    volumes.set_volume_array(labelmap, array_kji.astype(np.int16), *volumes.node_geometry_ras(reference))
+    count = segmentation.GetNumberOfSegments()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node)
+    scene.RemoveNode(labelmap)
+    if segmentation.GetNumberOfSegments() == count + 1:
+        segmentation.GetNthSegment(count).SetName(name)
+    return [segmentation.GetNthSegmentID(i) for i in range(count, segmentation.GetNumberOfSegments())]

@@ -441,3 +441,166 @@ def test_the_warped_volume_can_be_left_out(scene, monkeypatch):
     assert nodes["moving"].GetParentTransformNode() is run.transform
     np.testing.assert_array_equal(volumes.array_from_volume_node(first.warpedVolume), kept)  # left as it was
     assert "warpedVolume" not in {p.name for p in parameters.REGISTRATION_VALUES}  # not part of a user preset
+
+
+def refused_before_reading(monkeypatch):
+    """Make reading a volume's voxels (the first thing prepare computes) fail the test: a refused
+    input must be refused before it."""
+    monkeypatch.setattr(RegistrationLogic, "_volumeImage", lambda *args: pytest.fail("read the volumes"))
+
+
+@pytest.mark.parametrize("field, role", [("warpedVolume", "moving"), ("warpedVolume", "fixed"), ("entropyVolume", "fixed"),
+                                         ("warpedSegmentation", "moving_segmentation"),
+                                         ("warpedSegmentation", "fixed_segmentation"), ("warpedSegmentation", "mask")])
+def test_an_output_node_that_is_an_input_is_refused(scene, monkeypatch, field, role):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8), with_segmentations=True)
+    nodes["mask"] = nodes["fixed_segmentation"]
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    words = {"moving": "moving volume", "fixed": "fixed volume", "mask": "fixed mask"}.get(role, role.replace("_", " "))
+    inputs = dict(fixedSegmentation=nodes["fixed_segmentation"], movingSegmentation=nodes["moving_segmentation"])
+    if role == "mask":
+        inputs = dict(fixedMask=nodes["mask"])
+    with pytest.raises(InputNodeError, match=f"output {field} '{nodes[role].GetName()}' is also the {words}.*leave it empty"):
+        RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(),
+                                         outputs=RegistrationOutputs(**{field: nodes[role]}), **inputs)
+    assert scene_snapshot(scene) == before
+
+
+def test_one_node_for_two_outputs_is_refused_also_through_the_parameter_node(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    logic = RegistrationLogic(scene)
+    shared = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "map")
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    with pytest.raises(InputNodeError, match="node 'map' is chosen for two outputs, entropyVolume and jacobianVolume"):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(),
+                      outputs=RegistrationOutputs(entropyVolume=shared, jacobianVolume=shared))
+    node = logic.getParameterNode()
+    for name, referenced in (("fixedVolume", nodes["fixed"]), ("movingVolume", nodes["moving"]), ("outputVolume", nodes["moving"])):
+        parameters.set_node(node, name, referenced)
+    before = scene_snapshot(scene)
+    with pytest.raises(InputNodeError, match="output warpedVolume 'moving' is also the moving volume"):
+        logic.processParameterNode(node)
+    assert scene_snapshot(scene) == before
+
+
+def test_a_label_map_as_fixed_or_moving_volume_is_refused(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    volumes.set_volume_array(labels, (volumes.array_from_volume_node(nodes["moving"]) > 0).astype(np.uint8),
+                             *volumes.node_geometry_ras(nodes["moving"]))
+    labels.CreateDefaultDisplayNodes()
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    logic = RegistrationLogic(scene)
+    with pytest.raises(InputNodeError, match="moving volume 'labels' is a label map volume.*moving segmentation.*or the moving mask"):
+        logic.process(nodes["fixed"], labels, fast_config())
+    with pytest.raises(InputNodeError, match="fixed volume 'labels' is a label map volume"):
+        logic.process(labels, nodes["moving"], fast_config())
+    assert scene_snapshot(scene) == before
+    with pytest.raises(TypeError, match="not a vtkMRMLLabelMapVolumeNode"):  # nor can the GUI choose it
+        parameters.set_node(logic.getParameterNode(), "movingVolume", labels)
+
+
+def test_the_window_is_copied_only_between_display_nodes_that_have_one(scene):
+    """The warped volume takes the moving volume's window; a label map's display node has none."""
+    from VoxelOptRegistrationLib.logic import _copy_window
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    volumes.set_volume_array(labels, np.zeros((8, 10, 12), np.uint8), *volumes.node_geometry_ras(nodes["fixed"]))
+    labels.CreateDefaultDisplayNodes()
+    target = nodes["fixed"].GetDisplayNode()
+    window = (target.GetWindow(), target.GetLevel())
+    _copy_window(labels, nodes["fixed"])
+    _copy_window(nodes["moving"], labels)
+    assert (target.GetWindow(), target.GetLevel()) == window
+    nodes["moving"].GetDisplayNode().SetAutoWindowLevel(False)
+    nodes["moving"].GetDisplayNode().SetWindowLevel(123.0, 45.0)
+    _copy_window(nodes["moving"], nodes["fixed"])
+    assert (target.GetWindow(), target.GetLevel()) == (123.0, 45.0)
+
+
+def test_the_same_volume_as_fixed_and_moving_is_refused(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    before = scene_snapshot(scene)
+    with monkeypatch.context() as patch:
+        refused_before_reading(patch)
+        with pytest.raises(InputNodeError, match="volume 'fixed' is both the fixed and the moving volume"):
+            RegistrationLogic(scene).process(nodes["fixed"], nodes["fixed"], fast_config(levels=1))
+    assert scene_snapshot(scene) == before  # the fixed volume is not under a transform: the next run works
+    run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    assert nodes["moving"].GetParentTransformNode() is run.transform and nodes["fixed"].GetParentTransformNode() is None
+
+
+def test_an_output_transform_under_a_transform_is_refused_and_left_there(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    logic = RegistrationLogic(scene)
+    first = logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    first.transform.SetAndObserveTransformNodeID(shift.GetID())
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    outputs = RegistrationOutputs(first.transform, first.warpedVolume, first.entropyVolume, first.jacobianVolume)
+    with pytest.raises(InputNodeError, match=f"output transform '{first.transform.GetName()}' is under transform 'shift'"):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1, alpha=3.0), outputs=outputs)
+    assert scene_snapshot(scene) == before and first.transform.GetParentTransformNode() is shift
+
+
+def test_a_linear_output_transform_is_refused_as_by_the_parameter_node(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "linear")
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    logic = RegistrationLogic(scene)
+    with pytest.raises(InputNodeError, match="output transform 'linear' is a vtkMRMLLinearTransformNode.*grid transform "
+                                             "node.*or leave the output transform empty"):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(), outputs=RegistrationOutputs(transform=linear))
+    assert scene_snapshot(scene) == before
+    with pytest.raises(TypeError, match="vtkMRMLGridTransformNode"):
+        parameters.set_node(logic.getParameterNode(), "outputTransform", linear)
+
+
+def test_overlapping_segments_are_reported_with_the_run(scene, monkeypatch):
+    """A segment lying inside a later one (in another layer) has no voxel in the label maps: the run
+    says so first in its warnings, leaves it out of the scores and the warped segmentation; a
+    re-run reuses the exports and the overlaps found with them."""
+    from slicer_test_helpers import add_segment
+
+    from VoxelOptRegistrationLib import segmentations
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+    for role in ("fixed", "moving"):
+        segmentation = nodes[f"{role}_segmentation"]
+        liver = segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")
+        labels = sitk.GetArrayFromImage(segmentations.export_labelmap(segmentation, [liver], nodes[role], "liver"))
+        add_segment(scene, segmentation, labels > 0, nodes[role], "liver region")
+        assert segmentation.GetSegmentation().GetNumberOfLayers() == 2
+    logic = RegistrationLogic(scene)
+    segs = (nodes["fixed_segmentation"], nodes["moving_segmentation"])
+    run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), *segs, showResult=False)
+    assert len(run.warnings) == 2
+    for role, text in zip(("moving", "fixed"), run.warnings):
+        assert text.startswith(f"{role} segmentation '{role} segmentation': segment 'liver' overlaps 'liver region', "
+                               "later in the moving segmentation's segment order, which therefore keeps the shared voxels: "
+                               "'liver' has no voxel left in the label map, so it is not scored (no Dice)")
+    assert "missing from the warped segmentation" in run.warnings[0]
+    assert run.summary().startswith("Warning: moving segmentation")
+    assert "liver" not in run.dice and "liver region" in run.dice
+    warped = run.warpedSegmentation.GetSegmentation()
+    assert warped.GetSegmentIdBySegmentName("liver") == "" and warped.GetSegmentIdBySegmentName("liver region") != ""
+    monkeypatch.setattr(segmentations, "_export_labelmap", lambda *args: pytest.fail("exported again"))
+    monkeypatch.setattr(segmentations, "segment_overlaps", lambda *args: pytest.fail("looked for overlaps again"))
+    again = logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0), *segs, showResult=False)
+    assert again.warnings == run.warnings
+
+
+def test_segmentations_without_overlap_give_no_warning_and_read_no_layer(scene, monkeypatch):
+    from VoxelOptRegistrationLib import segmentations
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+    monkeypatch.setattr(segmentations, "_layers_on_one_grid", lambda *args: pytest.fail("read the layers"))
+    run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(),
+                                           nodes["fixed_segmentation"], nodes["moving_segmentation"], showResult=False)
+    assert run.warnings == [] and "liver" in run.dice

@@ -1,6 +1,7 @@
 """The parameter node: typed values, presets, engine defaults, and a save/reload through an .mrml file."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import slicer.util
 import vtk
 from voxelopt.config import SCHEMA
 from VoxelOptRegistrationLib import RegistrationLogic, dependencies, parameters, phantom_nodes, volumes
-from VoxelOptRegistrationLib.errors import MissingDependencyError
+from VoxelOptRegistrationLib.errors import InputNodeError, MissingDependencyError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_DIR = os.path.join(REPO, "VoxelOptSlicer")
@@ -37,6 +38,62 @@ def test_values_are_typed_and_round_trip(scene):
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     with pytest.raises(TypeError, match="vtkMRMLScalarVolumeNode"):
         parameters.set_node(node, "fixedVolume", transform)
+
+
+@pytest.mark.parametrize("name, text, words", [("levels", "abc", "a whole number"), ("levels", "2.7", "a whole number"),
+                                                ("alpha", "2,5", "a number"), ("adaptive", "maybe", "true or false"),
+                                                ("refineIterations", "ten", "a whole number")])
+def test_an_unreadable_stored_value_is_an_error_naming_it(scene, name, text, words):
+    """A value whose stored text (a script's SetParameter, an edited .mrml) is not of its type is an
+    error naming the parameter and the text, not silently the default; the GUI still shows the others."""
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    node.SetParameter(name, text)
+    match = f"parameter '{name}' of the VoxelOptRegistration parameter node holds '{re.escape(text)}', which is not {words}"
+    with pytest.raises(InputNodeError, match=match):
+        parameters.get_value(node, name)
+    with pytest.raises(InputNodeError, match=match):
+        logic.configFromParameterNode(node)
+    with pytest.raises(InputNodeError, match=match):
+        logic.prepareParameterNode(node)
+    readable = parameters.readable_values(node)
+    assert name not in readable and len(readable) == len(parameters.VALUE_PARAMETERS) - 1
+    key = logic.registrationInputsKey(node)  # no error: a changed key, and the run reports the value
+    node.SetParameter(name, "")  # absent: the default, as for a parameter added after the scene was saved
+    assert parameters.get_value(node, name) == parameters.VALUE_BY_NAME[name].default
+    assert logic.registrationInputsKey(node) != key
+
+
+def test_readable_stored_values_are_read(scene):
+    node = RegistrationLogic(scene).getParameterNode()
+    for name, text, value in (("levels", "3.0", 3), ("adaptive", " False ", False), ("adaptive", "on", True),
+                              ("alpha", " 2.5", 2.5), ("alpha", "1e-1", 0.1)):
+        node.SetParameter(name, text)
+        assert parameters.get_value(node, name) == value
+
+
+def test_a_bad_display_value_is_refused_before_the_registration(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(10, 9, 8))
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    monkeypatch.setattr(RegistrationLogic, "prepare", lambda *args, **kwargs: pytest.fail("read the inputs"))
+    monkeypatch.setattr(RegistrationLogic, "compute", lambda *args, **kwargs: pytest.fail("ran the registration"))
+    node.SetParameter("overlayOpacity", "7")
+    message = r"parameter 'overlayOpacity' of parameter node 'VoxelOptRegistration' must be in \[0, 1\], got 7.0"
+    with pytest.raises(InputNodeError, match=message):
+        logic.processParameterNode(node)
+    with pytest.raises(InputNodeError, match=message):
+        logic.showOverlay(node)
+    parameters.set_values(node, {"overlayOpacity": 0.5, "overlay": "bogus"})
+    message = "parameter 'overlay' of parameter node 'VoxelOptRegistration' must be one of entropy, jacobian, warped, none, got 'bogus'"
+    with pytest.raises(InputNodeError, match=message):
+        logic.processParameterNode(node)
+    with pytest.raises(ValueError, match=message):  # not a KeyError
+        logic.showOverlay(node)
+    parameters.set_value(node, "overlay", "jacobian")
+    assert logic.showOverlay(node) == 0  # no slice view in this scene
 
 
 def test_parameter_node_is_a_scene_singleton(scene):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_test_helpers import requires_engine
+from slicer_test_helpers import add_segment, requires_engine
 from VoxelOptRegistrationLib import phantom_nodes, segmentations, volumes
 
 pytestmark = requires_engine
@@ -81,3 +81,94 @@ def test_other_cases_go_to_slicers_export(scene, case):
     got = segmentations._export_labelmap(segmentation, ids, reference, "check")
     expected = segmentations._slicer_export(segmentation, ids, reference, "check")
     assert np.array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected))
+
+
+def losses_in_slicers_export(segmentation, ids, reference):
+    """{segment id: whether none of its voxels is left} for the segments that Slicer's own export of
+    all of them gives fewer voxels than its export of that segment alone."""
+    together = sitk.GetArrayFromImage(segmentations._slicer_export(segmentation, ids, reference, "together"))
+    losses = {}
+    for label, sid in enumerate(ids, start=1):
+        alone = np.count_nonzero(sitk.GetArrayFromImage(segmentations._slicer_export(segmentation, [sid], reference, "alone")))
+        kept = np.count_nonzero(together == label)
+        if kept < alone:
+            losses[sid] = kept == 0
+    return losses
+
+
+@pytest.mark.parametrize("case", ["a blob over some segments", "a container after the organs",
+                                  "a container before the organs", "a layer on another grid"])
+def test_overlapping_segments_are_found_as_slicers_export_cuts_them(scene, monkeypatch, case):
+    """segment_overlaps names exactly the segments that Slicer's export (a voxel takes the last
+    segment's label) cuts or hides, with the later segments that take their voxels."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+    reference = nodes["fixed"]
+    segmentation = nodes["fixed_segmentation"]
+    organs = sitk.GetArrayFromImage(segmentations.export_labelmap(segmentation, ids_of(segmentation), reference, "organs"))
+    blob = np.zeros(organs.shape, np.int16)
+    blob[8:14, 10:20, 10:18] = 1  # over parts of some organs
+    if case == "a container before the organs":
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "container first")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        add_segment(scene, segmentation, (organs > 0) | (blob > 0), reference, "abdomen")
+        add_segment(scene, segmentation, organs, reference, "organs")
+    else:
+        add_segment(scene, segmentation, blob if case != "a container after the organs" else organs > 0, reference, "over")
+    layers = segmentation.GetSegmentation()
+    assert layers.GetNumberOfLayers() == 2
+    ids = ids_of(segmentation)
+    expected = losses_in_slicers_export(segmentation, ids, reference)
+    overlaps = segmentations.segment_overlaps(segmentation, ids)
+    assert expected and {sid: hidden for sid, (_, hidden) in overlaps.items()} == expected
+    if case == "a layer on another grid":  # the blob's layer moved by a third of a voxel: resampled, same voxels
+        data = layers.GetLayerDataObject(layers.GetLayerIndex(ids[-1]))
+        matrix = segmentations._layer_to_ras(data)
+        matrix[:3, 3] += matrix[:3, 0] / 3.0
+        data.SetImageToWorldMatrix(slicer_matrix(matrix))
+        resampled = []
+        monkeypatch.setattr(segmentations.slicer, "vtkOrientedImageDataResample", ResampleSpy(resampled))
+        assert segmentations.segment_overlaps(segmentation, ids) == overlaps and len(resampled) == 1
+    if case == "a container after the organs":
+        assert set(overlaps) == set(ids[:-1]) and all(winners == (ids[-1],) for winners, _ in overlaps.values())
+    if case == "a container before the organs":
+        assert list(overlaps) == [ids[0]] and set(overlaps[ids[0]][0]) == set(ids[1:]) - {None}
+    warnings = segmentations.overlap_warnings("fixed", segmentation, overlaps, "the fixed segmentation's")
+    assert len(warnings) == len(overlaps)
+    name = layers.GetSegment(next(iter(overlaps))).GetName()
+    assert f"fixed segmentation '{segmentation.GetName()}': segment '{name}' overlaps" in warnings[0]
+    assert "later in the fixed segmentation's segment order" in warnings[0] and "keep" in warnings[0]
+    assert ("no voxel left in the label map, so it is not scored" in warnings[0]) == overlaps[next(iter(overlaps))][1]
+
+
+class ResampleSpy:
+    """Slicer's ``vtkOrientedImageDataResample``, recording each resampling in ``calls``."""
+
+    def __init__(self, calls):
+        import slicer
+
+        self.calls, self.real = calls, slicer.vtkOrientedImageDataResample
+
+    def ResampleOrientedImageToReferenceOrientedImage(self, *args):
+        self.calls.append(args)
+        return self.real.ResampleOrientedImageToReferenceOrientedImage(*args)
+
+
+def slicer_matrix(array):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(np.asarray(array, float).ravel())
+    return matrix
+
+
+def test_segments_in_one_layer_are_not_read_for_overlaps(scene, monkeypatch):
+    """One shared labelmap layer (the usual case) cannot hold overlapping segments: nothing is read."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+    monkeypatch.setattr(segmentations, "_layers_on_one_grid", lambda *args: pytest.fail("read the layers"))
+    segmentation = nodes["moving_segmentation"]
+    assert segmentation.GetSegmentation().GetNumberOfLayers() == 1
+    assert segmentations.segment_overlaps(segmentation, ids_of(segmentation)) == {}
+    warnings = []
+    segmentations.labelmaps_for_registration(nodes["fixed_segmentation"], segmentation, nodes["fixed"], nodes["moving"],
+                                             segmentations.ExportCache(), warnings)
+    assert warnings == []

@@ -110,7 +110,8 @@ class RegistrationRequest:
     """A prepared run: the nodes (main thread only) and the engine inputs (any thread).
 
     ``labelNames``/``labelColors``: segment name and colour per label of the label maps;
-    ``inputSeconds``: time spent reading the scene.
+    ``inputSeconds``: time spent reading the scene; ``inputWarnings``: what about the input nodes
+    may spoil the result (e.g. overlapping segments), reported with the run's warnings.
     """
 
     fixedVolume: Any
@@ -122,6 +123,7 @@ class RegistrationRequest:
     labelNames: Dict[int, str]
     labelColors: Dict[int, Tuple[float, float, float]]
     inputSeconds: float
+    inputWarnings: List[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -151,8 +153,9 @@ class RegistrationRun:
             (time the GUI spent between the steps is not counted).
         config: the engine configuration used (``voxelopt.RegistrationConfig``).
         createdNodeIDs: IDs of the nodes this run added to the scene.
-        warnings: what about the inputs may have spoiled the result (``voxelopt.InputWarning``
-            messages, e.g. intensities that do not look like CT in HU); shown first by :meth:`summary`.
+        warnings: what about the inputs may have spoiled the result (segments that overlap, see
+            :func:`.segmentations.overlap_warnings`, then ``voxelopt.InputWarning`` messages, e.g.
+            intensities that do not look like CT in HU); shown first by :meth:`summary`.
     """
 
     transform: Any
@@ -264,11 +267,13 @@ class RegistrationLogic:
         parameters.set_values(parameterNode, self.presetStore.load(name))
 
     def configFromParameterNode(self, parameterNode):
-        """The ``voxelopt.RegistrationConfig`` the parameter node describes (raises ConfigError/ValueError)."""
+        """The ``voxelopt.RegistrationConfig`` the parameter node describes (raises ConfigError, and
+        InputNodeError for a value whose stored text is unreadable)."""
         import voxelopt
 
+        values = parameters.get_values(parameterNode)
         try:
-            kwargs = parameters.config_values(parameters.get_values(parameterNode))
+            kwargs = parameters.config_values(values)
         except ValueError as error:
             raise voxelopt.ConfigError(str(error)) from None
         return voxelopt.RegistrationConfig.from_dict({**voxelopt.RegistrationConfig().to_dict(), **kwargs})
@@ -277,10 +282,11 @@ class RegistrationLogic:
         """A value that changes whenever a parameter or input that affects the registration changes.
 
         The GUI's "update automatically" re-runs when it differs from the last run's key; display
-        parameters (overlay, opacity) are not part of it.
+        parameters (overlay, opacity) are not part of it. Values are compared as stored (text), so
+        that an unreadable one changes the key too (the run then reports it) instead of failing here.
         """
-        values = parameters.get_values(parameterNode)
-        key = [(name, values[name]) for name in sorted(values) if name not in parameters.DISPLAY_ONLY]
+        key = [(p.name, parameterNode.GetParameter(p.name)) for p in parameters.VALUE_PARAMETERS
+               if p.name not in parameters.DISPLAY_ONLY]
         for p in parameters.NODE_PARAMETERS:
             if not p.output:
                 referenced = parameterNode.GetNodeReference(p.name)
@@ -307,7 +313,10 @@ class RegistrationLogic:
 
     def prepareParameterNode(self, parameterNode, allowWeightsDownload: bool = False) -> "RegistrationRequest":
         """Step 1 (main thread) for a parameter node: its inputs, outputs and parameters read and checked
-        (``allowWeightsDownload``: see :meth:`prepare`)."""
+        (``allowWeightsDownload``: see :meth:`prepare`). The display values (overlay, opacity) are
+        checked here too, so that a bad one is refused before the registration runs."""
+        values = parameters.get_values(parameterNode)
+        _check_display(values["overlay"], values["overlayOpacity"], parameterNode)
         get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
         outputs = RegistrationOutputs(**{field: get(name) for field, name in _OUTPUT_PARAMETERS.items()})
         return self.prepare(
@@ -321,7 +330,7 @@ class RegistrationLogic:
             movingMask=get("movingMask"),
             initialTransform=get("initialTransform"),
             allowWeightsDownload=allowWeightsDownload,
-            warpedVolume=parameters.get_value(parameterNode, "warpedVolume"),
+            warpedVolume=values["warpedVolume"],
         )
 
     def applyParameterNode(self, parameterNode, request: "RegistrationRequest", computed: "EngineOutput",
@@ -381,7 +390,9 @@ class RegistrationLogic:
                 volume (a previous run's live warp), which is ignored.
             config: a ``voxelopt.RegistrationConfig``, a dict of its fields, or None (the default preset, "abdomen").
             fixedSegmentation, movingSegmentation: optional segmentation nodes; segments are matched
-                by name. The moving one gives ``warpedSegmentation``; both give the Dice table.
+                by name. The moving one gives ``warpedSegmentation``; both give the Dice table. Where
+                matched segments overlap, the one later in the moving segmentation's order keeps the
+                shared voxels; ``run.warnings`` names each segment cut or hidden that way.
             outputs: existing nodes to overwrite (None fields: new nodes are created).
             progress: ``progress(fraction 0-1, message)``, called by the engine between steps.
             cancel: ``cancel() -> bool``; when it returns True the engine stops at the next step and
@@ -404,7 +415,10 @@ class RegistrationLogic:
                 volume through the transform.
 
         Raises:
-            InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform).
+            InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform, a
+                label map as fixed or moving volume, one volume as both), output nodes that are
+                input nodes or another output too, an output transform that is not a grid
+                transform or is under a transform; a bad ``overlay`` or ``overlayOpacity``.
             MissingDependencyError: torch is not installed.
             voxelopt.InputError, voxelopt.ConfigError: raised by the engine.
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
@@ -442,6 +456,13 @@ class RegistrationLogic:
 
         outputs = outputs or RegistrationOutputs()
         _check_output_classes(outputs)
+        _check_input_volumes(fixedVolume, movingVolume)
+        _check_outputs_are_not_inputs(outputs, {
+            "fixed volume": fixedVolume, "moving volume": movingVolume, "fixed segmentation": fixedSegmentation,
+            "moving segmentation": movingSegmentation, "fixed mask": fixedMask, "moving mask": movingMask,
+            "initial transform": initialTransform,
+        })
+        _check_output_transform_parent(outputs.transform)
         config = _as_config(voxelopt, config)
         fixed_image = self._volumeImage(fixedVolume, "fixed")
         moving_image = self._volumeImage(movingVolume, "moving")
@@ -455,8 +476,9 @@ class RegistrationLogic:
         if self.cacheSegmentationExports and self._exportCache is None:
             self._exportCache = segmentations.ExportCache()
         export_cache = self._exportCache if self.cacheSegmentationExports else None
+        input_warnings: List[str] = []
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
-            fixedSegmentation, movingSegmentation, fixedVolume, movingVolume, export_cache
+            fixedSegmentation, movingSegmentation, fixedVolume, movingVolume, export_cache, input_warnings
         )
         masks = {}
         for role, node, volume in (("fixed", fixedMask, fixedVolume), ("moving", movingMask, movingVolume)):
@@ -473,7 +495,7 @@ class RegistrationLogic:
                                      masks.get("fixed"), masks.get("moving"), initial, tuple(downloads), bool(warpedVolume))
         return RegistrationRequest(
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
-            label_names, label_colors, time.perf_counter() - start,
+            label_names, label_colors, time.perf_counter() - start, input_warnings,
         )
 
     def _volumeImage(self, node, role: str):
@@ -579,7 +601,7 @@ class RegistrationLogic:
             totalSeconds=request.inputSeconds + computed.seconds + timings["slicer_output"],
             config=result.config,
             createdNodeIDs=[node.GetID() for node in writes.created],
-            warnings=list(result.warnings),
+            warnings=list(request.inputWarnings) + list(result.warnings),
         )
         self._lastRun = run
         return run
@@ -679,6 +701,7 @@ class RegistrationLogic:
         zoom and slice offsets stay as the user left them.
         """
         values = parameters.get_values(parameterNode)
+        _check_display(values["overlay"], values["overlayOpacity"], parameterNode)
         overlay_node = {
             "entropy": parameterNode.GetNodeReference("outputEntropy"),
             "jacobian": parameterNode.GetNodeReference("outputJacobian"),
@@ -700,7 +723,7 @@ def _as_config(voxelopt, config):
 
 
 _OUTPUT_CLASSES = {
-    "transform": "vtkMRMLTransformNode",
+    "transform": "vtkMRMLGridTransformNode",
     "warpedVolume": "vtkMRMLScalarVolumeNode",
     "entropyVolume": "vtkMRMLScalarVolumeNode",
     "jacobianVolume": "vtkMRMLScalarVolumeNode",
@@ -710,12 +733,75 @@ _OUTPUT_CLASSES = {
 
 
 def _check_output_classes(outputs: RegistrationOutputs) -> None:
+    """Refuse an output node of a class the result cannot be written into (as the parameter node does)."""
     for field, class_name in _OUTPUT_CLASSES.items():
         node = getattr(outputs, field)
-        if node is not None and not node.IsA(class_name):
+        if node is None:
+            continue
+        if field == "transform" and not node.IsA(class_name):
+            raise InputNodeError(
+                f"output transform '{node.GetName()}' is a {node.GetClassName()}; the displacement field needs a "
+                "grid transform node (vtkMRMLGridTransformNode): choose one, or leave the output transform empty "
+                "to create a new one"
+            )
+        if not node.IsA(class_name):
             raise InputNodeError(f"output {field} '{node.GetName()}' is a {node.GetClassName()}, a {class_name} is needed")
-        if node is not None and class_name == "vtkMRMLScalarVolumeNode" and node.IsA("vtkMRMLLabelMapVolumeNode"):
+        if class_name == "vtkMRMLScalarVolumeNode" and node.IsA("vtkMRMLLabelMapVolumeNode"):
             raise InputNodeError(f"output {field} '{node.GetName()}' is a label map; choose a scalar volume")
+
+
+def _check_input_volumes(fixed_volume, moving_volume) -> None:
+    """Refuse a label map volume as the fixed or moving volume, and one volume as both (a missing
+    volume is reported by the volume checks of :meth:`RegistrationLogic.prepare`)."""
+    for role, node in (("fixed", fixed_volume), ("moving", moving_volume)):
+        if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputNodeError(
+                f"{role} volume '{node.GetName()}' is a label map volume (segment labels, not an image); choose the "
+                f"{role} image (e.g. the CT) as the {role} volume. A label map belongs in the {role} segmentation "
+                f"(import it into a segmentation node: Data module, right-click > Convert labelmap to segmentation) "
+                f"or the {role} mask"
+            )
+    if fixed_volume is not None and fixed_volume is moving_volume:
+        raise InputNodeError(
+            f"volume '{fixed_volume.GetName()}' is both the fixed and the moving volume; choose the volume to "
+            "register onto it as the moving volume"
+        )
+
+
+def _check_outputs_are_not_inputs(outputs: RegistrationOutputs, inputs: Mapping[str, Any]) -> None:
+    """Refuse an output node that is also an input node (``inputs``: {role: node or None}), which the
+    run would overwrite, and one node chosen for two outputs."""
+    chosen: List[Tuple[str, Any]] = []  # (output field, node) so far
+    for field in _OUTPUT_CLASSES:
+        node = getattr(outputs, field)
+        if node is None:
+            continue
+        for role, input_node in inputs.items():
+            if input_node is node:
+                raise InputNodeError(
+                    f"output {field} '{node.GetName()}' is also the {role}: the run would overwrite it. Choose "
+                    f"another node for output {field}, or leave it empty to create a new one"
+                )
+        for other_field, other in chosen:
+            if other is node:
+                raise InputNodeError(
+                    f"node '{node.GetName()}' is chosen for two outputs, {other_field} and {field}; choose a "
+                    "different node for each output, or leave them empty to create new ones"
+                )
+        chosen.append((field, node))
+
+
+def _check_output_transform_parent(transform) -> None:
+    """Refuse an output transform node that sits under a transform: the views would show the moving
+    volume through both, not as the registration warped it (the node is the user's: it is not moved)."""
+    parent = transform.GetParentTransformNode() if transform is not None else None
+    if parent is not None:
+        raise InputNodeError(
+            f"output transform '{transform.GetName()}' is under transform '{parent.GetName()}', so the views "
+            "would not show the moving volume as the registration warped it. Take it out of "
+            f"'{parent.GetName()}' (Data module: drag it to the scene's top level), or leave the output "
+            "transform empty to create a new one"
+        )
 
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:
@@ -734,8 +820,11 @@ def _write_on_fixed_grid(node, image, fixed_volume) -> None:
 
 
 def _copy_window(source, target) -> None:
+    """Give ``target`` the window/level of ``source``; nothing when either display node has none
+    (e.g. a label map's display node)."""
     src, dst = source.GetDisplayNode(), target.GetDisplayNode()
-    if src is not None and dst is not None:
+    if src is not None and dst is not None and all(
+            node.IsA("vtkMRMLScalarVolumeDisplayNode") for node in (src, dst)):
         dst.SetAutoWindowLevel(False)
         dst.SetWindowLevel(src.GetWindow(), src.GetLevel())
 
@@ -748,11 +837,18 @@ def _min_max(image) -> Tuple[float, float]:
     return float(stats.GetMinimum()), float(stats.GetMaximum())
 
 
-def _check_display(overlay: str, opacity: float) -> None:
+def _check_display(overlay: str, opacity: float, parameterNode=None) -> None:
+    """Refuse an unknown overlay or an opacity outside [0, 1] (an InputNodeError, a ValueError), naming
+    the parameter node when the values are its own."""
+
+    def label(name: str) -> str:
+        return f"parameter '{name}' of parameter node '{parameterNode.GetName()}'" if parameterNode is not None else name
+
     if overlay not in parameters.OVERLAY_CHOICES:
-        raise ValueError(f"overlay must be one of {parameters.OVERLAY_CHOICES}, got {overlay!r}")
+        raise InputNodeError(f"{label('overlay')} must be one of {', '.join(parameters.OVERLAY_CHOICES)}, got {overlay!r}; "
+                             "choose one of them")
     if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"overlayOpacity must be in [0, 1], got {opacity}")
+        raise InputNodeError(f"{label('overlayOpacity')} must be in [0, 1], got {opacity}; set an opacity from 0 to 1")
 
 
 def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[int, float]]:

@@ -26,6 +26,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from voxelopt.config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter
 
+from .errors import InputNodeError
+
 MODULE_NAME = "VoxelOptRegistration"
 
 
@@ -47,12 +49,14 @@ class ValueParameter:
 
 @dataclasses.dataclass(frozen=True)
 class NodeParameter:
-    """A node-reference field: its name, the accepted MRML classes, and whether it is an output."""
+    """A node-reference field: its name, the accepted MRML classes (``excluded``: subclasses of
+    them that are not accepted), and whether it is an output."""
 
     name: str
     classes: Tuple[str, ...]
     output: bool = False
     doc: str = ""
+    excluded: Tuple[str, ...] = ()
 
 
 PRESET_CHOICES = tuple(PRESET_DESCRIPTIONS)
@@ -103,10 +107,13 @@ VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
 
 #: Node classes a mask may be: a segmentation (all its segments) or a label map (its nonzero voxels).
 MASK_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode")
+#: A label map is a scalar volume node, but no image to register or to write a map into.
+LABEL_MAP = ("vtkMRMLLabelMapVolumeNode",)
 
 NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
-    NodeParameter("fixedVolume", ("vtkMRMLScalarVolumeNode",), doc="fixed (reference) volume"),
-    NodeParameter("movingVolume", ("vtkMRMLScalarVolumeNode",), doc="moving volume, warped onto the fixed one"),
+    NodeParameter("fixedVolume", ("vtkMRMLScalarVolumeNode",), doc="fixed (reference) volume", excluded=LABEL_MAP),
+    NodeParameter("movingVolume", ("vtkMRMLScalarVolumeNode",), doc="moving volume, warped onto the fixed one",
+                  excluded=LABEL_MAP),
     NodeParameter("fixedSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the fixed volume"),
     NodeParameter("movingSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the moving volume"),
     NodeParameter("fixedMask", MASK_CLASSES, doc="optional mask of the fixed volume: voxels used in the cost"),
@@ -114,9 +121,10 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
     NodeParameter("initialTransform", ("vtkMRMLLinearTransformNode",),
                   doc="optional initial alignment; its FromParent side maps fixed to moving points"),
     NodeParameter("outputTransform", ("vtkMRMLGridTransformNode",), True, "displacement field (FromParent)"),
-    NodeParameter("outputVolume", ("vtkMRMLScalarVolumeNode",), True, "moving volume resampled on the fixed grid"),
-    NodeParameter("outputEntropy", ("vtkMRMLScalarVolumeNode",), True, "entropy map (nats)"),
-    NodeParameter("outputJacobian", ("vtkMRMLScalarVolumeNode",), True, "Jacobian determinant map"),
+    NodeParameter("outputVolume", ("vtkMRMLScalarVolumeNode",), True, "moving volume resampled on the fixed grid",
+                  LABEL_MAP),
+    NodeParameter("outputEntropy", ("vtkMRMLScalarVolumeNode",), True, "entropy map (nats)", LABEL_MAP),
+    NodeParameter("outputJacobian", ("vtkMRMLScalarVolumeNode",), True, "Jacobian determinant map", LABEL_MAP),
     NodeParameter("outputSegmentation", ("vtkMRMLSegmentationNode",), True, "moving segmentation warped to the fixed grid"),
     NodeParameter("outputDiceTable", ("vtkMRMLTableNode",), True, "Dice per segment"),
 )
@@ -154,24 +162,46 @@ def format_value(parameter: ValueParameter, value: Any) -> str:
     return value
 
 
+#: Stored words read as True / False (case and surrounding spaces ignored).
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+_KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number"}
+
+
 def parse_value(parameter: ValueParameter, text: str) -> Any:
-    """The typed value of stored ``text``; the default when the text is empty or unreadable."""
+    """The typed value of stored ``text``; the default when the text is empty (a parameter the
+    node does not hold yet). Raises :class:`InputNodeError` when the text is not a value of the
+    parameter's type (e.g. "abc" for an integer, "2,5" for a number, "maybe" for a switch)."""
     if text is None or text == "":
         return parameter.default
+    if parameter.kind is str:
+        return text
+    value = _read(parameter.kind, text.strip())
+    if value is None:
+        raise InputNodeError(
+            f"parameter '{parameter.name}' of the {MODULE_NAME} parameter node holds {text!r}, which is not "
+            f"{_KIND_WORDS[parameter.kind]}; set it again in the module (or with parameters.set_value), "
+            f"e.g. to its default {format_value(parameter, parameter.default)}"
+        )
+    return value
+
+
+def _read(kind: type, text: str) -> Any:
+    """``text`` as a bool, int or float; None when it is not one (an int must be whole: "3" or "3.0")."""
+    if kind is bool:
+        word = text.lower()
+        return True if word in TRUE_WORDS else False if word in FALSE_WORDS else None
     try:
-        if parameter.kind is bool:
-            return text.strip().lower() in ("true", "1", "yes", "on")
-        if parameter.kind is int:
-            return int(float(text))
-        if parameter.kind is float:
-            return float(text)
+        number = float(text)
     except ValueError:
-        return parameter.default
-    return text
+        return None
+    if kind is int:
+        return int(number) if number.is_integer() else None
+    return number
 
 
 def get_value(node, name: str) -> Any:
-    """The typed value of parameter ``name`` in a parameter node."""
+    """The typed value of parameter ``name`` in a parameter node (see :func:`parse_value`)."""
     parameter = VALUE_BY_NAME[name]
     return parse_value(parameter, node.GetParameter(name))
 
@@ -183,8 +213,21 @@ def set_value(node, name: str, value: Any) -> None:
 
 
 def get_values(node) -> Dict[str, Any]:
-    """All value parameters of a node, typed, defaults filled in."""
+    """All value parameters of a node, typed, defaults filled in (raises :class:`InputNodeError`
+    for an unreadable one, see :func:`parse_value`)."""
     return {p.name: parse_value(p, node.GetParameter(p.name)) for p in VALUE_PARAMETERS}
+
+
+def readable_values(node) -> Dict[str, Any]:
+    """:func:`get_values` without the values whose stored text is unreadable: for showing the node
+    (the GUI), which must not fail on a value that a registration then refuses with a clear error."""
+    values = {}
+    for parameter in VALUE_PARAMETERS:
+        try:
+            values[parameter.name] = parse_value(parameter, node.GetParameter(parameter.name))
+        except InputNodeError:
+            continue
+    return values
 
 
 def set_values(node, values: Mapping[str, Any]) -> None:
@@ -207,11 +250,18 @@ def get_node(node, name: str):
     return node.GetNodeReference(name)
 
 
+def accepts(parameter: NodeParameter, referenced) -> bool:
+    """Whether node parameter ``parameter`` may reference the node ``referenced``."""
+    return (any(referenced.IsA(c) for c in parameter.classes)
+            and not any(referenced.IsA(c) for c in parameter.excluded))
+
+
 def set_node(node, name: str, referenced) -> None:
     """Reference ``referenced`` (or None) as parameter ``name``, checking its class."""
     parameter = NODE_BY_NAME[name]
-    if referenced is not None and not any(referenced.IsA(c) for c in parameter.classes):
-        raise TypeError(f"parameter {name} needs a {' or '.join(parameter.classes)}, got {referenced.GetClassName()}")
+    if referenced is not None and not accepts(parameter, referenced):
+        excluded = f" (not a {' or '.join(parameter.excluded)})" if parameter.excluded else ""
+        raise TypeError(f"parameter {name} needs a {' or '.join(parameter.classes)}{excluded}, got {referenced.GetClassName()}")
     node.SetNodeReferenceID(name, referenced.GetID() if referenced is not None else None)
 
 

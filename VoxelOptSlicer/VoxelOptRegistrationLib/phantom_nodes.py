@@ -40,7 +40,7 @@ def add_phantom_volumes(
     with ``with_segmentations``, "fixed_segmentation", "moving_segmentation"
     (vtkMRMLSegmentationNode, segments named after :data:`voxelopt.phantom.LABEL_NAMES`).
     """
-    import SimpleITK as sitk
+    from voxelopt import voxels
     from voxelopt.phantom import LABEL_NAMES, phantom_pair
 
     from . import segmentations, volumes
@@ -53,7 +53,7 @@ def add_phantom_volumes(
     nodes: Dict[str, object] = {role: volumes.add_volume_node_from_sitk(scene, getattr(pair, role), role) for role in ("fixed", "moving")}
     if with_segmentations:
         for role in ("fixed", "moving"):
-            labels = sitk.GetArrayFromImage(getattr(pair, f"{role}_labels"))
+            labels = voxels.copy(getattr(pair, f"{role}_labels"))
             nodes[f"{role}_segmentation"] = segmentations.add_segmentation_from_array(
                 scene, f"{role} segmentation", labels, nodes[role], LABEL_NAMES
             )

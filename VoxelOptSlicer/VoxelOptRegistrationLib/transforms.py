@@ -45,7 +45,9 @@ def grid_transform_from_field(field: sitk.Image, interpolation: str = "linear"):
             f"{field.GetNumberOfComponentsPerPixel()} component(s)"
         )
     origin, spacing, direction = sitk_geometry_ras(field)
-    u_lps = sitk.GetArrayViewFromImage(field).astype(np.float32)  # (K, J, I, 3), components x, y, z (LPS)
+    from voxelopt import voxels
+
+    u_lps = voxels.view(field).astype(np.float32)  # (K, J, I, 3), components x, y, z (LPS)
     if not np.all(np.isfinite(u_lps)):
         raise ValueError("the displacement field contains NaN or infinite values")
     u_ras = u_lps * LPS_TO_RAS.diagonal().astype(np.float32)  # LPS -> RAS flips x and y
