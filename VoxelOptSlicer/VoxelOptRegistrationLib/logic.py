@@ -722,32 +722,23 @@ def _as_config(voxelopt, config):
     raise TypeError(f"config must be a voxelopt.RegistrationConfig, a dict or None, got {type(config).__name__}")
 
 
-_OUTPUT_CLASSES = {
-    "transform": "vtkMRMLGridTransformNode",
-    "warpedVolume": "vtkMRMLScalarVolumeNode",
-    "entropyVolume": "vtkMRMLScalarVolumeNode",
-    "jacobianVolume": "vtkMRMLScalarVolumeNode",
-    "warpedSegmentation": "vtkMRMLSegmentationNode",
-    "diceTable": "vtkMRMLTableNode",
-}
-
-
 def _check_output_classes(outputs: RegistrationOutputs) -> None:
-    """Refuse an output node of a class the result cannot be written into (as the parameter node does)."""
-    for field, class_name in _OUTPUT_CLASSES.items():
-        node = getattr(outputs, field)
-        if node is None:
+    """Refuse an output node of a class the result cannot be written into: the classes the
+    parameter node accepts for that output (:data:`parameters.NODE_PARAMETERS`)."""
+    for field, name in _OUTPUT_PARAMETERS.items():
+        node, parameter = getattr(outputs, field), parameters.NODE_BY_NAME[name]
+        if node is None or parameters.accepts(parameter, node):
             continue
-        if field == "transform" and not node.IsA(class_name):
+        if field == "transform":
             raise InputNodeError(
                 f"output transform '{node.GetName()}' is a {node.GetClassName()}; the displacement field needs a "
                 "grid transform node (vtkMRMLGridTransformNode): choose one, or leave the output transform empty "
                 "to create a new one"
             )
-        if not node.IsA(class_name):
-            raise InputNodeError(f"output {field} '{node.GetName()}' is a {node.GetClassName()}, a {class_name} is needed")
-        if class_name == "vtkMRMLScalarVolumeNode" and node.IsA("vtkMRMLLabelMapVolumeNode"):
+        if any(node.IsA(c) for c in parameter.excluded):  # a label map volume as a map's output
             raise InputNodeError(f"output {field} '{node.GetName()}' is a label map; choose a scalar volume")
+        raise InputNodeError(f"output {field} '{node.GetName()}' is a {node.GetClassName()}, a "
+                             f"{' or '.join(parameter.classes)} is needed")
 
 
 def _check_input_volumes(fixed_volume, moving_volume) -> None:
@@ -772,7 +763,7 @@ def _check_outputs_are_not_inputs(outputs: RegistrationOutputs, inputs: Mapping[
     """Refuse an output node that is also an input node (``inputs``: {role: node or None}), which the
     run would overwrite, and one node chosen for two outputs."""
     chosen: List[Tuple[str, Any]] = []  # (output field, node) so far
-    for field in _OUTPUT_CLASSES:
+    for field in _OUTPUT_PARAMETERS:
         node = getattr(outputs, field)
         if node is None:
             continue

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -37,38 +36,31 @@ class ConstantImages:
     references only. Thread-safe."""
 
     def __init__(self) -> None:
-        self._entries: Dict[int, Tuple["weakref.ref[sitk.Image]", Optional[str]]] = {}
-        self._lock = threading.RLock()  # re-entrant: a weakref callback may run while it is held
+        self._digests = voxels.ImageMap()  # image -> its digest, None until first asked for
 
     def add(self, image: sitk.Image) -> None:
         """Promise that ``image`` will not change from now on (changing it afterwards would hand
         out the features and scores of its earlier content)."""
-        key = id(image)
-
-        def forget(_: object) -> None:  # the image is gone: its id may be reused
-            with self._lock:
-                entry = self._entries.get(key)
-                if entry is not None and entry[0]() is None:
-                    del self._entries[key]
-
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry[0]() is not image:
-                self._entries[key] = (weakref.ref(image, forget), None)
+        with self._digests.lock:
+            if self._digests.get(image, _ABSENT) is _ABSENT:
+                self._digests.set(image, None)
 
     def digest(self, image: sitk.Image) -> Optional[str]:
         """``image_digest(image)`` for an image given to :meth:`add` (computed once), else None."""
-        with self._lock:
-            entry = self._entries.get(id(image))
-            if entry is None or entry[0]() is not image:
+        with self._digests.lock:  # a second caller waits for the first's digest
+            known = self._digests.get(image, _ABSENT)
+            if known is _ABSENT:
                 return None
-            if entry[1] is None:  # under the lock: a second caller waits for the first's digest
-                entry = self._entries[id(image)] = (entry[0], image_digest(image))
-            return entry[1]
+            if known is None:
+                known = image_digest(image)
+                self._digests.set(image, known)
+            return known
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        return len(self._digests)
+
+
+_ABSENT = object()
 
 
 class DigestMemo:

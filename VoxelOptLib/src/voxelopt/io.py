@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_message
+from .geometry.checks import check_geometry
 from . import voxels
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,10 +61,7 @@ class ArrayImage:
             raise InputError(f"an image array must hold integers or floats, got {array.dtype}")
         spacing, origin = _vector(self.spacing, 3, "spacing"), _vector(self.origin, 3, "origin")
         direction = _vector(self.direction, 9, "direction")
-        if np.any(spacing <= 0):
-            raise InputError(f"an image's spacing must be positive (mm along x, y, z), got {spacing.tolist()}")
-        if abs(np.linalg.det(direction.reshape(3, 3))) < 1e-6:
-            raise InputError(f"an image's direction must be a 3x3 matrix of independent axes, got {direction.tolist()}")
+        check_geometry(spacing, origin, direction, "an image array")  # before SimpleITK refuses it with an ITK error
         image = sitk.GetImageFromArray(array)
         image.SetSpacing([float(v) for v in spacing])
         image.SetOrigin([float(v) for v in origin])
@@ -72,13 +70,14 @@ class ArrayImage:
 
 
 def _vector(values: Sequence[float], size: int, what: str) -> np.ndarray:
-    """``values`` as ``size`` finite floats, or an :class:`InputError` naming ``what``."""
+    """``values`` as ``size`` floats, or an :class:`InputError` naming ``what`` (whether they are
+    valid is :func:`~voxelopt.geometry.check_geometry`'s to say)."""
     try:
         vector = np.asarray(values, dtype=np.float64).ravel()
     except (TypeError, ValueError):
-        raise InputError(f"an image's {what} must be {size} numbers, got {values!r}") from None
-    if vector.size != size or not np.all(np.isfinite(vector)):
-        raise InputError(f"an image's {what} must be {size} finite numbers, got {values!r}")
+        vector = None
+    if vector is None or vector.size != size:
+        raise InputError(f"an image's {what} must be {size} numbers, got {values!r}")
     return vector
 
 

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
-from .geometry import Grid, check_geometry
+from .geometry import Grid, check_image
 from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
 from .io import ImageLike, PathLike, as_image, atomic_output_dir, write_field, write_image
 #: The file stem of each output ("labels" is the warped label map).
@@ -92,9 +92,7 @@ class RegistrationResult:
         from .outputs import GridField, warp_image
 
         image = as_image(image, "image to warp")
-        if image.GetDimension() != 3:
-            raise InputError(f"image to warp must be a 3-D image, got {image.GetDimension()}-D")
-        check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), "image to warp")
+        check_image(image, "image to warp", scalar=False)
 
         if self.grid_field is None:
             from .device import resolve_device

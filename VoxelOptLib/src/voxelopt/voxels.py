@@ -21,32 +21,59 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-_views: Dict[int, Tuple["weakref.ref[sitk.Image]", np.ndarray]] = {}
-_lock = threading.RLock()  # re-entrant: a weakref callback may run while it is held
+class ImageMap:
+    """Values kept per live SimpleITK image object, keyed by the object's id with a weak reference
+    (SimpleITK images are not hashable); an entry goes when its image is freed, so an id reused
+    by a later image never finds it. Thread-safe; hold :attr:`lock` around a :meth:`get` and the
+    :meth:`set` it decides on. The lock is re-entrant: a weak reference's callback may run while
+    it is held."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[int, Tuple["weakref.ref[sitk.Image]", Any]] = {}
+        self.lock = threading.RLock()
+
+    def get(self, image: sitk.Image, default: Any = None) -> Any:
+        """The value kept for ``image``, else ``default``."""
+        with self.lock:
+            entry = self._entries.get(id(image))
+            return entry[1] if entry is not None and entry[0]() is image else default
+
+    def set(self, image: sitk.Image, value: Any) -> None:
+        """Keep ``value`` for ``image`` while the image lives."""
+        key = id(image)
+
+        def forget(_: object) -> None:  # the image is gone: its id may be reused
+            with self.lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry[0]() is None:
+                    del self._entries[key]
+
+        with self.lock:
+            entry = self._entries.get(key)
+            reference = entry[0] if entry is not None and entry[0]() is image else weakref.ref(image, forget)
+            self._entries[key] = (reference, value)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self._entries)
+
+
+_views = ImageMap()
 
 
 def view(image: sitk.Image) -> np.ndarray:
     """A read-only (z, y, x[, components]) view of ``image``'s voxels, the same array on every call
     for one image object (see the module's docstring)."""
-    key = id(image)
-    with _lock:
-        entry = _views.get(key)
-        if entry is not None and entry[0]() is image:
-            return entry[1]
-        array = sitk.GetArrayViewFromImage(image)
-
-        def forget(_: object) -> None:  # the image is gone: its id may be reused
-            with _lock:
-                current = _views.get(key)
-                if current is not None and current[0]() is None:
-                    del _views[key]
-
-        _views[key] = (weakref.ref(image, forget), array)
+    with _views.lock:
+        array = _views.get(image)
+        if array is None:
+            array = sitk.GetArrayViewFromImage(image)
+            _views.set(image, array)
         return array
 
 

@@ -6,7 +6,7 @@ Every check raises :class:`~voxelopt.errors.InputError` with a message naming th
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,25 +26,31 @@ def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction:
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InputError(f"{what} has an invalid spacing {tuple(spacing)} (must be finite and > 0 mm)")
+        raise InputError(f"{what} has an invalid spacing {_numbers(spacing)} (must be finite and > 0 mm)")
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(matrix)) or not np.allclose(matrix.T @ matrix, np.eye(3), atol=ORTHONORMAL_TOLERANCE):
         raise InputError(
             f"{what} has an invalid direction matrix: its axes are not orthonormal (sheared, scaled or "
-            f"not finite): {tuple(matrix.ravel())}"
+            f"not finite): {_numbers(matrix)}"
         )
     if not np.all(np.isfinite(origin)):
-        raise InputError(f"{what} has a non-finite origin {tuple(origin)}")
+        raise InputError(f"{what} has a non-finite origin {_numbers(origin)}")
 
 
-def check_image(image: sitk.Image, what: str, values: bool = False) -> None:
-    """Raise unless ``image`` is a scalar 3-D SimpleITK image with a usable geometry
-    (:func:`check_geometry`) and, with ``values``, no NaN or infinite voxel."""
+def _numbers(values) -> Tuple[float, ...]:
+    """``values`` flattened to plain floats, for messages (numpy scalars print as ``np.float64(2.0)``)."""
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float64).ravel())
+
+
+def check_image(image: sitk.Image, what: str, values: bool = False, scalar: bool = True) -> None:
+    """Raise unless ``image`` is a 3-D SimpleITK image (with ``scalar``, of one component per
+    voxel) with a usable geometry (:func:`check_geometry`) and, with ``values``, no NaN or
+    infinite voxel."""
     if not isinstance(image, sitk.Image):
         raise InputError(f"{what} must be a SimpleITK image, got {type(image).__name__}")
     if image.GetDimension() != 3:
         raise InputError(f"{what} must be a 3-D image, got {image.GetDimension()}-D")
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    if scalar and image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{what} must be a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     check_geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection(), what)
     if values:
