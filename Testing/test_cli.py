@@ -73,6 +73,57 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     assert json.loads(stdout)["dice"] == summary["metrics"]["dice"]
 
 
+def test_evaluate_refuses_what_register_refuses_and_writes_standard_json(files, tmp_path, capsys):
+    """voxelopt evaluate checks its label maps and field as register does (one error line, exit
+    2, nothing written) and writes NaN scores as null."""
+    fixed_labels = sitk.ReadImage(str(files["fixed_labels"]))
+    zero = sitk.Image(fixed_labels.GetSize(), sitk.sitkVectorFloat64, 3)
+    zero.CopyInformation(fixed_labels)
+    field = tmp_path / "zero_field.nii.gz"
+    sitk.WriteImage(zero, str(field))
+    far = sitk.Image(zero)
+    far.SetOrigin(tuple(o + 500.0 for o in zero.GetOrigin()))  # a field of some other image's box
+    far_field = tmp_path / "far_field.nii.gz"
+    sitk.WriteImage(far, str(far_field))
+    ct_as_labels = files["fixed"]  # an image (negative HU) given as labels
+    flat = tmp_path / "flat_labels.nii.gz"
+    sitk.WriteImage(fixed_labels[:, :, 10], str(flat))
+    other_labels = tmp_path / "other_labels.nii.gz"  # labels present in only one map: nothing to score
+    sitk.WriteImage(sitk.Cast(fixed_labels > 0, sitk.sitkUInt8) * 200, str(other_labels))
+    cases = [
+        (["--field", far_field, "--moving-labels", files["moving_labels"]], "does not cover the fixed labels' grid"),
+        (["--field", field, "--moving-labels", ct_as_labels], "moving labels must hold non-negative integer labels"),
+        (["--warped-labels", ct_as_labels, "--moving-labels", files["moving_labels"]], "warped labels must hold"),
+        (["--field", field, "--moving-labels", flat], "moving labels must be a 3-D image"),
+        (["--field", field, "--moving-labels", files["moving_labels"], "--out", tmp_path], "is a folder"),
+    ]
+    for extra, message in cases:
+        code, stdout, err = run(["evaluate", "--fixed-labels", files["fixed_labels"], *extra], capsys)
+        assert code == 2 and message in err and err.startswith("error: ") and stdout == "", (extra, err)
+    code, stdout, _ = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--field", field,
+                           "--moving-labels", other_labels, "--out", tmp_path / "none.json"], capsys)
+    assert code == 0 and "NaN" not in stdout
+    scores = json.loads(stdout)
+    assert scores["labels"] == [] and scores["dice_mean"] is None
+    assert json.loads((tmp_path / "none.json").read_text()) == scores
+
+
+def test_a_closed_standard_output_ends_the_command_quietly(files, monkeypatch, capsys):
+    """``voxelopt evaluate ... | head -1`` once ``head`` has left: exit 141 (as a shell tool
+    killed by SIGPIPE), no BrokenPipeError traceback."""
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = main(["evaluate", "--fixed-labels", str(files["fixed_labels"]), "--moving-labels", str(files["moving_labels"]),
+                 "--warped-labels", str(files["moving_labels"])])
+    assert code == 141 and "Traceback" not in capsys.readouterr().err
+
+
 def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, capsys):
     out = tmp_path / "again"
     out.mkdir()
@@ -95,7 +146,7 @@ def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, caps
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--fixed-mask", empty, *FAST], capsys)
     assert code == 2 and "fixed mask" in err
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "labels", *FAST], capsys)
-    assert code == 2 and "needs --moving-labels" in err
+    assert code == 2 and "needs moving labels" in err
     code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field,wraped", *FAST], capsys)
     assert code == 2 and "wraped" in err
     assert {p.name for p in out.iterdir()} == {"metrics.json", "notes.txt"}  # errors wrote nothing
@@ -214,6 +265,7 @@ def test_unwritable_feature_cache_is_refused_before_any_work(files, tmp_path, ca
 def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeypatch):
     import voxelopt.result as result_module
     from voxelopt import RegistrationConfig, register
+    from voxelopt.errors import InputError
 
     result = register(str(files["fixed"]), str(files["moving"]), RegistrationConfig.preset("paper", levels=3))
     calls = []
@@ -238,6 +290,12 @@ def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeyp
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     # the writes went to a hidden staging folder inside the destination, which is gone
     assert calls[0].parent.parent == existing and calls[0].parent.name.startswith(".") and not calls[0].parent.exists()
+    # outputs named as one string, as --outputs takes them: the names, not the string's characters
+    monkeypatch.undo()
+    assert set(result.save(tmp_path / "one", outputs="field")) == {"field"}
+    assert set(result.save(tmp_path / "two", outputs="metrics, field")) == {"field", "metrics"}
+    with pytest.raises(InputError, match="wraped"):
+        result.save(tmp_path / "bad", outputs="field,wraped")
 
 
 def test_features_command_reports_entropy_per_feature_type(files, tmp_path, capsys):

@@ -9,6 +9,7 @@ import gzip
 import importlib
 import json
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -193,6 +194,27 @@ def test_rerun_resumes_and_changed_settings_recompute(serial_run, data):
     assert again.records[0]["metrics"] == first.records[0]["metrics"]
     changed = run_evaluation(pairs[:1], [voxelopt_spec(CONFIG.replace(alpha=2.0))], out / "changed", threads=1, progress=False)
     assert changed.ran == 1
+
+
+def test_an_input_replaced_under_the_same_name_runs_again(serial_run, data, tmp_path):
+    """A stored record is reused for the same files with the same contents only: the fixed image
+    and labels copied over the moving files (same names) must be registered again."""
+    out, first = serial_run
+    pairs = read_pairs(str(data["pairs_csv"]))
+    copies = {}
+    for name in ("fixed", "moving", "fixed_labels", "moving_labels", "gt_field"):
+        copies[name] = tmp_path / Path(getattr(pairs[0], name)).name
+        shutil.copyfile(getattr(pairs[0], name), copies[name])
+    pair = PairSpec("pair1", *(str(copies[n]) for n in ("fixed", "moving", "fixed_labels", "moving_labels", "gt_field")))
+    results = tmp_path / "results"
+    assert run_evaluation([pair], [voxelopt_spec(CONFIG)], results, threads=1, progress=False).ran == 1
+    assert run_evaluation([pair], [voxelopt_spec(CONFIG)], results, threads=1, progress=False).ran == 0
+    shutil.copyfile(copies["fixed"], copies["moving"])
+    shutil.copyfile(copies["fixed_labels"], copies["moving_labels"])
+    again = run_evaluation([pair], [voxelopt_spec(CONFIG)], results, threads=1, progress=False)
+    assert again.ran == 1 and again.skipped == 0
+    assert first.records[0]["metrics"]["full"]["dice_initial_mean"] < 0.9
+    assert again.records[0]["metrics"]["full"]["dice_initial_mean"] == pytest.approx(1.0)
 
 
 def test_a_failing_pair_is_reported_and_the_rest_run(data, tmp_path):

@@ -319,3 +319,15 @@ def test_the_solver_field_composed_with_an_affine_alignment_is_the_points_mapped
         expected = np.einsum("rc,czyx->rzyx", matrix, x + u_mm) + initial[:3, 3].reshape(3, 1, 1, 1) - x
         assert field.grid == field_grid and field.data.dtype == torch.float32
         assert np.abs(field.data[0].double().numpy() - expected).max() < 1e-4
+
+
+def test_a_grid_covers_another_within_half_a_voxel_of_its_outer_centres():
+    """Grid.covers (voxelopt evaluate's check of a field against the fixed labels): the same box,
+    a finer grid of the same box, a shift within half a voxel along an oblique axis, and not
+    beyond it or for a box elsewhere."""
+    grid = Grid((20, 16, 12), (4.0, 4.0, 5.0), (10.0, -20.0, 30.0), oblique_direction((10, -5, 20)))
+    assert grid.covers(grid) and grid.covers(grid.with_spacing(1.0)) and grid.with_spacing(1.0).covers(grid)
+    axis = grid.direction_matrix[:, 2]  # the k axis, 5 mm voxels
+    for shift_mm, inside in ((2.4, True), (-2.4, True), (2.6, False), (-2.6, False), (300.0, False)):
+        moved = Grid(grid.size, grid.spacing, tuple(np.asarray(grid.origin) + shift_mm * axis), grid.direction)
+        assert grid.covers(moved) == inside, shift_mm

@@ -465,12 +465,16 @@ def test_disk_cache_keeps_the_alignment_and_the_scores_before_registration(pair,
         path.write_text("{not json")
     run()
     assert (len(estimates), len(scores)) == (2, 5)
+    for path in tmp_path.glob("*.json"):  # JSON, but not the value this version wrote
+        path.write_text('{"json": {"bogus": 1}}')
+    again = run()
+    assert (len(estimates), len(scores)) == (3, 7) and again.metrics["dice_initial_mean"] == first.metrics["dice_initial_mean"]
     monkeypatch.setattr(voxelopt, "__version__", "another")
     run()
-    assert (len(estimates), len(scores)) == (3, 7)
+    assert (len(estimates), len(scores)) == (4, 9)
     monkeypatch.setattr(voxelopt.affine, "SETTINGS", voxelopt.affine.SETTINGS + ("more steps",))
     run()
-    assert (len(estimates), len(scores)) == (4, 8)  # the same alignment: the scores before are kept
+    assert (len(estimates), len(scores)) == (5, 10)  # the same alignment: the scores before are kept
     assert not list(tmp_path.glob("*.part"))
 
 

@@ -25,6 +25,7 @@ sys.path[:0] = [HERE, os.path.join(REPO, "VoxelOptSlicer"), os.path.join(REPO, "
                 os.path.join(REPO, "VoxelOptLib", "benchmarks")]
 
 import slicer  # noqa: E402
+from development_pairs import machine_line  # noqa: E402
 from render_docs_images import ORGANS, load_volume  # noqa: E402
 from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs  # noqa: E402
 from VoxelOptRegistrationLib.segmentations import update_segmentation_from_labels  # noqa: E402
@@ -61,6 +62,7 @@ def main() -> None:
             update_segmentation_from_labels(seg, sitk_from_volume_node(labels), ORGANS, None, reference)
             scene.RemoveNode(labels)
             segs.append(seg)
+    print(machine_line())
     print(f"{args.case}: fixed {fixed.GetImageData().GetDimensions()} voxels, preset {args.preset}; "
           f"scene loaded, peak {peak_gb():.2f} GB")
     logic = RegistrationLogic(scene)

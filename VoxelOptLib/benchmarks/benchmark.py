@@ -38,7 +38,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, machine_line, make_pseudoct
 from voxelopt.config import DEFAULT_PRESET, RegistrationConfig
 
 NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5)),
@@ -125,6 +125,7 @@ def main() -> None:
     unknown = [c for c in cases if c != "paper" and c not in NATIVE]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from paper, {', '.join(NATIVE)}")
+    print(machine_line())
     print("| case | voxels (x, y, z) at mm | whole process s | solver s | outputs + writing s (share) | peak GB "
           "(the run's estimate of its data) | Dice before -> after |")
     print("|---|---|---|---|---|---|---|")

@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO / "VoxelOptLib" / "src"))
 import voxelopt  # noqa: E402
 from voxelopt.features.base import register_extractor  # noqa: E402
 from voxelopt.metrics import label_metrics  # noqa: E402
-from voxelopt.networks import obelisk as obelisk_mod  # noqa: E402
 from voxelopt.networks import pdd as pdd_mod  # noqa: E402
 from voxelopt.networks.obelisk import ObeliskExtractor  # noqa: E402
 from voxelopt.networks.pdd import PDDExtractor  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, machine_line, make_pseudoct
 from voxelopt.config import RegistrationConfig
 from voxelopt.features import make_extractor
 
@@ -64,8 +64,7 @@ def main() -> None:
     device = torch.device(args.device)
     extractors = {name: make_extractor(RegistrationConfig(features=name, weights=args.models))
                   for name in args.extractors.split(",")}
-    print(f"torch {torch.__version__}, {args.threads} threads, device {device}, load average before: "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"torch {torch.__version__}, {args.threads} threads, device {device}; {machine_line()}")
     print("| image | extractor | first call (s) | best (s) | median (s) | CPU s per call |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -89,13 +89,14 @@ class FeatureCache:
         return self._remember(key, value)
 
     def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None,
-                             on_disk: bool = False) -> Any:
+                             on_disk: bool = False, valid: Optional[Callable[[Any], bool]] = None) -> Any:
         """Like :meth:`get_or_compute` for any value (e.g. scores before registration); at most
         ``4 * max_items`` values in memory. ``key`` is a tuple whose first item names the kind
         of value; ``keep`` bounds the values of that kind (for large ones: the oldest go first).
         ``on_disk``: with a ``directory``, the value is also kept there, as JSON — it must be a
         float ``numpy`` array or made of dicts with string keys, lists, strings, numbers and
-        None (a file that cannot be read back is recomputed and replaced)."""
+        None (a file that cannot be read back, or whose value ``valid`` refuses, is recomputed
+        and replaced: the files are not trusted to hold what this version wrote)."""
         with self._lock:
             if key in self._values:
                 self.hits += 1
@@ -104,7 +105,9 @@ class FeatureCache:
         if path is not None and path.is_file():
             try:
                 value = _from_json(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, TypeError, KeyError):
+                if valid is not None and not valid(value):
+                    value = _UNREADABLE
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 value = _UNREADABLE
             if value is not _UNREADABLE:
                 with self._lock:

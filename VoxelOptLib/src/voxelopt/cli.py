@@ -27,7 +27,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, InputWarning, VoxelOptError
-from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
+from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs
 
 
 # ============================================================================ parameters
@@ -135,22 +135,6 @@ def _print_summary(result) -> None:
     print(line)
 
 
-def _name_list(text: str) -> List[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _checked_outputs(names: Optional[List[str]], with_labels: bool) -> Optional[List[str]]:
-    """The ``--outputs`` names, checked before any work (None = all)."""
-    if names is None:
-        return None
-    unknown = sorted(set(names) - set(OUTPUTS))
-    if unknown or not names:
-        raise InputError(f"unknown output(s) {', '.join(unknown) or '(none given)'} in --outputs; choose from {', '.join(OUTPUTS)}")
-    if "labels" in names and not with_labels:
-        raise InputError("--outputs labels needs --moving-labels")
-    return names
-
-
 #: File types the overview picture may be written as (by matplotlib).
 OVERVIEW_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
@@ -169,7 +153,7 @@ def _checked_overview(path: str) -> Path:
 # ============================================================================ subcommands
 def cmd_register(args: argparse.Namespace) -> int:
     config = config_from_options(args)
-    outputs = _checked_outputs(args.outputs, bool(args.moving_labels))
+    outputs = check_outputs(args.outputs, bool(args.moving_labels))
     image_format = check_format(args.image_format, IMAGE_FORMATS, "image")
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
@@ -214,20 +198,23 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_field, evaluate_labels
-    from .io import atomic_output_dir, read_field, read_image
+    from .io import atomic_output_dir, json_safe, read_field, read_image
 
     if bool(args.warped_labels) == bool(args.field):
         raise InputError("give --moving-labels with either --field or --warped-labels")
+    if args.out:
+        if Path(args.out).is_dir():
+            raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")
+        check_output_dir(Path(args.out).parent, "--out folder")
     fixed_labels = read_image(args.fixed_labels, "fixed labels")
     moving_labels = read_image(args.moving_labels, "moving labels")
     if args.warped_labels:
         metrics = evaluate_labels(fixed_labels, moving_labels, read_image(args.warped_labels, "warped labels"))
     else:
         metrics = evaluate_field(fixed_labels, moving_labels, read_field(args.field))
-    text = json.dumps(metrics, indent=2)
+    text = json.dumps(json_safe(metrics), indent=2)  # standard JSON: a NaN score is null
     if args.out:
         out = Path(args.out)
-        check_output_dir(out.parent)
         with atomic_output_dir(out.parent) as staging:
             (staging / out.name).write_text(text, encoding="utf-8")
     print(text)
@@ -301,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", help="moving label map (warped with nearest neighbour)")
     p.add_argument("--image-format", default="nii.gz", help=f"format of the output images: {', '.join(IMAGE_FORMATS)}")
     p.add_argument("--field-format", default="nii.gz", help=f"format of the field: {', '.join(FIELD_FORMATS)} (h5 = ITK transform)")
-    p.add_argument("--outputs", type=_name_list, default=None, metavar="A,B,...",
+    p.add_argument("--outputs", default=None, metavar="A,B,...",
                    help=f"what to write, from {','.join(OUTPUTS)} (default: all; 'labels' = the warped moving labels, "
                         "written when --moving-labels is given)")
     p.add_argument("--field-grid", choices=FIELD_GRIDS, default="working",
@@ -358,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the chosen subcommand's ``func``; a user error prints one ``error:``
     line and returns 2, an input warning one ``warning:`` line, Ctrl-C prints ``error:
-    interrupted`` and returns 130. Shared with ``voxelopt-eval``."""
+    interrupted`` and returns 130, a closed standard output (``| head``) returns 141 without a
+    traceback. Shared with ``voxelopt-eval``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     _show_input_warnings()
     try:
@@ -370,6 +358,12 @@ def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] =
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of standard output left (``| head``): stop quietly, as a shell tool does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the final flush does not fail again
+        except (AttributeError, OSError, ValueError):  # no file descriptor (standard output replaced)
+            pass
+        return 141  # 128 + SIGPIPE
 
 
 def _show_input_warnings() -> None:

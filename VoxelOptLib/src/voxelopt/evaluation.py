@@ -8,15 +8,17 @@ scored by :mod:`voxelopt.metrics` (labels present in both the fixed and the movi
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from .errors import InputError
+from .inputs import checked_label_values
 from .geometry import (
     Grid,
+    check_field_image,
     image_to_mm_field,
     image_to_tensor,
     mm_to_voxel_field,
@@ -36,8 +38,11 @@ def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_
 
     ``warped_labels`` must be on the fixed labels' grid; ``moving_labels`` (any grid) says which
     labels are scored and gives the "initial" score (resampled onto the fixed grid, identity in
-    physical space).
+    physical space). Label maps are checked as ``register`` checks them
+    (:func:`voxelopt.inputs.checked_label_values`; the warped map may be empty).
     """
+    fixed_labels, moving_labels = _checked_pair(fixed_labels, moving_labels)
+    warped_labels = checked_label_values(warped_labels, "warped labels", allow_empty=True)
     fixed_grid = Grid.from_image(fixed_labels)
     if not fixed_grid.same_as(Grid.from_image(warped_labels), tol=1e-4):
         raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, direction)")
@@ -45,6 +50,10 @@ def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_
     return registration_label_metrics(voxels.view(fixed_labels), voxels.view(moving_labels),
                                       voxels.view(initial), voxels.view(warped_labels),
                                       fixed_grid.spacing[::-1])
+
+
+def _checked_pair(fixed_labels: sitk.Image, moving_labels: sitk.Image) -> Tuple[sitk.Image, sitk.Image]:
+    return (checked_label_values(fixed_labels, "fixed labels"), checked_label_values(moving_labels, "moving labels"))
 
 
 def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image], field: sitk.Image,
@@ -73,6 +82,14 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     """
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError("give both the fixed and the moving labels, or neither")
+    check_field_image(field, "the displacement field")
+    if fixed_labels is not None:
+        fixed_labels, moving_labels = _checked_pair(fixed_labels, moving_labels)
+        field_grid, label_grid = Grid.from_image(field), Grid.from_image(fixed_labels)
+        if not field_grid.covers(label_grid):  # ITK would read no displacement (0) there: "after" = "before"
+            raise InputError("the displacement field does not cover the fixed labels' grid: give the field of this "
+                             f"registration, on the fixed image's box (field box {_box_text(field_grid)}, fixed "
+                             f"labels' box {_box_text(label_grid)}, LPS mm)")
     grid = evaluation_grid(Grid.from_image(field), scale)
     d = resize_volume(image_to_mm_field(field, _CPU), grid.shape)
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
@@ -90,6 +107,12 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
         metrics.update(registration_label_metrics(fixed_np, voxels.view(moving_labels), initial[0, 0],
                                                   warped[0, 0], grid.spacing[::-1]))
     return metrics
+
+
+def _box_text(grid: Grid) -> str:
+    """The physical extent of ``grid``'s voxel centres along x, y, z (LPS mm) for a message."""
+    corners = grid.corners()
+    return " x ".join(f"[{lo:.0f}, {hi:.0f}]" for lo, hi in zip(corners.min(axis=0), corners.max(axis=0)))
 
 
 def evaluation_grid(grid: Grid, scale: float) -> Grid:

@@ -3,7 +3,7 @@ argument checks use them without loading numpy, SimpleITK or torch)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Optional, Tuple, Union
 
 from .errors import InputError
 
@@ -20,9 +20,25 @@ OUTPUTS = ("field", "warped", "labels", "entropy", "jacobian", "metrics")
 FIELD_GRIDS = ("working", "fixed")
 
 
-def check_format(fmt: str, allowed: Sequence[str], what: str) -> str:
+def check_format(fmt: str, allowed: Tuple[str, ...], what: str) -> str:
     """``fmt`` without a leading dot, or :class:`InputError` naming the allowed formats."""
     fmt = fmt.lstrip(".")
     if fmt not in allowed:
         raise InputError(f"unknown {what} format {fmt!r}; choose one of {', '.join(allowed)}")
     return fmt
+
+
+def check_outputs(outputs: Union[None, str, Iterable[str]], with_labels: bool) -> Optional[Tuple[str, ...]]:
+    """The chosen outputs in writing order (None: all), from names of :data:`OUTPUTS` or one
+    comma-separated string (``"field,warped"``, as ``--outputs`` takes it); :class:`InputError`
+    for an unknown name, none at all, or ``"labels"`` without moving labels (``with_labels``)."""
+    if outputs is None:
+        return None
+    names = [n.strip() for n in outputs.split(",")] if isinstance(outputs, str) else [str(n).strip() for n in outputs]
+    names = [n for n in names if n]
+    unknown = sorted(set(names) - set(OUTPUTS))
+    if unknown or not names:
+        raise InputError(f"unknown output(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(OUTPUTS)}")
+    if "labels" in names and not with_labels:
+        raise InputError("the 'labels' output (the warped moving labels) needs moving labels")
+    return tuple(key for key in OUTPUTS if key in names)

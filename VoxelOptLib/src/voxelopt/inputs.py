@@ -106,33 +106,41 @@ def intensity_warnings(image: sitk.Image, what: str, window: Tuple[float, float]
 
 
 def checked_labels(labels: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[sitk.Image]:
-    """A label map on ``image``'s grid (nearest neighbour when its geometry differs), or None.
-
-    Labels must be non-negative integers (float files holding integers are accepted) and at least
-    one labelled voxel must lie on the image: otherwise every score would be meaningless. Integer
-    label maps keep their pixel type; float ones become the smallest unsigned type that holds them.
-    """
+    """A label map (:func:`checked_label_values`) on ``image``'s grid (nearest neighbour when its
+    geometry differs), or None. At least one labelled voxel must lie on the image: otherwise
+    every score would be meaningless."""
     if labels is None:
         return None
+    labels = checked_label_values(labels, what)
+    on_image = resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
+    if not np.any(voxels.view(on_image)):
+        raise InputError(f"{what} do not overlap their image: no labelled voxel lies inside it (check the headers)")
+    return on_image
+
+
+def checked_label_values(labels: ImageLike, what: str, allow_empty: bool = False) -> sitk.Image:
+    """``labels`` as a 3-D label map: non-negative integers up to :data:`MAX_LABEL` (float files
+    holding integers are accepted) and, unless ``allow_empty`` (e.g. a warp's output, which may
+    have lost every label), at least one labelled voxel. Integer label maps keep their pixel
+    type; float ones become the smallest unsigned type that holds them."""
     labels = as_image(labels, what)
     check_image(labels, what)
     values = voxels.view(labels)
     if labels.GetPixelID() not in _INTEGER_TYPES:
         if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
-            raise InputError(f"{what} must hold non-negative integer labels")
+            raise InputError(f"{what} must hold non-negative integer labels (found fractions, NaN or infinities: "
+                             "is this an image rather than a label map?)")
     if values.size and values.min() < 0:
-        raise InputError(f"{what} must hold non-negative integer labels (found {values.min()})")
-    if not values.size or values.max() == 0:
+        raise InputError(f"{what} must hold non-negative integer labels (found {values.min()}: is this an image "
+                         "rather than a label map?)")
+    if not allow_empty and (not values.size or values.max() == 0):
         raise InputError(f"{what} holds no labelled voxel (all zero)")
-    if values.max() > MAX_LABEL:
+    if values.size and values.max() > MAX_LABEL:
         raise InputError(f"{what} holds the label {int(values.max())}; labels up to {MAX_LABEL} are supported "
                          "(renumber the labels)")
     if labels.GetPixelID() not in _INTEGER_TYPES:  # integer labels keep their type
-        labels = sitk.Cast(labels, LABEL_TYPES[label_dtype(int(values.max()))])
-    on_image = resample_image(labels, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    if not np.any(voxels.view(on_image)):
-        raise InputError(f"{what} do not overlap their image: no labelled voxel lies inside it (check the headers)")
-    return on_image
+        labels = sitk.Cast(labels, LABEL_TYPES[label_dtype(int(values.max()) if values.size else 0)])
+    return labels
 
 
 #: Largest label value accepted (the scores count labels with one histogram bin per value).
@@ -304,7 +312,8 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
         key = ("affine", SETTINGS, digest(fixed), digest(moving), tuple(config.hu_window),
                None if start is None else start.GetParameters() + start.GetFixedParameters(),
                *(None if m is None else image_digest(m) for m in masks))
-        return cache.get_or_compute_value(key, estimate, on_disk=True).copy()
+        return cache.get_or_compute_value(key, estimate, on_disk=True, valid=lambda m: isinstance(m, np.ndarray) and (
+            m.shape == (4, 4) and bool(np.isfinite(m).all()))).copy()
     if start is not None:
         return affine_matrix(start)
     matrix = np.eye(4)

@@ -14,13 +14,14 @@ import contextlib
 import ctypes
 import dataclasses
 import gzip
+import math
 import os
 import shutil
 import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -374,6 +375,18 @@ def read_field(path: PathLike) -> sitk.Image:
     if field.GetNumberOfComponentsPerPixel() != 3 or field.GetDimension() != 3:
         raise InputError(f"{path} is not a 3-D displacement field (need 3 components per voxel)")
     return sitk.Cast(field, sitk.sitkVectorFloat64)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (nested dicts, lists, tuples, numbers, strings) as standard JSON takes it: NaN and
+    infinities become None (``json.dumps`` would write the non-standard ``NaN``), keys strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def ensure_writable_dir(path: PathLike) -> Path:

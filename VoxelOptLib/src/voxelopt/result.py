@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
@@ -22,8 +21,8 @@ from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
 from .geometry import Grid, check_image
-from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format
-from .io import ImageLike, PathLike, as_image, atomic_output_dir, write_field, write_image
+from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs
+from .io import ImageLike, PathLike, as_image, atomic_output_dir, json_safe, write_field, write_image
 #: The file stem of each output ("labels" is the warped label map).
 _STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
           "jacobian": "jacobian"}
@@ -134,7 +133,7 @@ class RegistrationResult:
 
     def summary(self) -> Dict[str, Any]:
         """The metrics, timings and parameters, as written to ``metrics.json``."""
-        return _finite({
+        return json_safe({
             "metrics": self.metrics,
             "timings_s": self.timings,
             "config": self.config.to_dict(),
@@ -149,7 +148,7 @@ class RegistrationResult:
         out_dir: PathLike,
         image_format: str = "nii.gz",
         field_format: str = "nii.gz",
-        outputs: Optional[Iterable[str]] = None,
+        outputs: Union[None, str, Iterable[str]] = None,
         field_grid: str = "working",
         full_size_maps: bool = False,
         progress: Optional[Callable[[float, str], None]] = None,
@@ -158,8 +157,9 @@ class RegistrationResult:
         """Write outputs into ``out_dir`` (all or nothing); returns the written paths by output name.
 
         Args:
-            outputs: names from :data:`OUTPUTS` (default: all; ``"labels"`` only when moving
-                labels were given — asking for it without them is an error).
+            outputs: names from :data:`OUTPUTS`, or one name, or a comma-separated string as
+                ``--outputs`` takes it (default: all; ``"labels"`` only when moving labels were
+                given — asking for it without them is an error).
             field_grid: ``"working"`` (the field's own grid, default) or ``"fixed"``.
             full_size_maps: write the entropy and Jacobian maps on the fixed grid (trilinear)
                 instead of their own grids.
@@ -195,18 +195,10 @@ class RegistrationResult:
         self.timings["write"] = time.perf_counter() - start
         return {key: Path(out_dir) / name for key, name in names.items()}
 
-    def _wanted_outputs(self, outputs: Optional[Iterable[str]]) -> Tuple[str, ...]:
-        if outputs is None:
-            return tuple(key for key in OUTPUTS if key != "labels" or self.warped_labels is not None)
-        wanted = set(outputs)
-        unknown = sorted(wanted - set(OUTPUTS))
-        if unknown:
-            raise InputError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(OUTPUTS)}")
-        if not wanted:
-            raise InputError("no output chosen")
-        if "labels" in wanted and self.warped_labels is None:
-            raise InputError("the 'labels' output needs moving labels")
-        return tuple(key for key in OUTPUTS if key in wanted)
+    def _wanted_outputs(self, outputs: Union[None, str, Iterable[str]]) -> Tuple[str, ...]:
+        wanted = check_outputs(outputs, self.warped_labels is not None)
+        return wanted if wanted is not None else tuple(
+            key for key in OUTPUTS if key != "labels" or self.warped_labels is not None)
 
     def output_image(self, key: str, full_size: bool = False) -> sitk.Image:
         """The image of output ``key`` ("warped", "labels", "entropy" or "jacobian"); with
@@ -227,14 +219,3 @@ def _stale_names() -> Tuple[str, ...]:
     """Every file name an output of some earlier run may have had."""
     names = [f"{stem}.{fmt}" for stem in _STEMS.values() for fmt in FIELD_FORMATS]
     return tuple(names) + ("metrics.json",)
-
-
-def _finite(value: Any) -> Any:
-    """Replace NaN/inf by None so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

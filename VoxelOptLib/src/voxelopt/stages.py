@@ -108,7 +108,8 @@ def initial_label_scores(prepared: PreparedPair, fixed_labels: sitk.Image, movin
     if cache is None:
         return compute()
     key = ("initial scores", digest(fixed_labels), digest(moving_labels), _alignment_key(prepared.initial))
-    return cache.get_or_compute_value(key, compute, on_disk=True)
+    return cache.get_or_compute_value(key, compute, on_disk=True, valid=lambda scores: isinstance(scores, dict) and all(
+        name in scores for name in ("labels", "dice", "dice_mean", "hd95_mm", "hd95_mm_mean")))
 
 
 def solved_outputs(

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import itertools
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from voxelopt.errors import InputError
 
@@ -48,6 +49,38 @@ class PairSpec:
     def file_stem(self) -> str:
         """``pair_id`` made safe as a file name."""
         return safe_name(self.pair_id)
+
+    def content_digests(self) -> Dict[str, str]:
+        """A digest of each input's content by attribute (:func:`content_digest`): a stored result
+        is reused only for the same files with the same contents, not merely the same names."""
+        paths = {name: getattr(self, name) for name in ("fixed", "moving", "fixed_labels", "moving_labels", "gt_field")}
+        return {name: content_digest(path) for name, path in paths.items() if path is not None}
+
+
+#: :func:`content_digest`'s results by (path, size, modification time): each file read once per process.
+_DIGESTS: Dict[Tuple[str, int, int], str] = {}
+
+
+def content_digest(path: str) -> str:
+    """A digest (BLAKE2b, 128 bit) of a file's bytes, or of a folder's files (a DICOM series: their
+    names and bytes, in name order); "missing" for a path that does not exist (the job then fails
+    with the reader's message). Kept per process by path, size and modification time."""
+    target = Path(path)
+    if not target.exists():
+        return "missing"
+    files = sorted(p for p in target.iterdir() if p.is_file()) if target.is_dir() else [target]
+    h = hashlib.blake2b(digest_size=16)
+    for file in files:
+        stat = file.stat()
+        memo = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+        if memo not in _DIGESTS:
+            one = hashlib.blake2b(digest_size=16)
+            with open(file, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 22), b""):
+                    one.update(block)
+            _DIGESTS[memo] = one.hexdigest()
+        h.update(file.name.encode() + b"\0" + _DIGESTS[memo].encode())
+    return h.hexdigest()
 
 
 def safe_name(text: str) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import SimpleITK as sitk
 
 from voxelopt.errors import ConfigError, InputError
+from voxelopt.io import json_safe
 
 from .alignment import COMMON_MODES, InitialAlignment, relative_to_alignment, shifted
 from .methods import VOXELOPT, MethodOutput, MethodSpec, load_voxelopt, run_voxelopt, voxelopt_stages, voxelopt_version
@@ -94,10 +94,12 @@ class Job:
     init: InitialAlignment = InitialAlignment()
 
     def key(self) -> Dict[str, Any]:
-        """What must match for a stored record to count as this job finished."""
-        return {"pair": dataclasses.asdict(self.pair), "method": dataclasses.asdict(self.method),
-                "protocols": list(self.protocols), "init": dataclasses.asdict(self.init),
-                "record_version": RECORD_VERSION}
+        """What must match for a stored record to count as this job finished: the pair's paths
+        and their contents (a file replaced under the same name runs again), the method, the
+        protocols, the initial alignment and the record format."""
+        return {"pair": dataclasses.asdict(self.pair), "contents": self.pair.content_digests(),
+                "method": dataclasses.asdict(self.method), "protocols": list(self.protocols),
+                "init": dataclasses.asdict(self.init), "record_version": RECORD_VERSION}
 
 
 @dataclasses.dataclass
@@ -121,7 +123,7 @@ class EvaluationRun:
 
 def run_job(job: Job) -> Dict[str, Any]:
     """Load, align, register and evaluate one pair; returns a JSON-ready record (never raises)."""
-    from voxelopt.io import read_image
+    from voxelopt.io import read_field, read_image
 
     record: Dict[str, Any] = {"key": job.key(), "pair_id": job.pair.pair_id, "method": job.method.name,
                               "kind": job.method.kind, "settings": job.method.settings,
@@ -142,7 +144,7 @@ def run_job(job: Job) -> Dict[str, Any]:
         moving_labels = read_image(job.pair.moving_labels, "moving labels") if job.pair.moving_labels else None
         if moving_labels is not None:
             moving_labels = shifted(moving_labels, translation)
-        gt = read_image(job.pair.gt_field, "ground-truth field") if job.pair.gt_field else None
+        gt = read_field(job.pair.gt_field) if job.pair.gt_field else None
         if gt is not None:
             gt = relative_to_alignment(gt, translation)
         metrics = {p: evaluate_field(output.field, fixed_labels, moving_labels, p, gt) for p in job.protocols}
@@ -152,7 +154,7 @@ def run_job(job: Job) -> Dict[str, Any]:
     except Exception as error:  # any failure of this pair is reported, the run goes on
         record.update({"status": "failed", "error": f"{type(error).__name__}: {error}",
                        "traceback": traceback.format_exc(limit=8)})
-    return _finite(record)
+    return json_safe(record)
 
 
 def _limit_threads(threads: int) -> None:
@@ -161,16 +163,6 @@ def _limit_threads(threads: int) -> None:
 
         torch.set_num_threads(threads)
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 # ============================================================================ records on disk

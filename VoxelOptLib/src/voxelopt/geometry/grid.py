@@ -93,6 +93,18 @@ class Grid:
             and np.allclose(self.direction, other.direction, atol=tol)
         )
 
+    def corners(self) -> np.ndarray:
+        """(8, 3) physical points (LPS, mm) of the outermost voxel centres."""
+        return np.array([self.point([i, j, k]) for i in (0, self.size[0] - 1) for j in (0, self.size[1] - 1)
+                         for k in (0, self.size[2] - 1)])
+
+    def covers(self, other: "Grid", tol: float = 1e-3) -> bool:
+        """Whether every voxel centre of ``other`` lies in this grid's box (within half a voxel
+        of its outer voxel centres, where ITK's interpolators still take border values; ``tol``
+        in voxels of this grid). The boxes are convex: their corners decide."""
+        index = (other.corners() - np.asarray(self.origin)) @ np.linalg.inv(self.index_to_physical).T
+        return bool(np.all(index >= -0.5 - tol) and np.all(index <= np.asarray(self.size) - 0.5 + tol))
+
     # -------------------------------------------------------------- grids inside this one
     def lattice(self, first: Sequence[float], step: Sequence[float], size: Sequence[int]) -> "Grid":
         """A regular lattice of ``size`` points whose point n sits at this grid's continuous
