@@ -276,9 +276,8 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             except ValueError as error:  # a bad overlay or opacity: say so, keep what is shown
                 self.ui.resultsTextEdit.setPlainText(message_for_gui(error))
             self._shownOverlay = overlay
-        if values.get("autoUpdate") and self._lastRunKey is not None:
-            if self.logic.registrationInputsKey(self._parameterNode) != self._lastRunKey:
-                self._autoTimer.start()
+        if self.logic.autoUpdateDue(self._parameterNode, self._lastRunKey):
+            self._autoTimer.start()
 
     def updateApplyButton(self) -> None:
         node = self._parameterNode
@@ -360,6 +359,8 @@ class VoxelOptRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             values = parameters.get_values(self._parameterNode)
             self._shownOverlay = (values["overlay"], values["overlayOpacity"])
             self.ui.resultsTextEdit.setPlainText(run.summary())
+            if self.logic.autoUpdateDue(self._parameterNode, self._lastRunKey):
+                self._autoTimer.start()  # changed while the engine ran (those changes started no run)
         except Exception as error:
             if type(error).__name__ == "RegistrationCancelled":
                 self.ui.resultsTextEdit.setPlainText(_("Cancelled: the scene is unchanged."))

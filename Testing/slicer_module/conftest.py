@@ -23,15 +23,13 @@ for _path in (HERE, MODULE_DIR, ENGINE_DIR):
 # Offscreen rendering through EGL (no X display); see docs in Testing/slicer/test_rendering.py.
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
-import slicer  # noqa: E402  (real slicer-core; the tests must fail if it is missing)
+import slicer  # noqa: E402,F401  (real slicer-core; the tests must fail if it is missing)
 
 
 @pytest.fixture
 def scene():
     """A fresh MRML scene, also set as ``slicer.mrmlScene`` for the ``slicer.util`` helpers."""
-    new_scene = slicer.vtkMRMLScene()
-    previous = getattr(slicer, "mrmlScene", None)
-    slicer.mrmlScene = new_scene
-    yield new_scene
-    new_scene.Clear(1)
-    slicer.mrmlScene = previous
+    from slicer_test_helpers import current_scene
+
+    with current_scene() as new_scene:
+        yield new_scene

@@ -1,6 +1,8 @@
 """Helpers shared by the Slicer-bridge tests (a uniquely named module: ``conftest`` is taken by Testing/)."""
 
+import contextlib
 import os
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +22,22 @@ def engine_available() -> bool:
 requires_engine = pytest.mark.skipif(
     not engine_available() and not os.environ.get("CI"), reason="voxelopt.register (or torch) is not available"
 )
+
+
+@contextlib.contextmanager
+def current_scene() -> Iterator:
+    """A fresh MRML scene, set as ``slicer.mrmlScene`` (for the ``slicer.util`` helpers) while
+    the block runs; cleared and the previous one restored afterwards."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = scene
+    try:
+        yield scene
+    finally:
+        scene.Clear(1)
+        slicer.mrmlScene = previous
 
 
 def add_segment(scene, segmentation_node, array_kji, reference, name):

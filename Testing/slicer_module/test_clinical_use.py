@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 import slicer
-from slicer_test_helpers import requires_engine
+from slicer_test_helpers import current_scene, requires_engine
 from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, parameters, segmentations, phantom_nodes, transforms, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError, message_for_gui
 from VoxelOptRegistrationLib.presets import PresetError, PresetStore
@@ -41,15 +41,12 @@ def labels_of(segmentation, reference):
 @pytest.fixture(scope="module")
 def registered():
     """One registration with segmentations (moving volume left under the transform), read-only users."""
-    scene = slicer.vtkMRMLScene()
-    previous = getattr(slicer, "mrmlScene", None)
-    slicer.mrmlScene = scene
-    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
-    logic = RegistrationLogic(scene)
-    run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), nodes["fixed_segmentation"], nodes["moving_segmentation"])
-    yield {"scene": scene, "nodes": nodes, "logic": logic, "run": run}
-    scene.Clear(1)
-    slicer.mrmlScene = previous
+    with current_scene() as scene:
+        nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+        logic = RegistrationLogic(scene)
+        run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), nodes["fixed_segmentation"],
+                            nodes["moving_segmentation"])
+        yield {"scene": scene, "nodes": nodes, "logic": logic, "run": run}
 
 
 def test_apply_twice_with_segmentations_gives_identical_dice(scene):

@@ -225,6 +225,52 @@ def test_registration_key_ignores_display_parameters(scene):
     assert logic.registrationInputsKey(node) != key_initial
 
 
+def test_registration_key_follows_every_edit_of_segments_and_geometry(scene):
+    """Edits that change the result change the auto-update key: a segment renamed (matching by
+    name) or recoloured (the warped segmentation's colours), a segment's voxels erased in place
+    (marked Modified, as the Segment Editor does) or replaced by SetBinaryLabelmapToSegment, and
+    a volume's spacing, origin or axes."""
+    from vtkmodules.util import numpy_support
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(10, 9, 8), with_segmentations=True)
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    for name, role in (("fixedVolume", "fixed"), ("movingVolume", "moving"), ("fixedSegmentation", "fixed_segmentation"),
+                       ("movingSegmentation", "moving_segmentation")):
+        parameters.set_node(node, name, nodes[role])
+    fixed_segments = nodes["fixed_segmentation"].GetSegmentation()
+    moving_segments = nodes["moving_segmentation"].GetSegmentation()
+    labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+
+    def erase_in_place():
+        layer = fixed_segments.GetNthSegment(1).GetRepresentation(labelmap)
+        numpy_support.vtk_to_numpy(layer.GetPointData().GetScalars())[:] = 0
+        layer.Modified()
+
+    def erase_by_segmentations_logic():
+        segment_id = moving_segments.GetNthSegmentID(2)
+        empty = slicer.vtkOrientedImageData()
+        empty.DeepCopy(moving_segments.GetSegment(segment_id).GetRepresentation(labelmap))
+        numpy_support.vtk_to_numpy(empty.GetPointData().GetScalars())[:] = 0
+        assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            empty, nodes["moving_segmentation"], segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+    edits = {
+        "rename": lambda: fixed_segments.GetNthSegment(0).SetName("milz"),
+        "recolour": lambda: moving_segments.GetNthSegment(0).SetColor(0.0, 1.0, 0.0),
+        "erase in place": erase_in_place,
+        "SetBinaryLabelmapToSegment": erase_by_segmentations_logic,
+        "spacing": lambda: nodes["fixed"].SetSpacing(*(np.array(nodes["fixed"].GetSpacing()) * 1.1)),
+        "origin": lambda: nodes["moving"].SetOrigin(*(np.array(nodes["moving"].GetOrigin()) + [10.0, 0.0, 0.0])),
+        "axes": lambda: nodes["moving"].SetIJKToRASDirections(1, 0, 0, 0, 1, 0, 0, 0, 1),
+    }
+    for name, edit in edits.items():
+        key = logic.registrationInputsKey(node)
+        assert logic.registrationInputsKey(node) == key  # nothing changed: same key
+        edit()
+        assert logic.registrationInputsKey(node) != key, name
+
+
 def test_parameter_node_survives_saving_and_reloading_the_scene(scene, tmp_path):
     nodes = phantom_nodes.add_phantom_volumes(scene, size=(14, 12, 10), with_segmentations=True)
     logic = RegistrationLogic(scene)

@@ -207,6 +207,26 @@ def test_module_file_defines_slicer_classes_and_imports_no_torch_at_top_level():
                 assert name.split(".")[0] != "voxelopt" or name in LIGHT_ENGINE_MODULES, f"{relative}: imports {name}"
 
 
+def test_the_widget_asks_for_an_automatic_rerun_after_each_run():
+    """A change made while the engine runs starts no run (the widget is busy): once the results are
+    written, the widget asks the logic again whether an automatic re-run is due (the decision,
+    ``RegistrationLogic.autoUpdateDue``, is tested on slicer-core in test_scene_integrity.py), as it
+    does on every parameter change, and starts the auto-update timer."""
+    path = os.path.join(MODULE_DIR, "VoxelOptRegistration.py")
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+
+    def calls(method):
+        return sorted((node.lineno, ast.unparse(node.func)) for node in ast.walk(methods[method]) if isinstance(node, ast.Call))
+
+    poll = calls("onPollWorker")
+    applied = [line for line, name in poll if name == "self.logic.applyParameterNode"]
+    due = [line for line, name in poll if name == "self.logic.autoUpdateDue"]
+    timer = [line for line, name in poll if name == "self._autoTimer.start"]
+    assert applied and due and timer and applied[0] < due[0] < timer[0]
+    assert "self.logic.autoUpdateDue" in [name for _, name in calls("onParameterNodeModified")]
+
+
 def test_bridge_does_not_import_torch():
     import subprocess
     import sys

@@ -41,6 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import slicer
+import vtk
 
 from . import colors, dependencies, parameters, views
 from .errors import InputNodeError
@@ -111,7 +112,10 @@ class RegistrationRequest:
 
     ``labelNames``/``labelColors``: segment name and colour per label of the label maps;
     ``inputSeconds``: time spent reading the scene; ``inputWarnings``: what about the input nodes
-    may spoil the result (e.g. overlapping segments), reported with the run's warnings.
+    may spoil the result (e.g. overlapping segments), reported with the run's warnings;
+    ``unmatchedSegments``: (names of the fixed segments, names of the moving segments) that have
+    no segment of the same name in the other segmentation (see
+    :func:`.segmentations.unmatched_segments`): they are not scored.
     """
 
     fixedVolume: Any
@@ -124,6 +128,7 @@ class RegistrationRequest:
     labelColors: Dict[int, Tuple[float, float, float]]
     inputSeconds: float
     inputWarnings: List[str] = dataclasses.field(default_factory=list)
+    unmatchedSegments: Tuple[Tuple[str, ...], Tuple[str, ...]] = ((), ())
 
 
 @dataclasses.dataclass
@@ -152,10 +157,14 @@ class RegistrationRun:
         totalSeconds: wall time of the run: reading the scene, the engine and writing the scene
             (time the GUI spent between the steps is not counted).
         config: the engine configuration used (``voxelopt.RegistrationConfig``).
-        createdNodeIDs: IDs of the nodes this run added to the scene.
-        warnings: what about the inputs may have spoiled the result (segments that overlap, see
-            :func:`.segmentations.overlap_warnings`, then ``voxelopt.InputWarning`` messages, e.g.
-            intensities that do not look like CT in HU); shown first by :meth:`summary`.
+        createdNodeIDs: IDs of the nodes this run added to the scene (data nodes; remove them with
+            their display nodes by :meth:`RegistrationLogic.removeRunNodes`).
+        warnings: notes for the user, shown first by :meth:`summary`: what about the inputs may
+            have spoiled the result (segments that overlap, see
+            :func:`.segmentations.overlap_warnings`), a fixed volume taken out of a VoxelOpt
+            transform, ``voxelopt.InputWarning`` messages (e.g. intensities that do not look like
+            CT in HU), the segments the Dice table leaves out or the warp lost (see
+            :func:`.segmentations.unscored_warnings`) and outputs deleted during the run.
     """
 
     transform: Any
@@ -281,17 +290,29 @@ class RegistrationLogic:
     def registrationInputsKey(self, parameterNode) -> Tuple[Any, ...]:
         """A value that changes whenever a parameter or input that affects the registration changes.
 
-        The GUI's "update automatically" re-runs when it differs from the last run's key; display
-        parameters (overlay, opacity) are not part of it. Values are compared as stored (text), so
-        that an unreadable one changes the key too (the run then reports it) instead of failing here.
+        The GUI's "update automatically" re-runs when it differs from the last run's key (see
+        :meth:`autoUpdateDue`); display parameters (overlay, opacity) are not part of it. Values are
+        compared as stored (text), so that an unreadable one changes the key too (the run then
+        reports it) instead of failing here. Input nodes count by their content and geometry (see
+        :func:`_content_key`: modification times and matrices, nothing is read voxel by voxel).
         """
         key = [(p.name, parameterNode.GetParameter(p.name)) for p in parameters.VALUE_PARAMETERS
                if p.name not in parameters.DISPLAY_ONLY]
         for p in parameters.NODE_PARAMETERS:
             if not p.output:
                 referenced = parameterNode.GetNodeReference(p.name)
-                key.append((p.name, referenced.GetID() if referenced else None, _content_mtime(referenced)))
+                key.append((p.name, referenced.GetID() if referenced else None, _content_key(referenced)))
         return tuple(key)
+
+    def autoUpdateDue(self, parameterNode, lastRunKey) -> bool:
+        """Whether "Update automatically" should re-run now: it is ticked, a run succeeded before
+        (``lastRunKey``: its :meth:`registrationInputsKey`, None before any) and a parameter or
+        input changed since. The GUI asks on every parameter change and again after each run, so
+        that a change made while the engine ran (when the GUI does not start another run) is
+        registered once the run is written."""
+        values = parameters.readable_values(parameterNode)
+        return (bool(values.get("autoUpdate")) and lastRunKey is not None
+                and self.registrationInputsKey(parameterNode) != lastRunKey)
 
     # ------------------------------------------------------------------ running
     def getFeatureCache(self):
@@ -386,14 +407,17 @@ class RegistrationLogic:
 
         Args:
             fixedVolume, movingVolume: scalar volume nodes (HU for CT). Their own voxel geometry
-                is used; a parent transform is refused, except a VoxelOpt transform on the moving
-                volume (a previous run's live warp), which is ignored.
+                is used; a parent transform is refused, except a VoxelOpt registration transform
+                that is not itself under a transform (a previous run's live warp): it is ignored,
+                and a fixed volume is taken out of it (see :meth:`apply`). The segmentations,
+                masks and initial transform must not be under any transform.
             config: a ``voxelopt.RegistrationConfig``, a dict of its fields, or None (the default preset, "abdomen").
             fixedSegmentation, movingSegmentation: optional segmentation nodes; segments are matched
                 by name. The moving one gives ``warpedSegmentation``; both give the Dice table. Where
                 matched segments overlap, the one later in the moving segmentation's order keeps the
-                shared voxels; ``run.warnings`` names each segment cut or hidden that way.
-            outputs: existing nodes to overwrite (None fields: new nodes are created).
+                shared voxels; ``run.warnings`` names each segment cut or hidden that way, and the
+                segments the Dice table leaves out (see :func:`.segmentations.unscored_warnings`).
+            outputs: existing nodes of the logic's scene to overwrite (None fields: new nodes are created).
             progress: ``progress(fraction 0-1, message)``, called by the engine between steps.
             cancel: ``cancel() -> bool``; when it returns True the engine stops at the next step and
                 ``voxelopt.RegistrationCancelled`` is raised, the scene left as it was.
@@ -416,9 +440,10 @@ class RegistrationLogic:
 
         Raises:
             InputNodeError: missing/invalid input nodes (NaN, not 3-D, bad geometry, transform, a
-                label map as fixed or moving volume, one volume as both), output nodes that are
-                input nodes or another output too, an output transform that is not a grid
-                transform or is under a transform; a bad ``overlay`` or ``overlayOpacity``.
+                label map as fixed or moving volume, one volume as both), input or output nodes not
+                in the logic's scene (deleted, or of another scene), output nodes that are input
+                nodes or another output too, an output transform that is not a grid transform or
+                is under a transform; a bad ``overlay`` or ``overlayOpacity``.
             MissingDependencyError: torch is not installed.
             voxelopt.InputError, voxelopt.ConfigError: raised by the engine.
             voxelopt.RegistrationCancelled: ``cancel()`` returned True.
@@ -455,24 +480,26 @@ class RegistrationLogic:
         from . import network_weights, segmentations, transforms, volumes
 
         outputs = outputs or RegistrationOutputs()
-        _check_output_classes(outputs)
-        _check_input_volumes(fixedVolume, movingVolume)
-        _check_outputs_are_not_inputs(outputs, {
+        inputs = {
             "fixed volume": fixedVolume, "moving volume": movingVolume, "fixed segmentation": fixedSegmentation,
             "moving segmentation": movingSegmentation, "fixed mask": fixedMask, "moving mask": movingMask,
             "initial transform": initialTransform,
-        })
+        }
+        _check_output_classes(outputs)
+        _check_nodes_in_scene(self.scene, inputs, outputs)
+        _check_input_volumes(fixedVolume, movingVolume)
+        _check_outputs_are_not_inputs(outputs, inputs)
         _check_output_transform_parent(outputs.transform)
         config = _as_config(voxelopt, config)
         fixed_image = self._volumeImage(fixedVolume, "fixed")
         moving_image = self._volumeImage(movingVolume, "moving")
-        volumes.parent_transform_check(fixedVolume, ignore_roles=())
-        volumes.parent_transform_check(movingVolume)
+        volumes.parent_transform_check(fixedVolume, role="fixed volume")  # apply takes it out of a VoxelOpt transform
+        volumes.parent_transform_check(movingVolume, role="moving volume")
         for role, node in (("fixed", fixedSegmentation), ("moving", movingSegmentation)):
             if node is not None:
                 if not node.IsA("vtkMRMLSegmentationNode"):
                     raise InputNodeError(f"{role} segmentation '{node.GetName()}' is a {node.GetClassName()}, not a segmentation")
-                volumes.parent_transform_check(node, ignore_roles=())
+                volumes.parent_transform_check(node, ignore_roles=(), role=f"{role} segmentation")
         if self.cacheSegmentationExports and self._exportCache is None:
             self._exportCache = segmentations.ExportCache()
         export_cache = self._exportCache if self.cacheSegmentationExports else None
@@ -480,14 +507,15 @@ class RegistrationLogic:
         fixed_labels, moving_labels, label_names, label_colors = segmentations.labelmaps_for_registration(
             fixedSegmentation, movingSegmentation, fixedVolume, movingVolume, export_cache, input_warnings
         )
+        unmatched = segmentations.unmatched_segments(fixedSegmentation, movingSegmentation)
         masks = {}
         for role, node, volume in (("fixed", fixedMask, fixedVolume), ("moving", movingMask, movingVolume)):
             if node is not None:
-                volumes.parent_transform_check(node, ignore_roles=())
+                volumes.parent_transform_check(node, ignore_roles=(), role=f"{role} mask")
                 masks[role] = segmentations.mask_for_registration(node, volume, role, export_cache)
         initial = None
         if initialTransform is not None:
-            volumes.parent_transform_check(initialTransform, ignore_roles=())
+            volumes.parent_transform_check(initialTransform, ignore_roles=(), role="initial transform")
             initial = transforms.sitk_transform_from_linear_node(initialTransform)
         config = network_weights.with_weights_directory(config, self.weightsDirectory or network_weights.default_directory())
         downloads = network_weights.check_downloads(config, allowWeightsDownload)
@@ -495,7 +523,7 @@ class RegistrationLogic:
                                      masks.get("fixed"), masks.get("moving"), initial, tuple(downloads), bool(warpedVolume))
         return RegistrationRequest(
             fixedVolume, movingVolume, fixedSegmentation, movingSegmentation, outputs, engine_inputs,
-            label_names, label_colors, time.perf_counter() - start, input_warnings,
+            label_names, label_colors, time.perf_counter() - start, input_warnings, unmatched,
         )
 
     def _volumeImage(self, node, role: str):
@@ -560,7 +588,15 @@ class RegistrationLogic:
     ) -> RegistrationRun:
         """Step 3 (main thread): write the result nodes, all or nothing (see :mod:`.transaction`).
 
-        On any failure, nodes created by the run are removed and overwritten ones restored.
+        On any failure, nodes created by the run are removed and overwritten ones restored. An
+        output node deleted from the scene while the engine ran is not written (nor would it be
+        seen): a new node is created for that output, as when none is given, and
+        ``run.warnings`` says so. A fixed volume under a VoxelOpt transform (a previous result,
+        e.g. after swapping fixed and moving) is taken out of it: the registration used its voxels
+        as stored, and the views then show it so (also said in ``run.warnings``).
+
+        Raises:
+            InputNodeError: the fixed or moving volume was deleted from the scene during the run.
         """
         from .transaction import SceneTransaction
 
@@ -569,8 +605,14 @@ class RegistrationLogic:
         for role, node in (("fixed volume", request.fixedVolume), ("moving volume", request.movingVolume)):
             if node.GetScene() is not self.scene:
                 raise InputNodeError(f"the {role} '{node.GetName()}' was removed from the scene during the registration")
+        chosen = {field: getattr(request.outputs, field) for field in _OUTPUT_PARAMETERS}
+        deleted = {field: node for field, node in chosen.items() if node is not None and node.GetScene() is not self.scene}
+        if deleted:  # new nodes for them
+            request = dataclasses.replace(request, outputs=dataclasses.replace(request.outputs, **dict.fromkeys(deleted)))
         result = computed.result
+        warnings = list(request.inputWarnings)
         with SceneTransaction(self.scene) as writes:
+            warnings += self._takeFixedOutOfVoxelOptTransform(writes, request.fixedVolume)
             transform = self._writeTransform(writes, request, result.field)
             warped, entropy, jacobian = self._writeMaps(writes, request, result)
             warped_segmentation = self._writeWarpedSegmentation(writes, request, result)
@@ -586,13 +628,11 @@ class RegistrationLogic:
         timings = {"slicer_input": request.inputSeconds}
         timings.update({str(k): float(v) for k, v in dict(result.timings).items()})
         timings["slicer_output"] = time.perf_counter() - start
+        written = {"transform": transform, "warpedVolume": warped, "entropyVolume": entropy, "jacobianVolume": jacobian,
+                   "warpedSegmentation": warped_segmentation, "diceTable": dice_table}
+        warnings += list(result.warnings) + _result_warnings(request, result.metrics, deleted, written)
         run = RegistrationRun(
-            transform=transform,
-            warpedVolume=warped,
-            entropyVolume=entropy,
-            jacobianVolume=jacobian,
-            warpedSegmentation=warped_segmentation,
-            diceTable=dice_table,
+            **written,
             metrics=dict(result.metrics),
             dice=dice_by_name,
             timings=timings,
@@ -601,12 +641,25 @@ class RegistrationLogic:
             totalSeconds=request.inputSeconds + computed.seconds + timings["slicer_output"],
             config=result.config,
             createdNodeIDs=[node.GetID() for node in writes.created],
-            warnings=list(request.inputWarnings) + list(result.warnings),
+            warnings=warnings,
         )
         self._lastRun = run
         return run
 
     # ------------------------------------------------------------------ the writes of apply
+    @staticmethod
+    def _takeFixedOutOfVoxelOptTransform(writes: "SceneTransaction", fixed) -> List[str]:
+        """Take the fixed volume out of a VoxelOpt registration transform it sits under (see
+        :meth:`apply`); returns the warning saying so (none when it is not under one)."""
+        from .volumes import ROLE_ATTRIBUTE
+
+        parent = fixed.GetParentTransformNode()
+        if parent is None or parent.GetAttribute(ROLE_ATTRIBUTE) != "transform":
+            return []
+        writes.set_parent_transform(fixed, None)
+        return [f"fixed volume '{fixed.GetName()}' was under '{parent.GetName()}', the transform of an earlier "
+                "VoxelOpt registration; it was taken out of it, as the registration uses the fixed volume as stored"]
+
     def _writeTransform(self, writes: "SceneTransaction", request: "RegistrationRequest", field):
         """The grid transform node (FromParent); a previous moving volume left under it is taken out."""
         moving = request.movingVolume
@@ -669,6 +722,18 @@ class RegistrationLogic:
         return table, {request.labelNames[label]: float(value) for label, value in sorted(dice.items())}
 
     # ------------------------------------------------------------------ using the result
+    def removeRunNodes(self, run: RegistrationRun) -> None:
+        """Remove the nodes ``run`` created (``run.createdNodeIDs``) with their display and storage
+        nodes, e.g. in a batch script once it has saved what it keeps: ``scene.RemoveNode`` alone
+        leaves the display nodes behind. Nodes already removed are skipped; overwritten output
+        nodes (not created by the run) are left."""
+        from .transaction import remove_node
+
+        for node_id in run.createdNodeIDs:
+            node = self.scene.GetNodeByID(node_id)
+            if node is not None:
+                remove_node(self.scene, node)
+
     def createInverseTransform(self, transformNode):
         """A new transform node mapping the moving space to the fixed one's opposite (see :mod:`.warping`)."""
         from . import warping
@@ -741,6 +806,24 @@ def _check_output_classes(outputs: RegistrationOutputs) -> None:
                              f"{' or '.join(parameter.classes)} is needed")
 
 
+def _check_nodes_in_scene(scene, inputs: Mapping[str, Any], outputs: RegistrationOutputs) -> None:
+    """Refuse an input node (``inputs``: {role: node or None}) or an output node that is not in
+    the logic's ``scene``: deleted from it, or a node of another scene (a result written there
+    would not be seen, and the moving volume would be put under a transform its scene lacks)."""
+    for role, node in inputs.items():
+        if node is not None and node.GetScene() is not scene:
+            raise InputNodeError(f"the {role} '{node.GetName()}' is not in the scene (it was deleted, or belongs to "
+                                 f"another scene); choose a {role} of this scene")
+    for field in _OUTPUT_PARAMETERS:
+        node = getattr(outputs, field)
+        if node is not None and node.GetScene() is not scene:
+            raise InputNodeError(
+                f"output {field} '{node.GetName()}' is not in the scene (it was deleted, or belongs to another "
+                f"scene), so the result would not be seen. Choose a node of this scene for output {field}, or leave "
+                "it empty to create a new one"
+            )
+
+
 def _check_input_volumes(fixed_volume, moving_volume) -> None:
     """Refuse a label map volume as the fixed or moving volume, and one volume as both (a missing
     volume is reported by the volume checks of :meth:`RegistrationLogic.prepare`)."""
@@ -793,6 +876,26 @@ def _check_output_transform_parent(transform) -> None:
             f"'{parent.GetName()}' (Data module: drag it to the scene's top level), or leave the output "
             "transform empty to create a new one"
         )
+
+
+def _result_warnings(request: RegistrationRequest, metrics: Mapping[str, Any], deleted: Mapping[str, Any],
+                     written: Mapping[str, Any]) -> List[str]:
+    """The warnings about what a run wrote: with both segmentations, the segments the Dice table
+    leaves out or the warp lost (:func:`.segmentations.unscored_warnings`); then each output
+    deleted during the run (``deleted``: {output field: node}) with the new node now holding it
+    (``written``: {output field: node written, or None})."""
+    warnings = []
+    if request.fixedSegmentation is not None and request.movingSegmentation is not None:
+        from . import segmentations
+
+        warnings += segmentations.unscored_warnings(request.labelNames, request.unmatchedSegments,
+                                                    request.engineInputs.fixed_labels, request.engineInputs.moving_labels,
+                                                    metrics)
+    for field, node in deleted.items():
+        if written[field] is not None:  # e.g. no warped volume asked for: nothing was lost
+            warnings.append(f"output {field} '{node.GetName()}' was deleted during the registration: the result is in "
+                            f"the new node '{written[field].GetName()}'")
+    return warnings
 
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:
@@ -855,14 +958,35 @@ def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[in
     return per_label(metrics.get("dice")), per_label(metrics.get("hd95_mm"))
 
 
-def _content_mtime(node) -> int:
-    """Modification time of a node's content (image data, segmentation or transform), 0 for None."""
+def _content_key(node) -> Tuple[Any, ...]:
+    """What changes with everything of an input node that a run reads, cheaply (no voxel is read).
+
+    * volume: its image data's modification time and its IJK -> RAS matrix (spacing, origin, axes);
+    * segmentation: the segmentation's modification time (segments added, removed), and per
+      segment in order its ID, its modification time (name, colour) and that of its source
+      representation (the voxels of its labelmap layer, edited by the Segment Editor or
+      ``SetBinaryLabelmapToSegment``, or modified in place and marked with ``Modified()``);
+    * transform: its FromParent transform's modification time;
+    * None: ().
+    """
     if node is None:
-        return 0
-    if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
-        return int(node.GetImageData().GetMTime())
+        return ()
+    if node.IsA("vtkMRMLVolumeNode"):
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        image = node.GetImageData()
+        return (image.GetMTime() if image is not None else None,
+                tuple(matrix.GetElement(r, c) for r in range(4) for c in range(4)))
     if node.IsA("vtkMRMLSegmentationNode"):
-        return int(node.GetSegmentation().GetMTime())
+        segmentation = node.GetSegmentation()
+        source = segmentation.GetSourceRepresentationName()
+        segments = []
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            data = segment.GetRepresentation(source)
+            segments.append((segmentation.GetNthSegmentID(index), segment.GetMTime(),
+                             data.GetMTime() if data is not None else None))
+        return (segmentation.GetMTime(), source, tuple(segments))
     if node.IsA("vtkMRMLTransformNode") and node.GetTransformFromParent() is not None:
-        return int(node.GetTransformFromParent().GetMTime())
-    return int(node.GetMTime())
+        return (node.GetTransformFromParent().GetMTime(),)
+    return (node.GetMTime(),)

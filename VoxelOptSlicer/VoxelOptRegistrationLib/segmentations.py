@@ -324,9 +324,12 @@ def _slicer_export(segmentation_node, segment_ids: Sequence[str], reference_volu
         if reference_volume is not None:
             grid = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{role} grid (temporary)")
             set_volume_array(grid, np.zeros(_dimensions_kji(reference_volume), np.uint8), *node_geometry_ras(reference_volume))
+        source = segmentation_node
+        if not segmentation_node.GetSegmentation().IsSourceRepresentationImageData():
+            source = _conversion_copy(segmentation_node, segment_ids, grid)
         labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{role} labels (temporary)")
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node, ids, labelmap, grid
+            source, ids, labelmap, grid
         ):
             raise InputNodeError(f"could not convert {role} segmentation '{segmentation_node.GetName()}' to a label map")
         # labels 1..n in the smallest unsigned type that holds n (Slicer exports short): half the
@@ -334,6 +337,34 @@ def _slicer_export(segmentation_node, segment_ids: Sequence[str], reference_volu
         image = sitk_from_volume_node(labelmap, role=f"{role} segmentation",
                                       pixel_type=LABEL_TYPES[label_dtype(len(segment_ids))])
     return image
+
+
+def _conversion_copy(segmentation_node, segment_ids: Sequence[str], reference_volume):
+    """A temporary segmentation node (removed by the caller's :class:`.volumes.TemporaryNodes`)
+    holding the given segments' source representation (e.g. closed surfaces; shared, not copied),
+    with the conversion's reference geometry set to ``reference_volume``'s grid (None: the
+    segmentation's own conversion parameters).
+
+    Slicer's export of a segmentation whose source is not a binary labelmap first converts it,
+    at the segmentation's reference geometry and into the node itself. Exported from this copy,
+    the conversion makes the voxels of the grid asked for (not Slicer's default geometry, many
+    times slower) and the user's segmentation is left as it was (no representation added).
+    """
+    original = segmentation_node.GetSegmentation()
+    source = original.GetSourceRepresentationName()
+    copy = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                          f"{segmentation_node.GetName()} (temporary)")
+    segmentation = copy.GetSegmentation()
+    segmentation.CopyConversionParameters(original)
+    segmentation.SetSourceRepresentationName(source)
+    for sid in segment_ids:
+        segment = slicer.vtkSegment()
+        segment.SetName(original.GetSegment(sid).GetName())
+        segment.AddRepresentation(source, original.GetSegment(sid).GetRepresentation(source))
+        segmentation.AddSegment(segment, sid)
+    if reference_volume is not None:
+        copy.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    return copy
 
 
 def mask_for_registration(mask_node, volume_node, role: str, cache: Optional[ExportCache] = None) -> sitk.Image:
@@ -440,6 +471,58 @@ def labelmaps_for_registration(
             order = "the moving segmentation's"
         fixed_labels = _export_with_gaps(fixed_segmentation, ordered, fixed_volume, cache, warnings, order)
     return fixed_labels, moving_labels, names, colors
+
+
+def unmatched_segments(fixed_segmentation, moving_segmentation) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(names of the fixed segments, names of the moving segments) with no segment of the same name
+    (see :func:`_key`) in the other segmentation: they are not scored. Both empty unless both
+    segmentations are given."""
+    if fixed_segmentation is None or moving_segmentation is None:
+        return (), ()
+    fixed, moving = segment_names(fixed_segmentation), segment_names(moving_segmentation)
+    fixed_keys, moving_keys = {_key(name) for name in fixed}, {_key(name) for name in moving}
+    return (tuple(name for name in fixed if _key(name) not in moving_keys),
+            tuple(name for name in moving if _key(name) not in fixed_keys))
+
+
+def unscored_warnings(names: Mapping[int, str], unmatched: Tuple[Sequence[str], Sequence[str]],
+                      fixed_labels: sitk.Image, moving_labels: sitk.Image, metrics: Mapping) -> List[str]:
+    """What the Dice table leaves out, and why, as warnings of the run.
+
+    The engine scores the labels present in both label maps (``metrics["labels"]``). A segment is
+    left out when it is only in the fixed or only in the moving segmentation (``unmatched``, see
+    :func:`unmatched_segments`), or when it has no voxel in one of the label maps (an empty
+    segment, one outside its volume, or one that overlapping segments hide; ``names``: {label:
+    segment name}). Scored segments that the warp lost (``metrics["labels_lost"]``: no voxel in
+    the warped segmentation, Dice 0) get a warning of their own.
+    """
+    from voxelopt import voxels
+
+    fixed_only, moving_only = unmatched
+    moving_only_keys = {_key(name) for name in moving_only}
+    scored = {int(label) for label in metrics.get("labels", ())}
+    reasons = [f"'{name}' is only in the fixed segmentation" for name in fixed_only]
+    for label, name in sorted(names.items()):
+        if label in scored:
+            continue
+        if _key(name) in moving_only_keys:
+            reasons.append(f"'{name}' is only in the moving segmentation (warped, not scored)")
+            continue
+        empty = [role for role, labels in (("fixed", fixed_labels), ("moving", moving_labels))
+                 if not np.any(voxels.view(labels) == label)]
+        reasons.append(f"'{name}' has no voxel in the {' and '.join(empty)} segmentation{'s' if len(empty) > 1 else ''}"
+                       if empty else f"'{name}' is not scored")
+    messages = []
+    if reasons:
+        messages.append("the Dice table scores the segments present in both segmentations (matched by name), so it "
+                        f"leaves out {len(reasons)}: " + "; ".join(reasons) + ". A segment has no voxel when it is empty, "
+                        "lies outside its volume or is hidden by overlapping segments")
+    lost = [names.get(int(label), f"Label {label}") for label in metrics.get("labels_lost", ())]
+    if lost:
+        messages.append(f"segment{'s' if len(lost) > 1 else ''} {', '.join(repr(name) for name in lost)} "
+                        f"{'are' if len(lost) > 1 else 'is'} lost by the warp: no voxel in the warped segmentation "
+                        "(Dice 0)")
+    return messages
 
 
 def _export_and_warn(segmentation_node, segment_ids: Sequence[str], reference_volume, role: str,

@@ -133,7 +133,14 @@ class SceneTransaction:
                 self._saved.append((display, _copy_of(display)))
 
     def set_parent_transform(self, node, transform_node) -> None:
-        """Put ``node`` under ``transform_node`` (None: under no transform), undone by a rollback."""
+        """Put ``node`` under ``transform_node`` (None: under no transform), undone by a rollback.
+
+        Raises RuntimeError for a transform node not in the scene: the node would be parented to
+        an ID that its scene does not resolve, or resolves to another node.
+        """
+        if transform_node is not None and transform_node.GetScene() is not self.scene:
+            raise RuntimeError(f"transform '{transform_node.GetName()}' is not in the scene: '{node.GetName()}' "
+                               "cannot be put under it")
         self._parents.append((node, node.GetTransformNodeID()))
         node.SetAndObserveTransformNodeID(transform_node.GetID() if transform_node is not None else None)
 
@@ -144,9 +151,19 @@ class SceneTransaction:
         for node, copy in reversed(self._saved):
             copy.restore(node)
         for node in reversed(self.created):
-            displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] if node.IsA("vtkMRMLDisplayableNode") else []
-            self.scene.RemoveNode(node)
-            for display in displays:
-                if display is not None and display.GetScene() is not None:
-                    self.scene.RemoveNode(display)
+            remove_node(self.scene, node)
         self.created.clear()
+
+
+def remove_node(scene, node) -> None:
+    """Remove ``node`` from ``scene`` with its display and storage nodes: MRML's ``RemoveNode``
+    (in desktop Slicer too) leaves them in the scene; Slicer's Data module removes them itself."""
+    helpers = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)

@@ -58,24 +58,49 @@ def _node_label(node) -> str:
     return f"{'volume' if node.IsA('vtkMRMLVolumeNode') else 'node'} '{node.GetName()}'"
 
 
-def parent_transform_check(node, ignore_roles: Iterable[str] = ("transform",)) -> None:
-    """Raise :class:`InputNodeError` when ``node`` sits under a transform the registration would ignore.
+def parent_transform_check(node, ignore_roles: Iterable[str] = ("transform",), role: str = "") -> None:
+    """Raise :class:`InputNodeError` when ``node`` sits under a transform VoxelOpt would ignore.
 
-    The engine registers the voxels with the volume's own geometry. A parent transform made by a
-    previous VoxelOpt run (attribute ``VoxelOpt.Role`` in ``ignore_roles``) is expected on the moving
-    volume and is ignored; any other transform must be hardened or removed first, or the result
-    would not match what the user sees.
+    VoxelOpt reads a node's data as stored (a volume's own voxels and geometry), never through its
+    parent transform. A transform made by a VoxelOpt run (attribute ``VoxelOpt.Role`` in
+    ``ignore_roles``, e.g. the live warp of a previous run's moving volume) is ignored, unless it
+    sits under a transform itself (that one would be ignored silently). Any other parent is
+    refused; the message for a parent that is a VoxelOpt output says to take the node out of it,
+    never to harden it: hardening would resample the node through a previous result and bias
+    the next registration. ``role`` (e.g. "moving segmentation") names the node in the message.
     """
     parent = node.GetParentTransformNode()
     if parent is None:
         return
-    if parent.GetAttribute(ROLE_ATTRIBUTE) in tuple(ignore_roles):
-        return
+    label = f"{role} '{node.GetName()}'" if role else _node_label(node)
+    voxelopt_role = parent.GetAttribute(ROLE_ATTRIBUTE)
+    if voxelopt_role in tuple(ignore_roles):
+        above = parent.GetParentTransformNode()
+        if above is None:
+            return
+        raise InputNodeError(
+            f"{label} is under VoxelOpt transform '{parent.GetName()}', which is under transform "
+            f"'{above.GetName()}'. VoxelOpt reads the {_data_word(node)} as stored, so '{above.GetName()}' would be "
+            f"ignored: take '{parent.GetName()}' out of '{above.GetName()}' (Data module: drag it to the scene's "
+            "top level), then run again."
+        )
+    if voxelopt_role is not None:
+        raise InputNodeError(
+            f"{label} is under '{parent.GetName()}', a transform made by VoxelOpt. VoxelOpt reads the "
+            f"{_data_word(node)} as stored: take it out of that transform (Data module: drag it to the scene's top "
+            "level), then run again. Do not harden the transform: that would resample it through the previous "
+            "result and bias the registration."
+        )
     raise InputNodeError(
-        f"{_node_label(node)} is under transform '{parent.GetName()}'. VoxelOpt registers the volume's "
-        "own voxels: harden the transform (Data module: right-click > Harden transform) or remove it, "
-        "then run again."
+        f"{label} is under transform '{parent.GetName()}'. VoxelOpt reads the {_data_word(node)} as stored, "
+        "without the transform: harden the transform (Data module: right-click > Harden transform) or "
+        "remove it, then run again."
     )
+
+
+def _data_word(node) -> str:
+    """How a message names a node's data: "voxels" for volumes and segmentations, else "data"."""
+    return "voxels" if node.IsA("vtkMRMLVolumeNode") or node.IsA("vtkMRMLSegmentationNode") else "data"
 
 
 def validate_volume_node(node, role: str = "input", check_values: bool = True) -> None:

@@ -7,20 +7,24 @@ segmentations placed under the node. So:
 
 * :func:`warp_nodes` copies nodes of the *moving* space (volumes, segmentations, markups, models)
   into the *fixed* space: volumes and segmentations (as label maps, nearest neighbour) are
-  resampled onto the fixed grid through the FromParent field, like the engine's warped outputs;
-  markups and models are hardened through the ToParent side.
+  resampled onto the fixed grid through the FromParent field, like the engine's warped outputs
+  (outside the moving volume: its minimum, 0 for labels); markups and models are hardened
+  through the ToParent side. The copies are new nodes with no storage node of their own yet
+  (saving the scene gives them one): they never write over the original's file.
 * :func:`create_inverse_transform` makes the opposite transform node (FromParent: moving -> fixed),
   which shows the fixed volume, or moves fixed-space markups, in the moving space.
 """
 
 from typing import List, Sequence
 
+import vtk
+
 import slicer
 
 from .errors import InputNodeError
 from .segmentations import segment_labels, update_segmentation_from_labels
 from .transforms import INTERPOLATION_ATTRIBUTE, set_registration_references
-from .volumes import ROLE_ATTRIBUTE, TemporaryNodes, add_volume_node_from_sitk, sitk_from_volume_node
+from .volumes import ROLE_ATTRIBUTE, TemporaryNodes, add_volume_node_from_sitk, parent_transform_check, sitk_from_volume_node
 
 #: Classes :func:`warp_nodes` accepts.
 WARPABLE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsNode", "vtkMRMLModelNode")
@@ -58,41 +62,68 @@ def warp_nodes(transform_node, nodes: Sequence, fixed_volume) -> List:
 
     Args:
         transform_node: a VoxelOpt registration transform node.
-        nodes: scalar volumes, segmentations, markups or models of the moving space, not under
-            any transform (they are left unchanged).
+        nodes: scalar volumes, segmentations, markups or models of the moving space (they are left
+            unchanged). Their data is warped as stored: a node under a VoxelOpt registration
+            transform (e.g. the moving volume, shown warped live after Apply) is warped from its
+            own voxels or points, not through that transform; any other parent transform is refused.
         fixed_volume: the fixed volume; warped volumes are resampled onto its grid (linear).
 
     Returns:
-        The new nodes, in the order of ``nodes``.
+        The new nodes, in the order of ``nodes``; none has a storage node (see the module doc).
 
     Raises:
-        InputNodeError: an unsupported node, or a node under a transform; no node is created then.
+        InputNodeError: an unsupported node, or a node under another transform (see
+            :func:`.volumes.parent_transform_check`); no node is created then.
     """
     _grid_of(transform_node)
     for node in nodes:
         if not any(node.IsA(c) for c in WARPABLE_CLASSES):
             raise InputNodeError(f"'{node.GetName()}' is a {node.GetClassName()}; VoxelOpt warps {', '.join(WARPABLE_CLASSES)}")
-        if node.GetParentTransformNode() is not None:
-            raise InputNodeError(f"'{node.GetName()}' is under transform '{node.GetParentTransformNode().GetName()}'; harden or remove it first")
+        parent_transform_check(node)
     return [_warp_one(transform_node, node, fixed_volume) for node in nodes]
 
 
-def _resample(volume_node, transform_node, fixed_volume):
-    """``volume_node`` resampled through the transform onto the fixed grid (a new node; nearest for label maps)."""
-    volume_node.SetAndObserveTransformNodeID(transform_node.GetID())
-    try:
-        return slicer.vtkSlicerVolumesLogic.ResampleVolumeToReferenceVolume(volume_node, fixed_volume)
-    finally:
-        volume_node.SetAndObserveTransformNodeID(None)
+def _resample(volume_node, transform_node, fixed_volume, name: str):
+    """A new volume node (of ``volume_node``'s class) holding ``volume_node``'s stored voxels (its
+    parent transform is not applied) resampled onto the fixed grid through the registration's
+    field, as the engine warps: trilinear with the volume's minimum outside it (air for CT); label
+    maps nearest neighbour with 0 outside. The node is made and resliced as by Slicer's
+    ``ResampleVolumeToReferenceVolume``, which fills with 0 and would apply the parent transform."""
+    labels = volume_node.IsA("vtkMRMLLabelMapVolumeNode")
+    image = volume_node.GetImageData()
+    fixed_ijk_to_ras, moving_ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    fixed_volume.GetIJKToRASMatrix(fixed_ijk_to_ras)
+    volume_node.GetRASToIJKMatrix(moving_ras_to_ijk)
+    fixed_to_moving_ijk = vtk.vtkGeneralTransform()
+    fixed_to_moving_ijk.PostMultiply()  # applied in the order concatenated
+    fixed_to_moving_ijk.Concatenate(fixed_ijk_to_ras)
+    fixed_to_moving_ijk.Concatenate(transform_node.GetTransformFromParent())  # fixed -> moving points
+    fixed_to_moving_ijk.Concatenate(moving_ras_to_ijk)
+    reslice = vtk.vtkImageReslice()
+    reslice.SetInputData(image)
+    reslice.SetResliceTransform(fixed_to_moving_ijk)
+    reslice.SetOutputOrigin(0, 0, 0)
+    reslice.SetOutputSpacing(1, 1, 1)
+    i, j, k = fixed_volume.GetImageData().GetDimensions()
+    reslice.SetOutputExtent(0, i - 1, 0, j - 1, 0, k - 1)
+    if labels:
+        reslice.SetInterpolationModeToNearestNeighbor()
+    else:
+        reslice.SetInterpolationModeToLinear()
+    reslice.SetBackgroundLevel(0.0 if labels else image.GetScalarRange()[0])
+    reslice.Update()
+    # a copy of the node with a copy of its display node (window, colours), no storage node, no voxels
+    warped = slicer.vtkSlicerVolumesLogic.CloneVolumeWithoutImageData(volume_node.GetScene(), volume_node, name)
+    warped.CopyOrientation(fixed_volume)
+    warped.SetAndObserveImageData(reslice.GetOutput())
+    return warped
 
 
 def _warp_one(transform_node, node, fixed_volume):
     scene = node.GetScene()
     name = scene.GenerateUniqueName(f"{node.GetName()} warped")
     if node.IsA("vtkMRMLScalarVolumeNode"):
-        warped = _resample(node, transform_node, fixed_volume)
-        warped.SetName(name)
-        return warped
+        return _resample(node, transform_node, fixed_volume, name)
     if node.IsA("vtkMRMLSegmentationNode"):
         return _warp_segmentation(transform_node, node, fixed_volume, name)
     warped = scene.AddNewNodeByClass(node.GetClassName(), name)
@@ -100,6 +131,7 @@ def _warp_one(transform_node, node, fixed_volume):
     warped.SetName(name)
     warped.RemoveAllDisplayNodeIDs()  # Copy shares the original's display nodes: give the copy its own
     warped.CreateDefaultDisplayNodes()
+    warped.SetAndObserveStorageNodeID(None)  # and its storage node: saving would write the copy into the original's file
     warped.SetAndObserveTransformNodeID(transform_node.GetID())
     warped.HardenTransform()
     return warped
@@ -107,10 +139,16 @@ def _warp_one(transform_node, node, fixed_volume):
 
 def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: str):
     scene = segmentation_node.GetScene()
-    labels, names, colors = segment_labels(segmentation_node)
+    parent_id = segmentation_node.GetTransformNodeID()
+    segmentation_node.SetAndObserveTransformNodeID(None)  # exported as stored, not through its (VoxelOpt) parent
+    try:
+        labels, names, colors = segment_labels(segmentation_node)
+    finally:
+        segmentation_node.SetAndObserveTransformNodeID(parent_id)
     with TemporaryNodes(scene):
         labelmap = add_volume_node_from_sitk(scene, labels, "labels (temporary)", "vtkMRMLLabelMapVolumeNode")
-        warped_labels = sitk_from_volume_node(_resample(labelmap, transform_node, fixed_volume), "warped segmentation")
+        warped_labels = sitk_from_volume_node(_resample(labelmap, transform_node, fixed_volume, "warped (temporary)"),
+                                              "warped segmentation")
     warped = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     warped.CreateDefaultDisplayNodes()
     update_segmentation_from_labels(warped, warped_labels, names, colors, fixed_volume)
