@@ -86,7 +86,7 @@ def padding_slabs(array: np.ndarray) -> np.ndarray:
     return kept == 0
 
 
-def test_padding_slabs_are_border_planes_of_the_minimum_only():
+def test_padding_slabs_are_constant_border_planes_only():
     array = np.full((12, 8, 9), 40.0, dtype=np.float32)
     array[:, 2:5, 3] = -1024.0  # air inside the scan: not a slab
     array[:3] = -1024.0
@@ -99,6 +99,14 @@ def test_padding_slabs_are_border_planes_of_the_minimum_only():
     expected[:, :, 8] = True
     assert np.array_equal(slabs, expected)
     assert not padding_slabs(np.zeros((4, 4, 4))).any()
+    # the padding value need not be the minimum: air noise or -3024 outside the reconstruction
+    # circle lie below it inside the scan (one such voxel used to hide every slab)
+    array[5, 4, 4] = -1025.0
+    array[7, 0, 0] = -3024.0
+    assert np.array_equal(padding_slabs(array), expected)
+    array[11, 0, 0] = 0.0  # a border plane holding two values is scanned, and so is what it covers
+    scanned = ~padding_slabs(array)
+    assert scanned[10:, :, :8].all() and not scanned[:3].any() and not scanned[:, :, 8].any()
 
 
 @pytest.mark.parametrize("oblique", [False, True])

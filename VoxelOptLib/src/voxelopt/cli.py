@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a field or warped labels against fixed labels")
     p.add_argument("--fixed-labels", required=True, help="fixed label map")
-    p.add_argument("--field", help="displacement field (image or .h5 transform) on the fixed grid")
+    p.add_argument("--field", help="displacement field (image or .h5 transform; LPS mm, warped(x) = moving(x + field(x))) as register writes it, on its own grid or the fixed grid; it must cover the fixed labels' box")
     p.add_argument("--moving-labels", required=True,
                    help="moving label map: warped through --field; the labels scored are those present in it and in "
                         "the fixed labels; the 'initial' scores are of this map as it lies (no transform), whereas "

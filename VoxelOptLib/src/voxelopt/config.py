@@ -274,8 +274,8 @@ class RegistrationConfig:
         exclusive_minimum=True, maximum=1.0,
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     padding_mask: bool = _param(True, Parameter(
-        bool, "leave each image's unscanned voxels out of the cost: outside its grid, and border slabs of its "
-        "minimum value that pad a thin scan", "solver"))
+        bool, "leave each image's unscanned voxels out of the cost: outside its grid, and border slabs of one "
+        "constant value (e.g. -1024) that pad a thin scan", "solver"))
     search_fraction: float = _param(0.25, Parameter(
         float, "cap each level's search radius along an axis at this fraction of the fixed image's scanned extent "
         "along it, so thin or partial fields of view are not searched beyond their size (0: only k)", "solver",

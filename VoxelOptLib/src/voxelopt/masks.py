@@ -5,9 +5,11 @@ the solver's cost, 0 = they carry no information there (see :mod:`voxelopt.solve
 sources are multiplied:
 
 * the *scanned region* of the image (``RegistrationConfig.padding_mask``): inside the image's
-  grid and outside its *padding slabs*, i.e. whole planes (along any axis) holding nothing but
-  the image's minimum value that reach the grid border, the air a thin scan is padded with to
-  fill a taller grid. Slabs inside the scan are kept (they are anatomy, or real air);
+  grid and outside its *padding slabs*, i.e. runs of whole planes (along any axis) from the grid
+  border inward that each hold one value only, the value of the border plane: the constant a
+  thin scan is padded with to fill a taller grid (typically -1024 HU; it need not be the
+  image's minimum: scanners store air noise below it, or -3024 outside the reconstruction
+  circle). Constant planes inside the scan are kept (they are anatomy, or real air);
 * an optional user mask (a label map on the image's grid, nonzero = use), e.g. to leave out a
   tumour, metal or the table.
 
@@ -23,7 +25,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .extent import nonzero_extent
 from .geometry import Grid, check_image, resample_image
 from .io import ImageLike, as_image
 from . import voxels
@@ -35,11 +36,31 @@ if TYPE_CHECKING:  # torch is needed by working_mask only; the user-mask checks 
 def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     """The scanned region of an image array: per array axis (z, y, x), the first and last index
     of the planes that are not padding (see the module docstring); the whole axis when the array
-    is constant (nothing is scanned, or everything is)."""
-    extent = nonzero_extent(array > array.min())
-    if extent is None:
-        return tuple((0, n - 1) for n in array.shape)
-    return tuple((int(first), int(last)) for first, last in zip(*extent))
+    is constant (nothing is scanned, or everything is). Reads the padding planes and one plane
+    more per side, not the whole array."""
+    whole = tuple((0, n - 1) for n in array.shape)
+    if array.size == 0 or _padding_planes(array, 0, range(array.shape[0])) == array.shape[0]:
+        return whole  # every plane holds the one value: a constant array
+    box = []
+    for axis, n in enumerate(array.shape):
+        first = _padding_planes(array, axis, range(n))
+        last = n - 1 - _padding_planes(array, axis, range(n - 1, -1, -1))
+        box.append((first, last))
+    return tuple(box)
+
+
+def _padding_planes(array: np.ndarray, axis: int, order: range) -> int:
+    """How many planes along ``axis``, taken in ``order`` from a border, hold only the first one's
+    single value (0 when the border plane itself holds two values or more)."""
+    value, count = None, 0
+    for index in order:
+        plane = np.take(array, index, axis=axis)
+        if value is None:
+            value = plane.flat[0]
+        if not bool((plane == value).all()):
+            break
+        count += 1
+    return count
 
 
 def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[np.ndarray]:
