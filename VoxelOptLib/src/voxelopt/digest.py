@@ -1,4 +1,5 @@
-"""Content digests of images, the keys of everything cached between registrations (no torch)."""
+"""Content digests of images, the keys of everything cached between registrations, and of files
+(no torch)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ def array_digest(array: np.ndarray, header: str = "") -> str:
     h.update(header.encode())
     h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()
+
+
+def file_digest(path, hasher: "hashlib._Hash", chunk_bytes: int = 1 << 22) -> str:
+    """The hex digest of a file's bytes by ``hasher`` (a new ``hashlib`` object, e.g.
+    ``hashlib.sha256()``), read in chunks of ``chunk_bytes``."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_bytes), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def image_digest(image: sitk.Image) -> str:

@@ -38,29 +38,23 @@ def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     of the planes that are not padding (see the module docstring); the whole axis when the array
     is constant (nothing is scanned, or everything is). Reads the padding planes and one plane
     more per side, not the whole array."""
-    whole = tuple((0, n - 1) for n in array.shape)
-    if array.size == 0 or _padding_planes(array, 0, range(array.shape[0])) == array.shape[0]:
-        return whole  # every plane holds the one value: a constant array
     box = []
     for axis, n in enumerate(array.shape):
         first = _padding_planes(array, axis, range(n))
-        last = n - 1 - _padding_planes(array, axis, range(n - 1, -1, -1))
-        box.append((first, last))
+        if first == n:  # every plane holds the one value: a constant array
+            return tuple((0, m - 1) for m in array.shape)
+        box.append((first, n - 1 - _padding_planes(array, axis, range(n - 1, -1, -1))))
     return tuple(box)
 
 
 def _padding_planes(array: np.ndarray, axis: int, order: range) -> int:
-    """How many planes along ``axis``, taken in ``order`` from a border, hold only the first one's
-    single value (0 when the border plane itself holds two values or more)."""
-    value, count = None, 0
-    for index in order:
-        plane = np.take(array, index, axis=axis)
-        if value is None:
-            value = plane.flat[0]
-        if not bool((plane == value).all()):
-            break
-        count += 1
-    return count
+    """How many planes along ``axis``, taken in ``order`` from a border, hold only the border
+    voxel's value (0 when the border plane itself holds two values or more)."""
+    value = np.take(array, order[0], axis=axis).flat[0]
+    for count, index in enumerate(order):
+        if not bool((np.take(array, index, axis=axis) == value).all()):
+            return count
+    return len(order)
 
 
 def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[np.ndarray]:

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from voxelopt.digest import file_digest
 from voxelopt.errors import InputError
 
 PAIR_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels")
@@ -74,11 +75,7 @@ def content_digest(path: str) -> str:
         stat = file.stat()
         memo = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
         if memo not in _DIGESTS:
-            one = hashlib.blake2b(digest_size=16)
-            with open(file, "rb") as stream:
-                for block in iter(lambda: stream.read(1 << 22), b""):
-                    one.update(block)
-            _DIGESTS[memo] = one.hexdigest()
+            _DIGESTS[memo] = file_digest(file, hashlib.blake2b(digest_size=16))
         h.update(file.name.encode() + b"\0" + _DIGESTS[memo].encode())
     return h.hexdigest()
 

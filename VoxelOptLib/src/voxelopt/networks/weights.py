@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
+from ..digest import file_digest
 from ..errors import InputError
 
 ENV_WEIGHTS_DIR = "VOXELOPT_WEIGHTS_DIR"
@@ -78,13 +79,9 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE_DIR.expanduser()
 
 
-def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
+def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, hashlib.sha256())
 
 
 def _known_by_hash(digest: str) -> Optional[WeightsInfo]:
