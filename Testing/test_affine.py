@@ -138,6 +138,18 @@ def test_the_estimate_is_reproducible_and_leaves_the_thread_setting(phantom_case
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
 
 
+@pytest.mark.parametrize("fixed_order, moving_order", [("RAS", "LPS"), ("PLS", "SAR"), ("LPS", "RAI")])
+def test_the_estimate_does_not_depend_on_the_storage_order(phantom_case, fixed_order, moving_order):
+    """The same physical images stored flipped or with permuted axes give the same transform (the
+    metric's regular samples and the box shrink follow the storage order unless the stage
+    reorders the voxels: without it the estimates differed by up to 0.46-0.55 mm here)."""
+    fixed, moving, _ = phantom_case
+    reference = estimate_affine(fixed, moving)
+    estimate = estimate_affine(sitk.DICOMOrient(fixed, fixed_order), sitk.DICOMOrient(moving, moving_order))
+    mean, worst = point_errors(estimate, reference, fixed)
+    assert worst < 1e-3, (mean, worst)
+
+
 def test_an_initial_transform_is_the_starting_point(phantom_case):
     fixed, moving, truth = phantom_case
     # a moving image with a placeholder origin 300 mm away: the initial transform carries it

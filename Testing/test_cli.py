@@ -530,3 +530,23 @@ def test_folders_without_exactly_one_dicom_series_are_refused(files, tmp_path, c
     sorted(gap.iterdir())[7].unlink()  # a slice missing
     code, _, stderr = run(["register", gap, moving, "--out-dir", tmp_path / "c", *FAST], capsys)
     assert code == 2 and "has unevenly spaced slices" in stderr and not (tmp_path / "c").exists()
+
+
+def test_help_shows_defaults_as_they_are_typed(capsys):
+    """A two-value option's default is shown as two words (it takes two), a list's with commas."""
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "--hu-window LOW_HU HIGH_HU intensity window" in text and "default: -800 500" in text
+    assert "default: 50,5,0.5" in text and "-800,500" not in text
+
+
+def test_a_dicom_series_with_a_gap_gives_only_the_error_line(files, tmp_path, capfd):
+    """The gap is found from the slice positions before ITK reads the series, so ITK's own
+    warning about non-uniform sampling (written to the process's standard error) never comes."""
+    gap = write_dicom_series(sitk.ReadImage(str(files["fixed"])), tmp_path / "gap")
+    sorted(gap.iterdir())[7].unlink()
+    capfd.readouterr()
+    code = main(["register", str(gap), str(files["moving"]), "--out-dir", str(tmp_path / "c"), *FAST])
+    err = capfd.readouterr().err
+    assert code == 2 and err.startswith("error: fixed image DICOM series") and len(err.splitlines()) == 1, err

@@ -341,7 +341,7 @@ def test_images_marked_constant_are_digested_once_for_all_registrations(pair, mo
 
 
 def test_an_affine_stage_failing_in_the_background_is_reported(pair):
-    flat = sitk.Image(pair.moving.GetSize(), sitk.sitkFloat32) + 40.0
+    flat = sitk.Image(pair.moving.GetSize(), sitk.sitkFloat32) - 40.0
     flat.CopyInformation(pair.moving)
     with pytest.raises(InputError, match="moving image is uniform"):
         register(pair.fixed, flat, SMALL.replace(init="affine"))
@@ -800,6 +800,19 @@ def test_images_not_in_hounsfield_units_are_reported(pair):
         warnings.simplefilter("error", InputWarning)  # none for CT in HU, or a window set to the values
         assert register(pair.fixed, pair.moving, SMALL).warnings == []
         assert register(*raw, SMALL.replace(hu_window=(224.0, 1524.0))).warnings == []
+
+
+def test_a_pair_in_different_intensity_units_is_refused(pair):
+    """One image in HU, the other stored without its rescale intercept (no voxel below 0): one
+    window cannot serve both, so the pair is refused, naming the odd image and the way out; a
+    window that starts at or above 0 (the user's choice for such data) lets it through."""
+    raw = sitk.Cast(pair.moving + 1024.0, sitk.sitkUInt16)
+    with pytest.raises(InputError, match=r"the moving image has no voxel below 0 \(lowest \d+, .*\) while the fixed "
+                                         r"image is in Hounsfield units \(lowest -1000\).*- 1024"):
+        register(pair.fixed, raw, SMALL)
+    with pytest.raises(InputError, match="the fixed image has no voxel below 0"):
+        register(raw, pair.fixed, SMALL)
+    assert register(pair.fixed, raw, SMALL.replace(hu_window=(0.0, 1524.0))).warnings == []
 
 
 @pytest.mark.parametrize("geometry, message", [

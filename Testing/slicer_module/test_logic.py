@@ -14,6 +14,7 @@ from slicer_test_helpers import current_scene, requires_engine
 from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, parameters, phantom_nodes, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError
 from voxelopt.phantom import LABEL_NAMES
+from voxelopt import InputError
 
 pytestmark = requires_engine
 
@@ -299,14 +300,22 @@ def test_volume_copies_are_reused_until_their_voxels_change(scene, monkeypatch):
 
 
 def test_input_warnings_head_the_run_summary(scene):
-    """A volume that does not look like CT in HU (no voxel below 0) is registered, and the run's
-    summary (the module's results box) starts with the engine's warning about it."""
+    """Volumes that do not look like CT in HU (no voxel below 0) are registered, and the run's
+    summary (the module's results box) starts with the engine's warnings about them; one such
+    volume against one in HU is refused with the engine's message, and no output node is made."""
     nodes = phantom_nodes.add_phantom_volumes(scene)
-    raw = volumes.array_from_volume_node(nodes["moving"]) + 1100.0
-    volumes.set_volume_array(nodes["moving"], raw, *volumes.node_geometry_ras(nodes["moving"]))
+    hu_fixed = volumes.array_from_volume_node(nodes["fixed"])
+    for name in ("fixed", "moving"):
+        raw = volumes.array_from_volume_node(nodes[name]) + 1100.0
+        volumes.set_volume_array(nodes[name], raw, *volumes.node_geometry_ras(nodes[name]))
     with pytest.warns(UserWarning, match="moving image: no voxel below 0"):
         run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
-    assert len(run.warnings) == 1 and run.summary().startswith("Warning: moving image: no voxel below 0")
+    assert len(run.warnings) == 2 and run.summary().startswith("Warning: fixed image: no voxel below 0")
+    volumes.set_volume_array(nodes["fixed"], hu_fixed, *volumes.node_geometry_ras(nodes["fixed"]))
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(InputError, match="the moving image has no voxel below 0 .* different units"):
+        RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(), showResult=False)
+    assert scene.GetNumberOfNodes() == before
 
 
 def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, monkeypatch):

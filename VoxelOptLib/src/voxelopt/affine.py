@@ -198,10 +198,17 @@ def _windowed_and_shrunk(image: sitk.Image, window: Tuple[float, float]) -> sitk
     registration's coarse level needs them): an axis is shrunk less where it would have fewer,
     and one that has fewer even unshrunk is padded with air (0, outside the scanned region, so
     the metric never samples it). A slab of 6 mm (3 slices of 2 mm) is aligned instead of
-    failing in ITK's smoothing filter."""
+    failing in ITK's smoothing filter.
+
+    The small image does not depend on the order the voxels are stored in: the image is put in
+    LPS storage order first (:func:`_in_lps_storage`), so the same image stored RAS or with its
+    axes swapped gives the same small image, the same metric samples and the same estimate.
+    (The pixel type does matter a little: BinShrink rounds an integer image's means to whole HU,
+    and the mutual-information optimum moves with such small changes of the input.)"""
     low, high = (float(v) for v in window)
     if not high > low:
         raise InputError(f"the HU window must have low < high, got {window}")
+    image = _in_lps_storage(image)
     factors = [max(1, min(int(round(ANALYSIS_SPACING_MM / s)), n // _MIN_AXIS_VOXELS))
                for s, n in zip(image.GetSpacing(), image.GetSize())]
     # Windowing is a clip followed by a linear map, and the linear map commutes with averaging: so
@@ -215,6 +222,15 @@ def _windowed_and_shrunk(image: sitk.Image, window: Tuple[float, float]) -> sitk
     if any(missing):
         small = sitk.ConstantPad(small, [m // 2 for m in missing], [m - m // 2 for m in missing], 0.0)
     return small
+
+
+def _in_lps_storage(image: sitk.Image) -> sitk.Image:
+    """``image`` with its voxels stored in LPS order (array axes flipped and permuted so that the
+    index axes point as near as possible to L, P and S; :func:`sitk.DICOMOrient`): the same
+    physical image stored in another order (RAS, axes swapped) then gives the same shrunk image
+    and the same metric samples, so the same estimate. Itself when it is stored so already."""
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    return image if orientation == "LPS" else sitk.DICOMOrient(image, "LPS")
 
 
 def _scanned_region(windowed: sitk.Image) -> sitk.Image:

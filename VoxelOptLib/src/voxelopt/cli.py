@@ -51,13 +51,14 @@ def _option_help(spec: Parameter) -> str:
     """The help of a schema parameter: meaning, range, when it applies, preset values."""
     parts = [spec.description()]
     values = [("default", spec.default)] + [(name, value) for name, value in spec.presets.items()]
-    parts.append(", ".join(f"{name}: {_value_text(value)}" for name, value in values))
+    parts.append(", ".join(f"{name}: {_value_text(value, spec.shape)}" for name, value in values))
     return "; ".join(parts).replace("%", "%%")
 
 
-def _value_text(value: Any) -> str:
+def _value_text(value: Any, shape: str = "scalar") -> str:
+    """A value as it is typed on the command line: a pair as two words, a list with commas."""
     if isinstance(value, (tuple, list)):
-        return ",".join(f"{v:g}" for v in value)
+        return (" " if shape == "pair" else ",").join(f"{v:g}" for v in value)
     return "none" if value is None else str(value)
 
 

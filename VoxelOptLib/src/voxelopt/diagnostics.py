@@ -49,8 +49,8 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     results: Dict[str, Dict[str, object]] = {}
     for name in feature_types:
         extractor = make_extractor(config.replace(features=name))
-        fixed_features = working_features(prepared, "fixed", extractor, device)
-        moving_features = working_features(prepared, "moving", extractor, device)
+        fixed_features = working_features(prepared, "fixed", extractor, device, padding_mask=config.padding_mask)
+        moving_features = working_features(prepared, "moving", extractor, device, padding_mask=config.padding_mask)
         entropy = displacement_entropy(cost_volume(moving_features, fixed_features, offsets), config.beta).cpu().numpy()
         values = entropy[mask]
         density, edges = np.histogram(values, bins=BINS, range=(0.0, top), density=True)

@@ -129,29 +129,32 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
         listing = "; ".join(f"{uid} ({len(names)} files{_series_description(names[0])})" for uid, names in files.items())
         raise InputError(f"{what} folder {folder} holds {len(series)} DICOM series: {listing}; "
                          "put the series to register in a folder of its own")
+    names = files[series[0]]
+    if len(names) < 2:
+        raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
+    steps = _slice_steps(names)  # before reading: ITK would read a gap as evenly spaced, with a warning only
+    if steps is not None and np.ptp(steps) > max(0.01 * float(np.median(steps)), 1e-3):
+        raise InputError(f"{what} DICOM series in {folder} has unevenly spaced slices ({float(steps.min()):g} to "
+                         f"{float(steps.max()):g} mm apart: a slice missing, or a varying spacing), so it is no "
+                         "regular grid; complete it or resample it onto one first")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[series[0]])
+    reader.SetFileNames(names)
     try:
         image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"cannot read {what} DICOM series in {folder}: {itk_message(error)}") from None
     if image.GetDimension() == 3 and image.GetSize()[2] < 2:
         raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
-    steps = _slice_steps(files[series[0]], image)
-    if steps is not None and np.ptp(steps) > max(0.01 * float(np.median(steps)), 1e-3):
-        raise InputError(f"{what} DICOM series in {folder} has unevenly spaced slices ({float(steps.min()):g} to "
-                         f"{float(steps.max()):g} mm apart: a slice missing, or a varying spacing), so it is no "
-                         "regular grid; complete it or resample it onto one first")
     return image
 
 
-def _slice_steps(file_names: Sequence[str], image: sitk.Image) -> Optional[np.ndarray]:
+def _slice_steps(file_names: Sequence[str]) -> Optional[np.ndarray]:
     """The distances (mm) between successive slices of a DICOM series (files in position order)
-    along the normal of ``image``'s slices, from each file's Image Position (Patient); None when
-    a file has no position. ITK reads a series with a missing slice as evenly spaced (a
+    along the normal of the first file's slice, from each file's Image Position (Patient); None
+    when a file has no position. ITK reads a series with a missing slice as evenly spaced (a
     warning on standard error only): the positions tell. 0.3 ms per file."""
     reader = sitk.ImageFileReader()
-    positions = []
+    positions, normal = [], None
     for name in file_names:
         reader.SetFileName(name)
         try:
@@ -159,9 +162,10 @@ def _slice_steps(file_names: Sequence[str], image: sitk.Image) -> Optional[np.nd
             positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
         except (RuntimeError, ValueError):
             return None
-    if len(positions) < 3:
+        if normal is None and reader.GetDimension() == 3:  # a slice read as a 3-D image of one plane
+            normal = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    if len(positions) < 3 or normal is None:
         return None
-    normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     return np.abs(np.diff(np.asarray(positions) @ normal))
 
 

@@ -150,8 +150,7 @@ def register(
         checked = check_inputs(fixed, moving, config, fixed_mask, moving_mask)
         fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
-        notes = [note for image, what in ((checked.fixed, "fixed image"), (checked.moving, "moving image"))
-                 for note in intensity_warnings(image, what, config.hu_window)]
+        notes = intensity_warnings(checked.fixed, checked.moving, config.hu_window)
         for note in notes:
             warnings.warn(note, InputWarning, stacklevel=2)
         # The affine stage (SimpleITK on one thread, which releases the GIL) runs in the background
@@ -175,7 +174,8 @@ def register(
 
     report(0.0, "features")
     with timer.stage("features_fixed"), one_core_left(device.type == "cpu" and alignment.running() and not extractor.heavy):
-        fixed_features = working_features(checked, "fixed", extractor, device, cache, digest)
+        fixed_features = working_features(checked, "fixed", extractor, device, cache, digest,
+                                          config.padding_mask)
     check_cancel()
     with timer.stage("alignment"):  # the rest of the initial alignment, if it is still running
         if alignment.running():
@@ -186,7 +186,8 @@ def register(
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):
-        moving_features = working_features(prepared, "moving", extractor, device, cache, digest)
+        moving_features = working_features(prepared, "moving", extractor, device, cache, digest,
+                                           config.padding_mask)
     check_cancel()
     report(_FEATURES_DONE, "features done")
 

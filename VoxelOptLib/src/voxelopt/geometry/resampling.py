@@ -40,18 +40,21 @@ def resample_image(
     interpolator: int = sitk.sitkLinear,
     default: float = 0.0,
     pixel_type: Optional[int] = None,
+    extrapolate: bool = False,
 ) -> sitk.Image:
     """``image`` resampled onto ``grid``, optionally through the 4x4 ``alignment`` (see the module).
 
-    Returns ``image`` itself when the grids are identical, there is no alignment and the pixel
-    type (default: the image's) is unchanged.
+    Points outside the image get ``default``, or with ``extrapolate`` the value of the image's
+    nearest voxel (its border planes repeated outward). Returns ``image`` itself when the grids
+    are identical, there is no alignment and the pixel type (default: the image's) is unchanged.
     """
     pixel_type = image.GetPixelID() if pixel_type is None else pixel_type
     identity = alignment is None or np.allclose(alignment, np.eye(4))
     if identity and pixel_type == image.GetPixelID() and Grid.from_image(image).same_as(grid):
         return image
     transform = sitk.Transform() if identity else affine_transform(alignment)
-    return sitk.Resample(image, grid.reference_image(), transform, interpolator, float(default), pixel_type)
+    return sitk.Resample(image, grid.reference_image(), transform, interpolator, float(default), pixel_type,
+                         bool(extrapolate))
 
 
 def overlap_fraction(fixed_grid: Grid, moving: sitk.Image, alignment: Optional[np.ndarray] = None) -> float:
