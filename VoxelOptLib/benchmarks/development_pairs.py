@@ -9,6 +9,8 @@
 * ``add_pair_arguments`` / ``development_pairs``: a protocol's WORK_DIR, ``--shared`` and
   ``--pseudo-pairs``, and the pairs they give;
 * ``chosen_names``: the comma-separated candidates or variants of a protocol's command line;
+* ``preset_protocol_arguments`` / ``preset_config``: the command line of a protocol over the
+  presets, and a preset's configuration with the network weights of ``../shared``;
 * ``machine_line``: the processor, its vector extensions, the cores and the load, printed with
   every table of timings (the hosts of one machine type differ: OBELISK's convolutions took 5.0 s
   per image on one without AVX-512 and 2.2 s on one with it, the rest of a registration the same).
@@ -59,6 +61,26 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("work_dir", type=Path)
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--pseudo-pairs", default="1-2,3-4,5-6", help="fixed-moving BTCV subjects")
+
+
+def preset_protocol_arguments(description: str) -> Tuple[argparse.Namespace, List[str]]:
+    """The parsed command line of a protocol that runs presets on the development pairs: the
+    pair arguments and ``--presets`` (comma-separated, default all four), and the preset names."""
+    from voxelopt.config import PRESETS
+
+    parser = argparse.ArgumentParser(description=description)
+    add_pair_arguments(parser)
+    parser.add_argument("--presets", default="abdomen,fast,paper,accurate")
+    args = parser.parse_args()
+    return args, chosen_names(parser, args.presets, PRESETS, "preset")
+
+
+def preset_config(preset: str, shared: Path):
+    """The preset's ``RegistrationConfig``, a network preset reading its weights from ``SHARED/models``."""
+    from voxelopt import RegistrationConfig
+
+    config = RegistrationConfig.preset(preset)
+    return config.replace(weights=str(shared / "models")) if config.applies("weights") else config
 
 
 def development_pairs(args: argparse.Namespace) -> List[Pair]:

@@ -34,16 +34,14 @@ the fix beside it.
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import add_pair_arguments, chosen_names, development_pairs, machine_line
-from voxelopt import RegistrationConfig, register
-from voxelopt.config import PRESETS
+from development_pairs import development_pairs, machine_line, preset_config, preset_protocol_arguments
+from voxelopt import register
 
 #: Distance (mm) from the cut within which a true partner counts as "at the edge".
 EDGE_MM = 10.0
@@ -90,11 +88,7 @@ def distances(found: np.ndarray, reference: np.ndarray, moving: sitk.Image, part
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_pair_arguments(parser)
-    parser.add_argument("--presets", default="abdomen,fast,paper,accurate")
-    args = parser.parse_args()
-    presets = chosen_names(parser, args.presets, PRESETS, "preset")
+    args, presets = preset_protocol_arguments(__doc__.splitlines()[0])
     print(machine_line())
     print(f"Each cell: Dice before -> after; moved mm near the cut (< {EDGE_MM:g} mm) / farther in; on Adef <- A "
           "also the error against the true field, near the cut (mean z error) / farther in.")
@@ -114,9 +108,7 @@ def main() -> int:
             image, labels = cut(moving, moving_lab, part)
             cells = []
             for preset in presets:
-                config = RegistrationConfig.preset(preset)
-                if config.applies("weights"):
-                    config = config.replace(weights=str(args.shared / "models"))
+                config = preset_config(preset, args.shared)
                 if part != "whole" and preset not in whole:
                     cells.append("no whole result")
                     continue

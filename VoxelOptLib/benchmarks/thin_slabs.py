@@ -19,16 +19,14 @@ Written before it ran (2026-12-07); the README's *Accuracy* section has its last
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Dict, List
 
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import add_pair_arguments, chosen_names, development_pairs
-from voxelopt import RegistrationConfig, register
-from voxelopt.config import PRESETS
+from development_pairs import development_pairs, preset_config, preset_protocol_arguments
+from voxelopt import register
 from voxelopt.extent import nonzero_extent
 
 #: Slab thicknesses (mm along the fixed image's z axis).
@@ -50,11 +48,7 @@ def slab(image: sitk.Image, labels: sitk.Image, centre: float, thickness_mm: flo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_pair_arguments(parser)
-    parser.add_argument("--presets", default="abdomen,fast,paper,accurate")
-    args = parser.parse_args()
-    presets = chosen_names(parser, args.presets, PRESETS, "preset")
+    args, presets = preset_protocol_arguments(__doc__.splitlines()[0])
     pairs = [p for p in development_pairs(args) if not p[0].startswith("real B")]  # B is thin already
 
     print("| pair | slab | " + " | ".join(presets) + " |")
@@ -69,9 +63,7 @@ def main() -> int:
                 where = f"{thickness:g} mm at {centre:g}"
                 cells = []
                 for preset in presets:
-                    config = RegistrationConfig.preset(preset)
-                    if config.applies("weights"):
-                        config = config.replace(weights=str(args.shared / "models"))
+                    config = preset_config(preset, args.shared)
                     try:
                         m = register(image, moving, config, labels, moving_lab).metrics
                     except Exception as error:  # noqa: BLE001 - a protocol records every failure
