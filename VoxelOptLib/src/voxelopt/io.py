@@ -129,9 +129,7 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
         listing = "; ".join(f"{uid} ({len(names)} files{_series_description(names[0])})" for uid, names in files.items())
         raise InputError(f"{what} folder {folder} holds {len(series)} DICOM series: {listing}; "
                          "put the series to register in a folder of its own")
-    names = files[series[0]]
-    if len(names) < 2:
-        raise InputError(f"{what} DICOM series in {folder} has a single slice; a 3-D series is needed")
+    names = files[series[0]]  # one file may hold every slice (a multi-frame object): checked once read
     steps = _slice_steps(names)  # before reading: ITK would read a gap as evenly spaced, with a warning only
     if steps is not None and np.ptp(steps) > max(0.01 * float(np.median(steps)), 1e-3):
         raise InputError(f"{what} DICOM series in {folder} has unevenly spaced slices ({float(steps.min()):g} to "
