@@ -68,23 +68,36 @@ def mapped(transform: sitk.Transform, points) -> np.ndarray:
     return np.array([transform.TransformPoint(p) for p in points])
 
 
-def distances(found: np.ndarray, reference: np.ndarray, moving: sitk.Image, part: str, signed: bool = False) -> str:
+def distances(found: np.ndarray, reference: np.ndarray, moving: sitk.Image, part: str) -> Tuple[float, float, float]:
     """Mean |found - reference| (mm) at the points whose ``reference`` lies in the (cut) moving
-    scan: ``near (z ...) / farther in`` for a cut, ``all`` for the whole image."""
+    scan, as (near the cut, mean z difference near the cut, farther in); NaN where no point is.
+    For the whole image every such point is "farther in"."""
     low = moving.TransformIndexToPhysicalPoint((0, 0, 0))[2]
     high = moving.TransformIndexToPhysicalPoint((0, 0, moving.GetSize()[2] - 1))[2]
     low, high = min(low, high), max(low, high)
     z = reference[:, 2]
     inside = (z >= low) & (z <= high)
-    error = np.linalg.norm(found - reference, axis=1)
     if part == "whole":
-        return f"{error[inside].mean():.2f}"
-    depth = z - low if part == "upper" else high - z  # from the cut: the upper half's lower end, the lower's upper end
+        depth = np.full(z.shape, np.inf)
+    else:  # from the cut: the upper half's lower end, the lower half's upper end
+        depth = z - low if part == "upper" else high - z
     near, inner = inside & (depth < EDGE_MM), inside & (depth >= EDGE_MM)
-    text = f"{error[near].mean():.2f}" if near.any() else "-"
-    if signed and near.any():
-        text += f" (z {(found - reference)[near, 2].mean():+.2f})"
-    return text + (f" / {error[inner].mean():.2f}" if inner.any() else " / -")
+    error = np.linalg.norm(found - reference, axis=1)
+
+    def mean(values: np.ndarray) -> float:
+        return float(values.mean()) if values.size else float("nan")
+
+    return mean(error[near]), mean((found - reference)[near, 2]), mean(error[inner])
+
+
+def distance_text(near: float, near_z: float, inner: float, part: str, signed: bool = False) -> str:
+    """``near (z ...) / farther in`` for a cut (``-`` where no point is), the one mean for the whole image."""
+    if part == "whole":
+        return f"{inner:.2f}"
+    text = "-" if math.isnan(near) else f"{near:.2f}"
+    if signed and not math.isnan(near):
+        text += f" (z {near_z:+.2f})"
+    return text + (" / -" if math.isnan(inner) else f" / {inner:.2f}")
 
 
 def main() -> int:
@@ -126,14 +139,14 @@ def main() -> int:
                     whole[preset] = found
                 else:
                     moved = distances(found, whole[preset], image, part)
-                    cell += f"; moved {moved}"
-                    summary[preset]["moved"].append(float(moved.split()[0]) if moved[0] != "-" else float("nan"))
+                    cell += f"; moved {distance_text(*moved, part)}"
+                    summary[preset]["moved"].append(moved[0])
                     if not math.isnan(before):
                         summary[preset]["gain"].append(100 * (after - before))
                         if after < before:
                             summary[preset]["lost"].append(f"{name}, {part}: {before:.3f} -> {after:.3f}")
                 if truth is not None:
-                    cell += f"; error {distances(found, truth, image, part, signed=True)}"
+                    cell += f"; error {distance_text(*distances(found, truth, image, part), part, signed=True)}"
                 cells.append(cell)
             print(f"| {name} | {part} | " + " | ".join(cells) + " |", flush=True)
     print()

@@ -48,7 +48,8 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
     continued = bool(padding_mask)
 
     def compute() -> torch.Tensor:
-        default = float(voxels.view(image).min())
+        # the fill value for points outside the image: unused when it is continued (no pass over its voxels then)
+        default = 0.0 if continued else float(voxels.view(image).min())
         on_grid = resample_image(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32,
                                  extrapolate=continued)
         return extractor.extract_resized(on_grid, device, working_grid.shape)
