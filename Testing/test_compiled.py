@@ -59,24 +59,51 @@ def test_the_kernel_warps_as_simpleitk_on_an_oblique_anisotropic_pair(flip_field
     assert np.mean(warped != expected) < 1e-3 and np.abs(warped.astype(int) - expected).max() <= (0 if nearest else 1)
 
 
-@pytest.mark.parametrize("nearest", [False, True])
-def test_the_kernel_keeps_itks_rules_at_the_image_border_and_on_a_single_slice(nearest):
-    """Points on the last voxel, within half a voxel outside (the border value) and beyond (the
-    default), along every axis, one of them a single slice: the kernel's clamping and flat
-    indices against SimpleITK's resampling (no field: the points are the fixed grid's)."""
-    rng = np.random.default_rng(11)
-    moving = make_image(rng.integers(-1000, 1000, (1, 4, 5)).astype(np.int16), (1.0, 1.2, 0.9), (0.0, 0.0, 0.0))
-    # fixed points every 0.29 moving voxels from 1.13 voxels before the first to beyond the last
+def border_case(values: np.ndarray):
+    """A one-slice moving image of ``values`` (1, 4, 5) and the fixed grid and zero field of the
+    border test: fixed points every 0.29 moving voxels from 1.13 voxels before the first to
+    beyond the last, along every axis."""
+    moving = make_image(values, (1.0, 1.2, 0.9), (0.0, 0.0, 0.0))
     fixed_grid = Grid((24, 20, 8), (0.29 * 0.9, 0.29 * 1.2, 0.29 * 1.0), (-1.13 * 0.9, -1.13 * 1.2, -1.13),
                       tuple(np.eye(3).ravel()))
     field_grid = fixed_grid.with_spacing(2.0)
     zero = field_grid.apply_to(sitk.GetImageFromArray(np.zeros(field_grid.shape + (3,), np.float32), isVector=True))
-    field = GridField.from_image(zero, torch.device("cpu"))
+    return moving, fixed_grid, GridField.from_image(zero, torch.device("cpu"))
+
+
+def compiled_warp(moving, fixed_grid, field, nearest, default):
+    return sitk.GetArrayFromImage(warp_images_streamed([moving], field, fixed_grid, [nearest], [default], None, None,
+                                                       "compiled")[0])
+
+
+@pytest.mark.parametrize("nearest", [False, True])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_the_kernel_keeps_itks_rules_at_the_image_border_and_on_a_single_slice(nearest, dtype):
+    """Points on the last voxel, within half a voxel outside (the border value) and beyond (the
+    default), along every axis, one of them a single slice: the kernel's clamping and flat
+    indices against SimpleITK's resampling (no field: the points are the fixed grid's)."""
+    rng = np.random.default_rng(11)
+    moving, fixed_grid, field = border_case(rng.integers(-1000, 1000, (1, 4, 5)).astype(dtype))
     expected = sitk.GetArrayFromImage(warp_image_itk(moving, field, fixed_grid, nearest, -2000.0, None, None))
-    warped = sitk.GetArrayFromImage(warp_images_streamed([moving], field, fixed_grid, [nearest], [-2000.0], None, None,
-                                                         "compiled")[0])
+    warped = compiled_warp(moving, fixed_grid, field, nearest, -2000.0)
     assert 0.2 < np.mean(expected == -2000) < 0.9 and len(np.unique(expected)) > 20  # outside and inside
-    assert np.array_equal(warped, expected)
+    assert warped.dtype == dtype and np.array_equal(warped, expected)
+
+
+@pytest.mark.parametrize("dtype, base", [(np.int32, 2**26), (np.float64, 2**40)])
+def test_the_kernel_reads_wide_pixel_types_exactly(dtype, base):
+    """The kernel reads 32-bit integer and float64 voxels in float64 (float32 would round values
+    beyond 2^24): moving every voxel by ``base`` moves every interpolated value inside the image
+    by ``base`` (exactly for int32; to float64's rounding at 2^40, 2^-12, where float32 reads
+    would be 2^16 off)."""
+    rng = np.random.default_rng(11)
+    values = rng.integers(-1000, 1000, (1, 4, 5))
+    small = compiled_warp(*border_case(values.astype(dtype)), False, -2000.0)
+    large = compiled_warp(*border_case((values + base).astype(dtype)), False, -2000.0)
+    inside = small != -2000
+    assert 0.1 < inside.mean() < 0.8 and large.dtype == dtype
+    assert np.abs((large[inside] - dtype(base)).astype(np.float64) - small[inside]).max() <= (0 if dtype == np.int32 else 1e-3)
+    assert np.all(large[~inside] == -2000)
 
 
 def test_auto_takes_the_kernel_only_when_loading_it_pays(monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 
 @numba.njit(nogil=True, cache=True)
 def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_moving, offset,
-              start_z, start_y, start_x, out, default, nearest, integer, low, high,
+              start_z, start_y, start_x, out, default, nearest, integer, low, high, read_type,
               row_start, row_stop):  # pragma: no cover - compiled; tested through voxelopt.compiled
     """Warp rows ``row_start .. row_stop - 1`` of ``out`` (z, y, x; rows are its flattened (z, y)),
     whose voxel (0, 0, 0) is the fixed-grid voxel (``start_z``, ``start_y``, ``start_x``);
@@ -19,13 +19,20 @@ def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_m
     ``q = to_moving @ (i, j, k) + offset + e``; ``source`` (Z, Y, X) at ``q`` with ITK's rules
     (see :func:`voxelopt.compiled.warp_slab`).
 
-    Each row in three passes over buffers of its length: the moving indices; which voxels each
-    point reads (a flat index into ``source``, for trilinear the steps to the upper corner along
-    each axis and the weights), branch-free, which the compiler vectorises; the reads. The flat
-    indices and steps are unsigned, so that the reads carry no negative-index wraparound (numba
-    adds one to every signed index). A 512x512x600 CT warp on 2 threads: 0.88-0.89 s, its labels
-    (nearest, whole grid) 0.41-0.42 s, against 1.25 s and 0.71 s in one pass and 1.00-1.02 s and
-    0.46 s with signed indices.
+    Each row in passes over buffers of its length: the moving indices; which voxels each point
+    reads (a flat index into ``source``, for trilinear the steps to the upper corner along each
+    axis and the weights), branch-free, which the compiler vectorises; the reads; for trilinear,
+    the interpolation, branch-free again. The reads go into buffers of ``read_type``'s type (a
+    0-length array; float32 holds every value of a 16-bit or float32 image exactly, float64 the
+    others), and every point reads its corners, those outside the image too (their indices are
+    clamped to it), so that no pass has a branch per point. The flat indices and steps are
+    unsigned, so that the reads carry no negative-index wraparound (numba adds one to every
+    signed index). A 512x512x600 int16 warp with a random field (``docs/performance_log.md``,
+    2026-12-07): 0.69-0.70 s on 2 threads, 1.34-1.36 s on one,
+    against 0.77 s and 1.52-1.53 s when each point was read and interpolated in one pass with a
+    branch for the points outside; its labels (nearest, whole grid) 0.41-0.42 s on 2 threads.
+    With the whole trilinear warp in one pass per point it took 1.25 s on 2 threads, with signed
+    indices 15 % more.
     """
     size_x, size_y, size_z = source.shape[2], source.shape[1], source.shape[0]
     flat = source.reshape(-1)
@@ -38,6 +45,7 @@ def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_m
     column = np.arange(start_x, start_x + nx).astype(np.float64)
     qi, qj, qk = np.empty(nx), np.empty(nx), np.empty(nx)  # moving indices, then the trilinear weights
     inside = np.empty(nx, np.bool_)  # within half a voxel of the image
+    reads = np.empty((8, nx), read_type.dtype)  # the eight voxels each point reads (trilinear)
     corner = np.empty(nx, np.uint64)  # flat index of the voxel read (nearest) or of the lower corner
     # the flat steps from the lower to the upper corner along x, y and z (0 on the image's last voxel)
     step_x, step_y, step_z = np.empty(nx, np.uint64), np.empty(nx, np.uint64), np.empty(nx, np.uint64)
@@ -90,27 +98,35 @@ def warp_rows(source, e, x_lo, x_hi, x_w, y_lo, y_hi, y_w, z_lo, z_hi, z_w, to_m
             step_x[x] = one if pi < last_x else zero
             step_y[x] = row_step if pj < last_y else zero
             step_z[x] = plane_step if pk < last_z else zero
-        for x in range(nx):  # pass 3: the reads
-            if not inside[x]:
-                out_row[x] = default
-                continue
+        for x in range(nx):  # pass 3: the reads (clamped indices: every point reads inside the image)
             p, di, dj, dk = corner[x], step_x[x], step_y[x], step_z[x]
-            ui, uj, uk = qi[x], qj[x], qk[x]
-            a = np.float64(flat[p])
-            c00 = a + ui * (np.float64(flat[p + di]) - a)
-            a = np.float64(flat[p + dj])
-            c01 = a + ui * (np.float64(flat[p + dj + di]) - a)
+            reads[0, x] = flat[p]
+            reads[1, x] = flat[p + di]
+            reads[2, x] = flat[p + dj]
+            reads[3, x] = flat[p + dj + di]
             p += dk
-            a = np.float64(flat[p])
-            c10 = a + ui * (np.float64(flat[p + di]) - a)
-            a = np.float64(flat[p + dj])
-            c11 = a + ui * (np.float64(flat[p + dj + di]) - a)
+            reads[4, x] = flat[p]
+            reads[5, x] = flat[p + di]
+            reads[6, x] = flat[p + dj]
+            reads[7, x] = flat[p + dj + di]
+        v000, v100, v010, v110 = reads[0], reads[1], reads[2], reads[3]
+        v001, v101, v011, v111 = reads[4], reads[5], reads[6], reads[7]
+        for x in range(nx):  # pass 4: trilinear in float64, branch-free
+            ui, uj, uk = qi[x], qj[x], qk[x]
+            a = np.float64(v000[x])
+            c00 = a + ui * (np.float64(v100[x]) - a)
+            a = np.float64(v010[x])
+            c01 = a + ui * (np.float64(v110[x]) - a)
+            a = np.float64(v001[x])
+            c10 = a + ui * (np.float64(v101[x]) - a)
+            a = np.float64(v011[x])
+            c11 = a + ui * (np.float64(v111[x]) - a)
             c0 = c00 + uj * (c01 - c00)
             c1 = c10 + uj * (c11 - c10)
             value = c0 + uk * (c1 - c0)
             if integer:
                 value = min(max(np.rint(value), low), high)
-            out_row[x] = value
+            out_row[x] = value if inside[x] else default
 
 
 # ------------------------------------------------------------------ surface voxels
