@@ -239,6 +239,36 @@ def test_read_initial_transform_errors(tmp_path):
     sitk.WriteTransform(sitk.Euler2DTransform(), str(tmp_path / "flat.tfm"))
     with pytest.raises(InputError, match="2-D"):
         read_initial_transform(tmp_path / "flat.tfm")
+    image = sitk.Image([4, 4, 4], sitk.sitkInt16)
+    sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
+    with pytest.raises(InputError, match=r"image.nii.gz: not an ITK transform file \(.tfm, .txt, .h5, .hdf5 or .mat\)$"):
+        read_initial_transform(tmp_path / "image.nii.gz")
+
+
+@pytest.mark.parametrize("matrix, message", [
+    ([0.0] * 9, "is singular"),
+    ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1e-9], "is singular"),
+    ([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], "mirrors space .* RAS and LPS"),
+    ([10.0, 0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 10.0], r"scales by 10 to 10 along some direction, beyond the 0.333 to 3"),
+    ([1.0, 0.0, 0.0, 0.0, np.nan, 0.0, 0.0, 0.0, 1.0], "holds infinite or NaN values"),
+])
+def test_initial_transforms_that_cannot_align_anatomy_are_refused(tmp_path, phantom_case, matrix, message):
+    """A singular, mirroring or wildly scaling user transform (its file, or the transform itself
+    given to the affine stage) is refused with the reason: through it the registration folds
+    every voxel or fails later with a message about something else; a plausible one passes."""
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(matrix)
+    transform.SetTranslation((191.0, 159.0, 47.0))
+    if np.isfinite(matrix).all():
+        sitk.WriteTransform(transform, str(tmp_path / "initial.tfm"))
+        with pytest.raises(InputError, match=f"the initial transform .*initial.tfm {message}"):
+            read_initial_transform(tmp_path / "initial.tfm")
+    fixed, moving, _ = phantom_case
+    with pytest.raises(InputError, match=f"the initial transform {message}"):
+        estimate_affine(fixed, moving, initial=transform)
+    transform.SetMatrix([1.2, 0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 1.1])  # scaled and sheared, within any anatomy
+    sitk.WriteTransform(transform, str(tmp_path / "plausible.tfm"))
+    assert np.allclose(read_initial_transform(tmp_path / "plausible.tfm").GetMatrix(), transform.GetMatrix())
 
 
 def test_concurrent_estimates_restore_the_thread_setting(phantom_case):

@@ -441,6 +441,8 @@ def test_the_warped_volume_can_be_left_out(scene, monkeypatch):
     messages = []
     run = logic.processParameterNode(node, progress=lambda fraction, message: messages.append((fraction, message)))
     assert run.warpedVolume is None and node.GetNodeReference("outputVolume") is None
+    assert run.warnings == [f"output warpedVolume '{first.warpedVolume.GetName()}' was not written by this run (no warped "
+                            "volume was asked for): it still holds an earlier result"]
     assert messages[-1][0] == pytest.approx(1.0) and all(m != "warping the moving image" for _, m in messages)
     assert composite.GetForegroundVolumeID() == nodes["moving"].GetID()
     assert nodes["moving"].GetParentTransformNode() is run.transform
@@ -611,3 +613,31 @@ def test_segmentations_without_overlap_give_no_warning_and_read_no_layer(scene, 
     run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(),
                                            nodes["fixed_segmentation"], nodes["moving_segmentation"], showResult=False)
     assert run.warnings == [] and "liver" in run.dice
+
+
+def test_segmentation_outputs_a_run_does_not_make_are_named_and_let_go(scene):
+    """A run without segmentations, into a parameter node whose earlier run made a warped
+    segmentation and a Dice table: those nodes keep the earlier content (they are the user's),
+    the run says so in its warnings, and the parameter node no longer references them as outputs,
+    so the next run neither warns nor takes them for its own."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(24, 20, 16), with_segmentations=True)
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    for name in ("fixedVolume", "movingVolume", "fixedSegmentation", "movingSegmentation"):
+        parameters.set_node(node, name, nodes[{"fixedVolume": "fixed", "movingVolume": "moving", "fixedSegmentation":
+                                               "fixed_segmentation", "movingSegmentation": "moving_segmentation"}[name]])
+    logic.applyPreset(node, "fast")
+    parameters.set_values(node, {"levels": 2, "featureSpacing": 2.0, "device": "cpu"})
+    first = logic.processParameterNode(node, showResult=False)
+    rows = first.diceTable.GetTable().GetNumberOfRows()
+    assert first.warpedSegmentation is not None and rows > 0
+    parameters.set_node(node, "movingSegmentation", None)
+    second = logic.processParameterNode(node, showResult=False)
+    assert second.warpedSegmentation is None and second.diceTable is None
+    assert [w.split(" (")[0] for w in second.warnings] == [
+        f"output warpedSegmentation '{first.warpedSegmentation.GetName()}' was not written by this run",
+        f"output diceTable '{first.diceTable.GetName()}' was not written by this run"]
+    assert node.GetNodeReference("outputSegmentation") is None and node.GetNodeReference("outputDiceTable") is None
+    assert node.GetNodeReference("outputTransform") is second.transform is first.transform  # written again
+    assert first.diceTable.GetScene() is scene and first.diceTable.GetTable().GetNumberOfRows() == rows  # left as it was
+    assert logic.processParameterNode(node, showResult=False).warnings == []

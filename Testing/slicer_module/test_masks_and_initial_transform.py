@@ -155,3 +155,17 @@ def test_a_non_linear_initial_transform_is_refused(scene):
     with pytest.raises(InputNodeError, match="initial transform 'a grid' is not linear"):
         RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(), initialTransform=grid)
     assert node_ids(scene) == before
+
+
+def test_a_mirroring_initial_transform_is_refused(scene):
+    """A linear transform node that mirrors (e.g. an axis flipped by hand) would fold every voxel
+    of the result: the engine's refusal, naming it, and no new node."""
+    import voxelopt
+
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(24, 20, 16))
+    mirror = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "mirror")
+    mirror.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(np.diag([-1.0, 1.0, 1.0, 1.0])))
+    before = node_ids(scene)
+    with pytest.raises(voxelopt.InputError, match="initial transform .*mirrors space"):
+        RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(init="none"), initialTransform=mirror)
+    assert node_ids(scene) == before

@@ -361,11 +361,9 @@ class RegistrationLogic:
         run = self.apply(request, computed, showResult, values["overlay"], values["overlayOpacity"])
         was_modifying = parameterNode.StartModify()
         for field, name in _OUTPUT_PARAMETERS.items():
-            node = getattr(run, field)
-            if node is not None:
-                parameters.set_node(parameterNode, name, node)
-        if run.warpedVolume is None:  # not made: an earlier run's warped volume is no output of this one
-            parameters.set_node(parameterNode, "outputVolume", None)
+            # None where the run made no such output (e.g. no warped volume asked for, no segmentations):
+            # an earlier run's node is no output of this one
+            parameters.set_node(parameterNode, name, getattr(run, field))
         parameterNode.EndModify(was_modifying)
         return run
 
@@ -631,6 +629,7 @@ class RegistrationLogic:
         written = {"transform": transform, "warpedVolume": warped, "entropyVolume": entropy, "jacobianVolume": jacobian,
                    "warpedSegmentation": warped_segmentation, "diceTable": dice_table}
         warnings += list(result.warnings) + _result_warnings(request, result.metrics, deleted, written)
+        warnings += _unwritten_output_warnings(chosen, deleted, written)
         run = RegistrationRun(
             **written,
             metrics=dict(result.metrics),
@@ -896,6 +895,23 @@ def _result_warnings(request: RegistrationRequest, metrics: Mapping[str, Any], d
             warnings.append(f"output {field} '{node.GetName()}' was deleted during the registration: the result is in "
                             f"the new node '{written[field].GetName()}'")
     return warnings
+
+
+#: Why a run makes no node for an output it was given (see :func:`_unwritten_output_warnings`).
+_NOT_MADE_BECAUSE = {
+    "warpedVolume": "no warped volume was asked for",
+    "warpedSegmentation": "no moving segmentation was given",
+    "diceTable": "the two segmentations share no scored segment, or one of them was not given",
+}
+
+
+def _unwritten_output_warnings(given: Mapping[str, Any], deleted: Mapping[str, Any], written: Mapping[str, Any]) -> List[str]:
+    """A warning for each output node the run was given (``given``: {output field: node or None})
+    but did not write (``written``), so that an earlier run's content in it is not taken for this
+    run's result; the node itself is left as it is (it is the user's)."""
+    return [f"output {field} '{node.GetName()}' was not written by this run ({_NOT_MADE_BECAUSE.get(field, 'not made')}): "
+            "it still holds an earlier result" for field, node in given.items()
+            if node is not None and field not in deleted and written[field] is None]
 
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:

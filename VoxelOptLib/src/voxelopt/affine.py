@@ -141,6 +141,26 @@ def plausible_linear(matrix: np.ndarray) -> bool:
     return bool(np.linalg.det(matrix) > 0 and singular.min() >= 1.0 / MAX_SCALE and singular.max() <= MAX_SCALE)
 
 
+def check_alignment_matrix(matrix: np.ndarray, what: str) -> None:
+    """Refuse, with :class:`InputError`, a user's linear alignment whose 3x3 part is not
+    :func:`plausible_linear`: a singular one (it maps space onto a plane, a line or a point), a
+    mirroring one (every voxel of the registration would fold) or one that scales beyond
+    :data:`MAX_SCALE`. The affine stage drops such estimates of its own; a user's transform is
+    refused instead, since none of them can align two patients' anatomy."""
+    singular = np.linalg.svd(matrix, compute_uv=False)
+    if singular.min() <= 1e-6 * singular.max() or singular.max() == 0.0:
+        raise InputError(f"the {what} is singular (its matrix maps space onto a plane, a line or a point), so it "
+                         "cannot align two images")
+    if np.linalg.det(matrix) < 0:
+        raise InputError(f"the {what} mirrors space (its matrix has a negative determinant): a registration "
+                         "through it would fold every voxel. A mirrored transform often comes from mixing RAS and LPS "
+                         "coordinates (ITK transform files are in LPS)")
+    if not plausible_linear(matrix):
+        raise InputError(f"the {what} scales by {singular.min():.3g} to {singular.max():.3g} along some direction, "
+                         f"beyond the {1.0 / MAX_SCALE:.3g} to {MAX_SCALE:g} that maps one patient's anatomy onto "
+                         "another's (millimetres mixed with centimetres or metres?)")
+
+
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
               transform: sitk.Transform, iterations: int) -> sitk.Transform:
     in_region = int(np.count_nonzero(voxels.view(fixed_region)))
@@ -297,7 +317,8 @@ def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk
     """Any 3-D linear SimpleITK transform (translation, Euler, similarity, affine, a composite
     of linear ones) as one ``sitk.AffineTransform`` that maps every point the same way.
 
-    Raises :class:`InputError` for a non-linear (deformable) or non-3-D transform.
+    Raises :class:`InputError` for a non-linear (deformable) or non-3-D transform, and for one
+    that cannot align two patients' anatomy (:func:`check_alignment_matrix`).
     """
     if transform.GetDimension() != 3:
         raise InputError(f"the {what} is {transform.GetDimension()}-D; a 3-D transform is needed")
@@ -307,6 +328,9 @@ def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk
     # A linear map is fixed by the images of the origin and the unit vectors.
     offset = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
     matrix = np.column_stack([np.asarray(transform.TransformPoint(tuple(e))) - offset for e in np.eye(3)])
+    if not (np.isfinite(matrix).all() and np.isfinite(offset).all()):
+        raise InputError(f"the {what} holds infinite or NaN values")
+    check_alignment_matrix(matrix, what)
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(matrix.ravel().tolist())
     affine.SetTranslation(offset.tolist())
@@ -330,5 +354,8 @@ def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
     try:
         transform = sitk.ReadTransform(str(path))
     except RuntimeError as error:
-        raise InputError(f"cannot read initial transform {path}: {itk_message(error)}") from None
+        message = itk_message(error)
+        if "suffix" in message:  # ITK's words for a file type no transform reader knows
+            message = "not an ITK transform file (.tfm, .txt, .h5, .hdf5 or .mat)"
+        raise InputError(f"cannot read initial transform {path}: {message}") from None
     return linear_to_affine(transform, f"initial transform {path}")
