@@ -628,8 +628,7 @@ class RegistrationLogic:
         timings["slicer_output"] = time.perf_counter() - start
         written = {"transform": transform, "warpedVolume": warped, "entropyVolume": entropy, "jacobianVolume": jacobian,
                    "warpedSegmentation": warped_segmentation, "diceTable": dice_table}
-        warnings += list(result.warnings) + _result_warnings(request, result.metrics, deleted, written)
-        warnings += _unwritten_output_warnings(chosen, deleted, written)
+        warnings += list(result.warnings) + _result_warnings(request, result.metrics, chosen, deleted, written)
         run = RegistrationRun(
             **written,
             metrics=dict(result.metrics),
@@ -877,12 +876,14 @@ def _check_output_transform_parent(transform) -> None:
         )
 
 
-def _result_warnings(request: RegistrationRequest, metrics: Mapping[str, Any], deleted: Mapping[str, Any],
-                     written: Mapping[str, Any]) -> List[str]:
+def _result_warnings(request: RegistrationRequest, metrics: Mapping[str, Any], given: Mapping[str, Any],
+                     deleted: Mapping[str, Any], written: Mapping[str, Any]) -> List[str]:
     """The warnings about what a run wrote: with both segmentations, the segments the Dice table
-    leaves out or the warp lost (:func:`.segmentations.unscored_warnings`); then each output
-    deleted during the run (``deleted``: {output field: node}) with the new node now holding it
-    (``written``: {output field: node written, or None})."""
+    leaves out or the warp lost (:func:`.segmentations.unscored_warnings`); then, per output node
+    the run was given (``given``: {output field: node or None}), one deleted during the run
+    (``deleted``: {output field: node}) with the new node now holding it (``written``: {output
+    field: node written, or None}), or one the run did not write, so that an earlier run's
+    content in it is not taken for this run's result (the node is left as it is: it is the user's)."""
     warnings = []
     if request.fixedSegmentation is not None and request.movingSegmentation is not None:
         from . import segmentations
@@ -890,28 +891,25 @@ def _result_warnings(request: RegistrationRequest, metrics: Mapping[str, Any], d
         warnings += segmentations.unscored_warnings(request.labelNames, request.unmatchedSegments,
                                                     request.engineInputs.fixed_labels, request.engineInputs.moving_labels,
                                                     metrics)
-    for field, node in deleted.items():
-        if written[field] is not None:  # e.g. no warped volume asked for: nothing was lost
-            warnings.append(f"output {field} '{node.GetName()}' was deleted during the registration: the result is in "
-                            f"the new node '{written[field].GetName()}'")
+    for field, node in given.items():
+        if node is None:
+            continue
+        if field in deleted:
+            if written[field] is not None:  # e.g. no warped volume asked for: nothing was lost
+                warnings.append(f"output {field} '{node.GetName()}' was deleted during the registration: the result is "
+                                f"in the new node '{written[field].GetName()}'")
+        elif written[field] is None:
+            warnings.append(f"output {field} '{node.GetName()}' was not written by this run "
+                            f"({_NOT_MADE_BECAUSE.get(field, 'not made')}): it still holds an earlier result")
     return warnings
 
 
-#: Why a run makes no node for an output it was given (see :func:`_unwritten_output_warnings`).
+#: Why a run makes no node for an output it was given (see :func:`_result_warnings`).
 _NOT_MADE_BECAUSE = {
     "warpedVolume": "no warped volume was asked for",
     "warpedSegmentation": "no moving segmentation was given",
     "diceTable": "the two segmentations share no scored segment, or one of them was not given",
 }
-
-
-def _unwritten_output_warnings(given: Mapping[str, Any], deleted: Mapping[str, Any], written: Mapping[str, Any]) -> List[str]:
-    """A warning for each output node the run was given (``given``: {output field: node or None})
-    but did not write (``written``), so that an earlier run's content in it is not taken for this
-    run's result; the node itself is left as it is (it is the user's)."""
-    return [f"output {field} '{node.GetName()}' was not written by this run ({_NOT_MADE_BECAUSE.get(field, 'not made')}): "
-            "it still holds an earlier result" for field, node in given.items()
-            if node is not None and field not in deleted and written[field] is None]
 
 
 def _write_on_fixed_grid(node, image, fixed_volume) -> None:

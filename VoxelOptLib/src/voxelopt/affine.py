@@ -136,29 +136,27 @@ def estimate_affine(
 def plausible_linear(matrix: np.ndarray) -> bool:
     """Whether a 3x3 linear part can map one patient's anatomy onto another's: no mirroring
     (positive determinant) and a scale within :data:`MAX_SCALE` along every direction (singular
-    values between 1 / MAX_SCALE and MAX_SCALE)."""
-    singular = np.linalg.svd(matrix, compute_uv=False)
-    return bool(np.linalg.det(matrix) > 0 and singular.min() >= 1.0 / MAX_SCALE and singular.max() <= MAX_SCALE)
+    values between 1 / MAX_SCALE and MAX_SCALE); see :func:`linear_problem`."""
+    return linear_problem(matrix) is None
 
 
-def check_alignment_matrix(matrix: np.ndarray, what: str) -> None:
-    """Refuse, with :class:`InputError`, a user's linear alignment whose 3x3 part is not
-    :func:`plausible_linear`: a singular one (it maps space onto a plane, a line or a point), a
-    mirroring one (every voxel of the registration would fold) or one that scales beyond
-    :data:`MAX_SCALE`. The affine stage drops such estimates of its own; a user's transform is
-    refused instead, since none of them can align two patients' anatomy."""
+def linear_problem(matrix: np.ndarray) -> Optional[str]:
+    """Why a 3x3 linear part cannot map one patient's anatomy onto another's, as words that follow
+    a transform's name ("is singular ...", "mirrors space ...", "scales by ..."), or None when it
+    can. The affine stage drops such estimates of its own; a user's transform is refused with
+    these words (:func:`linear_to_affine`): through a mirroring one every voxel would fold."""
     singular = np.linalg.svd(matrix, compute_uv=False)
-    if singular.min() <= 1e-6 * singular.max() or singular.max() == 0.0:
-        raise InputError(f"the {what} is singular (its matrix maps space onto a plane, a line or a point), so it "
-                         "cannot align two images")
+    if singular.max() == 0.0 or singular.min() <= 1e-6 * singular.max():
+        return "is singular (its matrix maps space onto a plane, a line or a point), so it cannot align two images"
     if np.linalg.det(matrix) < 0:
-        raise InputError(f"the {what} mirrors space (its matrix has a negative determinant): a registration "
-                         "through it would fold every voxel. A mirrored transform often comes from mixing RAS and LPS "
-                         "coordinates (ITK transform files are in LPS)")
-    if not plausible_linear(matrix):
-        raise InputError(f"the {what} scales by {singular.min():.3g} to {singular.max():.3g} along some direction, "
-                         f"beyond the {1.0 / MAX_SCALE:.3g} to {MAX_SCALE:g} that maps one patient's anatomy onto "
-                         "another's (millimetres mixed with centimetres or metres?)")
+        return ("mirrors space (its matrix has a negative determinant): a registration through it would fold every "
+                "voxel. A mirrored transform often comes from mixing RAS and LPS coordinates (ITK transform files "
+                "are in LPS)")
+    if singular.min() < 1.0 / MAX_SCALE or singular.max() > MAX_SCALE:
+        return (f"scales by {singular.min():.3g} to {singular.max():.3g} along some direction, beyond the "
+                f"{1.0 / MAX_SCALE:.3g} to {MAX_SCALE:g} that maps one patient's anatomy onto another's (millimetres "
+                "mixed with centimetres or metres?)")
+    return None
 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
@@ -318,7 +316,7 @@ def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk
     of linear ones) as one ``sitk.AffineTransform`` that maps every point the same way.
 
     Raises :class:`InputError` for a non-linear (deformable) or non-3-D transform, and for one
-    that cannot align two patients' anatomy (:func:`check_alignment_matrix`).
+    that cannot align two patients' anatomy (:func:`linear_problem`).
     """
     if transform.GetDimension() != 3:
         raise InputError(f"the {what} is {transform.GetDimension()}-D; a 3-D transform is needed")
@@ -330,7 +328,9 @@ def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk
     matrix = np.column_stack([np.asarray(transform.TransformPoint(tuple(e))) - offset for e in np.eye(3)])
     if not (np.isfinite(matrix).all() and np.isfinite(offset).all()):
         raise InputError(f"the {what} holds infinite or NaN values")
-    check_alignment_matrix(matrix, what)
+    problem = linear_problem(matrix)
+    if problem is not None:
+        raise InputError(f"the {what} {problem}")
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(matrix.ravel().tolist())
     affine.SetTranslation(offset.tolist())
