@@ -73,6 +73,40 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     assert json.loads(stdout)["dice"] == summary["metrics"]["dice"]
 
 
+def test_evaluate_scores_fixed_labels_cropped_from_their_image_as_register_does(files, tmp_path, capsys):
+    """Fixed labels stored on a block of their image's grid: register puts them on the image's
+    grid (background outside the block) and scores there; evaluate, from the field or from the
+    warped labels, scores on that same grid, so all three give one Dice (before, evaluate scored
+    inside the block only and reported a far higher one)."""
+    cropped = tmp_path / "fixed_labels_crop.nii.gz"
+    labels = sitk.ReadImage(str(files["fixed_labels"]))
+    sitk.WriteImage(labels[:, :, 10:30], str(cropped))
+    out = tmp_path / "out"
+    code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--fixed-labels", cropped,
+                      "--moving-labels", files["moving_labels"], *FAST], capsys)
+    assert code == 0
+    registered = json.loads((out / "metrics.json").read_text())["metrics"]
+    code, stdout, _ = run(["evaluate", "--fixed-labels", cropped, "--moving-labels", files["moving_labels"],
+                           "--warped-labels", out / "warped_labels.nii.gz"], capsys)
+    assert code == 0 and json.loads(stdout)["dice"] == registered["dice"]
+    code, stdout, _ = run(["evaluate", "--fixed-labels", cropped, "--moving-labels", files["moving_labels"],
+                           "--field", out / "field.nii.gz"], capsys)
+    from_field = json.loads(stdout)
+    assert code == 0 and from_field["dice_mean"] == pytest.approx(registered["dice_mean"], abs=0.01)
+    inside_block_only = _dice_inside(cropped, out / "warped_labels.nii.gz")
+    assert inside_block_only > registered["dice_mean"] + 0.05  # what the block alone would have said
+
+
+def _dice_inside(fixed_path, warped_path) -> float:
+    """Mean Dice of the labels of ``fixed_path`` against ``warped_path`` resampled onto its grid."""
+    fixed = sitk.ReadImage(str(fixed_path))
+    warped = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(warped_path)), fixed, sitk.Transform(),
+                                                  sitk.sitkNearestNeighbor, 0))
+    f = sitk.GetArrayFromImage(fixed)
+    labels = [v for v in np.unique(f) if v > 0]
+    return float(np.mean([2 * np.sum((f == v) & (warped == v)) / (np.sum(f == v) + np.sum(warped == v)) for v in labels]))
+
+
 def test_evaluate_refuses_what_register_refuses_and_writes_standard_json(files, tmp_path, capsys):
     """voxelopt evaluate checks its label maps and field as register does (one error line, exit
     2, nothing written) and writes NaN scores as null."""
@@ -96,6 +130,9 @@ def test_evaluate_refuses_what_register_refuses_and_writes_standard_json(files, 
         (["--warped-labels", ct_as_labels, "--moving-labels", files["moving_labels"]], "warped labels must hold"),
         (["--field", field, "--moving-labels", flat], "moving labels must be a 3-D image"),
         (["--field", field, "--moving-labels", files["moving_labels"], "--out", tmp_path], "is a folder"),
+        (["--field", field, "--warped-labels", files["moving_labels"], "--moving-labels", files["moving_labels"]],
+         "give either --field or --warped-labels, not both"),
+        (["--moving-labels", files["moving_labels"]], "give --field (a displacement field"),
     ]
     for extra, message in cases:
         code, stdout, err = run(["evaluate", "--fixed-labels", files["fixed_labels"], *extra], capsys)
@@ -241,6 +278,17 @@ def test_unwritable_output_path(files, tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, a folder that takes no new files")
+def test_a_folder_that_takes_no_new_files_is_named_as_such(files, tmp_path, capsys):
+    """/proc exists and passes the permission check, but no file can be created in it: the
+    message says so, instead of an error number's text that reads as if /proc were missing."""
+    code, _, stderr = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--moving-labels",
+                           files["moving_labels"], "--warped-labels", files["moving_labels"], "--out", "/proc/x.json"],
+                          capsys)
+    assert code == 2 and stderr.startswith("error: output directory /proc does not take new files (creating one there "
+                                           "failed: "), stderr
+
+
 def test_an_overview_path_that_is_a_folder_is_refused_before_any_work(files, tmp_path, capsys):
     folder = tmp_path / "pictures"
     folder.mkdir()
@@ -296,6 +344,10 @@ def test_failure_while_writing_leaves_no_partial_output(files, tmp_path, monkeyp
     assert set(result.save(tmp_path / "two", outputs="metrics, field")) == {"field", "metrics"}
     with pytest.raises(InputError, match="wraped"):
         result.save(tmp_path / "bad", outputs="field,wraped")
+    for nothing in ([], "", " , "):  # no name at all is its own mistake, not an unknown name
+        with pytest.raises(InputError, match="^no outputs given; choose one or more of field, "):
+            result.save(tmp_path / "bad", outputs=nothing)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_features_command_reports_entropy_per_feature_type(files, tmp_path, capsys):
@@ -550,3 +602,19 @@ def test_a_dicom_series_with_a_gap_gives_only_the_error_line(files, tmp_path, ca
     code = main(["register", str(gap), str(files["moving"]), "--out-dir", str(tmp_path / "c"), *FAST])
     err = capfd.readouterr().err
     assert code == 2 and err.startswith("error: fixed image DICOM series") and len(err.splitlines()) == 1, err
+
+
+def test_the_summary_says_when_no_voxel_keeps_a_positive_jacobian(capsys):
+    """A field folded everywhere has no plain SDlogJ (log J of no voxel): the summary says why
+    instead of printing ``nan``; otherwise it prints the number."""
+    from types import SimpleNamespace
+
+    from voxelopt.cli import _print_summary
+
+    metrics = {"sdlogj": 0.5, "sdlogj_plain": float("nan"), "folding_percent": 100.0}
+    _print_summary(SimpleNamespace(metrics=metrics, timings={"total": 1.0}, device="cpu"))
+    out = capsys.readouterr().out
+    assert "(plain no voxel with J > 0), folding 100.0000%" in out and "nan" not in out
+    _print_summary(SimpleNamespace(metrics={**metrics, "sdlogj_plain": 0.25, "folding_percent": 0.0},
+                                   timings={"total": 1.0}, device="cpu"))
+    assert "SDlogJ 0.5000 (plain 0.2500), folding 0.0000%" in capsys.readouterr().out

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from voxelopt import InputError, RegistrationConfig
 from voxelopt.errors import ConfigError
 from voxelopt.phantom import phantom_pair
+from testdata import count_calls
 from voxelopt_eval import (
     PEERS,
     InitialAlignment,
@@ -233,6 +234,21 @@ def test_a_failing_pair_is_reported_and_the_rest_run(data, tmp_path):
     # Failed jobs are retried on the next run, finished ones are not.
     again = run_evaluation([bad, good], [voxelopt_spec(CONFIG)], tmp_path / "out", threads=1, progress=False)
     assert again.ran == 1 and again.skipped == 1
+
+
+def test_a_label_map_off_its_image_fails_its_pair_before_any_registration(data, tmp_path, monkeypatch):
+    """register's label checks apply to every pair: moving labels whose header puts them off
+    their image fail the pair with register's message (they used to be scored as Dice 0),
+    before a method runs."""
+    good = read_pairs(str(data["pairs_csv"]))[0]
+    far = sitk.ReadImage(good.moving_labels)
+    far.SetOrigin((1000.0, 1000.0, 1000.0))
+    far_path = _write(far, tmp_path / "far_labels.nii.gz")
+    ran = count_calls(monkeypatch, runner, "run_method")
+    bad = PairSpec("far", good.fixed, good.moving, good.fixed_labels, str(far_path))
+    run = run_evaluation([bad], [voxelopt_spec(CONFIG)], tmp_path / "out", threads=1, progress=False)
+    assert [r["status"] for r in run.records] == ["failed"] and not ran
+    assert "moving labels do not overlap their image" in run.failed[0]["error"]
 
 
 def test_parallel_backends_give_the_serial_results(serial_run, data, tmp_path):

@@ -321,6 +321,19 @@ def test_the_solver_field_composed_with_an_affine_alignment_is_the_points_mapped
         assert np.abs(field.data[0].double().numpy() - expected).max() < 1e-4
 
 
+def test_a_grid_holds_the_blocks_of_its_own_voxels_only():
+    """Grid.holds (evaluate's rule for fixed labels cropped from their image's grid): crops of an
+    oblique grid, itself, and not a block reaching past it, one shifted by a fraction of a voxel,
+    one of another spacing or one turned."""
+    grid = Grid((20, 16, 12), (4.0, 4.0, 5.0), (10.0, -20.0, 30.0), oblique_direction((10, -5, 20)))
+    assert grid.holds(grid) and grid.holds(grid.crop((3, 0, 2), (10, 16, 4))) and grid.holds(grid.crop((0, 0, 11), (20, 16, 1)))
+    assert not grid.holds(grid.crop((15, 0, 0), (6, 16, 12))) and not grid.holds(grid.crop((-1, 0, 0), (5, 5, 5)))
+    assert not grid.holds(grid.lattice((2.5, 0.0, 0.0), (1.0, 1.0, 1.0), (5, 5, 5)))
+    assert not grid.holds(grid.lattice((2.0, 0.0, 0.0), (0.5, 1.0, 1.0), (5, 5, 5)))
+    assert not grid.holds(Grid((5, 5, 5), grid.spacing, grid.origin, oblique_direction((0, 0, 30))))
+    assert not grid.crop((3, 0, 2), (10, 16, 4)).holds(grid)
+
+
 def test_a_grid_covers_another_within_half_a_voxel_of_its_outer_centres():
     """Grid.covers (voxelopt evaluate's check of a field against the fixed labels): the same box,
     a finer grid of the same box, a shift within half a voxel along an oblique axis, and not

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -130,7 +131,9 @@ def _print_summary(result) -> None:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in timings.items())
     print(f"device: {result.device}")
     print(f"time: {stages}")
-    line = f"SDlogJ {metrics['sdlogj']:.4f} (plain {metrics['sdlogj_plain']:.4f}), folding {metrics['folding_percent']:.4f}%"
+    plain = metrics["sdlogj_plain"]  # NaN when no voxel has J > 0 (a field folded everywhere)
+    plain_text = "no voxel with J > 0" if math.isnan(plain) else f"{plain:.4f}"
+    line = f"SDlogJ {metrics['sdlogj']:.4f} (plain {plain_text}), folding {metrics['folding_percent']:.4f}%"
     if "dice_mean" in metrics:
         line = f"Dice {metrics['dice_initial_mean']:.4f} -> {metrics['dice_mean']:.4f}, HD95 {metrics['hd95_mm_mean']:.2f} mm, " + line
     print(line)
@@ -201,8 +204,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_field, evaluate_labels
     from .io import atomic_output_dir, json_safe, read_field, read_image
 
-    if bool(args.warped_labels) == bool(args.field):
-        raise InputError("give --moving-labels with either --field or --warped-labels")
+    if args.warped_labels and args.field:
+        raise InputError("give either --field or --warped-labels, not both (the field is scored by warping "
+                         "--moving-labels through it; warped labels are scored as they are)")
+    if not args.warped_labels and not args.field:
+        raise InputError("give --field (a displacement field to warp --moving-labels through) or --warped-labels")
     if args.out:
         if Path(args.out).is_dir():
             raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")

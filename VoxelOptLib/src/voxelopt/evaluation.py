@@ -36,16 +36,21 @@ _CPU = torch.device("cpu")
 def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, Any]:
     """Dice and HD95 (mm) of an already warped label map against the fixed labels.
 
-    ``warped_labels`` must be on the fixed labels' grid; ``moving_labels`` (any grid) says which
+    ``warped_labels`` must be on the fixed labels' grid, or on a grid the fixed labels are a
+    block of (their image's: they count as background outside it); ``moving_labels`` (any grid) says which
     labels are scored and gives the "initial" score (resampled onto the fixed grid, identity in
     physical space). Label maps are checked as ``register`` checks them
     (:func:`voxelopt.inputs.checked_label_values`; the warped map may be empty).
     """
     fixed_labels, moving_labels = _checked_pair(fixed_labels, moving_labels)
     warped_labels = checked_label_values(warped_labels, "warped labels", allow_empty=True)
-    fixed_grid = Grid.from_image(fixed_labels)
-    if not fixed_grid.same_as(Grid.from_image(warped_labels), tol=1e-4):
-        raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, direction)")
+    fixed_grid, warped_grid = Grid.from_image(fixed_labels), Grid.from_image(warped_labels)
+    if not fixed_grid.same_as(warped_grid, tol=1e-4):
+        if not warped_grid.holds(fixed_grid):
+            raise InputError("the warped labels must be on the fixed labels' grid (same size, spacing, origin, "
+                             "direction) or on a grid the fixed labels are a block of (their image's)")
+        fixed_grid = warped_grid  # fixed labels cropped from it: background outside their block
+        fixed_labels = resample_image(fixed_labels, fixed_grid, None, sitk.sitkNearestNeighbor, 0)
     initial = resample_image(moving_labels, fixed_grid, None, sitk.sitkNearestNeighbor, 0)
     return registration_label_metrics(voxels.view(fixed_labels), voxels.view(moving_labels),
                                       voxels.view(initial), voxels.view(warped_labels),
@@ -61,7 +66,8 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     """Metrics of ``field`` (LPS mm on the fixed grid, ``warped(x) = moving(x + field(x))``).
 
     The Jacobian statistics describe the field on its own grid; the label scores are computed on
-    the fixed labels' grid. Both are *evaluation grids*: the grid itself when ``scale`` is 1,
+    the fixed labels' grid (grown to the field's box when they are cropped from the fixed image's
+    grid, :func:`scoring_grid`). Both are *evaluation grids*: the grid itself when ``scale`` is 1,
     else that box with ``scale`` times the voxels per axis (:meth:`Grid.scaled`; the official
     code's protocol uses 0.5). The field is sampled on the label grid as ITK samples it, the
     fixed labels are resampled there with nearest neighbour, and the moving labels, resampled
@@ -95,7 +101,7 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
     metrics.update(jacobian_statistics(jacobian_determinant(mm_to_voxel_field(d, grid)).numpy()))
     if fixed_labels is not None:
-        label_grid = evaluation_grid(Grid.from_image(fixed_labels), scale)
+        label_grid = evaluation_grid(scoring_grid(Grid.from_image(fixed_labels), Grid.from_image(field)), scale)
         if not label_grid.same_as(grid):
             grid = label_grid
             d = image_to_mm_field(resample_map(field, label_grid, vector=True), _CPU)
@@ -113,6 +119,16 @@ def _box_text(grid: Grid) -> str:
     """The physical extent of ``grid``'s voxel centres along x, y, z (LPS mm) for a message."""
     corners = grid.corners()
     return " x ".join(f"[{lo:.0f}, {hi:.0f}]" for lo, hi in zip(corners.min(axis=0), corners.max(axis=0)))
+
+
+def scoring_grid(labels_grid: Grid, field_grid: Grid) -> Grid:
+    """The grid fixed labels on ``labels_grid`` are scored on, for a field on ``field_grid``: their
+    own, or, when they are a block (:meth:`Grid.holds`) of the grid with their voxels that fills
+    the field's box (the fixed image's box: a label map cropped from its image's grid), that
+    whole grid, where they count as background outside their block. ``register`` scores on the
+    fixed image's grid with the fixed labels put on it, so the two give one score for one field."""
+    whole = field_grid.with_spacings(labels_grid.spacing)
+    return whole if whole.holds(labels_grid) else labels_grid
 
 
 def evaluation_grid(grid: Grid, scale: float) -> Grid:

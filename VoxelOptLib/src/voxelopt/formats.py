@@ -37,8 +37,10 @@ def check_outputs(outputs: Union[None, str, Iterable[str]], with_labels: bool) -
     names = [n.strip() for n in outputs.split(",")] if isinstance(outputs, str) else [str(n).strip() for n in outputs]
     names = [n for n in names if n]
     unknown = sorted(set(names) - set(OUTPUTS))
-    if unknown or not names:
-        raise InputError(f"unknown output(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(OUTPUTS)}")
+    if not names:
+        raise InputError(f"no outputs given; choose one or more of {', '.join(OUTPUTS)}")
+    if unknown:
+        raise InputError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(OUTPUTS)}")
     if "labels" in names and not with_labels:
         raise InputError("the 'labels' output (the warped moving labels) needs moving labels")
     return tuple(key for key in OUTPUTS if key in names)

@@ -102,7 +102,7 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
     if path.name.endswith((".nii", ".nii.gz")) and _may_hold_nonfinite(image):
         bad = nifti_nonfinite_count(path)
         if bad:
-            raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); fix or mask them before registering")
+            raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); replace them with finite values")
     return image
 
 
@@ -396,10 +396,14 @@ def ensure_writable_dir(path: PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"output directory {path} cannot be created: {error.strerror or error}") from None
+    try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".voxelopt-write-test-"):
             pass
-    except OSError as error:
-        raise InputError(f"output directory {path} cannot be written: {error.strerror or error}") from None
+    except OSError as error:  # e.g. a read-only mount, or a special file system such as /proc
+        raise InputError(f"output directory {path} does not take new files (creating one there failed: "
+                         f"{error.strerror or error})") from None
     return path
 
 

