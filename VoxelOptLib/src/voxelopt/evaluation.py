@@ -89,22 +89,23 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError("give both the fixed and the moving labels, or neither")
     check_field_image(field, "the displacement field")
+    field_grid = Grid.from_image(field)
     if fixed_labels is not None:
         fixed_labels, moving_labels = _checked_pair(fixed_labels, moving_labels)
-        field_grid, label_grid = Grid.from_image(field), Grid.from_image(fixed_labels)
+        label_grid = Grid.from_image(fixed_labels)
         if not field_grid.covers(label_grid):  # ITK would read no displacement (0) there: "after" = "before"
             raise InputError("the displacement field does not cover the fixed labels' grid: give the field of this "
                              f"registration, on the fixed image's box (field box {_box_text(field_grid)}, fixed "
                              f"labels' box {_box_text(label_grid)}, LPS mm)")
-    grid = evaluation_grid(Grid.from_image(field), scale)
+    grid = evaluation_grid(field_grid, scale)
     d = resize_volume(image_to_mm_field(field, _CPU), grid.shape)
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
     metrics.update(jacobian_statistics(jacobian_determinant(mm_to_voxel_field(d, grid)).numpy()))
     if fixed_labels is not None:
-        label_grid = evaluation_grid(scoring_grid(Grid.from_image(fixed_labels), Grid.from_image(field)), scale)
-        if not label_grid.same_as(grid):
-            grid = label_grid
-            d = image_to_mm_field(resample_map(field, label_grid, vector=True), _CPU)
+        score_grid = evaluation_grid(scoring_grid(label_grid, field_grid), scale)
+        if not score_grid.same_as(grid):
+            grid = score_grid
+            d = image_to_mm_field(resample_map(field, score_grid, vector=True), _CPU)
         fixed_np = evaluation_grid_labels(fixed_labels, grid)
         moving_eval_grid = evaluation_grid(Grid.from_image(moving_labels), scale)
         moving_t = image_to_tensor(resample_image(moving_labels, moving_eval_grid, None, sitk.sitkNearestNeighbor, 0), _CPU)

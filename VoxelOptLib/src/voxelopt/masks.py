@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # torch is needed by working_mask only; the user-mask checks 
 def scanned_box(array: np.ndarray) -> Tuple[Tuple[int, int], ...]:
     """The scanned region of an image array: per array axis (z, y, x), the first and last index
     of the planes that are not padding (see the module docstring); the whole axis when the array
-    is constant (nothing is scanned, or everything is). Reads the padding planes and one plane
-    more per side, not the whole array."""
+    is constant (nothing is scanned, or everything is). Reads the padding planes and at most as
+    many again per side (:func:`_padding_planes`), not the whole array."""
     box = []
     for axis, n in enumerate(array.shape):
         first = _padding_planes(array, axis, from_end=False)
@@ -52,9 +52,11 @@ def _padding_planes(array: np.ndarray, axis: int, from_end: bool) -> int:
     hold only the value of that border plane's first voxel (0 when the border plane itself holds
     two values or more).
 
-    The planes are read in blocks of consecutive planes, doubling in size: a plane across the
-    last axis alone is one voxel per row, which costs a memory line per voxel (0.45 s for the
-    padding of a 512x512x600 pair read plane by plane, against 0.03 s in blocks)."""
+    The planes are read in blocks of consecutive planes, 8 then doubling, so at most about twice
+    the padding (and 8 planes where there is none): a plane across the last axis alone is one
+    voxel per row, which costs a memory line per voxel (one 512x512x600 image of the benchmark
+    pair, 56 and 16 padding planes per side along y and x: 0.22 s read plane by plane, 0.085 s in
+    blocks)."""
     n = array.shape[axis]
     border = [0] * array.ndim
     border[axis] = n - 1 if from_end else 0

@@ -13,8 +13,8 @@ method's displacement field on the fixed grid: reading the images, the common in
 the method's preprocessing, registration and conversion of its output to a displacement field.
 It excludes importing the method's package (and what it loads lazily, such as itk's modules):
 :func:`load_method` does that before the clock starts, once per process (worker), so the first
-pair of a worker is timed like the others. Reading the labels and computing the metrics are
-excluded too. ``timings`` holds ``load`` (reading the images), ``align`` (the initial alignment)
+pair of a worker is timed like the others. Reading and checking the labels (``register``'s
+checks, before the method runs) and computing the metrics are excluded too. ``timings`` holds ``load`` (reading the images), ``align`` (the initial alignment)
 and the method's own stages.
 """
 
