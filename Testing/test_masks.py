@@ -10,7 +10,7 @@ import torch
 from testdata import make_image, smooth_random_volume
 from voxelopt import InputError, RegistrationConfig, register
 from voxelopt.geometry import Grid, image_to_tensor, resample_image
-from voxelopt.masks import _box_on_grid, clear_padding, scanned_box, user_mask
+from voxelopt.masks import _box_on_grid, clear_padding, scanned_box, scanned_thickness, user_mask
 from voxelopt.solver import cost_volume, displacement_entropy, label_offsets, mask_cost_, solve_pyramid
 from test_solver import crop_shifted, smooth_features
 
@@ -79,10 +79,10 @@ def test_moving_mask_over_metal_recovers_the_shift():
 
 
 # ------------------------------------------------------------------ scanned region and user masks
-def padding_slabs(array: np.ndarray) -> np.ndarray:
+def padding_slabs(array: np.ndarray, window_low=None) -> np.ndarray:
     """The voxels :func:`clear_padding` sets to 0 (the image's padding slabs), as a bool map."""
     kept = np.ones(array.shape, dtype=np.uint8)
-    clear_padding(kept, array)
+    clear_padding(kept, array, window_low)
     return kept == 0
 
 
@@ -104,9 +104,37 @@ def test_padding_slabs_are_constant_border_planes_only():
     array[5, 4, 4] = -1025.0
     array[7, 0, 0] = -3024.0
     assert np.array_equal(padding_slabs(array), expected)
-    array[11, 0, 0] = 0.0  # a border plane holding two values is scanned, and so is what it covers
-    scanned = ~padding_slabs(array)
+    # padding crossed by the reconstruction circle (-3024 outside it): a border plane of two values
+    # below the HU window's low end is padding, and so is every plane holding only those two
+    array[10:, 0, 0] = -3024.0
+    assert np.array_equal(padding_slabs(array, window_low=-800.0), expected)
+    assert padding_slabs(array).sum() < expected.sum()  # without the window: one value only
+    assert padding_slabs(array, window_low=-2000.0).sum() < expected.sum()  # -1024 is inside that window
+    # two values where one lies inside the window (tissue beside air) are scanned: the x border
+    # planes hold 40 and -1024, and so does every plane along x
+    array[10:, 0, 0] = -1024.0
+    assert np.array_equal(padding_slabs(array, window_low=-800.0), expected)
+    array[11, 0, 1] = 0.0  # a border plane holding three values is scanned, and so is what it covers
+    scanned = ~padding_slabs(array, window_low=-800.0)
     assert scanned[10:, :, :8].all() and not scanned[:3].any() and not scanned[:, :, 8].any()
+
+
+def test_scanned_thickness_is_the_typical_line_through_the_scanned_region_over_its_extent():
+    rng = np.random.default_rng(0)
+    box = np.full((20, 30, 40), -1024.0, dtype=np.float32)
+    box[5:15, 3:27, 4:36] = rng.normal(40.0, 10.0, (10, 24, 32))
+    assert scanned_thickness(box) == (1.0, 1.0, 1.0)  # a box, padded or not
+    assert scanned_thickness(box[5:15, 3:27, 4:36]) == (1.0, 1.0, 1.0)
+    assert scanned_thickness(np.zeros((4, 5, 6))) == (1.0, 1.0, 1.0)  # nothing scanned
+    # a slab 4 planes thick along z, tilted in the z-y plane: its box along z holds the tilt (18
+    # planes), and a line along y crosses it over 8 voxels of the 30 it spans
+    tilted = np.full((40, 34, 20), -1024.0, dtype=np.float32)
+    for y in range(30):
+        tilted[y // 2 + 2:y // 2 + 6, y + 2, :] = rng.normal(40.0, 10.0, (4, 20))
+    assert scanned_thickness(tilted) == pytest.approx((4 / 18, 8 / 30, 1.0))
+    # lines are read at every s-th position across the axis on larger images: the same fractions
+    large = np.repeat(np.repeat(tilted, 4, axis=2), 2, axis=1)  # 40 x 68 x 80: 5440 lines along z
+    assert scanned_thickness(large) == pytest.approx((4 / 18, 16 / 60, 1.0))
 
 
 @pytest.mark.parametrize("oblique", [False, True])

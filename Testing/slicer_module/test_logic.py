@@ -211,12 +211,14 @@ def test_solver_only_change_reuses_features_and_output_nodes(scene):
     assert scene.GetNumberOfNodes() == count and second.transform is first.transform and second.createdNodeIDs == []
     # A feature parameter (the intensity window) changes the features: recomputed.
     third = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
-    assert not third.featureCacheHit and cache.misses == 7  # the features, and the moving mask: the centre-of-mass start moves with the window
+    # the features, and both masks: they depend on the window's low end (two padding values below
+    # it count as one), and the centre-of-mass start moves with the window
+    assert not third.featureCacheHit and cache.misses == 8
     # The moving volume's voxels changing also means new features.
     arr = volumes.array_from_volume_node(nodes["moving"]) + 10.0
     volumes.set_volume_array(nodes["moving"], arr, *volumes.node_geometry_ras(nodes["moving"]))
     fourth = logic.process(nodes["fixed"], nodes["moving"], fast_config(hu_window=(-900.0, 400.0)), outputs=outputs, showResult=False)
-    assert not fourth.featureCacheHit and cache.misses == 9  # the fixed features and mask still come from the cache
+    assert not fourth.featureCacheHit and cache.misses == 10  # the fixed features and mask still come from the cache
 
 
 def test_segmentation_exports_are_reused_until_their_content_changes(scene, monkeypatch):

@@ -275,10 +275,12 @@ class RegistrationConfig:
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     padding_mask: bool = _param(True, Parameter(
         bool, "leave each image's unscanned voxels out of the cost: outside its grid, and border slabs of one "
-        "constant value (e.g. -1024) that pad a thin scan", "solver"))
+        "constant value (e.g. -1024) that pad a thin scan, or of two values below the HU window (-1024 and -3024 "
+        "outside the reconstruction circle)", "solver"))
     search_fraction: float = _param(0.25, Parameter(
-        float, "cap each level's search radius along an axis at this fraction of the fixed image's scanned extent "
-        "along it, so thin or partial fields of view are not searched beyond their size (0: only k)", "solver",
+        float, "cap each level's search radius along an axis at this fraction of the fixed image's scanned "
+        "thickness along it (the typical line through the scanned region: a slab's thickness also on a tilted "
+        "grid), so thin or partial fields of view are not searched beyond their size (0: only k)", "solver",
         minimum=0.0, maximum=1.0))
     init: str = _param("affine", Parameter(
         str, "initial alignment: 'none', 'centers' (image centres), 'com' (intensity centres of mass) or 'affine' "

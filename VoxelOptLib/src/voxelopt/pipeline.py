@@ -181,8 +181,7 @@ def register(
         if alignment.running():
             report(_FEATURES_DONE / 2, "affine alignment")
         prepared = alignment.result(poll=check_cancel)
-        fixed_cost_mask, moving_cost_mask = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use,
-                                                       cache, digest)
+        masks = cost_masks(prepared, config, device, prepared.fixed_use, prepared.moving_use, cache, digest)
     check_cancel()
     report(_FEATURES_DONE / 2, "features")
     with timer.stage("features_moving"):
@@ -196,7 +195,7 @@ def register(
 
     with timer.stage("solver"):
         solved = solve_pyramid(moving_features, fixed_features, config, on_level, check_cancel, timer.clock,
-                               fixed_mask=fixed_cost_mask, moving_mask=moving_cost_mask)
+                               fixed_mask=masks.fixed, moving_mask=masks.moving, fixed_thickness=masks.fixed_thickness)
     del fixed_features, moving_features
     release_free_memory()  # the full-grid outputs do not fit in the features' freed blocks
     check_cancel()

@@ -20,6 +20,8 @@ from .message_passing import smooth_
 from .refine import refine_field
 
 Shape = Tuple[int, int, int]
+#: Per array axis (z, y, x), a fraction in (0, 1] (see :func:`search_radii`).
+Thickness = Tuple[float, float, float]
 
 
 def scaling_and_squaring(r: torch.Tensor, steps: int) -> torch.Tensor:
@@ -46,12 +48,14 @@ class LevelOutput:
 
 def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationConfig,
                 check_cancel: Optional[Callable[[], None]] = None, fixed_mask: Optional[torch.Tensor] = None,
-                moving_mask: Optional[torch.Tensor] = None, finest: bool = True) -> LevelOutput:
+                moving_mask: Optional[torch.Tensor] = None, finest: bool = True,
+                fixed_thickness: Thickness = (1.0, 1.0, 1.0)) -> LevelOutput:
     """One level: cost volume (restricted to the masks), entropy, sigma, optional cost filtering,
     coordinate descent, SS. Masks are (1, 1, Z, Y, X) in [0, 1] on the level's grid, the moving one
     already warped like ``moving``; ``finest`` says whether it is the pyramid's finest level (its
-    search radius is ``config.k_finest`` when that is set)."""
-    offsets = label_offsets(search_radii(config, fixed_mask, finest), fixed.device)
+    search radius is ``config.k_finest`` when that is set); ``fixed_thickness`` as in
+    :func:`search_radii`."""
+    offsets = label_offsets(search_radii(config, fixed_mask, finest, fixed_thickness), fixed.device)
     cost = cost_volume(moving, fixed, offsets)
     mask_cost_(cost, offsets, None if fixed_mask is None else fixed_mask[0, 0],
                None if moving_mask is None else moving_mask[0, 0])
@@ -72,13 +76,16 @@ def solve_level(moving: torch.Tensor, fixed: torch.Tensor, config: RegistrationC
 
 
 def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor],
-                 finest: bool = True) -> Tuple[int, int, int]:
+                 finest: bool = True, fixed_thickness: Thickness = (1.0, 1.0, 1.0)) -> Tuple[int, int, int]:
     """Search radius per array axis (z, y, x) of a level, voxels.
 
     The level's radius (:meth:`RegistrationConfig.search_radius`: ``k``, or ``k_finest`` at the
-    finest level), capped along each axis at ``config.search_fraction`` of the extent of the
-    level's (1, 1, Z, Y, X) fixed mask along it (the planes where it is not all zero), so a thin
-    or partial field of view is not searched beyond its own size. No mask: the level's radius on
+    finest level), capped along each axis at ``config.search_fraction`` of the fixed image's
+    scanned thickness along it: the extent of the level's (1, 1, Z, Y, X) fixed mask along the
+    axis (the planes where it is not all zero) times ``fixed_thickness`` along it (the scanned
+    region's thickness as a fraction of that extent, :func:`voxelopt.masks.scanned_thickness`: 1
+    for a box; less for a slab on a tilted grid, whose box also holds the tilt). So a thin or
+    partial field of view is not searched beyond its own size. No mask: the level's radius on
     every axis.
     """
     k = config.search_radius(finest)
@@ -89,7 +96,7 @@ def search_radii(config: RegistrationConfig, fixed_mask: Optional[torch.Tensor],
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
         extent = int(present.any(dim=others[1]).any(dim=others[0]).sum().item())
-        radii.append(min(k, int(config.search_fraction * extent)))
+        radii.append(min(k, int(config.search_fraction * extent * fixed_thickness[axis])))
     return (radii[0], radii[1], radii[2])
 
 
@@ -111,6 +118,7 @@ def solve_pyramid(
     clock: Optional[Callable[[], float]] = None,
     fixed_mask: Optional[torch.Tensor] = None,
     moving_mask: Optional[torch.Tensor] = None,
+    fixed_thickness: Thickness = (1.0, 1.0, 1.0),
 ) -> PyramidOutput:
     """Coarse-to-fine registration of (1, C, Z, Y, X) feature maps on the same grid.
 
@@ -119,6 +127,8 @@ def solve_pyramid(
             (1 = use the voxel in the cost; the moving mask in the fixed space through the initial
             alignment, like ``moving``). Each level uses them downsampled, the moving mask warped
             with the level's field (see :func:`voxelopt.solver.cost.mask_cost_`).
+        fixed_thickness: the fixed image's scanned thickness per axis (z, y, x) as a fraction of
+            the fixed mask's extent (:func:`search_radii`).
         on_level: called as ``on_level(done, total)`` after each level.
         check_cancel: called between steps; raises to cancel.
         clock: a timer (e.g. one that synchronises CUDA) for per-level seconds.
@@ -139,7 +149,8 @@ def solve_pyramid(
             field = resize_voxel_field(field, shapes[level])
             mov = warp(mov, field)
             mov_mask = None if mov_mask is None else warp(mov_mask, field)
-        out = solve_level(mov, fixed_levels[level], config, check_cancel, fixed_masks[level], mov_mask, finest=level == 0)
+        out = solve_level(mov, fixed_levels[level], config, check_cancel, fixed_masks[level], mov_mask,
+                          finest=level == 0, fixed_thickness=fixed_thickness)
         field = out.residual if field is None else compose(field, out.residual)
         seconds.append((clock() - start) if clock else 0.0)
         if on_level is not None:
