@@ -23,6 +23,7 @@ from .inputs import CheckedPair, PreparedPair
 from .masks import scanned_thickness, working_mask
 from .metrics import LabelScorer, jacobian_statistics, with_initial_scores
 from .outputs import GridField, aligned_labels, warp_image
+from .solver.pyramid import Thickness
 from . import voxels
 
 
@@ -66,7 +67,7 @@ class CostMasks(NamedTuple):
 
     fixed: Optional[torch.Tensor]  # (1, 1, Z, Y, X) weights on the working grid, None: all 1
     moving: Optional[torch.Tensor]  # the same for the moving image, in the fixed space
-    fixed_thickness: Tuple[float, float, float]  # per array axis, :func:`voxelopt.masks.scanned_thickness`
+    fixed_thickness: Thickness  # per array axis, :func:`voxelopt.masks.scanned_thickness`
 
 
 def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch.device,
@@ -79,11 +80,11 @@ def cost_masks(prepared: PreparedPair, config: RegistrationConfig, device: torch
     grids, alignment and HU window: a re-run with other solver parameters does not scan the images
     again (0.24-0.26 s and 0.05 s at 512x512x600)."""
     grids = (prepared.feature_grid, prepared.working_grid, device, config.padding_mask)
-    full = (1.0, 1.0, 1.0)
+    full: Thickness = (1.0, 1.0, 1.0)
 
     def mask(image: sitk.Image, user: Optional[np.ndarray], alignment: Optional[np.ndarray], fixed: bool
-             ) -> Tuple[Optional[torch.Tensor], Tuple[float, float, float]]:
-        def compute() -> Tuple[Optional[torch.Tensor], Tuple[float, float, float]]:
+             ) -> Tuple[Optional[torch.Tensor], Thickness]:
+        def compute() -> Tuple[Optional[torch.Tensor], Thickness]:
             weights = working_mask(image, *grids, user, alignment, config.hu_window[0])
             return weights, (scanned_thickness(voxels.view(image)) if fixed and config.padding_mask else full)
 
