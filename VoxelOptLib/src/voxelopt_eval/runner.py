@@ -14,8 +14,8 @@ the method's preprocessing, registration and conversion of its output to a displ
 It excludes importing the method's package (and what it loads lazily, such as itk's modules):
 :func:`load_method` does that before the clock starts, once per process (worker), so the first
 pair of a worker is timed like the others. Reading and checking the labels (``register``'s
-checks, before the method runs) and computing the metrics are excluded too. ``timings`` holds ``load`` (reading the images), ``align`` (the initial alignment)
-and the method's own stages.
+checks, before the method runs) and computing the metrics are excluded too. ``timings`` holds
+``load`` (reading the images), ``align`` (the initial alignment) and the method's own stages.
 """
 
 from __future__ import annotations
@@ -142,12 +142,12 @@ def run_job(job: Job) -> Dict[str, Any]:
         # the image), before any method runs; not part of the method's time
         checked_labels(fixed_labels, fixed, "fixed labels")
         checked_labels(moving_labels, moving, "moving labels")
-        resumed = time.perf_counter()
+        checked = time.perf_counter()
         translation = job.init.translation(fixed, moving)
         moving = shifted(moving, translation)
         aligned = time.perf_counter()
         output = run_method(job.method, fixed, moving)
-        total = time.perf_counter() - start - (resumed - loaded)
+        total = time.perf_counter() - start - (checked - loaded)
         if moving_labels is not None:
             moving_labels = shifted(moving_labels, translation)
         gt = read_field(job.pair.gt_field) if job.pair.gt_field else None
@@ -155,7 +155,7 @@ def run_job(job: Job) -> Dict[str, Any]:
             gt = relative_to_alignment(gt, translation)
         metrics = {p: evaluate_field(output.field, fixed_labels, moving_labels, p, gt) for p in job.protocols}
         record.update({"status": "ok", "time_total_s": total, "initial_translation_mm": [float(v) for v in translation],
-                       "timings": {"load": loaded - start, "align": aligned - resumed, **output.timings},
+                       "timings": {"load": loaded - start, "align": aligned - checked, **output.timings},
                        "metrics": metrics})
     except Exception as error:  # any failure of this pair is reported, the run goes on
         record.update({"status": "failed", "error": f"{type(error).__name__}: {error}",
