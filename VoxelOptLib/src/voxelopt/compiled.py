@@ -7,7 +7,8 @@ points on 2 cores) and samples float32 only, so the torch path of
 :func:`warp_slab` interpolates the field, reads the moving voxels in their own pixel type,
 interpolates them in float64 and writes the output type, row by row through buffers of a row's
 length: a whole 512x512x600 int16 CT warp in 4.4 ms per million points on 2 cores (0.69-0.70 s),
-against 28-31 ms for the torch path (see the README's *Performance*). Its rules are the torch path's and ITK's.
+against 28-31 ms for the torch path (see the README's *Performance*). Its rules are the torch
+path's and ITK's.
 
 :func:`surface_distances` gives the HD95's nearest-surface distances by exact Euclidean distance
 transforms over each label's box instead of KD-tree queries (SciPy's ``cKDTree``, about 4 µs of
