@@ -147,6 +147,15 @@ def test_a_kernel_that_cannot_load_leaves_the_warps_to_torch(monkeypatch):
     assert np.abs(sitk.GetArrayFromImage(warped).astype(int) - sitk.GetArrayFromImage(expected)).max() <= 1
 
 
+def test_warm_up_loads_the_kernels_where_a_warp_of_that_size_would(monkeypatch):
+    """``warm_up`` loads the kernels (and runs one) for a grid where :func:`compiled.worth_it`
+    would load them, and does nothing for a smaller one."""
+    monkeypatch.setattr(compiled, "_kernels", None)
+    assert compiled.warm_up(compiled.MIN_POINTS - 1) is False and compiled._kernels is None
+    assert compiled.warm_up(compiled.MIN_POINTS) is True and compiled._kernels is voxelopt._numba_kernels
+    assert compiled.worth_it(1)  # loaded: every later warp uses them
+
+
 def test_the_kernel_refuses_outputs_beyond_the_fixed_grid():
     moving, fixed_grid, field = oblique_case(False)
     where = outputs._compiled_field_map(field, fixed_grid, Grid.from_image(moving))

@@ -200,6 +200,21 @@ def test_labels_are_warped_and_scored(pair):
     assert np.isfinite(result.metrics["hd95_mm_mean"])
 
 
+def test_the_outputs_kernels_are_loaded_before_the_outputs_when_a_warp_will_need_them(pair, monkeypatch):
+    """The compiled kernels' one-time loading is started beside the cost masks (a core idles
+    there) for the fixed grid's size, when labels or the moving image will be warped; not when
+    nothing will be."""
+    from voxelopt import compiled
+
+    sizes = []
+    monkeypatch.setattr(compiled, "warm_up", lambda points: sizes.append(points) or False)
+    register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, pair.moving_labels)
+    register(pair.fixed, pair.moving, SMALL, warp_moving=True)
+    assert sizes == [int(np.prod(pair.fixed.GetSize()))] * 2
+    register(pair.fixed, pair.moving, SMALL)
+    assert len(sizes) == 2
+
+
 def test_the_moving_image_warped_in_the_outputs_stage_is_the_one_warped_on_demand(pair):
     """``warp_moving`` warps the moving image beside the label scores (after registration: on
     another thread): the same image and scores as without it, the warp timed, progress through it."""

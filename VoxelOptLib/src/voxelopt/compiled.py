@@ -75,6 +75,19 @@ def preload() -> bool:
     return enabled() and bool(_load())
 
 
+def warm_up(points: int) -> bool:
+    """Pay now the one-time loading that the first compiled warp or score of a process would pay
+    on a fixed grid of ``points`` voxels: when :func:`worth_it` (which imports numba and the
+    kernels: about 0.2 s), also the machine code of one small kernel from numba's disk cache
+    (the first cached kernel a process runs costs about 0.25 s, each further one a few ms;
+    2-core CPU, 2026-12-07). For a caller with a core that would otherwise idle (the pipeline
+    runs it on a thread beside the cost masks). Returns whether the kernels are loaded."""
+    if not worth_it(points):
+        return False
+    surface_voxels(np.zeros((2, 2, 2), np.uint8)[:, :, :1], threads=1)  # a box view, as the scores pass
+    return True
+
+
 def _load():
     """The kernels, loaded (compiled the first time) once per process; False when numba cannot
     provide them (not installed, incompatible with this numpy, no cache location), with a warning

@@ -397,19 +397,25 @@ def labelled_region(labels: np.ndarray, moving_grid: Grid, field: GridField,
     if reach is None:
         return None
     low, high = reach
-    # the field grid's voxel centres mapped to moving continuous indices, (Z, Y, X, 3) as (i, j, k)
-    points = field.grid.physical_points() + field.data[0].detach().double().cpu().numpy()
-    to_moving = np.linalg.inv(moving_grid.index_to_physical)
-    q = np.einsum("rc,czyx->zyxr", to_moving, points - np.reshape(moving_grid.origin, (3, 1, 1, 1)))
-    if min(q.shape[:3]) < 2:
+    shape = field.grid.shape  # (Z, Y, X)
+    if min(shape) < 2:
         return everywhere
-    lo, hi = q, q
-    for axis in range(3):  # min and max over each cell's 2x2x2 corners
-        first, second = ([slice(None)] * 4 for _ in range(2))
-        first[axis], second[axis] = slice(None, -1), slice(1, None)
-        lo = np.minimum(lo[tuple(first)], lo[tuple(second)])
-        hi = np.maximum(hi[tuple(first)], hi[tuple(second)])
-    cells = nonzero_extent(np.all((hi >= low) & (lo <= high), axis=-1))  # over the (Z-1, Y-1, X-1) cells
+    # per moving axis r, the moving continuous index of each field voxel centre p moved by the
+    # field d (LPS mm): q_r = (to_moving @ p + offset)_r + (mm_to_moving @ d)_r, one axis at a time
+    # (three float64 maps of the field grid's size at most); a cell cannot reach the labels when
+    # along some axis all its 8 corners lie below ``low`` or all above ``high``
+    to_moving, moving_offset = field.grid.index_map_to(moving_grid)
+    mm_to_moving = np.linalg.inv(moving_grid.index_to_physical)
+    d = field.data[0].detach().cpu().numpy()  # (3, Z, Y, X)
+    k, j, i = (np.arange(n, dtype=np.float64).reshape([-1 if a == axis else 1 for a in range(3)])
+               for axis, n in enumerate(shape))
+    blocked = np.zeros([n - 1 for n in shape], dtype=bool)
+    for r in range(3):
+        q = to_moving[r, 0] * i + to_moving[r, 1] * j + to_moving[r, 2] * k + moving_offset[r]
+        q = q + sum(float(mm_to_moving[r, c]) * d[c].astype(np.float64) for c in range(3))
+        blocked |= _every_corner(q < low[r])
+        blocked |= _every_corner(q > high[r])
+    cells = nonzero_extent(~blocked)  # over the (Z-1, Y-1, X-1) cells
     if cells is None:
         return None
     # the field-index box of those cells, (i, j, k) order, and its corners in fixed indices
@@ -492,6 +498,15 @@ def _label_reach(labels: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     if extent is None:
         return None
     return extent[0][::-1] - 0.5 - 1e-3, extent[1][::-1] + 0.5 + 1e-3
+
+
+def _every_corner(flags: np.ndarray) -> np.ndarray:
+    """Per cell of a (Z, Y, X) grid of flags, (Z-1, Y-1, X-1): whether all its 8 corners are set."""
+    for axis in range(3):
+        lower, upper = [slice(None)] * 3, [slice(None)] * 3
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        flags = flags[tuple(lower)] & flags[tuple(upper)]
+    return flags
 
 
 def _box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
