@@ -75,12 +75,15 @@ def preset_protocol_arguments(description: str) -> Tuple[argparse.Namespace, Lis
     return args, chosen_names(parser, args.presets, PRESETS, "preset")
 
 
-def preset_config(preset: str, shared: Path):
-    """The preset's ``RegistrationConfig``, a network preset reading its weights from ``SHARED/models``."""
+def preset_config(preset: str, shared: Path, **overrides):
+    """The preset's ``RegistrationConfig`` with ``overrides`` (config fields), a network preset
+    reading its weights from ``SHARED/models`` unless the overrides give them."""
     from voxelopt import RegistrationConfig
 
-    config = RegistrationConfig.preset(preset)
-    return config.replace(weights=str(shared / "models")) if config.applies("weights") else config
+    config = RegistrationConfig.preset(preset, **overrides)
+    if config.applies("weights") and config.weights is None:
+        config = config.replace(weights=str(shared / "models"))
+    return config
 
 
 def development_pairs(args: argparse.Namespace) -> List[Pair]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import DEFAULT_SHARED
+from development_pairs import DEFAULT_SHARED, preset_config
 
 
 def value(text: str):
@@ -61,9 +61,7 @@ def main() -> None:
     for pair, (fixed, fixed_lab, truth) in pairs.items():
         for preset in args.presets.split(","):
             for init in args.inits.split(","):
-                config = voxelopt.RegistrationConfig.preset(preset, init=init, device="cpu", **extra)
-                if config.applies("weights") and config.weights is None:  # network features: ../shared's weights
-                    config = config.replace(weights=str(args.shared / "models"))
+                config = preset_config(preset, args.shared, init=init, device="cpu", **extra)
                 start = time.perf_counter()
                 result = voxelopt.register(fixed, a, config, fixed_lab, a_lab)
                 seconds = time.perf_counter() - start
