@@ -249,6 +249,12 @@ def test_a_label_map_off_its_image_fails_its_pair_before_any_registration(data, 
     run = run_evaluation([bad], [voxelopt_spec(CONFIG)], tmp_path / "out", threads=1, progress=False)
     assert [r["status"] for r in run.records] == ["failed"] and not ran
     assert "moving labels do not overlap their image" in run.failed[0]["error"]
+    # and register's checks of the images themselves: a 2-D moving image fails with its message
+    flat = _write(sitk.ReadImage(good.moving)[:, :, 0], tmp_path / "flat.nii.gz")
+    run = run_evaluation([PairSpec("flat", good.fixed, str(flat), good.fixed_labels, good.moving_labels)],
+                         [voxelopt_spec(CONFIG)], tmp_path / "out2", threads=1, progress=False)
+    assert [r["status"] for r in run.records] == ["failed"] and not ran
+    assert "moving image must be a 3-D image, got 2-D" in run.failed[0]["error"]
 
 
 def test_parallel_backends_give_the_serial_results(serial_run, data, tmp_path):

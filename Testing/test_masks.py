@@ -184,10 +184,19 @@ def test_register_uses_the_masks_and_rejects_an_empty_one():
     mask = make_image(mask_array, spacing=(2.0, 2.0, 2.0))
     config = RegistrationConfig(levels=2, device="cpu", init="none")
     plain = sitk.GetArrayFromImage(register(fixed, moving, config).field)
-    masked = sitk.GetArrayFromImage(register(fixed, moving, config, fixed_mask=mask).field)
+    result = register(fixed, moving, config, fixed_mask=mask)
+    masked = sitk.GetArrayFromImage(result.field)
     assert not np.allclose(plain, masked, atol=1e-3)
+    # metrics.json tells a masked run from an unmasked one: the share of voxels each mask keeps
+    assert result.summary()["masks"] == {"fixed": pytest.approx(20 / 32)}
+    assert register(fixed, moving, config).summary()["masks"] == {}
     with pytest.raises(InputError, match="moving mask has no nonzero voxel"):
         register(fixed, moving, config, moving_mask=make_image(0 * mask_array, spacing=(2.0, 2.0, 2.0)))
+    # an image given as a mask (fractions, negative values) is refused as it is as labels, not
+    # taken for "use every voxel"
+    for image in (moving, make_image(rng_volume.astype(np.float32) - 0.5, spacing=(2.0, 2.0, 2.0))):
+        with pytest.raises(InputError, match="fixed mask must hold non-negative integer labels.*image rather than"):
+            register(fixed, moving, config, fixed_mask=image)
 
 
 def test_the_masks_restrict_the_affine_stage_too(monkeypatch):

@@ -636,10 +636,54 @@ def test_segmentation_outputs_a_run_does_not_make_are_named_and_let_go(scene):
     parameters.set_node(node, "movingSegmentation", None)
     second = logic.processParameterNode(node, showResult=False)
     assert second.warpedSegmentation is None and second.diceTable is None
+    one_sided = "fixed labels were given without moving labels: nothing is scored"  # the engine's note
     assert [w.split(" (")[0] for w in second.warnings] == [
-        f"output warpedSegmentation '{first.warpedSegmentation.GetName()}' was not written by this run",
+        one_sided, f"output warpedSegmentation '{first.warpedSegmentation.GetName()}' was not written by this run",
         f"output diceTable '{first.diceTable.GetName()}' was not written by this run"]
     assert node.GetNodeReference("outputSegmentation") is None and node.GetNodeReference("outputDiceTable") is None
     assert node.GetNodeReference("outputTransform") is second.transform is first.transform  # written again
     assert first.diceTable.GetScene() is scene and first.diceTable.GetTable().GetNumberOfRows() == rows  # left as it was
-    assert logic.processParameterNode(node, showResult=False).warnings == []
+    assert [w.split(" (")[0] for w in logic.processParameterNode(node, showResult=False).warnings] == [one_sided]
+
+
+def test_output_nodes_a_run_named_follow_the_inputs_and_a_users_name_is_kept(scene):
+    """Fixed and moving swapped with the outputs reused: the nodes the module named after the
+    moving volume are renamed after the new one (they no longer hold "moving warped"); a node the
+    user renamed keeps the user's name; a failed run puts the names back."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(24, 20, 16), with_segmentations=True)
+    nodes["fixed"].SetName("A")
+    nodes["moving"].SetName("B")
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    logic.applyPreset(node, "fast")
+    parameters.set_values(node, {"levels": 2, "featureSpacing": 2.0, "device": "cpu"})
+    first = logic.processParameterNode(node, showResult=False)
+    assert (first.transform.GetName(), first.warpedVolume.GetName()) == ("B VoxelOpt transform", "B warped")
+    first.entropyVolume.SetName("my entropy")
+    parameters.set_node(node, "fixedVolume", nodes["moving"])
+    parameters.set_node(node, "movingVolume", nodes["fixed"])
+    second = logic.processParameterNode(node, showResult=False)
+    assert second.transform is first.transform and second.warpedVolume is first.warpedVolume  # reused
+    assert (second.transform.GetName(), second.warpedVolume.GetName(), second.jacobianVolume.GetName()) == (
+        "A VoxelOpt transform", "A warped", "A Jacobian")
+    assert second.entropyVolume.GetName() == "my entropy"
+    # a run that fails while writing leaves the names as they were
+    parameters.set_node(node, "fixedVolume", nodes["fixed"])
+    parameters.set_node(node, "movingVolume", nodes["moving"])
+    import VoxelOptRegistrationLib.logic as logic_module
+    original = logic_module.RegistrationLogic._writeDiceTable
+
+    def failing(self, *args):
+        raise RuntimeError("disk gone")
+
+    logic_module.RegistrationLogic._writeDiceTable = failing
+    try:
+        with pytest.raises(RuntimeError, match="disk gone"):
+            logic.processParameterNode(node, showResult=False)
+    finally:
+        logic_module.RegistrationLogic._writeDiceTable = original
+    assert (second.transform.GetName(), second.warpedVolume.GetName()) == ("A VoxelOpt transform", "A warped")
+    third = logic.processParameterNode(node, showResult=False)
+    assert (third.transform.GetName(), third.warpedVolume.GetName()) == ("B VoxelOpt transform", "B warped")

@@ -5,7 +5,8 @@ A :class:`SceneTransaction` records, before anything is written,
 * the nodes it creates (removed again on failure),
 * a copy of every existing node it is about to overwrite, with its display nodes (copied back
   on failure: voxels, geometry, transform, segments, table, colours and window), and
-* the parent transform of every node it moves under a transform (put back on failure).
+* the parent transform of every node it moves under a transform (put back on failure), and
+* the name of every output node it renames after changed inputs (put back on failure).
 
 On success the copies are released (:meth:`SceneTransaction.commit`).
 
@@ -19,6 +20,11 @@ Usage::
 from typing import Any, List, Optional, Tuple
 
 from .volumes import ROLE_ATTRIBUTE
+
+#: Attribute of an output node holding the name a run gave it. While the node still has that name
+#: (the user has not renamed it), a later run whose inputs give another name renames it: after
+#: fixed and moving are swapped, "A warped" must not hold Adef warped.
+AUTO_NAME_ATTRIBUTE = "VoxelOpt.AutoName"
 
 
 class _NodeCopy:
@@ -86,6 +92,7 @@ class SceneTransaction:
         self.created: List[Any] = []
         self._saved: List[Tuple[Any, Any]] = []  # (node, copy), display nodes included
         self._parents: List[Tuple[Any, Optional[str]]] = []
+        self._names: List[Tuple[Any, str]] = []  # (node, its name before a rename)
 
     def __enter__(self) -> "SceneTransaction":
         return self
@@ -104,6 +111,7 @@ class SceneTransaction:
             copy.release(node)
         self._saved.clear()
         self._parents.clear()
+        self._names.clear()
 
     def node_for(self, existing, class_name: str, name: str, role: str):
         """``existing`` (saved first, so that a rollback restores it), or a new node named after ``name``.
@@ -114,13 +122,24 @@ class SceneTransaction:
         if existing is not None:
             self.save(existing)
             existing.SetAttribute(ROLE_ATTRIBUTE, role)
+            self._follow_name(existing, name)
             return existing
         node = self.scene.AddNewNodeByClass(class_name, self.scene.GenerateUniqueName(name))
         node.SetAttribute(ROLE_ATTRIBUTE, role)
+        node.SetAttribute(AUTO_NAME_ATTRIBUTE, node.GetName())
         self.created.append(node)
         if node.IsA("vtkMRMLVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
             node.CreateDefaultDisplayNodes()
         return node
+
+    def _follow_name(self, node, name: str) -> None:
+        given = node.GetAttribute(AUTO_NAME_ATTRIBUTE)
+        if given is None or node.GetName() != given or _made_from(given, name):
+            return
+        self._names.append((node, given))
+        # the name itself when free (the scene's generator counts up even for a free name)
+        node.SetName(name if self.scene.GetFirstNodeByName(name) is None else self.scene.GenerateUniqueName(name))
+        node.SetAttribute(AUTO_NAME_ATTRIBUTE, node.GetName())
 
     def save(self, node) -> None:
         """Remember the current state of ``node`` and of its display nodes (once per node)."""
@@ -150,9 +169,19 @@ class SceneTransaction:
             node.SetAndObserveTransformNodeID(parent_id)
         for node, copy in reversed(self._saved):
             copy.restore(node)
+        for node, name in reversed(self._names):  # after the copies: a segmentation's does not hold its name
+            node.SetName(name)
+            node.SetAttribute(AUTO_NAME_ATTRIBUTE, name)
+        self._names.clear()
         for node in reversed(self.created):
             remove_node(self.scene, node)
         self.created.clear()
+
+
+def _made_from(given: str, name: str) -> bool:
+    """Whether ``given`` is ``name`` or the scene's unique variant of it (``name_1``, ...)."""
+    suffix = given[len(name) + 1:]
+    return given == name or (given.startswith(name + "_") and suffix.isdigit())
 
 
 def remove_node(scene, node) -> None:

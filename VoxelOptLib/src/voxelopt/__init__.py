@@ -20,7 +20,7 @@ import importlib
 from typing import Any
 
 from .config import PRESETS, RegistrationConfig
-from .errors import ConfigError, InputError, InputWarning, RegistrationCancelled, VoxelOptError
+from .errors import ConfigError, InputError, InputWarning, OutputError, RegistrationCancelled, VoxelOptError
 
 __version__ = "0.1.0"
 #: The oldest torch the engine supports (as in pyproject.toml's dependencies). The engine's tests pass
@@ -65,6 +65,7 @@ __all__ = [
     "FeatureExtractor",
     "InputError",
     "InputWarning",
+    "OutputError",
     "RegistrationCancelled",
     "RegistrationConfig",
     "RegistrationResult",

@@ -28,12 +28,21 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, RegistrationConfig
 from .errors import InputError, InputWarning, VoxelOptError
-from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs
+from .formats import (FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs,
+                      every_output_file_name, output_file_names)
+from .output_dir import atomic_output_dir, check_output_dir, check_output_targets
 
 
 # ============================================================================ parameters
 def _float_list(text: str) -> List[float]:
+    """Numbers separated by commas or spaces; an empty item between commas (``50,,5``, ``5,``)
+    is a mistake, not a shorter list. An empty text is an empty list (the config says why that
+    is not allowed where it is not)."""
+    if not text.strip():
+        return []
     try:
+        if any(not item.strip() for item in text.split(",")):
+            raise ValueError
         return [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}") from None
@@ -105,20 +114,6 @@ def config_from_options(args: argparse.Namespace) -> RegistrationConfig:
 
 
 # ============================================================================ helpers
-def check_output_dir(path: Path, what: str = "output directory") -> None:
-    """Fail before any work if directory ``path`` (``what`` names it in the message) cannot be
-    created or written (creates nothing)."""
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"{what} {path}: {existing} exists and is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {path} cannot be written (no write permission on {existing})")
-
-
 def _progress_printer(quiet: bool):
     def report(fraction: float, message: str) -> None:
         if not quiet:
@@ -134,7 +129,9 @@ def _print_summary(result) -> None:
     plain = metrics["sdlogj_plain"]  # NaN when no voxel has J > 0 (a field folded everywhere)
     plain_text = "no voxel with J > 0" if math.isnan(plain) else f"{plain:.4f}"
     line = f"SDlogJ {metrics['sdlogj']:.4f} (plain {plain_text}), folding {metrics['folding_percent']:.4f}%"
-    if "dice_mean" in metrics:
+    if "dice_mean" in metrics and not metrics.get("labels"):
+        line = "Dice and HD95: nothing scored (no label in both label maps), " + line
+    elif "dice_mean" in metrics:
         line = f"Dice {metrics['dice_initial_mean']:.4f} -> {metrics['dice_mean']:.4f}, HD95 {metrics['hd95_mm_mean']:.2f} mm, " + line
     print(line)
 
@@ -162,8 +159,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
+    inputs = [args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask,
+              args.initial_transform]
+    written = output_file_names(outputs or OUTPUTS, image_format, field_format).values()
+    check_output_targets(out_dir, written, every_output_file_name(), inputs)  # e.g. an input named warped.nii.gz
     if args.overview:
-        _checked_overview(args.overview)
+        overview = _checked_overview(args.overview)
+        check_output_targets(overview.parent, [overview.name], (), inputs)
     if args.feature_cache:
         check_output_dir(Path(args.feature_cache), "--feature-cache directory")
     from .io import read_images  # numpy and SimpleITK: only once the arguments are good
@@ -184,13 +186,11 @@ def cmd_register(args: argparse.Namespace) -> int:
                       initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,
                       warp_moving=outputs is None or "warped" in outputs or bool(args.overview))
     paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
-                        field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report)
+                        field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report, inputs=inputs)
     if args.overview:
-        from .io import atomic_output_dir
         from .overview import result_note, save_overview
 
-        overview = Path(args.overview)
-        with atomic_output_dir(overview.parent) as staging:
+        with atomic_output_dir(overview.parent, inputs=inputs) as staging:
             save_overview(staging / overview.name, fixed, moving, result.warped, fixed_labels, result.warped_labels,
                           result.jacobian, result.entropy, note=result_note(result))
         paths["overview"] = overview
@@ -202,17 +202,19 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_field, evaluate_labels
-    from .io import atomic_output_dir, json_safe, read_field, read_image
+    from .io import json_safe, read_field, read_image
 
     if args.warped_labels and args.field:
         raise InputError("give either --field or --warped-labels, not both (the field is scored by warping "
                          "--moving-labels through it; warped labels are scored as they are)")
     if not args.warped_labels and not args.field:
         raise InputError("give --field (a displacement field to warp --moving-labels through) or --warped-labels")
+    inputs = [args.fixed_labels, args.moving_labels, args.warped_labels, args.field]
     if args.out:
         if Path(args.out).is_dir():
             raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")
         check_output_dir(Path(args.out).parent, "--out folder")
+        check_output_targets(Path(args.out).parent, [Path(args.out).name], (), inputs)
     fixed_labels = read_image(args.fixed_labels, "fixed labels")
     moving_labels = read_image(args.moving_labels, "moving labels")
     if args.warped_labels:
@@ -222,7 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(json_safe(metrics), indent=2)  # standard JSON: a NaN score is null
     if args.out:
         out = Path(args.out)
-        with atomic_output_dir(out.parent) as staging:
+        with atomic_output_dir(out.parent, inputs=inputs) as staging:
             (staging / out.name).write_text(text, encoding="utf-8")
     print(text)
     return 0
@@ -231,7 +233,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_features(args: argparse.Namespace) -> int:
     config = config_from_options(args)
     from .diagnostics import entropy_distributions, feature_list, plot_entropy_distributions
-    from .io import atomic_output_dir, read_image
+    from .io import read_image
 
     names = feature_list(args.types)
     if not names:
@@ -240,7 +242,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
     results = entropy_distributions(read_image(args.fixed, "fixed image"), read_image(args.moving, "moving image"),
                                     names, config)
-    with atomic_output_dir(out_dir) as staging:
+    with atomic_output_dir(out_dir, inputs=[args.fixed, args.moving]) as staging:
         (staging / "entropy.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
         plot_entropy_distributions(results, staging / "entropy.png")
     for name, stats in results.items():
@@ -252,7 +254,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = config_from_options(args)
-    from .io import atomic_output_dir, write_image
+    from .io import write_image
     from .overview import result_note, save_overview
     from .phantom import phantom_pair
     from .pipeline import register

@@ -10,6 +10,7 @@ do not give entropies near ln L. Statistics are over the fixed image's foregroun
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -21,7 +22,8 @@ from .device import resolve_device
 from .features import make_extractor
 from .geometry import image_to_tensor, resample_image, resize_volume
 from .io import ImageLike, PathLike
-from .inputs import prepare
+from .errors import InputWarning
+from .inputs import intensity_warnings, prepare
 from .stages import working_features
 from .solver import cost_volume, displacement_entropy, label_offsets
 
@@ -39,6 +41,8 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     """
     device = resolve_device(config.device)
     prepared = prepare(fixed, moving, config)  # grids and alignment do not depend on the features
+    for note in intensity_warnings(prepared.fixed, prepared.moving, config.hu_window):  # as register() warns
+        warnings.warn(note, InputWarning, stacklevel=2)
     offsets = label_offsets(config.search_radius(finest=True), device)  # the working grid is the finest level
     top = math.log(offsets.shape[0])
     on_grid = resample_image(prepared.fixed, prepared.feature_grid)

@@ -18,6 +18,11 @@ class ConfigError(VoxelOptError, ValueError):
     """A registration parameter is invalid (negative alpha, empty theta schedule, unknown preset...)."""
 
 
+class OutputError(VoxelOptError, OSError):
+    """Outputs could not be written (a full disk, a folder whose permissions changed during the
+    run...); the output folder was left as it was before."""
+
+
 class InputWarning(UserWarning):
     """An input that can be registered, but probably not as the user means it (e.g. intensities
     that do not look like CT in Hounsfield units); the message says what to check."""

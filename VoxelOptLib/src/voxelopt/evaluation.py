@@ -20,14 +20,12 @@ from .geometry import (
     Grid,
     check_field_image,
     image_to_mm_field,
-    image_to_tensor,
     mm_to_voxel_field,
     resample_image,
-    resample_through_field,
     resize_volume,
 )
 from .metrics import jacobian_determinant, jacobian_statistics, registration_label_metrics
-from .outputs import resample_map
+from .outputs import GridField, warp_image
 from . import voxels
 
 _CPU = torch.device("cpu")
@@ -69,10 +67,10 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     the fixed labels' grid (grown to the field's box when they are cropped from the fixed image's
     grid, :func:`scoring_grid`). Both are *evaluation grids*: the grid itself when ``scale`` is 1,
     else that box with ``scale`` times the voxels per axis (:meth:`Grid.scaled`; the official
-    code's protocol uses 0.5). The field is sampled on the label grid as ITK samples it, the
-    fixed labels are resampled there with nearest neighbour, and the moving labels, resampled
-    with nearest neighbour onto their own grid scaled the same way, are warped through the
-    field (nearest).
+    code's protocol uses 0.5). The fixed labels are resampled there with nearest neighbour, and
+    the moving labels (at ``scale`` 1 as they are, else resampled with nearest neighbour onto
+    their own grid scaled the same way) are warped through the field by ``register``'s own warp
+    (:func:`voxelopt.outputs.warp_image`, nearest, the field sampled as ITK samples it).
 
     Args:
         fixed_labels, moving_labels: the label maps (each on its own grid), or both None (then
@@ -102,17 +100,15 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
     metrics.update(jacobian_statistics(jacobian_determinant(mm_to_voxel_field(d, grid)).numpy()))
     if fixed_labels is not None:
-        score_grid = evaluation_grid(scoring_grid(label_grid, field_grid), scale)
-        if not score_grid.same_as(grid):
-            grid = score_grid
-            d = image_to_mm_field(resample_map(field, score_grid, vector=True), _CPU)
+        grid = evaluation_grid(scoring_grid(label_grid, field_grid), scale)
         fixed_np = evaluation_grid_labels(fixed_labels, grid)
-        moving_eval_grid = evaluation_grid(Grid.from_image(moving_labels), scale)
-        moving_t = image_to_tensor(resample_image(moving_labels, moving_eval_grid, None, sitk.sitkNearestNeighbor, 0), _CPU)
-        warped = resample_through_field(moving_t, moving_eval_grid, grid, d, "nearest", 0.0)
-        initial = resample_through_field(moving_t, moving_eval_grid, grid, None, "nearest", 0.0)
-        metrics.update(registration_label_metrics(fixed_np, voxels.view(moving_labels), initial[0, 0],
-                                                  warped[0, 0], grid.spacing[::-1]))
+        moving_eval = moving_labels if scale == 1.0 else resample_image(
+            moving_labels, evaluation_grid(Grid.from_image(moving_labels), scale), None, sitk.sitkNearestNeighbor, 0)
+        # warped by register()'s own warp (the same samples, so the same score for the same field)
+        warped = warp_image(moving_eval, GridField.from_image(field, _CPU), grid, nearest=True, default=0)
+        initial = resample_image(moving_eval, grid, None, sitk.sitkNearestNeighbor, 0)
+        metrics.update(registration_label_metrics(fixed_np, voxels.view(moving_labels), voxels.view(initial),
+                                                  voxels.view(warped), grid.spacing[::-1]))
     return metrics
 
 

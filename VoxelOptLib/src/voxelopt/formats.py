@@ -3,7 +3,7 @@ argument checks use them without loading numpy, SimpleITK or torch)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 from .errors import InputError
 
@@ -14,6 +14,10 @@ FIELD_FORMATS = IMAGE_FORMATS + ("h5",)
 
 #: The outputs a registration can write, in writing order ("labels": the warped moving labels).
 OUTPUTS = ("field", "warped", "labels", "entropy", "jacobian", "metrics")
+
+#: The file stem of each output (``<stem>.<format>``; stable: scripts rely on them).
+OUTPUT_STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
+                "jacobian": "jacobian"}
 
 #: Where the written field lives: its own grid (the solver's working grid, 4 mm by default) or
 #: the full fixed grid.
@@ -44,3 +48,17 @@ def check_outputs(outputs: Union[None, str, Iterable[str]], with_labels: bool) -
     if "labels" in names and not with_labels:
         raise InputError("the 'labels' output (the warped moving labels) needs moving labels")
     return tuple(key for key in OUTPUTS if key in names)
+
+
+def output_file_names(outputs: Iterable[str], image_format: str, field_format: str) -> Dict[str, str]:
+    """The file name of each of ``outputs`` (names of :data:`OUTPUTS`): ``<stem>.<format>``
+    (:data:`OUTPUT_STEMS`; the field in ``field_format``, the images in ``image_format``) and
+    ``metrics.json``."""
+    return {key: "metrics.json" if key == "metrics" else
+            f"{OUTPUT_STEMS[key]}.{field_format if key == 'field' else image_format}" for key in outputs}
+
+
+def every_output_file_name() -> Tuple[str, ...]:
+    """Every file name an output may have, in any format: what an earlier run may have left in
+    an output folder."""
+    return tuple(f"{stem}.{fmt}" for stem in OUTPUT_STEMS.values() for fmt in FIELD_FORMATS) + ("metrics.json",)

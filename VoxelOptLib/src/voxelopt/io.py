@@ -4,24 +4,21 @@ Images are read and written with SimpleITK (NIfTI, NRRD, MetaImage, ...). Displa
 are ITK displacement-field images (3 components, LPS mm, resampling direction); ``.h5`` / ``.tfm``
 paths are written as an ITK ``DisplacementFieldTransform`` file instead.
 
-:func:`atomic_output_dir` writes every file into a hidden temporary folder first and moves them
-into place only when all were written, so a failure leaves no partial output.
+Output folders (written all or nothing, never over an input) are :mod:`voxelopt.output_dir`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import gzip
 import math
 import os
-import shutil
 import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -117,10 +114,14 @@ def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
     ITK would spread the others evenly, a wrong geometry).
     """
     folder = Path(folder)
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "No Series were found": the error below says it
     try:
         series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         series = ()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series:
         raise InputError(f"{what} folder {folder} holds no DICOM series (its subfolders are not searched); give an "
                          "image file or a folder holding the files of one DICOM series")
@@ -389,48 +390,3 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` if needed and check that files can be written there."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"output directory {path} cannot be created: {error.strerror or error}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".voxelopt-write-test-"):
-            pass
-    except OSError as error:  # e.g. a read-only mount, or a special file system such as /proc
-        raise InputError(f"output directory {path} does not take new files (creating one there failed: "
-                         f"{error.strerror or error})") from None
-    return path
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: PathLike, stale: Sequence[str] = ()) -> Iterator[Path]:
-    """Yield a temporary folder inside ``out_dir``; on success move its files into ``out_dir``.
-
-    On success, files of ``out_dir`` named in ``stale`` that this run did not write are removed
-    (outputs of an earlier run that would otherwise look like this run's). On any exception the
-    temporary folder is removed and ``out_dir`` is left as it was (a folder created for the
-    purpose is removed again).
-    """
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    ensure_writable_dir(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".voxelopt-partial-", dir=out_dir))
-    try:
-        yield staging
-        written = {item.name for item in staging.iterdir()}
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out_dir / item.name)
-        for name in stale:
-            if name not in written and (out_dir / name).is_file():
-                (out_dir / name).unlink()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)

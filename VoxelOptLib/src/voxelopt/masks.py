@@ -30,8 +30,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .geometry import Grid, check_image, resample_image
-from .io import ImageLike, as_image
+from .geometry import Grid, resample_image
+from .inputs import checked_label_values
+from .io import ImageLike
 from . import voxels
 
 if TYPE_CHECKING:  # torch is needed by working_mask only; the user-mask checks run before it is loaded
@@ -141,19 +142,17 @@ def _run_length(equal: np.ndarray) -> np.ndarray:
 def user_mask(mask: Optional[ImageLike], image: sitk.Image, what: str) -> Optional[np.ndarray]:
     """A user mask as a boolean (Z, Y, X) array on ``image``'s grid (nonzero = use), or None.
 
-    The mask is resampled (nearest neighbour) onto the image's grid when its geometry differs;
-    outside its own grid it is 0. Raises :class:`InputError` for a non-3-D, multi-component,
-    non-finite or empty mask.
+    The mask is a label map, checked as label maps are
+    (:func:`voxelopt.inputs.checked_label_values`: an image given as a mask, with fractions or
+    negative values, is refused), and resampled (nearest neighbour) onto the image's grid when its
+    geometry differs; outside its own grid it is 0. Raises :class:`InputError` for a non-3-D,
+    multi-component, non-finite, non-integer, negative or empty mask.
     """
     if mask is None:
         return None
-    mask = as_image(mask, what)
-    check_image(mask, what)
+    mask = checked_label_values(mask, what, allow_empty=True)  # emptiness on the image grid, below
     mask = resample_image(mask, Grid.from_image(image), interpolator=sitk.sitkNearestNeighbor, default=0)
-    values = voxels.view(mask)
-    if values.dtype.kind == "f" and not np.isfinite(values).all():  # integer masks are finite
-        raise InputError(f"{what} contains NaN or infinite voxels")
-    use = values != 0
+    use = voxels.view(mask) != 0
     if not use.any():
         raise InputError(f"{what} has no nonzero voxel on its image's grid: nothing would be registered")
     return use

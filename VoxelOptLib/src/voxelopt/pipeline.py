@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple, Union
+
+import numpy as np
 
 from . import compiled
 from .allocator import release_free_memory
@@ -153,6 +156,9 @@ def register(
         fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
         notes = intensity_warnings(checked.fixed, checked.moving, config.hu_window)
+        if fixed_lab is not None and moving_lab is None:
+            notes.append("fixed labels were given without moving labels: nothing is scored (Dice and HD95 compare "
+                         "the warped moving labels with the fixed labels)")
         for note in notes:
             warnings.warn(note, InputWarning, stacklevel=2)
         # The affine stage (SimpleITK on one thread, which releases the GIL) runs in the background
@@ -215,6 +221,10 @@ def register(
             lambda: cancel is not None and bool(cancel()),
             warp_moving=warp_moving,
         )
+    if fixed_lab is not None and moving_lab is not None and not outputs["metrics"].get("labels"):
+        notes.append("no label value is in both the fixed and the moving labels, so nothing was scored (Dice and "
+                     "HD95 are nan): the two label maps must use the same numbers for the same structures")
+        warnings.warn(notes[-1], InputWarning, stacklevel=2)
     report(1.0, "done")
     return RegistrationResult(
         field=outputs["field"].to_image(),
@@ -231,6 +241,10 @@ def register(
         grid_field=outputs["field"],
         _warped=outputs["warped"],
         warnings=notes,
+        masks={side: float(np.count_nonzero(use)) / use.size for side, use in (
+            ("fixed", checked.fixed_use), ("moving", checked.moving_use)) if use is not None},
+        input_files=tuple(str(value) for value in (fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask,
+                                                   initial_transform) if isinstance(value, (str, os.PathLike))),
     )
 
 

@@ -4,7 +4,8 @@ File names written by :meth:`RegistrationResult.save` are stable (scripts rely o
 ``field.<fmt>``, ``warped.<fmt>``, ``warped_labels.<fmt>`` (when labels were given),
 ``entropy.<fmt>``, ``jacobian.<fmt>`` and ``metrics.json``. Which of them are written is chosen
 with ``outputs``; files of those names left in the folder by an earlier run are removed, so the
-folder always describes one run.
+folder always describes one run; a file of the folder that is one of the run's inputs is never
+replaced or removed (an error instead).
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
 from .geometry import Grid, check_image
-from .formats import FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs
-from .io import ImageLike, PathLike, as_image, atomic_output_dir, json_safe, write_field, write_image
-#: The file stem of each output ("labels" is the warped label map).
-_STEMS = {"field": "field", "warped": "warped", "labels": "warped_labels", "entropy": "entropy",
-          "jacobian": "jacobian"}
+from .formats import (FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs,
+                      every_output_file_name, output_file_names)
+from .io import ImageLike, PathLike, as_image, json_safe, write_field, write_image
+from .output_dir import atomic_output_dir
 
 
 @dataclasses.dataclass
@@ -60,6 +60,11 @@ class RegistrationResult:
         moving: the moving image (kept to compute :attr:`warped` on demand).
         warnings: what about the inputs may have spoiled the registration (see
             :class:`voxelopt.InputWarning`, also issued as Python warnings), in ``metrics.json``.
+        input_files: the files :func:`voxelopt.register` read its inputs from (those given as
+            paths), which :meth:`save` never replaces or removes.
+        masks: for each user mask given (``"fixed"``, ``"moving"``), the fraction of its image's
+            voxels it keeps in the cost (in ``metrics.json``, so that runs with and without a
+            mask can be told apart).
     """
 
     field: sitk.Image
@@ -76,6 +81,8 @@ class RegistrationResult:
     grid_field: Any = dataclasses.field(default=None, repr=False)  # the field as a tensor (voxelopt.outputs.GridField)
     _warped: Optional[sitk.Image] = dataclasses.field(default=None, repr=False)
     warnings: List[str] = dataclasses.field(default_factory=list)
+    input_files: Tuple[str, ...] = ()
+    masks: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ outputs on demand
     def warp(self, image: ImageLike, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
@@ -139,6 +146,7 @@ class RegistrationResult:
             "config": self.config.to_dict(),
             "device": self.device,
             "initial_transform": [list(row) for row in self.initial_transform],
+            "masks": dict(self.masks),
             "warnings": list(self.warnings),
         })
 
@@ -153,6 +161,7 @@ class RegistrationResult:
         full_size_maps: bool = False,
         progress: Optional[Callable[[float, str], None]] = None,
         cancel: Optional[Callable[[], bool]] = None,
+        inputs: Iterable[Optional[PathLike]] = (),
     ) -> Dict[str, Path]:
         """Write outputs into ``out_dir`` (all or nothing); returns the written paths by output name.
 
@@ -165,6 +174,9 @@ class RegistrationResult:
                 instead of their own grids.
             progress: ``progress(fraction, message)`` per output; ``cancel`` polled in between
                 (True raises :class:`RegistrationCancelled`, nothing is written).
+            inputs: files that must not be replaced or removed (the registration's inputs read by
+                the caller; :attr:`input_files` are kept too): one of them in ``out_dir`` under an
+                output's name is an :class:`InputError`, raised before anything is written.
         """
         from .errors import RegistrationCancelled
 
@@ -173,13 +185,11 @@ class RegistrationResult:
         wanted = self._wanted_outputs(outputs)
         if field_grid not in FIELD_GRIDS:
             raise InputError(f"unknown field grid {field_grid!r}; choose one of {', '.join(FIELD_GRIDS)}")
-        names = {key: f"{_STEMS[key]}.{field_format if key == 'field' else image_format}"
-                 for key in wanted if key != "metrics"}
-        if "metrics" in wanted:
-            names["metrics"] = "metrics.json"
+        names = output_file_names(wanted, image_format, field_format)
         report = progress or (lambda fraction, message: None)
         start = time.perf_counter()
-        with atomic_output_dir(out_dir, stale=_stale_names()) as staging:
+        with atomic_output_dir(out_dir, stale=every_output_file_name(),
+                               inputs=[*self.input_files, *inputs]) as staging:
             for number, key in enumerate(wanted):
                 if cancel is not None and cancel():
                     raise RegistrationCancelled("registration cancelled")
@@ -213,9 +223,3 @@ class RegistrationResult:
             return self.warped_labels
         image = self.entropy if key == "entropy" else self.jacobian
         return resample_map(image, self.fixed_grid) if full_size else image
-
-
-def _stale_names() -> Tuple[str, ...]:
-    """Every file name an output of some earlier run may have had."""
-    names = [f"{stem}.{fmt}" for stem in _STEMS.values() for fmt in FIELD_FORMATS]
-    return tuple(names) + ("metrics.json",)

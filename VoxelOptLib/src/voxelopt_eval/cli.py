@@ -41,8 +41,9 @@ def _protocols(text: str) -> List[str]:
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by both dataset commands."""
-    p.add_argument("pairs", help="CSV of pairs (fixed, moving, fixed_labels, moving_labels[, id, gt_field]) or of "
-                                 "subjects (image, labels[, id]: all ordered pairs); paths relative to the CSV")
+    p.add_argument("pairs", help="CSV with a header row naming its columns: pairs (fixed, moving, fixed_labels, "
+                                 "moving_labels[, id, gt_field]) or subjects (image, labels[, id]: all ordered "
+                                 "pairs); paths relative to the CSV")
     p.add_argument("--out-dir", required=True, help="output directory (results.csv, results.md, records/)")
     p.add_argument("--workers", type=int, default=1, help="pairs registered in parallel on this machine (process pool)")
     p.add_argument("--scheduler", help="Dask distributed scheduler address (e.g. tcp://host:8786); overrides --workers")

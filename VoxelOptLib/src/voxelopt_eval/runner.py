@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import SimpleITK as sitk
 
 from voxelopt.errors import ConfigError, InputError
-from voxelopt.inputs import checked_labels
+from voxelopt.inputs import checked_image, checked_labels
 from voxelopt.io import json_safe
 
 from .alignment import COMMON_MODES, InitialAlignment, relative_to_alignment, shifted
@@ -138,8 +138,10 @@ def run_job(job: Job) -> Dict[str, Any]:
         fixed = read_image(job.pair.fixed, "fixed image")
         moving = read_image(job.pair.moving, "moving image")
         loaded = time.perf_counter()
-        # register's checks of the label maps against their images (values; a labelled voxel on
-        # the image), before any method runs; not part of the method's time
+        # register's checks of the images (3-D, scalar, finite, a usable geometry) and of the label
+        # maps against them (values; a labelled voxel on the image), before any method runs; not
+        # part of the method's time
+        fixed, moving = checked_image(fixed, "fixed image"), checked_image(moving, "moving image")
         checked_labels(fixed_labels, fixed, "fixed labels")
         checked_labels(moving_labels, moving, "moving labels")
         checked = time.perf_counter()
