@@ -25,9 +25,8 @@ import SimpleITK as sitk
 
 from .errors import InputError, itk_message
 from .geometry.checks import check_geometry
+from .output_dir import PathLike
 from . import voxels
-
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 

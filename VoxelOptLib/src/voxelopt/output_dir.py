@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 from .errors import InputError, OutputError, VoxelOptError
 
+#: A file or folder path (the library's one alias for it; :mod:`voxelopt.io` re-exports it).
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -67,8 +68,10 @@ def check_output_targets(out_dir: PathLike, written: Iterable[str], removed: Ite
     sources = [Path(source) for source in inputs if source]
     for name in dict.fromkeys(written + list(removed)):
         target = out_dir / name
+        if not target.is_file():
+            continue
         for source in sources:
-            if target.is_file() and source.exists() and os.path.samefile(target, source):
+            if source.exists() and os.path.samefile(target, source):
                 fate = "replace it" if name in written else (
                     "remove it (a file named like an output that this run does not write is taken for an "
                     "earlier run's)")
