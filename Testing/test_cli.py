@@ -241,7 +241,7 @@ def _bad_file(tmp_path, kind):
         ("garbage", [], "cannot read moving image"),
         ("2d", [], "must be a 3-D image"),
         ("vector", [], "must be a scalar image"),
-        ("nan", [], "NaN or infinite"),
+        ("nan", [], r"moving image \S*nan\.mha contains 2 NaN or infinite voxel"),  # the file is named
         ("tiny", ["--preset", "paper"], "too small"),
         ("far", ["--init", "none"], "do not overlap"),
         (None, ["--alpha", "-1"], "alpha must be > 0"),

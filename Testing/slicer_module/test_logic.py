@@ -450,6 +450,19 @@ def test_the_warped_volume_can_be_left_out(scene, monkeypatch):
     assert nodes["moving"].GetParentTransformNode() is run.transform
     np.testing.assert_array_equal(volumes.array_from_volume_node(first.warpedVolume), kept)  # left as it was
     assert "warpedVolume" not in {p.name for p in parameters.REGISTRATION_VALUES}  # not part of a user preset
+    # ticked again: written into the node it had (no "..._1" beside it), unless the user renamed that node
+    monkeypatch.undo()
+    parameters.set_values(node, {"warpedVolume": True})
+    again = logic.processParameterNode(node, showResult=False)
+    assert again.warpedVolume is first.warpedVolume and again.createdNodeIDs == [] and again.warnings == []
+    assert node.GetNodeReference("outputVolume") is first.warpedVolume
+    parameters.set_values(node, {"warpedVolume": False})
+    logic.processParameterNode(node, showResult=False)
+    first.warpedVolume.SetName("kept for comparison")
+    parameters.set_values(node, {"warpedVolume": True})
+    renamed = logic.processParameterNode(node, showResult=False)
+    assert renamed.warpedVolume is not first.warpedVolume and renamed.createdNodeIDs == [renamed.warpedVolume.GetID()]
+    assert first.warpedVolume.GetName() == "kept for comparison"
 
 
 def refused_before_reading(monkeypatch):
@@ -617,11 +630,12 @@ def test_segmentations_without_overlap_give_no_warning_and_read_no_layer(scene, 
     assert run.warnings == [] and "liver" in run.dice
 
 
-def test_segmentation_outputs_a_run_does_not_make_are_named_and_let_go(scene):
+def test_segmentation_outputs_a_run_does_not_make_are_named_let_go_and_taken_up_again(scene):
     """A run without segmentations, into a parameter node whose earlier run made a warped
-    segmentation and a Dice table: those nodes keep the earlier content (they are the user's),
-    the run says so in its warnings, and the parameter node no longer references them as outputs,
-    so the next run neither warns nor takes them for its own."""
+    segmentation and a Dice table: those nodes keep the earlier content, the run says so in its
+    warnings, and the parameter node no longer references them as outputs, so the next run
+    neither warns nor takes them for its own. With the segmentations given again, a run writes
+    into those nodes (no "..._1" beside them)."""
     nodes = phantom_nodes.add_phantom_volumes(scene, size=(24, 20, 16), with_segmentations=True)
     logic = RegistrationLogic(scene)
     node = logic.getParameterNode()
@@ -644,6 +658,10 @@ def test_segmentation_outputs_a_run_does_not_make_are_named_and_let_go(scene):
     assert node.GetNodeReference("outputTransform") is second.transform is first.transform  # written again
     assert first.diceTable.GetScene() is scene and first.diceTable.GetTable().GetNumberOfRows() == rows  # left as it was
     assert [w.split(" (")[0] for w in logic.processParameterNode(node, showResult=False).warnings] == [one_sided]
+    parameters.set_node(node, "movingSegmentation", nodes["moving_segmentation"])
+    again = logic.processParameterNode(node, showResult=False)
+    assert again.warpedSegmentation is first.warpedSegmentation and again.diceTable is first.diceTable
+    assert again.createdNodeIDs == [] and node.GetNodeReference("outputDiceTable") is first.diceTable
 
 
 def test_output_nodes_a_run_named_follow_the_inputs_and_a_users_name_is_kept(scene):

@@ -80,6 +80,16 @@ _OUTPUT_PARAMETERS = {
     "diceTable": "outputDiceTable",
 }
 
+#: RegistrationOutputs field -> the ``VoxelOpt.Role`` attribute of the node a run makes for it.
+_OUTPUT_ROLES = {
+    "transform": "transform",
+    "warpedVolume": "warped",
+    "entropyVolume": "entropy",
+    "jacobianVolume": "jacobian",
+    "warpedSegmentation": "warpedSegmentation",
+    "diceTable": "dice",
+}
+
 
 @dataclasses.dataclass
 class EngineInputs:
@@ -340,6 +350,7 @@ class RegistrationLogic:
         _check_display(values["overlay"], values["overlayOpacity"], parameterNode)
         get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
         outputs = RegistrationOutputs(**{field: get(name) for field, name in _OUTPUT_PARAMETERS.items()})
+        outputs = self._withParkedOutputs(parameterNode, outputs, values["warpedVolume"])
         return self.prepare(
             get("fixedVolume"),
             get("movingVolume"),
@@ -361,11 +372,40 @@ class RegistrationLogic:
         run = self.apply(request, computed, showResult, values["overlay"], values["overlayOpacity"])
         was_modifying = parameterNode.StartModify()
         for field, name in _OUTPUT_PARAMETERS.items():
+            made, given = getattr(run, field), getattr(request.outputs, field)
             # None where the run made no such output (e.g. no warped volume asked for, no segmentations):
-            # an earlier run's node is no output of this one
-            parameters.set_node(parameterNode, name, getattr(run, field))
+            # an earlier run's node is no output of this one; it is parked, for a run that makes it again
+            parameters.set_node(parameterNode, name, made)
+            if made is not None:
+                parameters.park_output(parameterNode, name, None)
+            elif given is not None and given.GetScene() is self.scene:
+                parameters.park_output(parameterNode, name, given)
         parameterNode.EndModify(was_modifying)
         return run
+
+    def _withParkedOutputs(self, parameterNode, outputs: RegistrationOutputs, warpVolume: bool) -> RegistrationOutputs:
+        """``outputs`` with the parked node (see :func:`.parameters.park_output`) for each output that
+        has no node and that this run makes (the warped volume when asked for, the warped
+        segmentation with a moving segmentation, the Dice table with both): turning an output off
+        and on again, or taking the segmentations out and back, writes into the node it had. A
+        parked node the user has renamed (it is theirs now), removed, or chosen as an input is left."""
+        from .transaction import AUTO_NAME_ATTRIBUTE
+        from .volumes import ROLE_ATTRIBUTE
+
+        get = lambda name: parameters.get_node(parameterNode, name)  # noqa: E731
+        made = {"warpedVolume": warpVolume,
+                "warpedSegmentation": get("movingSegmentation") is not None,
+                "diceTable": get("movingSegmentation") is not None and get("fixedSegmentation") is not None}
+        inputs = {get(p.name) for p in parameters.NODE_PARAMETERS if p.name not in _OUTPUT_PARAMETERS.values()}
+        parked = {}
+        for field, name in _OUTPUT_PARAMETERS.items():
+            node = parameters.parked_output(parameterNode, name)
+            if (getattr(outputs, field) is None and made.get(field, True) and node is not None
+                    and node.GetScene() is self.scene and node not in inputs
+                    and node.GetAttribute(ROLE_ATTRIBUTE) == _OUTPUT_ROLES[field]
+                    and node.GetName() == node.GetAttribute(AUTO_NAME_ATTRIBUTE)):
+                parked[field] = node
+        return dataclasses.replace(outputs, **parked)
 
     def processParameterNode(
         self,

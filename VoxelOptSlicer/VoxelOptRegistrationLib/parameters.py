@@ -250,6 +250,30 @@ def get_node(node, name: str):
     return node.GetNodeReference(name)
 
 
+#: Prefix of the reference role under which a parameter node keeps an output node that a run did
+#: not write (see :func:`park_output`).
+PARKED_PREFIX = "parked_"
+
+
+def park_output(node, name: str, referenced) -> None:
+    """Keep ``referenced`` (or None) aside for output parameter ``name``: a run that made no such
+    output (the warped volume turned off, no segmentations) no longer references the earlier run's
+    node as an output, but a later run that makes the output again writes into it
+    (:func:`parked_output`) instead of adding a ``..._1`` node beside it."""
+    node.SetNodeReferenceID(_parked_role(name), referenced.GetID() if referenced is not None else None)
+
+
+def parked_output(node, name: str):
+    """The node parked for output parameter ``name`` (None when none is)."""
+    return node.GetNodeReference(_parked_role(name))
+
+
+def _parked_role(name: str) -> str:
+    if name not in NODE_BY_NAME:
+        raise KeyError(f"unknown node parameter {name!r}")
+    return PARKED_PREFIX + name
+
+
 def accepts(parameter: NodeParameter, referenced) -> bool:
     """Whether node parameter ``parameter`` may reference the node ``referenced``."""
     return (any(referenced.IsA(c) for c in parameter.classes)

@@ -17,14 +17,16 @@ segmentations placed under the node. So:
 
 from typing import List, Sequence
 
+import SimpleITK as sitk
 import vtk
+from vtkmodules.util import numpy_support
 
 import slicer
 
 from .errors import InputNodeError
 from .segmentations import segment_labels, update_segmentation_from_labels
 from .transforms import INTERPOLATION_ATTRIBUTE, set_registration_references
-from .volumes import ROLE_ATTRIBUTE, TemporaryNodes, add_volume_node_from_sitk, parent_transform_check, sitk_from_volume_node
+from .volumes import ROLE_ATTRIBUTE, parent_transform_check, sitk_ijk_to_ras_matrix, sitk_on_node_grid
 
 #: Classes :func:`warp_nodes` accepts.
 WARPABLE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsNode", "vtkMRMLModelNode")
@@ -83,17 +85,14 @@ def warp_nodes(transform_node, nodes: Sequence, fixed_volume) -> List:
     return [_warp_one(transform_node, node, fixed_volume) for node in nodes]
 
 
-def _resample(volume_node, transform_node, fixed_volume, name: str):
-    """A new volume node (of ``volume_node``'s class) holding ``volume_node``'s stored voxels (its
-    parent transform is not applied) resampled onto the fixed grid through the registration's
-    field, as the engine warps: trilinear with the volume's minimum outside it (air for CT); label
-    maps nearest neighbour with 0 outside. The node is made and resliced as by Slicer's
-    ``ResampleVolumeToReferenceVolume``, which fills with 0 and would apply the parent transform."""
-    labels = volume_node.IsA("vtkMRMLLabelMapVolumeNode")
-    image = volume_node.GetImageData()
-    fixed_ijk_to_ras, moving_ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+def _reslice(image, moving_ras_to_ijk, transform_node, fixed_volume, labels: bool):
+    """``image`` (vtkImageData on the moving grid whose RAS -> IJK matrix is ``moving_ras_to_ijk``)
+    resampled onto the fixed volume's voxels through the registration's field (FromParent: fixed
+    -> moving points), as the engine warps: trilinear with the image's minimum outside it (air for
+    CT), or for labels nearest neighbour with 0 outside. Returns the new vtkImageData (IJK of the
+    fixed grid: origin 0, spacing 1)."""
+    fixed_ijk_to_ras = vtk.vtkMatrix4x4()
     fixed_volume.GetIJKToRASMatrix(fixed_ijk_to_ras)
-    volume_node.GetRASToIJKMatrix(moving_ras_to_ijk)
     fixed_to_moving_ijk = vtk.vtkGeneralTransform()
     fixed_to_moving_ijk.PostMultiply()  # applied in the order concatenated
     fixed_to_moving_ijk.Concatenate(fixed_ijk_to_ras)
@@ -112,10 +111,22 @@ def _resample(volume_node, transform_node, fixed_volume, name: str):
         reslice.SetInterpolationModeToLinear()
     reslice.SetBackgroundLevel(0.0 if labels else image.GetScalarRange()[0])
     reslice.Update()
+    return reslice.GetOutput()
+
+
+def _resample(volume_node, transform_node, fixed_volume, name: str):
+    """A new volume node (of ``volume_node``'s class) holding ``volume_node``'s stored voxels (its
+    parent transform is not applied) resampled onto the fixed grid (:func:`_reslice`; label maps
+    nearest neighbour). The node is made as by Slicer's ``ResampleVolumeToReferenceVolume``, which
+    fills with 0 and would apply the parent transform."""
+    moving_ras_to_ijk = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(moving_ras_to_ijk)
+    image = _reslice(volume_node.GetImageData(), moving_ras_to_ijk, transform_node, fixed_volume,
+                     volume_node.IsA("vtkMRMLLabelMapVolumeNode"))
     # a copy of the node with a copy of its display node (window, colours), no storage node, no voxels
     warped = slicer.vtkSlicerVolumesLogic.CloneVolumeWithoutImageData(volume_node.GetScene(), volume_node, name)
     warped.CopyOrientation(fixed_volume)
-    warped.SetAndObserveImageData(reslice.GetOutput())
+    warped.SetAndObserveImageData(image)
     return warped
 
 
@@ -137,6 +148,15 @@ def _warp_one(transform_node, node, fixed_volume):
     return warped
 
 
+def _vtk_matrix(matrix) -> vtk.vtkMatrix4x4:
+    """A 4x4 NumPy array as a vtkMatrix4x4."""
+    result = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            result.SetElement(row, column, float(matrix[row, column]))
+    return result
+
+
 def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: str):
     scene = segmentation_node.GetScene()
     parent_id = segmentation_node.GetTransformNodeID()
@@ -145,10 +165,17 @@ def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: st
         labels, names, colors = segment_labels(segmentation_node)
     finally:
         segmentation_node.SetAndObserveTransformNodeID(parent_id)
-    with TemporaryNodes(scene):
-        labelmap = add_volume_node_from_sitk(scene, labels, "labels (temporary)", "vtkMRMLLabelMapVolumeNode")
-        warped_labels = sitk_from_volume_node(_resample(labelmap, transform_node, fixed_volume, "warped (temporary)"),
-                                              "warped segmentation")
+    # the label map through the field as vtkImageData, without temporary nodes (a label map node's
+    # display node wants the scene's "Labels" colour table, which a bare scene does not have)
+    label_image = vtk.vtkImageData()
+    label_image.SetDimensions(labels.GetSize())
+    label_image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(sitk.GetArrayViewFromImage(labels).ravel(), deep=True))
+    labels_ras_to_ijk = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Invert(_vtk_matrix(sitk_ijk_to_ras_matrix(labels)), labels_ras_to_ijk)
+    resliced = _reslice(label_image, labels_ras_to_ijk, transform_node, fixed_volume, labels=True)
+    i, j, k = resliced.GetDimensions()
+    warped_array = numpy_support.vtk_to_numpy(resliced.GetPointData().GetScalars()).reshape(k, j, i)
+    warped_labels = sitk_on_node_grid(warped_array, fixed_volume, "warped segmentation")
     warped = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     warped.CreateDefaultDisplayNodes()
     update_segmentation_from_labels(warped, warped_labels, names, colors, fixed_volume)

@@ -95,11 +95,25 @@ def read_image(path: PathLike, what: str = "image") -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"cannot read {what} {path}: {itk_message(error)}") from None
-    if path.name.endswith((".nii", ".nii.gz")) and _may_hold_nonfinite(image):
-        bad = nifti_nonfinite_count(path)
-        if bad:
-            raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); replace them with finite values")
+    bad = _nonfinite_count(image, path)
+    if bad:
+        raise InputError(f"{what} {path} contains {bad} NaN or infinite voxel(s); replace them with finite values")
     return image
+
+
+def _nonfinite_count(image: sitk.Image, path: Path) -> int:
+    """The NaN/Inf voxels of an image just read from ``path`` (0 for integer voxels): counted in
+    the file for NIfTI, whose reader turns them into 0 (see :func:`nifti_nonfinite_count`), else
+    in the image, a few slices at a time (no full-size temporary)."""
+    if image.GetPixelID() not in _FLOAT_PIXEL_TYPES:
+        return 0
+    if path.name.endswith((".nii", ".nii.gz")):
+        # a float image with no voxel exactly 0 proves the file has none
+        return nifti_nonfinite_count(path) if (voxels.view(image) == 0).any() else 0
+    array = voxels.view(image)
+    step = max(1, (4 << 20) // max(1, array[0].size))
+    return sum(int(slab.size - np.count_nonzero(np.isfinite(slab))) for slab in
+               (array[start:start + step] for start in range(0, array.shape[0], step)))
 
 
 def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
@@ -195,12 +209,8 @@ def read_images(items: Sequence[Tuple[Optional[PathLike], str]]) -> List[Optiona
     return out
 
 
-def _may_hold_nonfinite(image: sitk.Image) -> bool:
-    """False when ITK's reading proves the file has no NaN/Inf voxel: a float image with no voxel
-    exactly 0 (ITK's NIfTI reader turns NaN and Inf into 0), or an integer image."""
-    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
-        return False
-    return bool((voxels.view(image) == 0).any())
+#: SimpleITK pixel types whose voxels may be NaN or infinite.
+_FLOAT_PIXEL_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
 
 
 #: NIfTI-1 datatype codes of floating-point voxels and their numpy types.
