@@ -529,7 +529,9 @@ import sys
 import voxelopt, voxelopt.config, voxelopt.errors, voxelopt.phantom
 from voxelopt.cli import main
 for argv in ([], ["register", "in.nii.gz", "m.nii.gz", "--out-dir", "o", "--alpha", "-1"],
-             ["register", "missing.nii.gz", "m.nii.gz", "--out-dir", "o"], ["--help"], ["register", "--help"]):
+             ["register", "missing.nii.gz", "m.nii.gz", "--out-dir", "o"],
+             ["register", "in.nii.gz", "m.nii.gz", "--out-dir", "o", "--features", "mind+bogus"],
+             ["evaluate", "--fixed-labels", "f.nii.gz", "--moving-labels", "m.nii.gz"], ["--help"], ["register", "--help"]):
     try:
         code = main(argv)
     except SystemExit as exit:
@@ -543,8 +545,10 @@ def test_import_help_and_argument_errors_do_not_import_torch(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     exits = [line for line in out.stdout.splitlines() if line.startswith("exit ")]
-    assert exits == ["exit 2", "exit 2", "exit 2", "exit 0", "exit 0"], out.stdout + out.stderr
+    assert exits == ["exit 2", "exit 2", "exit 2", "exit 2", "exit 2", "exit 0", "exit 0"], out.stdout + out.stderr
     assert "error: alpha must be > 0" in out.stderr and "error: fixed image file not found" in out.stderr
+    assert "error: unknown feature type bogus; available: mind, obelisk" in out.stderr
+    assert "error: give --field (a displacement field" in out.stderr
     assert out.stdout.strip().splitlines()[-1] == "torch imported: False"
     assert not (tmp_path / "o").exists()
 

@@ -90,3 +90,24 @@ def test_a_failed_compression_leaves_no_output(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_image(sitk.Image(4, 4, 4, sitk.sitkInt16), tmp_path / "ct.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_while_compressing_a_mapped_file_is_raised_as_it_is(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) while the blocks of a memory-mapped file are compressed reaches
+    the caller as a KeyboardInterrupt (the CLI's "error: interrupted"), not as a BufferError from
+    closing a map whose blocks are still referenced."""
+    monkeypatch.setattr(compression, "BLOCK_BYTES", 4096)
+    (tmp_path / "raw").write_bytes(bytes(10 * 4096))
+    calls = []
+
+    def interrupted_crc(block, crc):
+        calls.append(block)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return zlib.crc32(block, crc)
+
+    monkeypatch.setattr(compression, "DEFLATE", type("Deflate", (), {
+        "crc32": staticmethod(interrupted_crc), "compressobj": staticmethod(zlib.compressobj),
+        "DEFLATED": zlib.DEFLATED, "Z_FINISH": zlib.Z_FINISH, "Z_SYNC_FLUSH": zlib.Z_SYNC_FLUSH}))
+    with pytest.raises(KeyboardInterrupt):
+        compression.gzip_file(tmp_path / "raw", tmp_path / "raw.gz", threads=2)

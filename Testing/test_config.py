@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from voxelopt import ConfigError, RegistrationConfig
@@ -92,6 +93,12 @@ def test_when_parameters_apply():
         ({"hu_window": (1.0,)}, "hu_window must be two numbers"),
         ({"thetas": "150"}, "thetas must be a sequence"),
         ({"weights": 3}, "weights must be a non-empty name"),
+        ({"features": "bogus"}, "unknown feature type bogus; available: mind, obelisk, pdd, raw, torchscript, universal"),
+        ({"features": "MIND"}, "unknown feature type MIND"),
+        ({"features": "mind+"}, "features 'mind\\+' has an empty part"),
+        ({"features": "mind+obelisk+mind"}, "names mind more than once"),
+        ({"levels": np.float64(3.0)}, "levels must be an integer"),
+        ({"alpha": np.bool_(True)}, "alpha must be a number"),
     ],
 )
 def test_invalid_values_are_named(changes, word):
@@ -105,6 +112,30 @@ def test_valid_edge_values_and_normalisation():
     assert config.sigma_range == (0.3, 0.3) and config.thetas == (1.0, 2.0)
     assert hash(config) == hash(RegistrationConfig(device="cuda:1", feature_spacing=None, sigma_range=(0.3, 0.3),
                                                    thetas=(1.0, 2.0), mind_radius=0))
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_are():
+    config = RegistrationConfig(levels=np.int64(3), alpha=np.float32(2.0), k=np.int32(2), thetas=np.array([5.0, 0.5]))
+    assert config == RegistrationConfig(levels=3, alpha=2.0, k=2, thetas=(5.0, 0.5))
+    assert (type(config.levels), type(config.alpha), type(config.k)) == (int, float, int)  # plain numbers, for JSON
+
+
+def test_feature_types_are_known_without_torch_and_match_the_extractors():
+    import subprocess
+    import sys
+
+    code = ("import sys, voxelopt\nvoxelopt.RegistrationConfig(features='mind+obelisk')\n"
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    import voxelopt.features
+    from voxelopt.config import BUILTIN_FEATURES, feature_types
+
+    assert sorted(BUILTIN_FEATURES) == voxelopt.features.available_extractors()
+    voxelopt.features.register_extractor("mine", lambda config: voxelopt.features.RawIntensity(config.hu_window))
+    try:
+        assert "mine" in feature_types() and RegistrationConfig(features="mind+mine").features == "mind+mine"
+    finally:
+        voxelopt.features.base._REGISTRY.pop("mine")
 
 
 def test_unknown_preset_and_parameter():

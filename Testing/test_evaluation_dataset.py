@@ -8,6 +8,7 @@ import csv
 import gzip
 import importlib
 import json
+import os
 import subprocess
 import shutil
 import sys
@@ -236,6 +237,19 @@ def test_a_failing_pair_is_reported_and_the_rest_run(data, tmp_path):
     assert again.ran == 1 and again.skipped == 1
 
 
+def test_quiet_still_names_the_failed_pairs(data, tmp_path, capsys):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(gzip.compress(b"not an image"))
+    good = read_pairs(str(data["pairs_csv"]))[0]
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text(f"id,fixed,moving,fixed_labels,moving_labels\nbad,{good.fixed},{broken},{good.fixed_labels},"
+                        f"{good.moving_labels}\n", encoding="utf-8")
+    code = main(["dataset", str(csv_path), "--out-dir", str(tmp_path / "out"), "--quiet", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert "FAILED bad / VoxelOpt: InputError: cannot read moving image" in captured.err
+
+
 def test_a_label_map_off_its_image_fails_its_pair_before_any_registration(data, tmp_path, monkeypatch):
     """register's label checks apply to every pair: moving labels whose header puts them off
     their image fail the pair with register's message (they used to be scored as Dice 0),
@@ -336,6 +350,15 @@ def test_cli_unknown_peer_is_an_error(data, tmp_path, capsys):
     code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(tmp_path), "--peers", "deeds"])
     assert code == 2
     assert "unknown peer(s) deeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "100000"])
+def test_cli_threads_per_pair_out_of_range_are_refused_before_any_work(threads, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(out), "--threads", threads])
+    assert code == 2
+    assert f"threads per pair must be an integer from 1 to {4 * (os.cpu_count() or 1)}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("options, message", [

@@ -98,6 +98,23 @@ def test_identical_images_give_a_near_zero_field():
     assert np.allclose(sitk.GetArrayFromImage(result.jacobian), 1.0, atol=1e-4)
 
 
+def test_an_image_edited_between_registrations_is_read_as_it_now_is():
+    """A caller keeps a copy of an image (sharing its buffer) and edits the image: SimpleITK gives
+    it a buffer of its own, and the next registration and warp must read that one, not the
+    buffer the first registration read (which the copy now holds, or which is freed with it)."""
+    image = make_image(smooth_random_volume((30, 34, 38)), (2.0, 2.0, 2.0))
+    moving = sitk.Image(image)
+    register(image, moving, SMALL)
+    kept = sitk.Image(moving)
+    moving[0:38, 0:17, :] = -1000.0  # half of the image becomes air
+    edited = register(image, moving, SMALL)
+    fresh = register(image, sitk.Image(moving), SMALL)  # the same content in a new object
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(edited.field), sitk.GetArrayFromImage(fresh.field))
+    assert np.abs(sitk.GetArrayFromImage(edited.field)).max() > 1.0  # the edit matters
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(edited.warp(moving)), sitk.GetArrayFromImage(fresh.warp(moving)))
+    del kept
+
+
 @pytest.mark.parametrize("field_grid", ["working", "fixed"])
 def test_coarse_field_reproduces_the_warp_through_simpleitk(field_grid):
     """Oblique anisotropic fixed, a different moving grid, the field on the coarser 3 mm feature grid
@@ -866,3 +883,12 @@ def test_result_warp_takes_any_image_like_and_refuses_other_images(pair, tmp_pat
         result.warp(pair.moving[:, :, 3])
     with pytest.raises(InputError, match="image to warp must be a SimpleITK image, an ArrayImage or a file path"):
         result.warp(np.zeros((4, 4, 4)))
+    complex_image = sitk.RealAndImaginaryToComplex(sitk.Cast(pair.moving, sitk.sitkFloat32), sitk.Cast(pair.moving, sitk.sitkFloat32))
+    with pytest.raises(InputError, match="image to warp has complex of 32-bit float voxels"):
+        result.warp(complex_image)
+    elsewhere = sitk.Image(pair.moving)
+    elsewhere.SetOrigin(tuple(np.asarray(pair.moving.GetOrigin()) + 1000.0))  # an image of another space
+    with pytest.raises(InputError, match="image to warp does not overlap the region the field maps the fixed grid to"):
+        result.warp(elsewhere)
+    corner = pair.moving[:8, :8, :8]  # a part of the moving space is warped, outside it the background
+    assert sitk.GetArrayFromImage(result.warp(corner)).shape == sitk.GetArrayFromImage(result.warped).shape

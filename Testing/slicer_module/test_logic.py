@@ -471,6 +471,37 @@ def refused_before_reading(monkeypatch):
     monkeypatch.setattr(RegistrationLogic, "_volumeImage", lambda *args: pytest.fail("read the volumes"))
 
 
+def test_objects_of_the_wrong_kind_given_to_the_logic_are_clear_errors(scene, monkeypatch):
+    """A batch script's mistakes (a name instead of a node, a model node where a volume or a
+    transform belongs) are InputNodeErrors naming the role and the kind, not AttributeErrors."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode", "a model")
+    logic = RegistrationLogic(scene)
+    refused_before_reading(monkeypatch)
+    fixed, moving = nodes["fixed"], nodes["moving"]
+    calls = [
+        (lambda: logic.process("fixed", moving, fast_config()), "the fixed volume must be a vtkMRMLScalarVolumeNode, got str"),
+        (lambda: logic.process(fixed, model, fast_config()),
+         "the moving volume 'a model' must be a vtkMRMLScalarVolumeNode, got vtkMRMLModelNode"),
+        (lambda: logic.process(fixed, moving, fast_config(), initialTransform=model),
+         "the initial transform 'a model' must be a vtkMRMLTransformNode, got vtkMRMLModelNode"),
+        (lambda: logic.process(fixed, moving, fast_config(), fixedMask=moving),
+         "the fixed mask 'moving' must be a vtkMRMLSegmentationNode or vtkMRMLLabelMapVolumeNode, got vtkMRMLScalarVolumeNode"),
+        (lambda: logic.process(fixed, moving, fast_config(), outputs=RegistrationOutputs(warpedVolume="out")),
+         "the output warpedVolume must be a vtkMRMLNode, got str"),
+        (lambda: logic.createCheckerboard(fixed, model), "the warped volume 'a model' must be a vtkMRMLScalarVolumeNode"),
+        (lambda: logic.createDifference(None, moving), "the fixed volume must be a vtkMRMLScalarVolumeNode, got NoneType"),
+        (lambda: logic.createInverseTransform(model), "the registration transform 'a model' must be a vtkMRMLTransformNode"),
+        (lambda: logic.warpNodes(model, [moving], fixed), "the registration transform 'a model' must be a vtkMRMLTransformNode"),
+    ]
+    before = scene_snapshot(scene)
+    for call, message in calls:
+        with pytest.raises(InputNodeError) as refused:
+            call()
+        assert message in str(refused.value)
+    assert scene_snapshot(scene) == before
+
+
 @pytest.mark.parametrize("field, role", [("warpedVolume", "moving"), ("warpedVolume", "fixed"), ("entropyVolume", "fixed"),
                                          ("warpedSegmentation", "moving_segmentation"),
                                          ("warpedSegmentation", "fixed_segmentation"), ("warpedSegmentation", "mask")])

@@ -351,3 +351,9 @@ def test_remove_run_nodes_leaves_no_display_node_behind(scene):
     assert {"vtkMRMLGridTransformNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNode"} <= created_by_class
     logic.removeRunNodes(run)
     assert node_ids(scene) == before
+    # and a batch script's inputs, once a case is done: nothing of them is left
+    empty = node_ids(scene)
+    extra = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    assert node_ids(scene) != empty
+    logic.removeNodes([extra["fixed"], extra["moving"], None])
+    assert node_ids(scene) == empty

@@ -523,6 +523,11 @@ class RegistrationLogic:
             "moving segmentation": movingSegmentation, "fixed mask": fixedMask, "moving mask": movingMask,
             "initial transform": initialTransform,
         }
+        volume, segmentation = ("vtkMRMLScalarVolumeNode",), ("vtkMRMLSegmentationNode",)
+        _check_node_kinds({role: (node, kinds) for (role, node), kinds in zip(inputs.items(), (
+            volume, volume, segmentation, segmentation, parameters.MASK_CLASSES, parameters.MASK_CLASSES,
+            ("vtkMRMLTransformNode",)))})  # a transform node holding a linear transform will do
+        _check_node_kinds({f"output {field}": (getattr(outputs, field), ("vtkMRMLNode",)) for field in _OUTPUT_PARAMETERS})
         _check_output_classes(outputs)
         _check_nodes_in_scene(self.scene, inputs, outputs)
         _check_input_volumes(fixedVolume, movingVolume)
@@ -765,35 +770,46 @@ class RegistrationLogic:
         nodes, e.g. in a batch script once it has saved what it keeps: ``scene.RemoveNode`` alone
         leaves the display nodes behind. Nodes already removed are skipped; overwritten output
         nodes (not created by the run) are left."""
+        self.removeNodes([self.scene.GetNodeByID(node_id) for node_id in run.createdNodeIDs])
+
+    def removeNodes(self, nodes) -> None:
+        """Remove ``nodes`` from the scene with their display and storage nodes (e.g. a batch
+        script's input volumes once a case is done: ``scene.RemoveNode`` alone leaves their
+        display nodes behind). None, and nodes not in the scene, are skipped."""
         from .transaction import remove_node
 
-        for node_id in run.createdNodeIDs:
-            node = self.scene.GetNodeByID(node_id)
-            if node is not None:
+        for node in nodes:
+            if node is not None and node.GetScene() is self.scene:
                 remove_node(self.scene, node)
 
     def createInverseTransform(self, transformNode):
         """A new transform node mapping the moving space to the fixed one's opposite (see :mod:`.warping`)."""
         from . import warping
 
+        _check_node_kinds({"registration transform": (transformNode, ("vtkMRMLTransformNode",))}, required=True)
         return warping.create_inverse_transform(transformNode)
 
     def warpNodes(self, transformNode, nodes, fixedVolume) -> List[Any]:
         """Copies of moving-space volumes, segmentations, markups or models warped into the fixed space."""
         from . import warping
 
+        _check_node_kinds({"registration transform": (transformNode, ("vtkMRMLTransformNode",)),
+                           "fixed volume": (fixedVolume, ("vtkMRMLScalarVolumeNode",))}, required=True)
+        _check_node_kinds({"node to warp": (node, ("vtkMRMLNode",)) for node in nodes}, required=True)
         return warping.warp_nodes(transformNode, nodes, fixedVolume)
 
     def createCheckerboard(self, fixedVolume, warpedVolume, squareMm: float = 20.0):
         """A checkerboard volume of fixed and warped (squares of ``squareMm`` mm) for visual QA."""
         from . import quality
 
+        _check_qa_volumes(fixedVolume, warpedVolume)
         return quality.checkerboard_volume(fixedVolume, warpedVolume, squareMm)
 
     def createDifference(self, fixedVolume, warpedVolume):
         """A ``warped - fixed`` volume for visual QA."""
         from . import quality
 
+        _check_qa_volumes(fixedVolume, warpedVolume)
         return quality.difference_volume(fixedVolume, warpedVolume)
 
     # ------------------------------------------------------------------ display
@@ -823,6 +839,30 @@ def _as_config(voxelopt, config):
     if isinstance(config, Mapping):
         return voxelopt.RegistrationConfig.from_dict(dict(config))
     raise TypeError(f"config must be a voxelopt.RegistrationConfig, a dict or None, got {type(config).__name__}")
+
+
+def _check_node_kinds(nodes: Mapping[str, Tuple[Any, Tuple[str, ...]]], required: bool = False) -> None:
+    """Refuse, for each ``{role: (node, classes)}``, anything but an MRML node of one of
+    ``classes`` (e.g. a volume's name, or a model node as the initial transform, given by a batch
+    script), before any method of it is called; None passes unless ``required``."""
+    for role, (node, classes) in nodes.items():
+        if node is None and not required:
+            continue
+        is_a = getattr(node, "IsA", None)
+        if callable(is_a) and any(is_a(name) for name in classes):
+            continue
+        kind = node.GetClassName() if callable(getattr(node, "GetClassName", None)) else type(node).__name__
+        named = f" '{node.GetName()}'" if callable(getattr(node, "GetName", None)) else ""
+        raise InputNodeError(f"the {role}{named} must be a {' or '.join(classes)}, got {kind}")
+
+
+def _check_qa_volumes(fixed_volume, warped_volume) -> None:
+    """Refuse anything but two scalar volume nodes with voxels for a visual-QA volume."""
+    _check_node_kinds({"fixed volume": (fixed_volume, ("vtkMRMLScalarVolumeNode",)),
+                       "warped volume": (warped_volume, ("vtkMRMLScalarVolumeNode",))}, required=True)
+    for role, node in (("fixed volume", fixed_volume), ("warped volume", warped_volume)):
+        if node.GetImageData() is None:
+            raise InputNodeError(f"the {role} '{node.GetName()}' has no voxels")
 
 
 def _check_output_classes(outputs: RegistrationOutputs) -> None:

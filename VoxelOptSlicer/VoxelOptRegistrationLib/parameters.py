@@ -95,7 +95,9 @@ ENGINE_PARAMETERS: Tuple[ValueParameter, ...] = tuple(
 )
 
 VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
-    ValueParameter("preset", str, DEFAULT_PRESET, None, PRESET_CHOICES, "preset last applied to the fields below"),
+    ValueParameter("preset", str, DEFAULT_PRESET, None, PRESET_CHOICES,
+                   "preset last applied to the fields below (a record: setting it changes no other value; "
+                   "logic.applyPreset does)"),
     *ENGINE_PARAMETERS,
     ValueParameter("overlay", str, "entropy", None, OVERLAY_CHOICES, "foreground shown over the fixed volume"),
     ValueParameter("overlayOpacity", float, 0.5, None, doc="foreground opacity (0-1)"),

@@ -17,7 +17,6 @@ segmentations placed under the node. So:
 
 from typing import List, Sequence
 
-import SimpleITK as sitk
 import vtk
 from vtkmodules.util import numpy_support
 
@@ -167,9 +166,11 @@ def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: st
         segmentation_node.SetAndObserveTransformNodeID(parent_id)
     # the label map through the field as vtkImageData, without temporary nodes (a label map node's
     # display node wants the scene's "Labels" colour table, which a bare scene does not have)
+    from voxelopt import voxels
+
     label_image = vtk.vtkImageData()
     label_image.SetDimensions(labels.GetSize())
-    label_image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(sitk.GetArrayViewFromImage(labels).ravel(), deep=True))
+    label_image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.view(labels).ravel(), deep=True))
     labels_ras_to_ijk = vtk.vtkMatrix4x4()
     vtk.vtkMatrix4x4.Invert(_vtk_matrix(sitk_ijk_to_ras_matrix(labels)), labels_ras_to_ijk)
     resliced = _reslice(label_image, labels_ras_to_ijk, transform_node, fixed_volume, labels=True)

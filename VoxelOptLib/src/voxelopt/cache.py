@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from .digest import ConstantImages
+from .errors import ConfigError
+from .output_dir import ensure_writable_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import SimpleITK as sitk
@@ -42,8 +44,15 @@ class FeatureCache:
     """
 
     def __init__(self, max_items: int = 4, directory: Optional[Union[str, "os.PathLike[str]"]] = None):
+        """``max_items``: feature tensors kept in memory (an integer >= 1); ``directory``: a folder
+        (created if needed) that keeps them across processes too. Raises :class:`ConfigError` for
+        a bad ``max_items`` and :class:`InputError` for a folder that cannot be written."""
+        if isinstance(max_items, (bool, str, os.PathLike)) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
+            hint = (f" (for a cache folder: FeatureCache(directory={str(max_items)!r}))"
+                    if isinstance(max_items, (str, os.PathLike)) else "")
+            raise ConfigError(f"max_items must be an integer >= 1, got {max_items!r}{hint}")
         self.max_items = int(max_items)
-        self.directory = Path(directory) if directory is not None else None
+        self.directory = ensure_writable_dir(directory, "feature cache directory") if directory is not None else None
         self._items: "collections.OrderedDict[Hashable, torch.Tensor]" = collections.OrderedDict()
         self._values: Dict[Hashable, Any] = {}
         self.hits = 0

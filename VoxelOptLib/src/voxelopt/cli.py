@@ -15,6 +15,7 @@ Errors a user can cause print one ``error: ...`` line and exit with status 2, wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -185,14 +186,18 @@ def cmd_register(args: argparse.Namespace) -> int:
     result = register(fixed, moving, config, fixed_labels, moving_labels, progress=report, cache=cache,
                       initial_transform=args.initial_transform, fixed_mask=fixed_mask, moving_mask=moving_mask,
                       warp_moving=outputs is None or "warped" in outputs or bool(args.overview))
-    paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
-                        field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report, inputs=inputs)
-    if args.overview:
-        from .overview import result_note, save_overview
+    # the picture is drawn first, into its folder's staging area, and moved in once the outputs
+    # are: a failure or Ctrl-C on either side leaves both folders as they were
+    with (atomic_output_dir(overview.parent, inputs=inputs) if args.overview else contextlib.nullcontext()) as staging:
+        if args.overview:
+            from .overview import result_note, save_overview
 
-        with atomic_output_dir(overview.parent, inputs=inputs) as staging:
             save_overview(staging / overview.name, fixed, moving, result.warped, fixed_labels, result.warped_labels,
                           result.jacobian, result.entropy, note=result_note(result))
+        paths = result.save(out_dir, image_format=image_format, field_format=field_format, outputs=outputs,
+                            field_grid=args.field_grid, full_size_maps=args.full_size_maps, progress=report,
+                            inputs=inputs)
+    if args.overview:
         paths["overview"] = overview
     if not args.quiet:
         _print_summary(result)
@@ -201,9 +206,6 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_field, evaluate_labels
-    from .io import json_safe, read_field, read_image
-
     if args.warped_labels and args.field:
         raise InputError("give either --field or --warped-labels, not both (the field is scored by warping "
                          "--moving-labels through it; warped labels are scored as they are)")
@@ -215,6 +217,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")
         check_output_dir(Path(args.out).parent, "--out folder")
         check_output_targets(Path(args.out).parent, [Path(args.out).name], (), inputs)
+    from .evaluation import evaluate_field, evaluate_labels  # torch: only once the arguments are good
+    from .io import json_safe, read_field, read_image
+
     fixed_labels = read_image(args.fixed_labels, "fixed labels")
     moving_labels = read_image(args.moving_labels, "moving labels")
     if args.warped_labels:
@@ -265,13 +270,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report(0.0, "making an abdominal phantom pair (moving = phantom, fixed = phantom under a smooth random warp)")
     pair = phantom_pair(size=(128, 112, 96), spacing=(2.5, 2.5, 2.5), max_displacement_mm=10.0, seed=args.seed)
     result = register(pair.fixed, pair.moving, config, pair.fixed_labels, pair.moving_labels, progress=report)
-    paths = result.save(out_dir)
-    with atomic_output_dir(out_dir) as staging:
+    with atomic_output_dir(out_dir) as staging:  # moved in after the outputs, as register's --overview
         for name, image in (("fixed", pair.fixed), ("moving", pair.moving), ("fixed_labels", pair.fixed_labels),
                             ("moving_labels", pair.moving_labels), ("true_field", pair.true_field)):
             write_image(image, staging / f"{name}.nii.gz")
         save_overview(staging / "overview.png", pair.fixed, pair.moving, result.warped, pair.fixed_labels,
                       result.warped_labels, result.jacobian, result.entropy, note=result_note(result))
+        paths = result.save(out_dir)
     if not args.quiet:
         _print_summary(result)
         print(f"wrote {len(paths) + 6} files to {out_dir} (overview: {out_dir / 'overview.png'})")

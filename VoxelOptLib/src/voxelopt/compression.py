@@ -81,16 +81,24 @@ def gzip_buffers(buffers: Sequence[Buffer], target: Union[str, "os.PathLike[str]
     size = sum(len(view) for view in views)
     threads = threads or os.cpu_count() or 1
     crc = 0
-    with open(target, "wb") as out:
-        out.write(_GZIP_HEADER)
-        if not blocks:
-            out.write(_deflate_block(memoryview(b""), level, True))
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads) if blocks else None
+    try:
+        with open(target, "wb") as out:
+            out.write(_GZIP_HEADER)
+            if pool is None:
+                out.write(_deflate_block(memoryview(b""), level, True))
+            else:
                 compressed = [pool.submit(_deflate_block, block, level, number == len(blocks) - 1)
                               for number, block in enumerate(blocks)]
                 for block in blocks:  # the checksum runs while the workers compress
                     crc = DEFLATE.crc32(block, crc)
                 for block in compressed:
                     out.write(block.result())
-        out.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+            out.write(struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF))
+    finally:
+        # also on an exception (Ctrl-C): the blocks not yet begun are dropped, and once no worker
+        # reads a block the views are let go, so that the caller can close a memory-mapped source
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for view in blocks + views:
+            view.release()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import sys
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
@@ -141,9 +143,9 @@ class Parameter:
             self._check_text(value, what)
         else:
             kind = "an integer" if self.type is int else "a number"
-            valid_type = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            valid_type = _is_number(value) and math.isfinite(value)
             if self.type is int:
-                valid_type = isinstance(value, int) and not isinstance(value, bool)
+                valid_type = isinstance(value, numbers.Integral) and not isinstance(value, bool)
             _require(valid_type, f"{what} must be {kind}{self._range_suffix()}, got {value!r}")
             too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
             too_high = self.maximum is not None and value > self.maximum
@@ -183,6 +185,33 @@ def _is_cuda_index(name: str) -> bool:
 
 def _feature_names(config: "RegistrationConfig") -> Tuple[str, ...]:
     return tuple(name.strip() for name in config.features.split("+"))
+
+
+#: The feature types built into the library (``voxelopt.register_extractor`` adds more).
+BUILTIN_FEATURES = ("mind", "obelisk", "pdd", "raw", "torchscript", "universal")
+
+
+def feature_types() -> Tuple[str, ...]:
+    """The names ``features`` accepts (joined with '+'): the built-in ones and those added with
+    ``voxelopt.register_extractor``. Those can only have been added once ``voxelopt.features``
+    was imported, so the answer needs no torch."""
+    base = sys.modules.get("voxelopt.features.base")
+    added = base.available_extractors() if base is not None else ()
+    return tuple(sorted(set(BUILTIN_FEATURES) | set(added)))
+
+
+def _check_features(text: str) -> None:
+    """Raise :class:`ConfigError` unless ``text`` names known feature types joined by '+', each once."""
+    names = [name.strip() for name in text.split("+")]
+    if not all(names):
+        raise ConfigError(f"features {text!r} has an empty part; join feature types with '+', e.g. 'mind+obelisk'")
+    known = feature_types()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"unknown feature type {', '.join(unknown)}; available: {', '.join(known)}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"features {text!r} names {', '.join(twice)} more than once")
 
 
 def _param(default: Any, spec: Parameter) -> Any:
@@ -292,10 +321,13 @@ class RegistrationConfig:
 
     def __post_init__(self) -> None:
         # Normalise sequences so equal settings compare (and hash) equal; validation names bad values.
+        # NumPy scalars (np.int64(3), np.float32(2.0)) become Python numbers.
         for spec in SCHEMA.values():
             value = getattr(self, spec.name)
             if spec.shape != "scalar" and hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
                 object.__setattr__(self, spec.name, tuple(float(v) if _is_number(v) else v for v in value))
+            elif _is_number(value) and type(value) not in (int, float):
+                object.__setattr__(self, spec.name, int(value) if isinstance(value, numbers.Integral) else float(value))
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -338,10 +370,12 @@ class RegistrationConfig:
         """Raise :class:`ConfigError` naming the first invalid parameter (schema order)."""
         for spec in SCHEMA.values():
             spec.check(getattr(self, spec.name))
+        _check_features(self.features)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or float, NumPy's included, but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 #: The schema: field name -> its :class:`Parameter`, with ``name`` and ``default`` filled in,

@@ -31,6 +31,7 @@ from . import voxels
 _CPU = torch.device("cpu")
 
 
+@voxels.stable_views()
 def evaluate_labels(fixed_labels: sitk.Image, moving_labels: sitk.Image, warped_labels: sitk.Image) -> Dict[str, Any]:
     """Dice and HD95 (mm) of an already warped label map against the fixed labels.
 
@@ -59,6 +60,7 @@ def _checked_pair(fixed_labels: sitk.Image, moving_labels: sitk.Image) -> Tuple[
     return (checked_label_values(fixed_labels, "fixed labels"), checked_label_values(moving_labels, "moving labels"))
 
 
+@voxels.stable_views()
 def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[sitk.Image], field: sitk.Image,
                    scale: float = 1.0) -> Dict[str, Any]:
     """Metrics of ``field`` (LPS mm on the fixed grid, ``warped(x) = moving(x + field(x))``).

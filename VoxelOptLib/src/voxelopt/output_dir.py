@@ -37,18 +37,21 @@ def check_output_dir(path: Path, what: str = "output directory") -> None:
         raise InputError(f"{what} {path} cannot be written (no write permission on {existing})")
 
 
-def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` if needed and check that files can be written there."""
+def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
+    """Create ``path`` if needed and check that files can be written there (``what`` names it in
+    the :class:`InputError` otherwise)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise InputError(f"output directory {path} cannot be created: {error.strerror or error}") from None
+        raise InputError(f"{what} {path} cannot be created: {error.strerror or error}") from None
     try:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".voxelopt-write-test-"):
             pass
     except OSError as error:  # e.g. a read-only mount, or a special file system such as /proc
-        raise InputError(f"output directory {path} does not take new files (creating one there failed: "
+        raise InputError(f"{what} {path} does not take new files (creating one there failed: "
                          f"{error.strerror or error})") from None
     return path
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from . import compiled
+from . import compiled, voxels
 from .allocator import release_free_memory
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .digest import DigestMemo
@@ -87,6 +87,7 @@ class _Deferred:
         return self._value
 
 
+@voxels.stable_views()
 def register(
     fixed: ImageLike,
     moving: ImageLike,

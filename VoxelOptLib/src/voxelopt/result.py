@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+import numpy as np
 import SimpleITK as sitk
 
+from . import voxels
 from .allocator import release_free_memory
 from .config import RegistrationConfig
 from .errors import InputError
@@ -26,6 +28,11 @@ from .formats import (FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_
                       every_output_file_name, output_file_names)
 from .io import ImageLike, PathLike, as_image, json_safe, write_field, write_image
 from .output_dir import atomic_output_dir
+
+
+#: Pixel types :meth:`RegistrationResult.warp` takes: integer and real, scalar or vector (not complex).
+_WARPABLE_PIXEL_TYPES = tuple(getattr(sitk, f"sitk{vector}{kind}") for vector in ("", "Vector") for kind in (
+    "UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "UInt64", "Int64", "Float32", "Float64"))
 
 
 @dataclasses.dataclass
@@ -85,6 +92,7 @@ class RegistrationResult:
     masks: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ outputs on demand
+    @voxels.stable_views()
     def warp(self, image: ImageLike, labels: bool = False, progress: Optional[Callable[[float], None]] = None,
              cancel: Optional[Callable[[], bool]] = None) -> sitk.Image:
         """Any image of the moving space (a SimpleITK image, an :class:`~voxelopt.io.ArrayImage` or
@@ -99,12 +107,29 @@ class RegistrationResult:
 
         image = as_image(image, "image to warp")
         check_image(image, "image to warp", scalar=False)
+        if image.GetPixelID() not in _WARPABLE_PIXEL_TYPES:
+            raise InputError(f"image to warp has {image.GetPixelIDTypeAsString()} voxels; integer or real voxels "
+                             "(one or several components) can be warped")
+        if not self._reaches(image):
+            raise InputError("image to warp does not overlap the region the field maps the fixed grid to: it is not "
+                             "an image of the moving space (check its origin and direction), or the field would "
+                             "give nothing but its background")
 
         if self.grid_field is None:
             from .device import resolve_device
 
             self.grid_field = GridField.from_image(self.field, resolve_device(self.device))
         return warp_image(image, self.grid_field, self.fixed_grid, nearest=labels, progress=progress, cancel=cancel)
+
+    def _reaches(self, image: sitk.Image) -> bool:
+        """Whether any point of the field's own grid, moved by the field (fixed -> moving, LPS mm),
+        lies within half a voxel of ``image``'s voxels."""
+        field_grid = Grid.from_image(self.field)
+        points = field_grid.physical_points() + np.moveaxis(voxels.view(self.field), -1, 0)  # (3, Z, Y, X)
+        target = Grid.from_image(image)
+        index = np.linalg.solve(target.index_to_physical, points.reshape(3, -1) - np.reshape(target.origin, (3, 1)))
+        size = np.reshape(image.GetSize(), (3, 1))
+        return bool(np.any(np.all((index >= -0.5) & (index <= size - 0.5), axis=0)))
 
     @property
     def warped(self) -> sitk.Image:
@@ -151,6 +176,7 @@ class RegistrationResult:
         })
 
     # ------------------------------------------------------------------ writing
+    @voxels.stable_views()
     def save(
         self,
         out_dir: PathLike,

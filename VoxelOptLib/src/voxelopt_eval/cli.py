@@ -47,10 +47,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="output directory (results.csv, results.md, records/)")
     p.add_argument("--workers", type=int, default=1, help="pairs registered in parallel on this machine (process pool)")
     p.add_argument("--scheduler", help="Dask distributed scheduler address (e.g. tcp://host:8786); overrides --workers")
-    p.add_argument("--threads", type=int, help="threads per pair (default: CPU cores / workers)")
+    p.add_argument("--threads", type=int, help="threads per pair, 1 to 4x the CPU cores (default: CPU cores / workers)")
     p.add_argument("--no-resume", action="store_true", help="recompute pairs finished in an earlier run")
     p.add_argument("--max-pairs", type=int, help="only the first N pairs (smoke test)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary (failed pairs are still listed, on stderr)")
 
 
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,10 +81,13 @@ def _pairs(args: argparse.Namespace):
 
 
 def _print(run: EvaluationRun, quiet: bool) -> int:
+    """The run's summary (not with ``quiet``) and its failed jobs (always: on stderr with ``quiet``)."""
     if not quiet:
         print(f"{run.ran} job(s) run, {run.skipped} resumed, {len(run.failed)} failed")
-        for record in run.failed:
-            print(f"  FAILED {record['pair_id']} / {record['method']}: {record.get('error', '')}")
+    for record in run.failed:
+        print(f"  FAILED {record['pair_id']} / {record['method']}: {record.get('error', '')}",
+              file=sys.stderr if quiet else sys.stdout)
+    if not quiet:
         print("wrote " + ", ".join(str(p) for p in run.paths.values()))
     return 1 if run.failed else 0
 

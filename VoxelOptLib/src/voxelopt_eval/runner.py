@@ -165,6 +165,10 @@ def run_job(job: Job) -> Dict[str, Any]:
     return json_safe(record)
 
 
+#: The most threads per pair on a Dask cluster, whose machines this one does not know.
+MAX_THREADS = 1024
+
+
 def _limit_threads(threads: int) -> None:
     if threads > 0:
         import torch
@@ -340,6 +344,11 @@ def run_evaluation(
         raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // (1 if scheduler is not None else workers))
+    # on this machine, more threads than 4x its cores only oversubscribe it (100 000 ran out of memory)
+    most = MAX_THREADS if scheduler is not None else 4 * (os.cpu_count() or 1)
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= most:
+        raise ConfigError(f"threads per pair must be an integer from 1 to {most}"
+                          f"{'' if scheduler is not None else ' (4x the cores of this machine)'}, got {threads!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
