@@ -476,6 +476,7 @@ def test_objects_of_the_wrong_kind_given_to_the_logic_are_clear_errors(scene, mo
     transform belongs) are InputNodeErrors naming the role and the kind, not AttributeErrors."""
     nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
     model = scene.AddNewNodeByClass("vtkMRMLModelNode", "a model")
+    grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "a grid transform")
     logic = RegistrationLogic(scene)
     refused_before_reading(monkeypatch)
     fixed, moving = nodes["fixed"], nodes["moving"]
@@ -493,6 +494,7 @@ def test_objects_of_the_wrong_kind_given_to_the_logic_are_clear_errors(scene, mo
         (lambda: logic.createDifference(None, moving), "the fixed volume must be a vtkMRMLScalarVolumeNode, got NoneType"),
         (lambda: logic.createInverseTransform(model), "the registration transform 'a model' must be a vtkMRMLTransformNode"),
         (lambda: logic.warpNodes(model, [moving], fixed), "the registration transform 'a model' must be a vtkMRMLTransformNode"),
+        (lambda: logic.warpNodes(grid, ["moving", moving], fixed), "the node to warp must be a vtkMRMLNode, got str"),
     ]
     before = scene_snapshot(scene)
     for call, message in calls:

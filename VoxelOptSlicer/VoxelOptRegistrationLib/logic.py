@@ -80,6 +80,18 @@ _OUTPUT_PARAMETERS = {
     "diceTable": "outputDiceTable",
 }
 
+#: The node classes :meth:`RegistrationLogic.prepare` takes for each input (by its role in messages);
+#: a transform node holding a linear transform will do as the initial transform.
+_INPUT_CLASSES = {
+    "fixed volume": ("vtkMRMLScalarVolumeNode",),
+    "moving volume": ("vtkMRMLScalarVolumeNode",),
+    "fixed segmentation": ("vtkMRMLSegmentationNode",),
+    "moving segmentation": ("vtkMRMLSegmentationNode",),
+    "fixed mask": parameters.MASK_CLASSES,
+    "moving mask": parameters.MASK_CLASSES,
+    "initial transform": ("vtkMRMLTransformNode",),
+}
+
 #: RegistrationOutputs field -> the ``VoxelOpt.Role`` attribute of the node a run makes for it.
 _OUTPUT_ROLES = {
     "transform": "transform",
@@ -523,10 +535,7 @@ class RegistrationLogic:
             "moving segmentation": movingSegmentation, "fixed mask": fixedMask, "moving mask": movingMask,
             "initial transform": initialTransform,
         }
-        volume, segmentation = ("vtkMRMLScalarVolumeNode",), ("vtkMRMLSegmentationNode",)
-        _check_node_kinds({role: (node, kinds) for (role, node), kinds in zip(inputs.items(), (
-            volume, volume, segmentation, segmentation, parameters.MASK_CLASSES, parameters.MASK_CLASSES,
-            ("vtkMRMLTransformNode",)))})  # a transform node holding a linear transform will do
+        _check_node_kinds({role: (node, _INPUT_CLASSES[role]) for role, node in inputs.items()})
         _check_node_kinds({f"output {field}": (getattr(outputs, field), ("vtkMRMLNode",)) for field in _OUTPUT_PARAMETERS})
         _check_output_classes(outputs)
         _check_nodes_in_scene(self.scene, inputs, outputs)
@@ -795,7 +804,8 @@ class RegistrationLogic:
 
         _check_node_kinds({"registration transform": (transformNode, ("vtkMRMLTransformNode",)),
                            "fixed volume": (fixedVolume, ("vtkMRMLScalarVolumeNode",))}, required=True)
-        _check_node_kinds({"node to warp": (node, ("vtkMRMLNode",)) for node in nodes}, required=True)
+        for node in nodes:  # each one: warping.warp_nodes then names the classes it warps
+            _check_node_kinds({"node to warp": (node, ("vtkMRMLNode",))}, required=True)
         return warping.warp_nodes(transformNode, nodes, fixedVolume)
 
     def createCheckerboard(self, fixedVolume, warpedVolume, squareMm: float = 20.0):

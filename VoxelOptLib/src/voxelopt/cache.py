@@ -47,7 +47,7 @@ class FeatureCache:
         """``max_items``: feature tensors kept in memory (an integer >= 1); ``directory``: a folder
         (created if needed) that keeps them across processes too. Raises :class:`ConfigError` for
         a bad ``max_items`` and :class:`InputError` for a folder that cannot be written."""
-        if isinstance(max_items, (bool, str, os.PathLike)) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
+        if isinstance(max_items, bool) or not isinstance(max_items, (int, np.integer)) or max_items < 1:
             hint = (f" (for a cache folder: FeatureCache(directory={str(max_items)!r}))"
                     if isinstance(max_items, (str, os.PathLike)) else "")
             raise ConfigError(f"max_items must be an integer >= 1, got {max_items!r}{hint}")

@@ -200,9 +200,10 @@ def feature_types() -> Tuple[str, ...]:
     return tuple(sorted(set(BUILTIN_FEATURES) | set(added)))
 
 
-def _check_features(text: str) -> None:
-    """Raise :class:`ConfigError` unless ``text`` names known feature types joined by '+', each once."""
-    names = [name.strip() for name in text.split("+")]
+def _check_features(config: "RegistrationConfig") -> None:
+    """Raise :class:`ConfigError` unless ``config.features`` names known feature types joined by
+    '+', each once."""
+    text, names = config.features, _feature_names(config)
     if not all(names):
         raise ConfigError(f"features {text!r} has an empty part; join feature types with '+', e.g. 'mind+obelisk'")
     known = feature_types()
@@ -370,7 +371,7 @@ class RegistrationConfig:
         """Raise :class:`ConfigError` naming the first invalid parameter (schema order)."""
         for spec in SCHEMA.values():
             spec.check(getattr(self, spec.name))
-        _check_features(self.features)
+        _check_features(self)
 
 
 def _is_number(value: Any) -> bool:

@@ -122,14 +122,20 @@ class RegistrationResult:
         return warp_image(image, self.grid_field, self.fixed_grid, nearest=labels, progress=progress, cancel=cancel)
 
     def _reaches(self, image: sitk.Image) -> bool:
-        """Whether any point of the field's own grid, moved by the field (fixed -> moving, LPS mm),
-        lies within half a voxel of ``image``'s voxels."""
+        """Whether the field maps the fixed grid onto ``image`` (fixed -> moving, LPS mm), judged
+        on a lattice of at most 32 of the field's points per axis, moved by the field, against
+        ``image``'s box widened by the lattice's step: only an image clearly out of reach (another
+        space) fails. A few thousand points: the whole field at 512x512x600 took 1.5 s."""
         field_grid = Grid.from_image(self.field)
-        points = field_grid.physical_points() + np.moveaxis(voxels.view(self.field), -1, 0)  # (3, Z, Y, X)
+        step = np.maximum(1, np.ceil(np.asarray(field_grid.size) / 32)).astype(int)  # (i, j, k)
+        samples = voxels.view(self.field)[::step[2], ::step[1], ::step[0]]  # (Z, Y, X, 3)
+        lattice = field_grid.lattice((0, 0, 0), step, samples.shape[2::-1])
+        points = lattice.physical_points() + np.moveaxis(samples, -1, 0)  # (3, Z, Y, X)
         target = Grid.from_image(image)
         index = np.linalg.solve(target.index_to_physical, points.reshape(3, -1) - np.reshape(target.origin, (3, 1)))
+        margin = np.reshape(0.5 + max(lattice.spacing) / np.asarray(target.spacing), (3, 1))  # voxels of image
         size = np.reshape(image.GetSize(), (3, 1))
-        return bool(np.any(np.all((index >= -0.5) & (index <= size - 0.5), axis=0)))
+        return bool(np.any(np.all((index >= -margin) & (index <= size - 1 + margin), axis=0)))
 
     @property
     def warped(self) -> sitk.Image:
