@@ -454,7 +454,7 @@ def test_an_output_that_cannot_be_moved_in_leaves_the_folder_as_it_was(files, tm
 
 def test_features_command_reports_entropy_per_feature_type(files, tmp_path, capsys):
     out = tmp_path / "features"
-    code, stdout, _ = run(["features", files["fixed"], files["moving"], "--types", "raw,mind", "--levels", "3", "--out-dir", out], capsys)
+    code, stdout, _ = run(["features", files["fixed"], files["moving"], "--types", "raw,mind", "--out-dir", out], capsys)
     assert code == 0
     results = json.loads((out / "entropy.json").read_text())
     assert set(results) == {"raw", "mind"}
@@ -470,11 +470,11 @@ def test_features_command_checks_the_intensities_as_register_does(files, tmp_pat
     for name in ("fixed", "moving"):
         shifted[name] = tmp_path / f"{name}_uint16.nii.gz"
         sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(files[name])) + 1024, sitk.sitkUInt16), str(shifted[name]))
-    code, _, err = run(["features", shifted["fixed"], shifted["moving"], "--types", "raw", "--levels", "3",
-                        "--out-dir", tmp_path / "both"], capsys)
+    code, _, err = run(["features", shifted["fixed"], shifted["moving"], "--types", "raw", "--out-dir", tmp_path / "both"],
+                       capsys)
     assert code == 0 and err.count("no voxel below 0") == 2 and err.startswith("warning: fixed image")
-    code, _, err = run(["features", shifted["fixed"], files["moving"], "--types", "raw", "--levels", "3",
-                        "--out-dir", tmp_path / "one"], capsys)
+    code, _, err = run(["features", shifted["fixed"], files["moving"], "--types", "raw", "--out-dir", tmp_path / "one"],
+                       capsys)
     assert code == 2 and "different units" in err and not (tmp_path / "one").exists()
 
 
@@ -482,10 +482,21 @@ def test_features_of_a_featureless_pair_have_maximal_entropy(tmp_path, capsys):
     flat = make_image(np.full((24, 24, 24), 40.0, np.float32), (2.0, 2.0, 2.0))
     path = tmp_path / "flat.nii.gz"
     sitk.WriteImage(flat, str(path))
-    code, _, _ = run(["features", path, path, "--types", "raw", "--levels", "2", "--init", "none", "--out-dir", tmp_path / "f"], capsys)
+    code, _, _ = run(["features", path, path, "--types", "raw", "--init", "none", "--out-dir", tmp_path / "f"], capsys)
     assert code == 0
     stats = json.loads((tmp_path / "f" / "entropy.json").read_text())["raw"]
     assert stats["relative_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("option", [["--features", "raw"], ["--thetas", "1,2"], ["--levels", "2"], ["--alpha", "2"],
+                                    ["--refine-iterations", "5"], ["--no-filter-cost"], ["--search-fraction", "0.5"]])
+def test_features_command_offers_only_the_options_it_uses(option, files, tmp_path, capsys):
+    """The solver's options would change nothing in the diagnostic, and its feature types come from --types."""
+    out = tmp_path / "features"
+    with pytest.raises(SystemExit) as stop:
+        main(["features", str(files["fixed"]), str(files["moving"]), "--types", "raw", *option, "--out-dir", str(out)])
+    assert stop.value.code == 2 and f"unrecognized arguments: {' '.join(option)}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _changed_value(spec):

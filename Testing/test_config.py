@@ -143,3 +143,10 @@ def test_unknown_preset_and_parameter():
         RegistrationConfig.preset("best")
     with pytest.raises(ConfigError, match="unknown parameter.*lamda"):
         RegistrationConfig.from_dict({"lamda": 1})
+
+
+def test_help_of_the_config_lists_every_parameter_with_its_schema_text():
+    doc = RegistrationConfig.__doc__
+    for spec in SCHEMA.values():
+        assert f"{spec.name}: {spec.description()} (default {spec.default!r}" in doc
+    assert "refine_iterations:" in doc and "paper 0" in doc  # a preset's own value

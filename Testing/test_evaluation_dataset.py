@@ -352,6 +352,20 @@ def test_cli_unknown_peer_is_an_error(data, tmp_path, capsys):
     assert "unknown peer(s) deeds" in capsys.readouterr().err
 
 
+def test_cli_a_peer_not_installed_is_refused_before_any_pair_runs(data, tmp_path, capsys):
+    register_peer(Peer("absent", "Absent", "no-such-package", "voxelopt_no_such_module", "register", {"threads": 0},
+                       lambda settings, fixed, moving: None))
+    try:
+        out = tmp_path / "out"
+        code = main(["dataset", str(data["pairs_csv"]), "--out-dir", str(out), "--peers", "absent"])
+    finally:
+        del PEERS["absent"]
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "absent is not usable (ModuleNotFoundError" in error and "install the 'peers' extra" in error
+    assert not out.exists()  # nothing ran, VoxelOpt included
+
+
 @pytest.mark.parametrize("threads", ["0", "-1", "100000"])
 def test_cli_threads_per_pair_out_of_range_are_refused_before_any_work(threads, data, tmp_path, capsys):
     out = tmp_path / "out"

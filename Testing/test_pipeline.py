@@ -1,5 +1,7 @@
 """register() end to end on synthetic images with known answers."""
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -547,7 +549,9 @@ def test_affine_initial_alignment_and_a_given_initial_transform_are_composed_int
     sitk.WriteTransform(transform, str(path))
     given = register(fixed, moving, config, initial_transform=path)
     assert affine_error_mm(given, fixed, transform)[0] < 0.75
-    with pytest.raises(voxelopt.ConfigError, match="initial transform is used with init"):
+    with pytest.raises(voxelopt.ConfigError, match=re.escape("initial transform is used with init 'none' (as it is) or "
+                                                             "'affine' (as the affine stage's start), not 'com' (the 'fast' "
+                                                             "preset's init): set init (--init) to 'none' or 'affine'")):
         register(fixed, moving, config.replace(init="com"), initial_transform=path)
 
 
@@ -834,6 +838,32 @@ def test_images_not_in_hounsfield_units_are_reported(pair):
         assert register(*raw, SMALL.replace(hu_window=(224.0, 1524.0))).warnings == []
 
 
+@pytest.mark.parametrize("arguments, message", [
+    ({"progress": 5}, "progress must be a function, called as progress(fraction, message), or None; got int"),
+    ({"cancel": "no"}, "cancel must be a function, called as cancel(), or None; got str"),
+    ({"cache": {}}, "cache must be a voxelopt.FeatureCache (e.g. voxelopt.FeatureCache()) or None; got dict"),
+])
+def test_callbacks_and_caches_of_the_wrong_kind_are_clear_errors(pair, arguments, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        register(pair.fixed, pair.moving, SMALL, **arguments)
+
+
+@pytest.mark.parametrize("value", [-1024.0, 800.0])
+def test_an_image_with_no_voxel_inside_the_intensity_window_is_refused(pair, value):
+    """An empty scan (all air) or one wholly above the window has constant features: with any
+    preset the field would be arbitrary (a constant -1024 fixed image with ``paper`` moved by
+    117 mm on average), so the image is refused by name before any work, the affine stage's
+    too."""
+    flat = sitk.Image(pair.fixed.GetSize(), sitk.sitkInt16) + int(value)
+    flat.CopyInformation(pair.fixed)
+    expected = rf"has no voxel inside the intensity window -800 to 500 \(its voxels lie from {value:g} to {value:g}\)"
+    for config in (SMALL, SMALL.replace(init="affine"), SMALL.replace(init="com")):
+        with pytest.raises(InputError, match="the fixed image " + expected):
+            register(flat, pair.moving, config)
+        with pytest.raises(InputError, match="the moving image " + expected):
+            register(pair.fixed, flat, config)
+
+
 def test_a_pair_in_different_intensity_units_is_refused(pair):
     """One image in HU, the other stored without its rescale intercept (no voxel below 0): one
     window cannot serve both, so the pair is refused, naming the odd image and the way out; a
@@ -892,3 +922,12 @@ def test_result_warp_takes_any_image_like_and_refuses_other_images(pair, tmp_pat
         result.warp(elsewhere)
     corner = pair.moving[:8, :8, :8]  # a part of the moving space is warped, outside it the background
     assert sitk.GetArrayFromImage(result.warp(corner)).shape == sitk.GetArrayFromImage(result.warped).shape
+
+
+def test_the_result_prints_as_one_line_of_its_grid_scores_and_time(pair):
+    result = register(pair.fixed, pair.moving, SMALL, pair.fixed_labels, pair.moving_labels)
+    text = repr(result)
+    size = "x".join(str(n) for n in result.field.GetSize())
+    assert text.startswith(f"RegistrationResult(field {size} at ") and "\n" not in text
+    assert f"dice_mean {result.metrics['dice_mean']:.3f}" in text and f"{result.timings['total']:.1f} s on cpu" in text
+    assert "Swig" not in text and "Image" not in text and len(text) < 200

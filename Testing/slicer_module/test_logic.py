@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import slicer
 from slicer_test_helpers import current_scene, requires_engine
 from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, parameters, phantom_nodes, volumes
-from VoxelOptRegistrationLib.errors import InputNodeError
+from VoxelOptRegistrationLib.errors import InputNodeError, VoxelOptSlicerError
 from voxelopt.phantom import LABEL_NAMES
 from voxelopt import InputError
 
@@ -125,12 +125,22 @@ def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
     assert entropy_color.GetNumberOfColors() == 256
     entropy = volumes.array_from_volume_node(run.entropyVolume)
     assert entropy.min() >= 0 and entropy.max() > 0  # nats
-    assert entropy_display.GetWindowLevelMin() == pytest.approx(float(entropy.min()), rel=1e-5)
+    # Only flat distributions (entropy at the map's maximum: air, padding) are transparent; the
+    # colours span the informative voxels, from their 1st percentile to the maximum.
+    flat = entropy >= entropy.max() * (1 - colors.FLAT_ENTROPY_TOLERANCE)
+    assert flat.any() and not flat.all()
+    informative = entropy[~flat]
+    assert entropy_display.GetWindowLevelMin() == pytest.approx(float(np.percentile(informative, 1)), rel=1e-5)
     assert entropy_display.GetWindowLevelMax() == pytest.approx(float(entropy.max()), rel=1e-5)
-    # Uninformative (near-uniform) entropy is transparent: the display threshold cuts the top.
     assert entropy_display.GetApplyThreshold()
-    assert entropy_display.GetUpperThreshold() == pytest.approx(
-        entropy.min() + colors.UNINFORMATIVE_ENTROPY_FRACTION * (entropy.max() - entropy.min()), rel=1e-5)
+    shown = (entropy >= entropy_display.GetLowerThreshold()) & (entropy <= entropy_display.GetUpperThreshold())
+    np.testing.assert_array_equal(shown[~flat], True)
+    assert not shown[flat & (entropy > entropy_display.GetUpperThreshold())].any()
+
+    for node, quantity, units in ((run.entropyVolume, "displacement entropy", "nats"),
+                                  (run.jacobianVolume, "Jacobian determinant", "ratio")):
+        assert node.GetVoxelValueQuantity().GetCodeMeaning() == quantity
+        assert node.GetVoxelValueUnits().GetCodeMeaning() == units
 
     jac_display = run.jacobianVolume.GetDisplayNode()
     jac_color = jac_display.GetColorNode()
@@ -165,6 +175,10 @@ def test_warped_segmentation_and_dice_table(registered):
     rows = {table.GetValueByName(r, "Segment").ToString(): table.GetValueByName(r, "Dice").ToDouble() for r in range(table.GetNumberOfRows())}
     assert rows == pytest.approx(run.dice)
     assert set(rows) == set(LABEL_NAMES.values())
+    moving_seg = nodes["moving_segmentation"].GetSegmentation()
+    position = {moving_seg.GetNthSegment(i).GetName(): i + 1 for i in range(moving_seg.GetNumberOfSegments())}
+    assert {table.GetValueByName(r, "Segment").ToString(): table.GetValueByName(r, "Segment number").ToInt()
+            for r in range(table.GetNumberOfRows())} == position  # the position, not an organ code
     assert all(0.0 <= v <= 1.0 for v in rows.values())
     # Recompute the Dice of one segment from the nodes themselves (fixed grid, label maps).
     from VoxelOptRegistrationLib import segmentations
@@ -469,6 +483,16 @@ def refused_before_reading(monkeypatch):
     """Make reading a volume's voxels (the first thing prepare computes) fail the test: a refused
     input must be refused before it."""
     monkeypatch.setattr(RegistrationLogic, "_volumeImage", lambda *args: pytest.fail("read the volumes"))
+
+
+def test_a_logic_without_a_scene_outside_the_application_says_how_to_give_one(monkeypatch):
+    monkeypatch.delattr(slicer, "mrmlScene", raising=False)  # slicer-core alone sets none
+    with pytest.raises(VoxelOptSlicerError, match=r"no MRML scene: .*RegistrationLogic\(scene\) with scene = "
+                                                 r"slicer.vtkMRMLScene\(\), or set slicer.mrmlScene"):
+        RegistrationLogic().getParameterNode()
+    own = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", own, raising=False)
+    assert RegistrationLogic().scene is own  # the application's scene, read at call time
 
 
 def test_objects_of_the_wrong_kind_given_to_the_logic_are_clear_errors(scene, monkeypatch):

@@ -4,10 +4,14 @@ Uninformative values must not wash out the CT. Slicer's slice views ignore a col
 alpha for scalar volumes, so:
 
 * Entropy (nats): the perceptual, colour-blind-safe "inferno" map, from black (confident, low
-  entropy of the displacement distribution) to light yellow (uncertain), alpha-blended. Voxels
-  above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range (a flat displacement distribution:
-  air and featureless regions, where there was nothing to register) are made transparent by
-  the display threshold.
+  entropy of the displacement distribution) to light yellow (uncertain), alpha-blended, over
+  the range of the informative voxels (:func:`entropy_display_range`). Only voxels whose
+  distribution is flat (entropy at the map's maximum, ln L: air clipped by the HU window and
+  padding, where there is nothing to register) are made transparent by the display threshold.
+  The entropy of the body lies close to ln L (on the real CT B <- A: 2.5-3.29 nats for a
+  maximum of 3.30), so a window from the map's minimum put most of it in the top quarter, and
+  hiding the top 3 % of that window hid 16 % of the body's voxels (holes that read as "no
+  problem here") with the air.
 * Jacobian determinant (no unit): black at 1 (volume preserved), increasingly blue for
   compression (0 < det J < 1), increasingly red for expansion (det J > 1), and a saturated
   **green** band for folding (det J <= 0), which appears in no other part of the map. Shown
@@ -47,8 +51,12 @@ JACOBIAN_COLOR_NAME = "VoxelOpt Jacobian (diverging at 1, folding green)"
 COLOR_ROLE_ATTRIBUTE = "VoxelOpt.ColorRole"
 #: Overlays shown with additive compositing (their uninformative values are black).
 ADDITIVE_OVERLAYS = ("jacobian",)
-#: Entropy above this fraction of the map's range (nearly uniform distributions) is not shown.
-UNINFORMATIVE_ENTROPY_FRACTION = 0.97
+#: Entropy within this fraction of the map's maximum of it is a flat distribution (not shown).
+FLAT_ENTROPY_TOLERANCE = 1e-4
+#: The colour window starts at this percentile of the informative voxels (those below the
+#: flat value): a few very confident voxels would otherwise compress the rest of the map.
+ENTROPY_WINDOW_PERCENTILE = 1.0
+_PERCENTILE_SAMPLES = 1_000_000
 TABLE_SIZE = 256
 
 
@@ -128,14 +136,26 @@ def show_jacobian(volume_node) -> None:
     _display(volume_node, jacobian_color_node(volume_node.GetScene()), *JACOBIAN_WINDOW)
 
 
-def show_entropy(volume_node, min_entropy: float, max_entropy: float) -> None:
-    """Display an entropy volume (nats) with inferno over its range [``min_entropy``, ``max_entropy``].
+def entropy_display_range(entropy: np.ndarray) -> Tuple[float, float, float]:
+    """(window low, window high, flat) of an entropy map (nats): voxels at or above ``flat`` (within
+    :data:`FLAT_ENTROPY_TOLERANCE` of the maximum) have a flat distribution; the window spans the
+    others, from their :data:`ENTROPY_WINDOW_PERCENTILE` th percentile to the maximum."""
+    values = np.asarray(entropy, dtype=np.float64).ravel()
+    top = float(values.max())
+    flat = top - FLAT_ENTROPY_TOLERANCE * abs(top)
+    informative = values[values < flat]
+    if informative.size > _PERCENTILE_SAMPLES:  # a regular sample: the window is set on the GUI thread
+        informative = informative[:: informative.size // _PERCENTILE_SAMPLES]
+    low = float(np.percentile(informative, ENTROPY_WINDOW_PERCENTILE)) if informative.size else float(values.min())
+    return low, max(top, low + 1e-6), flat
 
-    Voxels above :data:`UNINFORMATIVE_ENTROPY_FRACTION` of the range are hidden (display threshold).
-    """
-    low = float(min_entropy)
-    high = max(float(max_entropy), low + 1e-6)
+
+def show_entropy(volume_node, entropy: np.ndarray) -> None:
+    """Display an entropy volume (nats; ``entropy``: its voxels) with inferno over the window of
+    :func:`entropy_display_range`; its flat voxels (air, padding) are hidden by the display
+    threshold, the others all shown (below the window: black)."""
+    low, high, flat = entropy_display_range(entropy)
     _display(volume_node, entropy_color_node(volume_node.GetScene()), low, high)
     display = volume_node.GetDisplayNode()
-    display.SetThreshold(low - 1.0, low + UNINFORMATIVE_ENTROPY_FRACTION * (high - low))
+    display.SetThreshold(min(low, float(np.min(entropy))) - 1.0, flat)
     display.ApplyThresholdOn()

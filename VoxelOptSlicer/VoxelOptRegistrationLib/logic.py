@@ -44,7 +44,7 @@ import slicer
 import vtk
 
 from . import colors, dependencies, parameters, views
-from .errors import InputNodeError
+from .errors import InputNodeError, VoxelOptSlicerError
 from .presets import PresetStore
 
 if TYPE_CHECKING:
@@ -264,7 +264,14 @@ class RegistrationLogic:
     @property
     def scene(self):
         """The MRML scene the logic works in."""
-        return self._scene if self._scene is not None else slicer.mrmlScene
+        if self._scene is not None:
+            return self._scene
+        scene = getattr(slicer, "mrmlScene", None)  # set by the Slicer application, not by slicer-core alone
+        if scene is None:
+            raise VoxelOptSlicerError(
+                "no MRML scene: outside the Slicer application (the slicer-core package) give the logic one, "
+                "RegistrationLogic(scene) with scene = slicer.vtkMRMLScene(), or set slicer.mrmlScene")
+        return scene
 
     def getParameterNode(self):
         """The module's parameter node (a ``vtkMRMLScriptedModuleNode`` singleton), created with defaults if needed."""
@@ -738,9 +745,11 @@ class RegistrationLogic:
             _write_on_fixed_grid(warped, result.warped, fixed)
         entropy = writes.node_for(outputs.entropyVolume, "vtkMRMLScalarVolumeNode", f"{base} entropy", "entropy")
         volumes.update_volume_node_from_sitk(entropy, result.entropy)
-        colors.show_entropy(entropy, *_min_max(result.entropy))
+        volumes.set_voxel_value_meaning(entropy, "displacement entropy", "{nat}", "nats")
+        colors.show_entropy(entropy, volumes.array_from_volume_node(entropy))
         jacobian = writes.node_for(outputs.jacobianVolume, "vtkMRMLScalarVolumeNode", f"{base} Jacobian", "jacobian")
         volumes.update_volume_node_from_sitk(jacobian, result.jacobian)
+        volumes.set_voxel_value_meaning(jacobian, "Jacobian determinant", "1", "ratio")
         colors.show_jacobian(jacobian)
         return warped, entropy, jacobian
 
@@ -1025,14 +1034,6 @@ def _copy_window(source, target) -> None:
             node.IsA("vtkMRMLScalarVolumeDisplayNode") for node in (src, dst)):
         dst.SetAutoWindowLevel(False)
         dst.SetWindowLevel(src.GetWindow(), src.GetLevel())
-
-
-def _min_max(image) -> Tuple[float, float]:
-    import SimpleITK as sitk
-
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    return float(stats.GetMinimum()), float(stats.GetMaximum())
 
 
 def _check_display(overlay: str, opacity: float, parameterNode=None) -> None:

@@ -677,7 +677,9 @@ def update_dice_table(
     names: Mapping[int, str],
     hd95_mm: Optional[Mapping[int, float]] = None,
 ) -> None:
-    """Fill a ``vtkMRMLTableNode`` with one row per label: Segment, Label, Dice (0-1), HD95 (mm).
+    """Fill a ``vtkMRMLTableNode`` with one row per label: Segment, Segment number (the label the
+    segment is scored under: its position in the moving segmentation, 1 = first; not an organ
+    code), Dice (0-1), HD95 (mm).
 
     Rows are in label order; the table is replaced, not appended to.
     """
@@ -685,7 +687,7 @@ def update_dice_table(
     segment_col = vtk.vtkStringArray()
     segment_col.SetName("Segment")
     label_col = vtk.vtkIntArray()
-    label_col.SetName("Label")
+    label_col.SetName("Segment number")
     dice_col = vtk.vtkDoubleArray()
     dice_col.SetName("Dice")
     columns = [segment_col, label_col, dice_col]

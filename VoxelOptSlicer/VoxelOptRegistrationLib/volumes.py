@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+import slicer
 import vtk
 from vtkmodules.util import numpy_support
 
@@ -132,6 +133,16 @@ def validate_volume_node(node, role: str = "input", check_values: bool = True) -
                     f"{label} contains {bad} NaN or infinite voxel(s); replace them (e.g. with the "
                     "background value) before registering"
                 )
+
+
+def set_voxel_value_meaning(node, quantity: str, units_code: str, units: str) -> None:
+    """Tag a scalar volume node's voxel values with the quantity they are and their unit (UCUM code
+    ``units_code``, shown as ``units``): Slicer's data probe and DICOM export read them."""
+    quantity_entry, units_entry = slicer.vtkCodedEntry(), slicer.vtkCodedEntry()
+    quantity_entry.SetValueSchemeMeaning(quantity.replace(" ", "_"), "VoxelOpt", quantity)
+    units_entry.SetValueSchemeMeaning(units_code, "UCUM", units)
+    node.SetVoxelValueQuantity(quantity_entry)
+    node.SetVoxelValueUnits(units_entry)
 
 
 def array_from_volume_node(node) -> np.ndarray:

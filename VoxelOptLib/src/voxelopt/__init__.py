@@ -53,7 +53,9 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names (``__all__``) and the submodules imported so far (not the helpers of this file)."""
+    return sorted(set(__all__) | {name for name, value in globals().items() if isinstance(value, type(importlib))
+                                  and value.__name__.startswith(__name__ + ".")})
 
 
 __all__ = [

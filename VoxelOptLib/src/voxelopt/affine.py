@@ -99,7 +99,7 @@ def estimate_affine(
         check_image(image, what)
     fixed_small = _windowed_and_shrunk(fixed, window)
     moving_small = _windowed_and_shrunk(moving, window)
-    fixed_scanned, moving_scanned = _scanned_region(fixed_small), _scanned_region(moving_small)
+    fixed_scanned, moving_scanned = _scanned_region(fixed_small, "fixed"), _scanned_region(moving_small, "moving")
     fixed_region = fixed_scanned if fixed_mask is None else sitk.And(_mask_on(fixed_mask, fixed_small, "fixed mask"), fixed_scanned)
     moving_region = moving_scanned if moving_mask is None else sitk.And(_mask_on(moving_mask, moving_small, "moving mask"), moving_scanned)
 
@@ -251,13 +251,14 @@ def _in_lps_storage(image: sitk.Image) -> sitk.Image:
     return image if orientation == "LPS" else sitk.DICOMOrient(image, "LPS")
 
 
-def _scanned_region(windowed: sitk.Image) -> sitk.Image:
-    """A mask of the box around the voxels brighter than the window's low end (the scanned region)."""
+def _scanned_region(windowed: sitk.Image, what: str) -> sitk.Image:
+    """A mask of the box around the voxels brighter than the window's low end (the scanned region)
+    of the ``what`` ("fixed" or "moving") image."""
     above = sitk.Cast(windowed > 0.0, sitk.sitkUInt8)
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(above)
     if not stats.HasLabel(1):
-        raise InputError("an image holds no voxel inside the HU window (all air?): nothing to align")
+        raise InputError(f"the {what} image holds no voxel inside the HU window (all air?): nothing to align")
     x, y, z, nx, ny, nz = stats.GetBoundingBox(1)
     region = sitk.Image(windowed.GetSize(), sitk.sitkUInt8)
     region.CopyInformation(windowed)

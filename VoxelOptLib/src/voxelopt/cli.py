@@ -94,8 +94,16 @@ def _option_keywords(spec: Parameter) -> Dict[str, Any]:
     return {"type": spec.type, "metavar": metavar}
 
 
-def add_registration_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--preset`` and one option per :class:`RegistrationConfig` field (from :data:`SCHEMA`).
+#: The parameters ``voxelopt features`` uses (features, grids, the finest level's search radius,
+#: the entropy's beta, the initial alignment); the solver's are not offered there, and the feature
+#: types come from ``--types``.
+FEATURE_DIAGNOSTIC_PARAMETERS = ("hu_window", "mind_radius", "mind_dilation", "weights", "feature_spacing",
+                                 "working_scale", "k", "k_finest", "beta", "padding_mask", "init", "device")
+
+
+def add_registration_options(parser: argparse.ArgumentParser, names: Optional[Sequence[str]] = None) -> None:
+    """Add ``--preset`` and one option per :class:`RegistrationConfig` field (from :data:`SCHEMA`),
+    or per field in ``names`` only (a command that uses only those: the others would be ignored).
 
     Options left out keep the preset's value: they are absent from the parsed namespace; read
     them with :func:`config_from_options`.
@@ -104,6 +112,8 @@ def add_registration_options(parser: argparse.ArgumentParser) -> None:
     presets = "; ".join(f"{name}: {text}" for name, text in PRESET_DESCRIPTIONS.items())
     group.add_argument("--preset", default=DEFAULT_PRESET, help=f"parameter preset (default: {DEFAULT_PRESET}). {presets}")
     for spec in SCHEMA.values():
+        if names is not None and spec.name not in names:
+            continue
         group.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name, default=argparse.SUPPRESS,
                            help=_option_help(spec), **_option_keywords(spec))
 
@@ -325,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_registration_options(p)
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("evaluate", help="metrics of a field or warped labels against fixed labels")
+    p = sub.add_parser("evaluate", help="metrics of a field or warped labels against fixed labels",
+                       description="Dice and HD95 of the moving labels, as they lie and after a registration "
+                                   "(warped through --field, or --warped-labels as given), against the fixed "
+                                   "labels, with register's scoring rule; prints JSON (and writes it with --out).")
     p.add_argument("--fixed-labels", required=True, help="fixed label map")
     p.add_argument("--field", help="displacement field (image or .h5 transform; LPS mm, warped(x) = moving(x + field(x))) as register writes it, on its own grid or the fixed grid; it must cover the fixed labels' box")
     p.add_argument("--moving-labels", required=True,
@@ -338,18 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="displacement-entropy distribution per feature type (paper Fig. 1)",
                        description="For each feature type, the entropy of the displacement distribution of the "
-                                   "unregistered pair on the working grid: low entropy = the features single out "
-                                   "displacements. Writes DIR/entropy.json and DIR/entropy.png.")
+                                   "pair on the working grid after its initial alignment only (--init: the "
+                                   "preset's, affine for abdomen; none for the pair as it lies), before any "
+                                   "deformable registration: low entropy = the features single out displacements. "
+                                   "Writes DIR/entropy.json and DIR/entropy.png.")
     p.add_argument("fixed", help="fixed image file")
     p.add_argument("moving", help="moving image file")
     p.add_argument("--types", default="raw,mind", help="comma-separated feature types (default: raw,mind)")
     p.add_argument("--out-dir", required=True, help="output directory")
-    add_registration_options(p)
+    add_registration_options(p, FEATURE_DIAGNOSTIC_PARAMETERS)
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("demo", help="register a generated abdominal phantom pair (no downloads)")
     p.add_argument("--out-dir", default="voxelopt-demo", help="output directory (default: ./voxelopt-demo)")
-    p.add_argument("--seed", type=int, default=0, help="phantom and deformation seed")
+    p.add_argument("--seed", type=int, default=0, help="phantom and deformation seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     add_registration_options(p)
     p.set_defaults(func=cmd_demo)

@@ -1,6 +1,7 @@
 """The paper's entropy diagnostic (its Fig. 1): which features carry displacement information.
 
-For a pair and each feature type, the cost volume of the unregistered pair on the working grid
+For a pair and each feature type, the cost volume of the pair after its initial alignment only
+(``config.init``; no deformable registration) on the working grid
 (the finest pyramid level) gives a displacement entropy per voxel (nats, between 0 and ln L for
 L = (2k+1)^3 offsets). Features that single out displacements give low entropies; features that
 do not give entropies near ln L. Statistics are over the fixed image's foreground (voxels above
@@ -40,7 +41,9 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     ``voxels`` (foreground voxels counted).
     """
     device = resolve_device(config.device)
-    prepared = prepare(fixed, moving, config)  # grids and alignment do not depend on the features
+    # grids and alignment do not depend on the features; one level: only the working grid is used,
+    # so an image too small for the preset's pyramid can still be measured
+    prepared = prepare(fixed, moving, config.replace(levels=1))
     for note in intensity_warnings(prepared.fixed, prepared.moving, config.hu_window):  # as register() warns
         warnings.warn(note, InputWarning, stacklevel=2)
     offsets = label_offsets(config.search_radius(finest=True), device)  # the working grid is the finest level
@@ -88,7 +91,7 @@ def plot_entropy_distributions(results: Dict[str, Dict[str, object]], path: Path
     ax.axvline(top, color="gray", linestyle=":", label="ln L (no information)")
     ax.set_xlabel("displacement entropy (nats)")
     ax.set_ylabel("density over foreground voxels")
-    ax.set_title("Displacement entropy by feature type (unregistered pair)")
+    ax.set_title("Displacement entropy by feature type (before deformable registration)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

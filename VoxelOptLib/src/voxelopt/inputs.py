@@ -96,11 +96,22 @@ def intensity_warnings(fixed: sitk.Image, moving: sitk.Image, window: Tuple[floa
     is in HU (air below -500), no single window can serve both and every preset fails (A -> Adef
     with the moving image stored as uint16 + 1024: Dice 0.845 -> 0.033): that is an error. The
     median in the messages is of every 4th voxel along each axis.
+
+    An image with no voxel inside the window (all air, or all above it) is an error: its features
+    are constant, so the cost carries no information and the field would be arbitrary (a
+    constant -1024 HU fixed image registered with ``paper``: displacements of 117 mm on average).
     """
-    if window[0] >= 0:
-        return []
     values = {"fixed image": voxels.view(fixed), "moving image": voxels.view(moving)}
     lowest = {what: float(v.min()) for what, v in values.items()}
+    for what, v in values.items():
+        highest = float(v.max())
+        if highest <= window[0] or lowest[what] >= window[1]:
+            raise InputError(
+                f"the {what} has no voxel inside the intensity window {window[0]:g} to {window[1]:g} (its voxels lie "
+                f"from {lowest[what]:g} to {highest:g}): nothing in it to register (an empty scan, all air?). Check "
+                "the file, or set the window to the image's values (hu_window, --hu-window LOW HIGH)")
+    if window[0] >= 0:
+        return []
     not_hu = [what for what in values if lowest[what] >= 0]
 
     def described(what: str) -> str:
@@ -309,7 +320,9 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image, config: Registratio
     start = None
     if initial_transform is not None:
         if config.init not in ("none", "affine"):
-            raise ConfigError(f"an initial transform is used with init 'none' or 'affine', not {config.init!r}")
+            preset_note = " (the 'fast' preset's init)" if config.init == "com" else ""
+            raise ConfigError(f"an initial transform is used with init 'none' (as it is) or 'affine' (as the affine "
+                              f"stage's start), not {config.init!r}{preset_note}: set init (--init) to 'none' or 'affine'")
         if isinstance(initial_transform, sitk.Transform):
             start = linear_to_affine(initial_transform, "initial transform")
         elif isinstance(initial_transform, (str, os.PathLike)):

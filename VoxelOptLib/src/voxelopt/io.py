@@ -36,7 +36,8 @@ class ArrayImage:
 
     Attributes:
         array: (Z, Y, X) array, SimpleITK array order (z slowest).
-        spacing: voxel size in mm along (x, y, z).
+        spacing: voxel size in mm along (x, y, z); 1 mm if not given, as in SimpleITK: give the
+            image's own (a 2 mm CT given as 1 mm is registered as half its size).
         origin: LPS mm position of voxel (0, 0, 0).
         direction: 3x3 direction cosines, row-major; columns are the x, y, z axis directions.
     """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -88,6 +89,19 @@ class _Deferred:
 
 
 @voxels.stable_views()
+def _check_call_arguments(progress: Any, cancel: Any, cache: Any) -> None:
+    """ConfigError for a ``progress`` or ``cancel`` that is not a function, or a ``cache`` that is not a
+    :class:`FeatureCache` (checked without importing torch: a FeatureCache exists only once
+    ``voxelopt.cache`` is imported)."""
+    for name, value, called in (("progress", progress, "progress(fraction, message)"), ("cancel", cancel, "cancel()")):
+        if value is not None and not callable(value):
+            raise ConfigError(f"{name} must be a function, called as {called}, or None; got {type(value).__name__}")
+    cache_module = sys.modules.get(f"{__package__}.cache")
+    if cache is not None and (cache_module is None or not isinstance(cache, cache_module.FeatureCache)):
+        raise ConfigError(f"cache must be a voxelopt.FeatureCache (e.g. voxelopt.FeatureCache()) or None; got "
+                          f"{type(cache).__name__}")
+
+
 def register(
     fixed: ImageLike,
     moving: ImageLike,
@@ -105,8 +119,9 @@ def register(
     """Register ``moving`` onto ``fixed`` with VoxelOpt.
 
     Args:
-        fixed, moving: 3-D scalar CT images (SimpleITK images, file paths, or
-            :class:`voxelopt.io.ArrayImage`), intensities in HU, any size, spacing and direction.
+        fixed, moving: 3-D scalar CT images (SimpleITK images, file paths, folders holding one
+            DICOM series each, or :class:`voxelopt.io.ArrayImage`), intensities in HU, any size,
+            spacing and direction.
         config: parameters (default: the :data:`~voxelopt.config.DEFAULT_PRESET` preset, ``abdomen``).
         fixed_labels, moving_labels: optional label maps of the images (integers, 0 =
             background); resampled with nearest neighbour onto their image's grid when their
@@ -138,13 +153,15 @@ def register(
         InputError: unusable images (not 3-D, multi-component, NaN/Inf, bad geometry, too
             small for the pyramid, no overlap, labels off their image), or a registration that
             would not fit in the device's free memory.
-        ConfigError: invalid parameters or unavailable device.
+        ConfigError: invalid parameters, unavailable device, or a ``progress``, ``cancel`` or
+            ``cache`` of the wrong kind.
         RegistrationCancelled: ``cancel()`` returned True.
     """
     config = config if config is not None else RegistrationConfig.preset(DEFAULT_PRESET)
     if not isinstance(config, RegistrationConfig):
         raise ConfigError(f"config must be a RegistrationConfig (e.g. RegistrationConfig.preset('{DEFAULT_PRESET}')"
                           f".replace(alpha=2.0)), got {type(config).__name__}")
+    _check_call_arguments(progress, cancel, cache)
     report = progress or (lambda fraction, message: None)
     timer = _StageTimer(time.perf_counter)
 

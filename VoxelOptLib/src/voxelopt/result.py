@@ -40,7 +40,9 @@ class RegistrationResult:
     """Everything a registration produces.
 
     Attributes:
-        field: the displacement field, an ITK displacement-field image (VectorFloat32) on its own
+        field: the displacement field, an ITK displacement-field image (VectorFloat32 in memory; the
+            files :meth:`save` writes hold 64-bit vectors, the only ones ITK's
+            ``DisplacementFieldTransform`` accepts) on its own
             grid: the solver's *working grid* (the fixed image's box at ``feature_spacing *
             working_scale``: 4 mm by default; the fixed grid when that is coarser), where all its
             information is; (x, y, z) LPS millimetres, resampling direction
@@ -53,8 +55,9 @@ class RegistrationResult:
             (nearest neighbour, the labels' integer type), or None.
         metrics: Jacobian statistics (on the field's grid), and Dice / HD95 when both label maps
             were given (see :mod:`voxelopt.metrics`).
-        timings: wall-clock seconds per stage (``prepare``, ``features_fixed``,
-            ``features_moving``, ``solver`` (itself split into ``level_1`` (coarsest) ... and, when
+        timings: wall-clock seconds per stage (``prepare``, ``features_fixed``, ``alignment`` (the
+            part of the initial alignment left after the fixed image's features, and the cost
+            masks), ``features_moving``, ``solver`` (itself split into ``level_1`` (coarsest) ... and, when
             it ran, ``refine``), ``outputs``, ``total``; ``warp`` (the moving image's, a part of
             ``outputs`` when :func:`voxelopt.register` made it with ``warp_moving``) and ``write``
             once they ran).
@@ -168,6 +171,20 @@ class RegistrationResult:
     def transform(self) -> sitk.DisplacementFieldTransform:
         """A SimpleITK transform of the field (sampled by ITK exactly as the library samples it)."""
         return sitk.DisplacementFieldTransform(sitk.Cast(self.field, sitk.sitkVectorFloat64))
+
+    def __repr__(self) -> str:
+        """One line: the field's grid, the scores and the time (:meth:`summary` has everything)."""
+        size = "x".join(str(n) for n in self.field.GetSize())
+        spacing = "x".join(f"{v:g}" for v in self.field.GetSpacing())
+        parts = [f"field {size} at {spacing} mm"]
+        for key, label in (("dice_mean", "dice_mean"), ("sdlogj", "sdlogj"), ("folding_percent", "folding %")):
+            if isinstance(self.metrics.get(key), (int, float)):
+                parts.append(f"{label} {self.metrics[key]:.3f}")
+        if "total" in self.timings:
+            parts.append(f"{self.timings['total']:.1f} s on {self.device}")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s)")
+        return f"RegistrationResult({', '.join(parts)})"
 
     def summary(self) -> Dict[str, Any]:
         """The metrics, timings and parameters, as written to ``metrics.json``."""

@@ -31,7 +31,7 @@ from .methods import voxelopt_spec
 from .pairs import read_pairs
 from .peers import PEERS, parse_peer_list, peer_spec
 from .protocols import PROTOCOLS
-from .runner import EvaluationRun, run_evaluation
+from .runner import EvaluationRun, load_method, run_evaluation
 
 
 def _protocols(text: str) -> List[str]:
@@ -126,6 +126,9 @@ def dataset_command(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to run: --no-voxelopt without --peers")
     if not methods and args.peer_pairs == 0:
         raise ConfigError("nothing to run: --no-voxelopt leaves only the peers, and --peer-pairs 0 runs them on no pair")
+    if peer_methods and args.scheduler is None and args.peer_pairs != 0:
+        for kind in peers:  # here, before any pair runs (a scheduler's workers may have what this machine lacks)
+            load_method(kind)
     protocols = _protocols(args.protocol)
     title = "Dataset evaluation: " + ", ".join(m.name for m in methods + peer_methods)
     if args.peer_pairs is not None and peer_methods and args.peer_pairs < len(pairs):

@@ -372,7 +372,8 @@ def run_evaluation(
         for job, record in stream:
             _store(out, job, record)
             records[(job.pair.pair_id, job.method.name)] = record
-            status = "ok" if record["status"] == "ok" else "FAILED: " + record.get("error", "")[:80]
+            error = record.get("error", "")
+            status = "ok" if record["status"] == "ok" else "FAILED: " + (error if len(error) <= 100 else error[:99] + "…")
             bar.update(f"{job.method.name} {job.pair.pair_id} {status}")
     finally:
         bar.close()
