@@ -931,3 +931,14 @@ def test_the_result_prints_as_one_line_of_its_grid_scores_and_time(pair):
     assert text.startswith(f"RegistrationResult(field {size} at ") and "\n" not in text
     assert f"dice_mean {result.metrics['dice_mean']:.3f}" in text and f"{result.timings['total']:.1f} s on cpu" in text
     assert "Swig" not in text and "Image" not in text and len(text) < 200
+
+
+def test_register_holds_the_views_stable_for_the_whole_operation(pair):
+    """register() is one library operation (``voxels.stable_views``): its images' views are kept
+    from start to end, and forgotten after it."""
+    from voxelopt import voxels
+
+    seen = []
+    register(pair.fixed, pair.moving, SMALL, progress=lambda fraction, message: seen.append(voxels._operations))
+    assert seen and min(seen) >= 1
+    assert voxels._operations == 0

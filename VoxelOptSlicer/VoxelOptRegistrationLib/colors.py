@@ -157,5 +157,5 @@ def show_entropy(volume_node, entropy: np.ndarray) -> None:
     low, high, flat = entropy_display_range(entropy)
     _display(volume_node, entropy_color_node(volume_node.GetScene()), low, high)
     display = volume_node.GetDisplayNode()
-    display.SetThreshold(min(low, float(np.min(entropy))) - 1.0, flat)
+    display.SetThreshold(-1.0, flat)  # entropy is >= 0 nats: every voxel below the flat value is shown
     display.ApplyThresholdOn()

@@ -103,12 +103,12 @@ def intensity_warnings(fixed: sitk.Image, moving: sitk.Image, window: Tuple[floa
     """
     values = {"fixed image": voxels.view(fixed), "moving image": voxels.view(moving)}
     lowest = {what: float(v.min()) for what, v in values.items()}
-    for what, v in values.items():
-        highest = float(v.max())
-        if highest <= window[0] or lowest[what] >= window[1]:
+    highest = {what: float(v.max()) for what, v in values.items()}
+    for what in values:
+        if highest[what] <= window[0] or lowest[what] >= window[1]:
             raise InputError(
                 f"the {what} has no voxel inside the intensity window {window[0]:g} to {window[1]:g} (its voxels lie "
-                f"from {lowest[what]:g} to {highest:g}): nothing in it to register (an empty scan, all air?). Check "
+                f"from {lowest[what]:g} to {highest[what]:g}): nothing in it to register (an empty scan, all air?). Check "
                 "the file, or set the window to the image's values (hu_window, --hu-window LOW HIGH)")
     if window[0] >= 0:
         return []
@@ -116,7 +116,7 @@ def intensity_warnings(fixed: sitk.Image, moving: sitk.Image, window: Tuple[floa
 
     def described(what: str) -> str:
         v = values[what]
-        return f"lowest {lowest[what]:g}, median {float(np.median(v[::4, ::4, ::4])):g}, highest {float(v.max()):g}"
+        return f"lowest {lowest[what]:g}, median {float(np.median(v[::4, ::4, ::4])):g}, highest {highest[what]:g}"
 
     if len(not_hu) == 1:
         odd = not_hu[0]

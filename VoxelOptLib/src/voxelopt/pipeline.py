@@ -88,7 +88,6 @@ class _Deferred:
         return self._value
 
 
-@voxels.stable_views()
 def _check_call_arguments(progress: Any, cancel: Any, cache: Any) -> None:
     """ConfigError for a ``progress`` or ``cancel`` that is not a function, or a ``cache`` that is not a
     :class:`FeatureCache` (checked without importing torch: a FeatureCache exists only once
@@ -102,6 +101,7 @@ def _check_call_arguments(progress: Any, cancel: Any, cache: Any) -> None:
                           f"{type(cache).__name__}")
 
 
+@voxels.stable_views()
 def register(
     fixed: ImageLike,
     moving: ImageLike,
