@@ -8,6 +8,7 @@ import resource
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from testdata import count_calls, make_image, oblique_direction, smooth_random_v
 from voxelopt import RegistrationConfig
 from voxelopt.cli import add_registration_options, config_from_options, main
 from voxelopt.config import DEFAULT_PRESET, SCHEMA
+from voxelopt.errors import InputWarning
 from voxelopt.phantom import phantom_pair
 
 FAST = ["--levels", "3", "--feature-spacing", "none", "--quiet"]
@@ -48,6 +50,12 @@ def test_register_writes_the_stable_file_names(files, tmp_path, capsys):
     assert code == 0
     assert {p.name for p in out.iterdir()} == OUTPUT_NAMES
     assert [line for line in stdout.splitlines() if "pyramid level" in line][-1].endswith("pyramid level 3/3")
+    # one progress line from 0 to 100 %: registration (the label scores last), then the files
+    progress = [(float(line[1:6]), line[9:]) for line in stdout.splitlines() if line.startswith("[")]
+    assert [f for f, _ in progress] == sorted(f for f, _ in progress) and progress[-1] == (100.0, "written")
+    messages = [m for _, m in progress]
+    assert messages.index("warping the moving image") < messages.index("scoring labels (Dice, HD95)") \
+        < messages.index("registered") < messages.index("writing field.nii.gz")
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["config"]["alpha"] == 2.0 and summary["config"]["thetas"] == [150.0, 15.0, 1.5, 0.5]
     assert summary["metrics"]["dice_mean"] > summary["metrics"]["dice_initial_mean"]
@@ -289,14 +297,23 @@ def test_unwritable_output_path(files, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, a folder that takes no new files")
-def test_a_folder_that_takes_no_new_files_is_named_as_such(files, tmp_path, capsys):
-    """/proc exists and passes the permission check, but no file can be created in it: the
-    message says so, instead of an error number's text that reads as if /proc were missing."""
+def test_a_folder_that_takes_no_new_files_is_named_as_such(files, tmp_path, capsys, monkeypatch):
+    """/proc exists and passes the permission check (as root), but no file can be created in it:
+    the message says so, instead of an error number's text that reads as if /proc were missing,
+    and before any work (register ran the whole registration before failing)."""
     code, _, stderr = run(["evaluate", "--fixed-labels", files["fixed_labels"], "--moving-labels",
                            files["moving_labels"], "--warped-labels", files["moving_labels"], "--out", "/proc/x.json"],
                           capsys)
-    assert code == 2 and stderr.startswith("error: output directory /proc does not take new files (creating one there "
-                                           "failed: "), stderr
+    assert code == 2 and stderr.startswith("error: --out folder /proc "), stderr
+    if os.access("/proc", os.W_OK):  # root: the permissions pass, the folder made in it fails
+        assert "does not take new files (creating one there failed: " in stderr, stderr
+    import voxelopt.io
+
+    reads = count_calls(monkeypatch, voxelopt.io, "read_images")
+    code, stdout, stderr = run(["register", files["fixed"], files["moving"], "--out-dir", "/proc/x", *FAST], capsys)
+    assert code == 2 and reads == [] and stdout == "" and stderr.startswith("error: output directory /proc/x "), stderr
+    if os.access("/proc", os.W_OK):
+        assert "does not take new files (creating one in /proc failed: " in stderr, stderr
 
 
 def test_an_overview_path_that_is_a_folder_is_refused_before_any_work(files, tmp_path, capsys):
@@ -525,7 +542,9 @@ def test_every_config_field_is_an_option_that_reaches_the_config():
         flag = "--" + name.replace("_", "-")
         if spec.type is bool:
             flag = flag if value else "--no-" + name.replace("_", "-")
-        config = config_from_options(parser.parse_args(["--preset", "accurate", flag, *words]))
+        with warnings.catch_warnings():  # some options do not apply to accurate: a warning, not the point here
+            warnings.simplefilter("ignore", InputWarning)
+            config = config_from_options(parser.parse_args(["--preset", "accurate", flag, *words]))
         assert getattr(config, name) == value != spec.default, name
         assert config.replace(**{name: getattr(RegistrationConfig.preset("accurate"), name)}) == RegistrationConfig.preset("accurate")
     help_text = parser.format_help()
@@ -537,6 +556,7 @@ def test_every_config_field_is_an_option_that_reaches_the_config():
 
 LIGHT_COMMANDS = """
 import sys
+import warnings
 import voxelopt, voxelopt.config, voxelopt.errors, voxelopt.phantom
 from voxelopt.cli import main
 for argv in ([], ["register", "in.nii.gz", "m.nii.gz", "--out-dir", "o", "--alpha", "-1"],
@@ -750,3 +770,22 @@ def test_the_summary_says_when_no_voxel_keeps_a_positive_jacobian(capsys):
     _print_summary(SimpleNamespace(metrics={**metrics, "sdlogj_plain": 0.25, "folding_percent": 0.0},
                                    timings={"total": 1.0}, device="cpu"))
     assert "SDlogJ 0.5000 (plain 0.2500), folding 0.0000%" in capsys.readouterr().out
+
+
+def test_an_option_without_effect_in_the_run_is_a_warning_naming_when_it_applies():
+    """``--refine-weight`` with ``fast`` (no refinement) and ``--sigma-range`` with the paper's sigma form
+    change nothing: the run goes on, with one warning per option; an option that applies gives none."""
+    parser = argparse.ArgumentParser()
+    add_registration_options(parser)
+    with pytest.warns(InputWarning) as caught:
+        config = config_from_options(parser.parse_args(["--preset", "fast", "--refine-weight", "2",
+                                                        "--sigma-range", "0.2", "0.4", "--alpha", "2"]))
+    assert config.refine_weight == 2 and config.alpha == 2
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("--refine-weight has no effect in this run: it applies only with refine_iterations > 0")
+    assert messages[1].startswith("--sigma-range has no effect in this run: it applies only with adaptive message passing "
+                                  "and sigma_mode 'code'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config_from_options(parser.parse_args(["--refine-weight", "2", "--sigma-mode", "code", "--sigma-range", "0.2", "0.4"]))

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 import slicer
 from slicer_test_helpers import current_scene, requires_engine
-from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, parameters, segmentations, phantom_nodes, transforms, volumes
+from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs, colors, parameters, segmentations, phantom_nodes, transforms, volumes
 from VoxelOptRegistrationLib.errors import InputNodeError, message_for_gui
 from VoxelOptRegistrationLib.presets import PresetError, PresetStore
 from VoxelOptRegistrationLib.worker import EngineWorker
@@ -187,9 +187,12 @@ def test_saved_and_reloaded_scene_keeps_linear_interpolation(registered, tmp_pat
     scene.SetURL(str(tmp_path / "scene.mrml"))
     assert scene.Commit()
     loaded = slicer.vtkMRMLScene()
+    colors.register_legend_class(loaded)  # desktop Slicer's Colors module does this for its scene
     transforms.observe_scene_loading(loaded)
     loaded.SetURL(str(tmp_path / "scene.mrml"))
     assert loaded.Import()
+    legends = [loaded.GetNodeByID(n.GetID()) for n in (run.entropyVolume, run.jacobianVolume)]
+    assert [colors.color_legend(node, role)[1] for node, role in zip(legends, ("entropy", "jacobian"))] == [False, False]
     node = loaded.GetNodeByID(run.transform.GetID())
     grid = node.GetTransformFromParent()
     assert isinstance(grid, slicer.vtkOrientedGridTransform)
@@ -228,6 +231,8 @@ def test_rollback_restores_overwritten_nodes_when_a_later_write_fails(scene, mon
     logic = RegistrationLogic(scene)
     segs = (nodes["fixed_segmentation"], nodes["moving_segmentation"])
     run = logic.process(nodes["fixed"], nodes["moving"], fast_config(), *segs)
+    for node in (run.entropyVolume, run.jacobianVolume):  # output nodes without a colour legend (the user's own)
+        scene.RemoveNode(colors.color_legend(node, "entropy")[0])
     node_ids = sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
     warped = volumes.array_from_volume_node(run.warpedVolume).copy()
     field = transforms.displacement_ras_from_transform_node(run.transform).copy()
@@ -240,7 +245,8 @@ def test_rollback_restores_overwritten_nodes_when_a_later_write_fails(scene, mon
     monkeypatch.setattr(segmentations, "update_dice_table", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         logic.process(nodes["fixed"], nodes["moving"], fast_config(alpha=3.0, thetas=(20.0, 2.0)), *segs, outputs=outputs_of(run))
-    assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == node_ids
+    assert sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())) == node_ids  # legends too
+    assert [n.GetNumberOfDisplayNodes() for n in (run.entropyVolume, run.jacobianVolume)] == [1, 1]
     np.testing.assert_array_equal(volumes.array_from_volume_node(run.warpedVolume), warped)
     np.testing.assert_array_equal(transforms.displacement_ras_from_transform_node(run.transform), field)
     assert run.entropyVolume.GetDisplayNode().GetWindowLevelMax() == window

@@ -141,6 +141,12 @@ def test_output_maps_have_fixed_geometry_and_colour_tables(registered):
                                   (run.jacobianVolume, "Jacobian determinant", "ratio")):
         assert node.GetVoxelValueQuantity().GetCodeMeaning() == quantity
         assert node.GetVoxelValueUnits().GetCodeMeaning() == units
+    # one colour legend per map, on its display (its colours and window), with the quantity as title
+    for node, role in ((run.entropyVolume, "entropy"), (run.jacobianVolume, "jacobian")):
+        legends = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())
+                   if node.GetNthDisplayNode(i).IsA(colors.LEGEND_CLASS)]
+        assert len(legends) == 1 and legends[0].GetPrimaryDisplayNode() is node.GetVolumeDisplayNode()
+        assert legends[0].GetTitleText() == colors.LEGEND_TITLES[role] and legends[0].GetVisibility()
 
     jac_display = run.jacobianVolume.GetDisplayNode()
     jac_color = jac_display.GetColorNode()
@@ -347,7 +353,7 @@ def test_the_warped_volume_is_computed_with_the_engine_not_while_writing(scene, 
     computed = logic.compute(request.engineInputs, lambda fraction, message: messages.append((fraction, message)))
     fractions = [fraction for fraction, _ in messages]
     warping = [fraction for fraction, message in messages if message == "warping the moving image"]
-    assert fractions == sorted(fractions) and warping and messages[-1] == (1.0, "done")
+    assert fractions == sorted(fractions) and warping and messages[-1] == (1.0, "registered")
     assert "warp" in computed.result.timings and computed.result._warped is not None
     monkeypatch.setattr(voxelopt.result.RegistrationResult, "warp", lambda *args, **kwargs: pytest.fail("warped in apply"))
     run = logic.apply(request, computed, showResult=False)

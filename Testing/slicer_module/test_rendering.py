@@ -99,3 +99,15 @@ def test_live_warp_changes_the_moving_slice_towards_the_fixed_one(shots):
     warped = shots["moving_warped"].astype(float)
     assert np.abs(warped - unwarped).mean() > 2.0, "the transform must change the rendered slice"
     assert np.abs(warped - fixed).mean() < 0.8 * np.abs(unwarped - fixed).mean()
+
+
+def test_the_overlay_shown_has_its_colour_legend_and_a_view_without_one_none(shots):
+    """Slicer's colour legend (white title and labels in the right fifth of the view, where the
+    phantom leaves the view black) appears with the entropy and the Jacobian overlays, and goes
+    when the overlay is taken away (the fixed and moving pictures)."""
+    def legend_text(name):
+        strip = shots[name][:, int(shots[name].shape[1] * 0.8):].astype(int)
+        return int((strip.min(axis=2) > 200).sum())
+
+    assert legend_text("entropy") > 50 and legend_text("jacobian") > 50
+    assert legend_text("fixed") == legend_text("moving_unwarped") == legend_text("moving_warped") == 0

@@ -159,3 +159,54 @@ def show_entropy(volume_node, entropy: np.ndarray) -> None:
     display = volume_node.GetDisplayNode()
     display.SetThreshold(-1.0, flat)  # entropy is >= 0 nats: every voxel below the flat value is shown
     display.ApplyThresholdOn()
+
+
+#: Colour legend titles of the result maps (Slicer shows a volume's legend in the views that show it).
+LEGEND_TITLES = {
+    "entropy": "Entropy (nats)",
+    "jacobian": "det J (green: folding)",
+}
+#: Legend size as fractions of the view (width, height): a narrow bar at the right edge.
+LEGEND_SIZE = (0.12, 0.4)
+LEGEND_CLASS = "vtkMRMLColorLegendDisplayNode"
+
+
+def register_legend_class(scene) -> None:
+    """Make colour legend display nodes known to ``scene``, as desktop Slicer's Colors module does
+    for its scene (a slicer-core scene has no Colors module; a scene file holding legends is then
+    not readable into it without this)."""
+    import slicer
+
+    if not scene.IsNodeClassRegistered(LEGEND_CLASS):
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+
+
+def color_legend(volume_node, role: str):
+    """The colour legend of ``volume_node``'s display (``role``: a key of :data:`LEGEND_TITLES`),
+    made on first use, with its title; returns ``(legend node, created)``.
+
+    Slicer's colour legend displayable manager draws it in every view that shows the volume, so
+    the overlay being shown is the one whose legend appears. Built as desktop Slicer's Colors
+    module does (``AddDefaultColorLegendDisplayNode``) from MRML alone: a legend display node on
+    the volume, observing the volume's display node for its colours and window. The node class is
+    registered in the scene when the Colors module has not (:func:`register_legend_class`)."""
+    if role not in LEGEND_TITLES:
+        raise ValueError(f"no colour legend for {role!r}; roles: {', '.join(LEGEND_TITLES)}")
+    display = volume_node.GetVolumeDisplayNode()
+    if display is None:
+        raise ValueError(f"volume '{volume_node.GetName()}' has no display node to take a colour legend")
+    for i in range(volume_node.GetNumberOfDisplayNodes()):
+        legend = volume_node.GetNthDisplayNode(i)
+        if legend is not None and legend.IsA(LEGEND_CLASS) and legend.GetPrimaryDisplayNode() is display:
+            legend.SetTitleText(LEGEND_TITLES[role])
+            return legend, False
+    scene = volume_node.GetScene()
+    register_legend_class(scene)
+    legend = scene.AddNewNodeByClass(LEGEND_CLASS, f"{volume_node.GetName()} color legend")
+    legend.SetTitleText(LEGEND_TITLES[role])
+    legend.SetLabelFormat("%.2f")
+    legend.SetSize(*LEGEND_SIZE)
+    legend.SetAndObservePrimaryDisplayNode(display)
+    volume_node.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.Modified()  # adding it to the volume does not update the legend's displayable manager
+    return legend, True

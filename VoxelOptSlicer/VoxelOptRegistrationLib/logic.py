@@ -751,6 +751,10 @@ class RegistrationLogic:
         volumes.update_volume_node_from_sitk(jacobian, result.jacobian)
         volumes.set_voxel_value_meaning(jacobian, "Jacobian determinant", "1", "ratio")
         colors.show_jacobian(jacobian)
+        for node, role in ((entropy, "entropy"), (jacobian, "jacobian")):
+            legend, created = colors.color_legend(node, role)
+            if created:
+                writes.added(legend)
         return warped, entropy, jacobian
 
     def _writeWarpedSegmentation(self, writes: "SceneTransaction", request: "RegistrationRequest", result):

@@ -93,6 +93,7 @@ class SceneTransaction:
         self._saved: List[Tuple[Any, Any]] = []  # (node, copy), display nodes included
         self._parents: List[Tuple[Any, Optional[str]]] = []
         self._names: List[Tuple[Any, str]] = []  # (node, its name before a rename)
+        self._added: List[Any] = []  # helper nodes added for the run's nodes (see added)
 
     def __enter__(self) -> "SceneTransaction":
         return self
@@ -112,6 +113,7 @@ class SceneTransaction:
         self._saved.clear()
         self._parents.clear()
         self._names.clear()
+        self._added.clear()
 
     def node_for(self, existing, class_name: str, name: str, role: str):
         """``existing`` (saved first, so that a rollback restores it), or a new node named after ``name``.
@@ -131,6 +133,12 @@ class SceneTransaction:
         if node.IsA("vtkMRMLVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
             node.CreateDefaultDisplayNodes()
         return node
+
+    def added(self, node) -> None:
+        """Record a helper node the run added to the scene for a node it writes (e.g. a colour
+        legend display node): removed again by a rollback, kept by a commit, not in :attr:`created`
+        (it goes with its node)."""
+        self._added.append(node)
 
     def _follow_name(self, node, name: str) -> None:
         given = node.GetAttribute(AUTO_NAME_ATTRIBUTE)
@@ -173,6 +181,10 @@ class SceneTransaction:
             node.SetName(name)
             node.SetAttribute(AUTO_NAME_ATTRIBUTE, name)
         self._names.clear()
+        for node in reversed(self._added):
+            if node.GetScene() is self.scene:  # not already removed with a created node
+                self.scene.RemoveNode(node)
+        self._added.clear()
         for node in reversed(self.created):
             remove_node(self.scene, node)
         self.created.clear()

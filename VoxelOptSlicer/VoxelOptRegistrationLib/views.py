@@ -29,17 +29,25 @@ def show_overlay(scene, foreground=None, opacity: float = 0.5, additive: bool = 
     """Show ``foreground`` (a volume node, or None to clear) at ``opacity`` (0-1) in every slice view.
 
     Only the foreground layer changes. ``additive``: the foreground is added to the background
-    (black adds nothing) instead of alpha-blended. Returns the number of slice views (0 without views).
+    (black adds nothing) instead of alpha-blended. The foreground's colour legend (see
+    :func:`colors.color_legend`) appears in the views with it, another volume's goes. Returns the
+    number of slice views (0 without views).
     """
     _check_opacity(opacity)
     composites = slice_composite_nodes(scene)
     foreground_id = foreground.GetID() if foreground is not None else None
+    shown = {composite.GetForegroundVolumeID() for composite in composites} | {foreground_id}
     for composite in composites:
         was_modifying = composite.StartModify()
         composite.SetForegroundVolumeID(foreground_id)
         composite.SetForegroundOpacity(float(opacity))
         composite.SetCompositing(composite.Add if additive else composite.Alpha)
         composite.EndModify(was_modifying)
+    for volume in (scene.GetNodeByID(node_id) for node_id in shown if node_id):
+        for i in range(volume.GetNumberOfDisplayNodes() if volume is not None else 0):
+            legend = volume.GetNthDisplayNode(i)
+            if legend is not None and legend.IsA("vtkMRMLColorLegendDisplayNode"):
+                legend.Modified()  # its displayable manager shows or hides it by the views' new layers
     return len(composites)
 
 

@@ -25,7 +25,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_output_dir(path: Path, what: str = "output directory") -> None:
     """Fail before any work if directory ``path`` (``what`` names it in the message) cannot be
-    created or written (creates nothing)."""
+    created or written: its permissions, then a hidden folder made and removed again in it (or in
+    its nearest existing parent), which also catches what permissions do not tell, e.g. /proc or
+    a read-only mount for root. Leaves nothing behind."""
     existing = path
     while not existing.exists():
         if existing.parent == existing:
@@ -35,6 +37,12 @@ def check_output_dir(path: Path, what: str = "output directory") -> None:
         raise InputError(f"{what} {path}: {existing} exists and is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path} cannot be written (no write permission on {existing})")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".voxelopt-write-test-", dir=existing))
+    except OSError as error:
+        where = "there" if existing == path else f"in {existing}"
+        raise InputError(f"{what} {path} does not take new files (creating one {where} failed: "
+                         f"{error.strerror or error})") from None
 
 
 def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:

@@ -243,7 +243,7 @@ def register(
         notes.append("no label value is in both the fixed and the moving labels, so nothing was scored (Dice and "
                      "HD95 are nan): the two label maps must use the same numbers for the same structures")
         warnings.warn(notes[-1], InputWarning, stacklevel=2)
-    report(1.0, "done")
+    report(1.0, "registered")
     return RegistrationResult(
         field=outputs["field"].to_image(),
         entropy=outputs["entropy"],
