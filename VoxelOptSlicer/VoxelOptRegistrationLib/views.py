@@ -13,6 +13,8 @@ Two entry points, so that the user's view is disturbed only when a run shows a n
 
 from typing import List
 
+from .colors import LEGEND_CLASS
+
 
 def slice_composite_nodes(scene) -> List[object]:
     """All ``vtkMRMLSliceCompositeNode`` s of the scene (one per slice view); empty when headless."""
@@ -46,7 +48,7 @@ def show_overlay(scene, foreground=None, opacity: float = 0.5, additive: bool = 
     for volume in (scene.GetNodeByID(node_id) for node_id in shown if node_id):
         for i in range(volume.GetNumberOfDisplayNodes() if volume is not None else 0):
             legend = volume.GetNthDisplayNode(i)
-            if legend is not None and legend.IsA("vtkMRMLColorLegendDisplayNode"):
+            if legend is not None and legend.IsA(LEGEND_CLASS):
                 legend.Modified()  # its displayable manager shows or hides it by the views' new layers
     return len(composites)
 
