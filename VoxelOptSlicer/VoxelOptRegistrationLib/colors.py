@@ -25,7 +25,7 @@ table was designed for (:data:`JACOBIAN_WINDOW`); :func:`show_jacobian` and :fun
 set it.
 """
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -181,6 +181,13 @@ def register_legend_class(scene) -> None:
         scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
 
 
+def legend_nodes(volume_node) -> List[object]:
+    """The colour legend display nodes of ``volume_node`` (none for a node that is not displayable)."""
+    count = volume_node.GetNumberOfDisplayNodes() if volume_node.IsA("vtkMRMLDisplayableNode") else 0
+    nodes = (volume_node.GetNthDisplayNode(i) for i in range(count))
+    return [node for node in nodes if node is not None and node.IsA(LEGEND_CLASS)]
+
+
 def color_legend(volume_node, role: str):
     """The colour legend of ``volume_node``'s display (``role``: a key of :data:`LEGEND_TITLES`),
     made on first use, with its title; returns ``(legend node, created)``.
@@ -195,9 +202,8 @@ def color_legend(volume_node, role: str):
     display = volume_node.GetVolumeDisplayNode()
     if display is None:
         raise ValueError(f"volume '{volume_node.GetName()}' has no display node to take a colour legend")
-    for i in range(volume_node.GetNumberOfDisplayNodes()):
-        legend = volume_node.GetNthDisplayNode(i)
-        if legend is not None and legend.IsA(LEGEND_CLASS) and legend.GetPrimaryDisplayNode() is display:
+    for legend in legend_nodes(volume_node):
+        if legend.GetPrimaryDisplayNode() is display:
             legend.SetTitleText(LEGEND_TITLES[role])
             return legend, False
     scene = volume_node.GetScene()

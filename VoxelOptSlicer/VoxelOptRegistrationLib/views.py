@@ -13,7 +13,7 @@ Two entry points, so that the user's view is disturbed only when a run shows a n
 
 from typing import List
 
-from .colors import LEGEND_CLASS
+from .colors import legend_nodes
 
 
 def slice_composite_nodes(scene) -> List[object]:
@@ -46,10 +46,8 @@ def show_overlay(scene, foreground=None, opacity: float = 0.5, additive: bool = 
         composite.SetCompositing(composite.Add if additive else composite.Alpha)
         composite.EndModify(was_modifying)
     for volume in (scene.GetNodeByID(node_id) for node_id in shown if node_id):
-        for i in range(volume.GetNumberOfDisplayNodes() if volume is not None else 0):
-            legend = volume.GetNthDisplayNode(i)
-            if legend is not None and legend.IsA(LEGEND_CLASS):
-                legend.Modified()  # its displayable manager shows or hides it by the views' new layers
+        for legend in legend_nodes(volume) if volume is not None else ():
+            legend.Modified()  # its displayable manager shows or hides it by the views' new layers
     return len(composites)
 
 

@@ -25,9 +25,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def check_output_dir(path: Path, what: str = "output directory") -> None:
     """Fail before any work if directory ``path`` (``what`` names it in the message) cannot be
-    created or written: its permissions, then a hidden folder made and removed again in it (or in
-    its nearest existing parent), which also catches what permissions do not tell, e.g. /proc or
-    a read-only mount for root. Leaves nothing behind."""
+    created or written: the permissions of ``path`` or of its nearest existing parent, then
+    :func:`_check_takes_new_files` there. Leaves nothing behind."""
     existing = path
     while not existing.exists():
         if existing.parent == existing:
@@ -37,10 +36,17 @@ def check_output_dir(path: Path, what: str = "output directory") -> None:
         raise InputError(f"{what} {path}: {existing} exists and is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path} cannot be written (no write permission on {existing})")
+    _check_takes_new_files(existing, path, what)
+
+
+def _check_takes_new_files(folder: Path, path: Path, what: str) -> None:
+    """InputError unless an entry can be made in ``folder`` (``path`` itself or its nearest existing
+    parent): a hidden folder made and removed again. Permissions do not tell, e.g. for /proc or a
+    read-only mount as root."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".voxelopt-write-test-", dir=existing))
+        os.rmdir(tempfile.mkdtemp(prefix=".voxelopt-write-test-", dir=folder))
     except OSError as error:
-        where = "there" if existing == path else f"in {existing}"
+        where = "there" if folder == path else f"in {folder}"
         raise InputError(f"{what} {path} does not take new files (creating one {where} failed: "
                          f"{error.strerror or error})") from None
 
@@ -55,12 +61,7 @@ def ensure_writable_dir(path: PathLike, what: str = "output directory") -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{what} {path} cannot be created: {error.strerror or error}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".voxelopt-write-test-"):
-            pass
-    except OSError as error:  # e.g. a read-only mount, or a special file system such as /proc
-        raise InputError(f"{what} {path} does not take new files (creating one there failed: "
-                         f"{error.strerror or error})") from None
+    _check_takes_new_files(path, path, what)
     return path
 
 
