@@ -22,7 +22,7 @@ import slicer
 import slicer.util
 
 from .errors import InputNodeError
-from .volumes import LPS_TO_RAS, sitk_geometry_ras
+from .volumes import LPS_TO_RAS, sitk_geometry_ras, vtk_matrix
 
 #: Node attribute storing the grid interpolation ("linear" or "cubic"): the ITK file formats do not
 #: keep it and Slicer reads displacement fields back as cubic, which moves points by ~0.1 mm.
@@ -59,13 +59,9 @@ def grid_transform_from_field(field: sitk.Image, interpolation: str = "linear"):
     vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(u_ras).reshape(-1, 3), deep=True, array_type=vtk.VTK_FLOAT)
     vectors.SetNumberOfComponents(3)
     grid.GetPointData().SetScalars(vectors)
-    direction_matrix = vtk.vtkMatrix4x4()
-    for r in range(3):
-        for c in range(3):
-            direction_matrix.SetElement(r, c, float(direction[r, c]))
     transform = slicer.vtkOrientedGridTransform()
     transform.SetDisplacementGridData(grid)
-    transform.SetGridDirectionMatrix(direction_matrix)
+    transform.SetGridDirectionMatrix(vtk_matrix(direction))
     if interpolation == "cubic":
         transform.SetInterpolationModeToCubic()
     elif interpolation == "linear":

@@ -266,15 +266,22 @@ def sitk_ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
+def vtk_matrix(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
+    """A vtkMatrix4x4 holding ``matrix`` (3x3, e.g. a direction, or 4x4) in its top-left block,
+    the identity elsewhere."""
+    matrix = np.asarray(matrix)
+    result = vtk.vtkMatrix4x4()
+    for row in range(matrix.shape[0]):
+        for column in range(matrix.shape[1]):
+            result.SetElement(row, column, float(matrix[row, column]))
+    return result
+
+
 def set_node_geometry(node, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray) -> None:
     """Set a volume node's RAS origin, spacing (mm) and direction (columns = i, j, k axes)."""
     node.SetOrigin(*[float(v) for v in origin])
     node.SetSpacing(*[float(v) for v in spacing])
-    m = vtk.vtkMatrix4x4()
-    for r in range(3):
-        for c in range(3):
-            m.SetElement(r, c, float(direction[r, c]))
-    node.SetIJKToRASDirectionMatrix(m)
+    node.SetIJKToRASDirectionMatrix(vtk_matrix(direction))
 
 
 def update_volume_node_from_sitk(node, image: sitk.Image, share: bool = False) -> None:

@@ -25,7 +25,7 @@ import slicer
 from .errors import InputNodeError
 from .segmentations import segment_labels, update_segmentation_from_labels
 from .transforms import INTERPOLATION_ATTRIBUTE, set_registration_references
-from .volumes import ROLE_ATTRIBUTE, parent_transform_check, sitk_ijk_to_ras_matrix, sitk_on_node_grid
+from .volumes import ROLE_ATTRIBUTE, parent_transform_check, sitk_ijk_to_ras_matrix, sitk_on_node_grid, vtk_matrix
 
 #: Classes :func:`warp_nodes` accepts.
 WARPABLE_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsNode", "vtkMRMLModelNode")
@@ -147,15 +147,6 @@ def _warp_one(transform_node, node, fixed_volume):
     return warped
 
 
-def _vtk_matrix(matrix) -> vtk.vtkMatrix4x4:
-    """A 4x4 NumPy array as a vtkMatrix4x4."""
-    result = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            result.SetElement(row, column, float(matrix[row, column]))
-    return result
-
-
 def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: str):
     scene = segmentation_node.GetScene()
     parent_id = segmentation_node.GetTransformNodeID()
@@ -172,7 +163,7 @@ def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: st
     label_image.SetDimensions(labels.GetSize())
     label_image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.view(labels).ravel(), deep=True))
     labels_ras_to_ijk = vtk.vtkMatrix4x4()
-    vtk.vtkMatrix4x4.Invert(_vtk_matrix(sitk_ijk_to_ras_matrix(labels)), labels_ras_to_ijk)
+    vtk.vtkMatrix4x4.Invert(vtk_matrix(sitk_ijk_to_ras_matrix(labels)), labels_ras_to_ijk)
     resliced = _reslice(label_image, labels_ras_to_ijk, transform_node, fixed_volume, labels=True)
     i, j, k = resliced.GetDimensions()
     warped_array = numpy_support.vtk_to_numpy(resliced.GetPointData().GetScalars()).reshape(k, j, i)
