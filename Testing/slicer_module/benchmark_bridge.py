@@ -2,6 +2,7 @@
 (real MRML, no GUI), as a batch script or the Apply button runs it.
 
     python Testing/slicer_module/benchmark_bridge.py [--case native300] [--preset abdomen] [--no-warped-volume]
+        [--keep-freed-memory]
 
 The pseudo-CT pair of VoxelOptLib/benchmarks/benchmark.py (BTCV 2 <- 1, needs ../shared), resampled
 to the case's native size, is loaded as volume nodes and its label maps as segmentations; then
@@ -9,6 +10,8 @@ to the case's native size, is loaded as volume nodes and its label maps as segme
 parameter changed (alpha), as a user exploring parameters does: the features come from the
 Logic's cache. Printed per run: the prepare (read the scene), compute (the engine) and apply
 (write the nodes) seconds, the mean Dice, and the process's peak memory so far.
+``--keep-freed-memory`` first calls ``voxelopt.allocator.keep_freed_memory()``, as a headless batch
+script that only registers may (README, *Batch scripting*); the module itself never does.
 """
 
 import argparse
@@ -46,7 +49,14 @@ def main() -> None:
     parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--no-warped-volume", action="store_true",
                         help="the module's 'Warped volume' unticked: the transform alone, no full-size resampling")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed memory for reuse first, as a batch script may (voxelopt.allocator)")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        from voxelopt.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            parser.error("--keep-freed-memory needs glibc's mallopt (Linux with glibc)")
     with tempfile.TemporaryDirectory() as tmp:
         _, paths = benchmark.paper_pair(Path(tmp))
         if args.case != "paper":
