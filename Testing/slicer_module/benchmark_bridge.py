@@ -28,7 +28,7 @@ sys.path[:0] = [HERE, os.path.join(REPO, "VoxelOptSlicer"), os.path.join(REPO, "
                 os.path.join(REPO, "VoxelOptLib", "benchmarks")]
 
 import slicer  # noqa: E402
-from development_pairs import machine_line  # noqa: E402
+from development_pairs import add_keep_freed_memory_option, apply_keep_freed_memory, machine_line  # noqa: E402
 from render_docs_images import ORGANS, load_volume  # noqa: E402
 from VoxelOptRegistrationLib import RegistrationLogic, RegistrationOutputs  # noqa: E402
 from VoxelOptRegistrationLib.segmentations import update_segmentation_from_labels  # noqa: E402
@@ -49,14 +49,9 @@ def main() -> None:
     parser.add_argument("--preset", default=DEFAULT_PRESET)
     parser.add_argument("--no-warped-volume", action="store_true",
                         help="the module's 'Warped volume' unticked: the transform alone, no full-size resampling")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="keep freed memory for reuse first, as a batch script may (voxelopt.allocator)")
+    add_keep_freed_memory_option(parser)
     args = parser.parse_args()
-    if args.keep_freed_memory:
-        from voxelopt.allocator import keep_freed_memory
-
-        if not keep_freed_memory():
-            parser.error("--keep-freed-memory needs glibc's mallopt (Linux with glibc)")
+    apply_keep_freed_memory(parser, args)
     with tempfile.TemporaryDirectory() as tmp:
         _, paths = benchmark.paper_pair(Path(tmp))
         if args.case != "paper":

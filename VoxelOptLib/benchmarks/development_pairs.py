@@ -33,6 +33,24 @@ Pair = Tuple[str, Path, Path, Path, Path]
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 
+def add_keep_freed_memory_option(parser: argparse.ArgumentParser) -> None:
+    """``--keep-freed-memory``: measure as the ``voxelopt`` command runs (freed memory kept for
+    reuse, :func:`voxelopt.allocator.keep_freed_memory`) instead of as a library caller; applied
+    by :func:`apply_keep_freed_memory` once the arguments are parsed."""
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="keep freed memory for reuse first, as the voxelopt command does (voxelopt.allocator)")
+
+
+def apply_keep_freed_memory(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Keep freed memory for reuse when ``--keep-freed-memory`` was given (a parser error where
+    the C library cannot: not glibc)."""
+    if args.keep_freed_memory:
+        from voxelopt.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            parser.error("--keep-freed-memory needs glibc's mallopt (Linux with glibc)")
+
+
 def machine_line() -> str:
     """One line naming the processor (``/proc/cpuinfo``'s model name where it exists), its widest
     vector extensions (AVX2, AVX-512, AMX: oneDNN's convolutions and numba's kernels use them),

@@ -29,7 +29,8 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 
-from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, machine_line, make_pseudoct
+from development_pairs import (DEFAULT_SHARED as SHARED, add_keep_freed_memory_option, apply_keep_freed_memory,
+                               btcv_labels, machine_line, make_pseudoct)
 from voxelopt.config import RegistrationConfig
 from voxelopt.features import make_extractor
 
@@ -65,14 +66,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--extractors", default="obelisk,pdd,mind")
     parser.add_argument("--models", default=str(SHARED / "models"))
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="keep freed memory for reuse, as the voxelopt command does (see voxelopt.allocator)")
+    add_keep_freed_memory_option(parser)
     args = parser.parse_args()
-    if args.keep_freed_memory:
-        from voxelopt.allocator import keep_freed_memory
-
-        if not keep_freed_memory():
-            parser.error("--keep-freed-memory needs glibc's mallopt (Linux with glibc)")
+    apply_keep_freed_memory(parser, args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     extractors = {name: make_extractor(RegistrationConfig(features=name, weights=args.models))
