@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, itk_message
-from .geometry.checks import check_geometry
+from .geometry.checks import check_geometry, nonfinite_count
 from .output_dir import PathLike
 from . import voxels
 
@@ -111,10 +111,7 @@ def _nonfinite_count(image: sitk.Image, path: Path) -> int:
     if path.name.endswith((".nii", ".nii.gz")):
         # a float image with no voxel exactly 0 proves the file has none
         return nifti_nonfinite_count(path) if (voxels.view(image) == 0).any() else 0
-    array = voxels.view(image)
-    step = max(1, (4 << 20) // max(1, array[0].size))
-    return sum(int(slab.size - np.count_nonzero(np.isfinite(slab))) for slab in
-               (array[start:start + step] for start in range(0, array.shape[0], step)))
+    return nonfinite_count(voxels.view(image))
 
 
 def read_dicom_series(folder: PathLike, what: str = "image") -> sitk.Image:
@@ -249,7 +246,7 @@ def nifti_nonfinite_count(path: PathLike) -> int:
             if not data:
                 break
             values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype=dtype)
-            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            bad += nonfinite_count(values)
             remaining -= values.size
         return bad
 
