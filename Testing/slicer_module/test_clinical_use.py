@@ -177,6 +177,52 @@ def test_warp_other_nodes_into_the_fixed_space(registered):
         logic.warpNodes(run.transform, [run.diceTable], fixed)
 
 
+def test_warped_copies_are_in_the_fixed_space_and_keep_overlapping_segments(registered, monkeypatch):
+    """The moving volume sits under the run's transform; its warped copy is on the fixed grid
+    already and must not stay under it (the views would warp it twice). Overlapping segments stay
+    whole; a call that fails leaves no copy behind."""
+    from slicer_test_helpers import add_segment
+    from VoxelOptRegistrationLib import warping
+
+    scene, run, nodes, logic = registered["scene"], registered["run"], registered["nodes"], registered["logic"]
+    fixed, moving = nodes["fixed"], nodes["moving"]
+    assert moving.GetParentTransformNode() is run.transform
+    (copy,) = logic.warpNodes(run.transform, [moving], fixed)
+    assert copy.GetParentTransformNode() is None
+    engine = volumes.array_from_volume_node(run.warpedVolume)
+    assert np.abs(volumes.array_from_volume_node(copy) - engine).max() < 1e-2 * np.ptp(engine)
+
+    voxels = volumes.array_from_volume_node(moving)
+    body = (voxels > -500).astype(np.uint8)
+    organ = np.zeros_like(body)
+    k, j, i = (n // 2 for n in body.shape)
+    organ[k - 3:k + 3, j - 4:j + 4, i - 4:i + 4] = 1
+    assert body[organ > 0].all()
+    overlapping = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "overlapping")
+    overlapping.CreateDefaultDisplayNodes()
+    add_segment(scene, overlapping, organ, moving, "organ")
+    add_segment(scene, overlapping, body, moving, "body")  # the later segment, over all of "organ"
+    assert overlapping.GetSegmentation().GetNumberOfLayers() == 2
+    (warped,) = logic.warpNodes(run.transform, [overlapping], fixed)
+    assert segmentations.segment_names(warped) == ["organ", "body"]
+    masks = {}
+    for name in ("organ", "body"):
+        ids = [warped.GetSegmentation().GetSegmentIdBySegmentName(name)]
+        masks[name] = sitk.GetArrayFromImage(segmentations.export_labelmap(warped, ids, fixed, "check")) > 0
+    assert masks["organ"].sum() > 50 and masks["body"][masks["organ"]].all()  # both nearest through one field
+
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    count = scene.GetNumberOfNodes()
+    with pytest.raises(InputNodeError, match="segmentation 'empty' has no segments"):
+        logic.warpNodes(run.transform, [moving, empty], fixed)  # refused before any copy
+    monkeypatch.setattr(warping, "_warped_labels", lambda *args: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        logic.warpNodes(run.transform, [moving, overlapping], fixed)  # the volume's copy is made first
+    assert scene.GetNumberOfNodes() == count
+    for node in (copy, warped, overlapping, empty):
+        logic.removeNodes([node])
+
+
 def test_saved_and_reloaded_scene_keeps_linear_interpolation(registered, tmp_path):
     scene, run = registered["scene"], registered["run"]
     point = np.array(volumes.node_geometry_ras(registered["nodes"]["fixed"])[0]) + 30.0

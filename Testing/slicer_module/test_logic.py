@@ -633,6 +633,66 @@ def test_an_output_transform_under_a_transform_is_refused_and_left_there(scene, 
     assert scene_snapshot(scene) == before and first.transform.GetParentTransformNode() is shift
 
 
+def test_output_maps_under_a_transform_are_refused_and_left_there(scene, monkeypatch):
+    """A warped volume, map or segmentation is written on the fixed grid: under a transform the
+    views would show it moved away from it."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    logic = RegistrationLogic(scene)
+    first = logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    refused_before_reading(monkeypatch)
+    for field in ("warpedVolume", "entropyVolume", "jacobianVolume"):
+        node = getattr(first, field)
+        node.SetAndObserveTransformNodeID(shift.GetID())
+        before = scene_snapshot(scene)
+        with pytest.raises(InputNodeError, match=f"output {field} '{node.GetName()}' is under transform 'shift'.*"
+                                                 "moved by it, away from the fixed volume"):
+            logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1),
+                          outputs=RegistrationOutputs(**{field: node}))
+        assert scene_snapshot(scene) == before and node.GetParentTransformNode() is shift
+        node.SetAndObserveTransformNodeID(None)
+
+
+def test_volumes_of_several_values_per_voxel_are_refused_as_inputs_and_outputs(scene, monkeypatch):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour")
+    tensor = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "tensors")
+    before = scene_snapshot(scene)
+    refused_before_reading(monkeypatch)
+    logic = RegistrationLogic(scene)
+    for node in (vector, tensor):
+        for field in ("warpedVolume", "entropyVolume", "jacobianVolume"):
+            with pytest.raises(InputNodeError, match=f"output {field} '{node.GetName()}' is a {node.GetClassName()}, "
+                                                     "which holds several values per voxel"):
+                logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1),
+                              outputs=RegistrationOutputs(**{field: node}))
+        with pytest.raises(InputNodeError, match=f"moving volume '{node.GetName()}' is a {node.GetClassName()}"):
+            logic.process(nodes["fixed"], node, fast_config(levels=1))
+    assert scene_snapshot(scene) == before
+    for node in (vector, tensor):  # the parameter node, which the GUI's selectors fill, refuses them too
+        with pytest.raises(TypeError, match="not a vtkMRMLLabelMapVolumeNode or vtkMRMLVectorVolumeNode"):
+            parameters.set_node(logic.getParameterNode(), "outputVolume", node)
+
+
+def test_arguments_of_the_wrong_kind_get_a_clear_message(scene, monkeypatch):
+    """A batch script's slips (a dict for the outputs, text for a number, one node for a list)."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
+    logic = RegistrationLogic(scene)
+    before = scene_snapshot(scene)
+    with monkeypatch.context() as patch:
+        refused_before_reading(patch)
+        with pytest.raises(InputNodeError, match="outputs must be a RegistrationOutputs .* got dict"):
+            logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1), outputs={"transform": None})
+        with pytest.raises(InputNodeError, match="overlayOpacity must be a number in \\[0, 1\\], got '0.5'"):
+            logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1), overlayOpacity="0.5")
+    assert scene_snapshot(scene) == before
+    run = logic.process(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    with pytest.raises(InputNodeError, match="nodes must be a list of the nodes to warp .* got vtkMRMLScalarVolumeNode"):
+        logic.warpNodes(run.transform, nodes["moving"], nodes["fixed"])
+    with pytest.raises(ValueError, match="square size must be a number of millimetres > 0, got '20'"):
+        logic.createCheckerboard(nodes["fixed"], run.warpedVolume, "20")
+
+
 def test_a_linear_output_transform_is_refused_as_by_the_parameter_node(scene, monkeypatch):
     nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
     linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "linear")

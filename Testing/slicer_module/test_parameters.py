@@ -59,9 +59,37 @@ def test_an_unreadable_stored_value_is_an_error_naming_it(scene, name, text, wor
     readable = parameters.readable_values(node)
     assert name not in readable and len(readable) == len(parameters.VALUE_PARAMETERS) - 1
     key = logic.registrationInputsKey(node)  # no error: a changed key, and the run reports the value
-    node.SetParameter(name, "")  # absent: the default, as for a parameter added after the scene was saved
+    node.UnsetParameter(name)  # absent: the default, as for a parameter added after the scene was saved
     assert parameters.get_value(node, name) == parameters.VALUE_BY_NAME[name].default
     assert logic.registrationInputsKey(node) != key
+
+
+@pytest.mark.parametrize("name", ["thetas", "features", "init", "device", "levels", "alpha"])
+def test_an_emptied_value_is_an_error_not_the_default(scene, name):
+    """A value the node holds as empty text (a cleared field, a script's SetParameter(name, "")) is
+    refused by name: taking the default in its place would run other settings than those shown."""
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    logic.applyPreset(node, "fast")
+    node.SetParameter(name, " ")
+    match = f"parameter '{name}' of the VoxelOptRegistration parameter node is empty; set it again"
+    with pytest.raises(InputNodeError, match=match):
+        logic.configFromParameterNode(node)
+    with pytest.raises(InputNodeError, match=match):
+        logic.prepareParameterNode(node)
+    assert name not in parameters.readable_values(node)  # the GUI shows the others
+
+
+def test_a_negative_spacing_is_refused_not_read_as_none(scene):
+    import voxelopt
+
+    logic = RegistrationLogic(scene)
+    node = logic.getParameterNode()
+    parameters.set_value(node, "featureSpacing", -2.0)
+    with pytest.raises(voxelopt.ConfigError, match="featureSpacing is -2; give a positive value, or 0 for none"):
+        logic.configFromParameterNode(node)
+    parameters.set_value(node, "featureSpacing", 0.0)  # 0: the fixed volume's own grid
+    assert logic.configFromParameterNode(node).feature_spacing is None
 
 
 def test_readable_stored_values_are_read(scene):
@@ -81,7 +109,7 @@ def test_a_bad_display_value_is_refused_before_the_registration(scene, monkeypat
     monkeypatch.setattr(RegistrationLogic, "prepare", lambda *args, **kwargs: pytest.fail("read the inputs"))
     monkeypatch.setattr(RegistrationLogic, "compute", lambda *args, **kwargs: pytest.fail("ran the registration"))
     node.SetParameter("overlayOpacity", "7")
-    message = r"parameter 'overlayOpacity' of parameter node 'VoxelOptRegistration' must be in \[0, 1\], got 7.0"
+    message = r"parameter 'overlayOpacity' of parameter node 'VoxelOptRegistration' must be a number in \[0, 1\], got 7.0"
     with pytest.raises(InputNodeError, match=message):
         logic.processParameterNode(node)
     with pytest.raises(InputNodeError, match=message):

@@ -178,6 +178,38 @@ def test_outputs_deleted_during_the_run_get_new_nodes(scene):
     ]
 
 
+@pytest.mark.parametrize("role, change", [("fixed", lambda node: node.SetSpacing(6.0, 6.0, 5.5)),
+                                          ("fixed", lambda node: node.SetOrigin(1.0, 2.0, 3.0)),
+                                          ("moving", lambda node: node.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1))])
+def test_an_input_grid_changed_during_the_run_is_refused(scene, role, change):
+    """The user edits the fixed or moving volume's geometry (Volumes module) while the engine runs:
+    the result is on the old grids, so nothing is written and the message says to run again."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(16, 14, 12))
+    logic = RegistrationLogic(scene)
+    request = logic.prepare(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    computed = logic.compute(request.engineInputs)
+    change(nodes[role])
+    before = node_ids(scene)
+    with pytest.raises(InputNodeError, match=f"the {role} volume '{nodes[role].GetName()}' changed its size, spacing, "
+                                             "origin or orientation during the registration; nothing was written"):
+        logic.apply(request, computed)
+    assert node_ids(scene) == before and nodes["moving"].GetParentTransformNode() is None
+
+
+def test_one_result_applied_twice_gives_volumes_of_their_own(scene):
+    nodes = phantom_nodes.add_phantom_volumes(scene, size=(16, 14, 12))
+    logic = RegistrationLogic(scene)
+    request = logic.prepare(nodes["fixed"], nodes["moving"], fast_config(levels=1))
+    computed = logic.compute(request.engineInputs)
+    first, second = logic.apply(request, computed), logic.apply(request, computed)
+    assert first.warpedVolume is not second.warpedVolume
+    kept = array(second.warpedVolume)
+    volumes._voxel_view(first.warpedVolume)[:] = 0  # in place, e.g. slicer.util.arrayFromVolume's view
+    first.warpedVolume.Modified()
+    assert array(first.warpedVolume).max() == 0
+    np.testing.assert_array_equal(array(second.warpedVolume), kept)
+
+
 def test_a_node_is_never_put_under_a_transform_of_another_scene(scene):
     nodes = phantom_nodes.add_phantom_volumes(scene, size=(12, 10, 8))
     other_scene = slicer.vtkMRMLScene()
@@ -260,6 +292,41 @@ def test_the_segments_the_dice_table_leaves_out_are_named(scene):
         "'tumor' has no voxel in the moving segmentation; 'cyst' has no voxel in the fixed segmentation. A segment has "
         "no voxel when it is empty, lies outside its volume or is hidden by overlapping segments"
     ]
+
+
+def test_segment_names_held_twice_are_named(scene):
+    """Segments are matched by name: a second segment of one name is not matched, and the run says so."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True)
+    fixed_seg, moving_seg = nodes["fixed_segmentation"], nodes["moving_segmentation"]
+    fixed_seg.GetSegmentation().GetSegment(fixed_seg.GetSegmentation().GetSegmentIdBySegmentName("liver")).SetName("Spleen ")
+    run = RegistrationLogic(scene).process(nodes["fixed"], nodes["moving"], fast_config(), fixed_seg, moving_seg,
+                                           showResult=False)
+    assert (f"fixed segmentation '{fixed_seg.GetName()}' has 2 segments named 'spleen' and 'Spleen ' (names are "
+            "matched ignoring case and surrounding spaces): only the first is matched and scored; rename the others "
+            "to score them") in run.warnings
+    assert not any("moving segmentation" in text and "segments named" in text for text in run.warnings)
+
+
+@pytest.mark.parametrize("role", ["fixed", "moving"])
+def test_segments_without_voxels_on_their_volume_are_refused_before_the_engine(scene, monkeypatch, role):
+    """Every matched segment is empty (or off the volume): refused by name while preparing, not by the
+    engine after the features."""
+    nodes = phantom_nodes.add_phantom_volumes(scene, with_segmentations=True, size=(24, 20, 16))
+    fixed_seg, moving_seg = nodes["fixed_segmentation"], nodes["moving_segmentation"]
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "unpainted")
+    scratch = np.zeros(volumes.array_from_volume_node(nodes[role]).shape, np.uint8)
+    scratch[2:4, 2:4, 2:4] = 1
+    (scratch_id,) = add_segment(scene, empty, scratch, nodes[role], "scratch")  # a binary labelmap source
+    for name in segmentations.segment_names(moving_seg)[:2]:
+        empty.GetSegmentation().AddEmptySegment("", name)
+    empty.GetSegmentation().RemoveSegment(scratch_id)
+    fixed_seg, moving_seg = (empty, moving_seg) if role == "fixed" else (fixed_seg, empty)
+    logic = RegistrationLogic(scene)
+    monkeypatch.setattr(logic, "compute", lambda *args, **kwargs: pytest.fail("the engine ran"))
+    names = ", ".join(segmentations.segment_names(empty))
+    with pytest.raises(InputNodeError, match=f"{role} segmentation 'unpainted': the segments used \\({names}\\) have "
+                                             f"no voxel on the {role} volume's grid"):
+        logic.process(nodes["fixed"], nodes["moving"], fast_config(), fixed_seg, moving_seg)
 
 
 def test_segments_lost_by_the_warp_are_named():

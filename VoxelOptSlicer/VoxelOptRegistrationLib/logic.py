@@ -37,6 +37,7 @@ the scene as it was (nodes created by the run are removed, overwritten ones rest
 """
 
 import dataclasses
+import numbers
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -156,11 +157,14 @@ class RegistrationRequest:
 @dataclasses.dataclass
 class EngineOutput:
     """The engine's ``voxelopt.RegistrationResult``, whether both images' features came from the
-    cache, and the engine's wall time (seconds)."""
+    cache, and the engine's wall time (seconds). ``applied``: written into the scene already (the
+    first :meth:`RegistrationLogic.apply` hands the warped image's voxels to its node; a later one
+    copies them, so that two nodes never share one buffer)."""
 
     result: Any
     cacheHit: bool
     seconds: float
+    applied: bool = False
 
 
 @dataclasses.dataclass
@@ -536,6 +540,9 @@ class RegistrationLogic:
 
         from . import network_weights, segmentations, transforms, volumes
 
+        if outputs is not None and not isinstance(outputs, RegistrationOutputs):
+            raise InputNodeError(f"outputs must be a RegistrationOutputs (e.g. RegistrationOutputs(transform=node)), "
+                                 f"got {type(outputs).__name__}")
         outputs = outputs or RegistrationOutputs()
         inputs = {
             "fixed volume": fixedVolume, "moving volume": movingVolume, "fixed segmentation": fixedSegmentation,
@@ -548,7 +555,7 @@ class RegistrationLogic:
         _check_nodes_in_scene(self.scene, inputs, outputs)
         _check_input_volumes(fixedVolume, movingVolume)
         _check_outputs_are_not_inputs(outputs, inputs)
-        _check_output_transform_parent(outputs.transform)
+        _check_output_parents(outputs)
         config = _as_config(voxelopt, config)
         fixed_image = self._volumeImage(fixedVolume, "fixed")
         moving_image = self._volumeImage(movingVolume, "moving")
@@ -655,15 +662,23 @@ class RegistrationLogic:
         as stored, and the views then show it so (also said in ``run.warnings``).
 
         Raises:
-            InputNodeError: the fixed or moving volume was deleted from the scene during the run.
+            InputNodeError: the fixed or moving volume was deleted from the scene, or its voxel
+                grid changed, during the run.
         """
         from .transaction import SceneTransaction
 
         _check_display(overlay, overlayOpacity)
         start = time.perf_counter()
-        for role, node in (("fixed volume", request.fixedVolume), ("moving volume", request.movingVolume)):
+        from .volumes import node_on_image_grid
+
+        inputs = request.engineInputs
+        for role, node, image in (("fixed volume", request.fixedVolume, inputs.fixed_image),
+                                  ("moving volume", request.movingVolume, inputs.moving_image)):
             if node.GetScene() is not self.scene:
                 raise InputNodeError(f"the {role} '{node.GetName()}' was removed from the scene during the registration")
+            if not node_on_image_grid(node, image):  # the result is on the grids it had: it would be misplaced
+                raise InputNodeError(f"the {role} '{node.GetName()}' changed its size, spacing, origin or orientation "
+                                     "during the registration; nothing was written: run the registration again")
         chosen = {field: getattr(request.outputs, field) for field in _OUTPUT_PARAMETERS}
         deleted = {field: node for field, node in chosen.items() if node is not None and node.GetScene() is not self.scene}
         if deleted:  # new nodes for them
@@ -673,7 +688,8 @@ class RegistrationLogic:
         with SceneTransaction(self.scene) as writes:
             warnings += self._takeFixedOutOfVoxelOptTransform(writes, request.fixedVolume)
             transform = self._writeTransform(writes, request, result.field)
-            warped, entropy, jacobian = self._writeMaps(writes, request, result)
+            warped, entropy, jacobian = self._writeMaps(writes, request, result, share=not computed.applied)
+            computed.applied = True
             warped_segmentation = self._writeWarpedSegmentation(writes, request, result)
             dice_table, dice_by_name = self._writeDiceTable(writes, request, result)
             if showResult:
@@ -732,9 +748,11 @@ class RegistrationLogic:
         transforms.set_field_on_transform_node(transform, field, moving, request.fixedVolume)
         return transform
 
-    def _writeMaps(self, writes: "SceneTransaction", request: "RegistrationRequest", result) -> Tuple[Any, Any, Any]:
-        """The warped volume (on the fixed grid; None when it was not asked for), the entropy map (on
-        the solver's working grid) and the Jacobian map (on the field's grid), with their colour tables."""
+    def _writeMaps(self, writes: "SceneTransaction", request: "RegistrationRequest", result,
+                   share: bool) -> Tuple[Any, Any, Any]:
+        """The warped volume (on the fixed grid; None when it was not asked for; ``share``: it holds
+        the result's own voxels), the entropy map (on the solver's working grid) and the Jacobian map
+        (on the field's grid), with their colour tables."""
         from . import volumes
 
         base, outputs, fixed = request.movingVolume.GetName(), request.outputs, request.fixedVolume
@@ -742,7 +760,7 @@ class RegistrationLogic:
         if request.engineInputs.warp_moving:
             warped = writes.node_for(outputs.warpedVolume, "vtkMRMLScalarVolumeNode", f"{base} warped", "warped")
             _copy_window(request.movingVolume, warped)  # first: an automatic window would read every voxel (0.9 s at 512x512x600)
-            _write_on_fixed_grid(warped, result.warped, fixed)
+            _write_on_fixed_grid(warped, result.warped, fixed, share)
         entropy = writes.node_for(outputs.entropyVolume, "vtkMRMLScalarVolumeNode", f"{base} entropy", "entropy")
         volumes.update_volume_node_from_sitk(entropy, result.entropy)
         volumes.set_voxel_value_meaning(entropy, "displacement entropy", "{nat}", "nats")
@@ -817,6 +835,9 @@ class RegistrationLogic:
 
         _check_node_kinds({"registration transform": (transformNode, ("vtkMRMLTransformNode",)),
                            "fixed volume": (fixedVolume, ("vtkMRMLScalarVolumeNode",))}, required=True)
+        if not isinstance(nodes, (list, tuple)):
+            raise InputNodeError(f"nodes must be a list of the nodes to warp (e.g. [volumeNode]), got "
+                                 f"{type(nodes).__name__}")
         for node in nodes:  # each one: warping.warp_nodes then names the classes it warps
             _check_node_kinds({"node to warp": (node, ("vtkMRMLNode",))}, required=True)
         return warping.warp_nodes(transformNode, nodes, fixedVolume)
@@ -901,8 +922,11 @@ def _check_output_classes(outputs: RegistrationOutputs) -> None:
                 "grid transform node (vtkMRMLGridTransformNode): choose one, or leave the output transform empty "
                 "to create a new one"
             )
-        if any(node.IsA(c) for c in parameter.excluded):  # a label map volume as a map's output
+        if node.IsA("vtkMRMLLabelMapVolumeNode"):  # a label map volume as a map's output
             raise InputNodeError(f"output {field} '{node.GetName()}' is a label map; choose a scalar volume")
+        if any(node.IsA(c) for c in parameter.excluded):  # e.g. a vector or tensor volume
+            raise InputNodeError(f"output {field} '{node.GetName()}' is a {node.GetClassName()}, which holds several "
+                                 "values per voxel; choose a scalar volume (vtkMRMLScalarVolumeNode)")
         raise InputNodeError(f"output {field} '{node.GetName()}' is a {node.GetClassName()}, a "
                              f"{' or '.join(parameter.classes)} is needed")
 
@@ -926,7 +950,8 @@ def _check_nodes_in_scene(scene, inputs: Mapping[str, Any], outputs: Registratio
 
 
 def _check_input_volumes(fixed_volume, moving_volume) -> None:
-    """Refuse a label map volume as the fixed or moving volume, and one volume as both (a missing
+    """Refuse a label map volume, or a volume of several values per voxel, as the fixed or moving
+    volume, and one volume as both (a missing
     volume is reported by the volume checks of :meth:`RegistrationLogic.prepare`)."""
     for role, node in (("fixed", fixed_volume), ("moving", moving_volume)):
         if node is not None and node.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -936,6 +961,10 @@ def _check_input_volumes(fixed_volume, moving_volume) -> None:
                 f"(import it into a segmentation node: Data module, right-click > Convert labelmap to segmentation) "
                 f"or the {role} mask"
             )
+        if node is not None and any(node.IsA(c) for c in parameters.NOT_SCALAR_IMAGE):
+            raise InputNodeError(f"{role} volume '{node.GetName()}' is a {node.GetClassName()}, which holds several "
+                                 f"values per voxel; VoxelOpt registers scalar images (e.g. CT): choose one as the "
+                                 f"{role} volume")
     if fixed_volume is not None and fixed_volume is moving_volume:
         raise InputNodeError(
             f"volume '{fixed_volume.GetName()}' is both the fixed and the moving volume; choose the volume to "
@@ -966,16 +995,22 @@ def _check_outputs_are_not_inputs(outputs: RegistrationOutputs, inputs: Mapping[
         chosen.append((field, node))
 
 
-def _check_output_transform_parent(transform) -> None:
-    """Refuse an output transform node that sits under a transform: the views would show the moving
-    volume through both, not as the registration warped it (the node is the user's: it is not moved)."""
-    parent = transform.GetParentTransformNode() if transform is not None else None
-    if parent is not None:
+def _check_output_parents(outputs: RegistrationOutputs) -> None:
+    """Refuse an output node that sits under a transform (the nodes are the user's: they are not
+    moved): an output transform would show the moving volume through both transforms, not as the
+    registration warped it; a volume or segmentation, written on the fixed grid, would be shown
+    moved away from it."""
+    for field in _OUTPUT_PARAMETERS:
+        node = getattr(outputs, field)
+        parent = node.GetParentTransformNode() if node is not None and node.IsA("vtkMRMLTransformableNode") else None
+        if parent is None:
+            continue
+        seen = ("the views would not show the moving volume as the registration warped it" if field == "transform"
+                else "the views would show the result moved by it, away from the fixed volume it is written on")
         raise InputNodeError(
-            f"output transform '{transform.GetName()}' is under transform '{parent.GetName()}', so the views "
-            "would not show the moving volume as the registration warped it. Take it out of "
-            f"'{parent.GetName()}' (Data module: drag it to the scene's top level), or leave the output "
-            "transform empty to create a new one"
+            f"output {field} '{node.GetName()}' is under transform '{parent.GetName()}', so {seen}. Take it out "
+            f"of '{parent.GetName()}' (Data module: drag it to the scene's top level), or leave the output "
+            f"{field} empty to create a new one"
         )
 
 
@@ -1015,12 +1050,13 @@ _NOT_MADE_BECAUSE = {
 }
 
 
-def _write_on_fixed_grid(node, image, fixed_volume) -> None:
+def _write_on_fixed_grid(node, image, fixed_volume, share: bool = True) -> None:
     """Store an engine image (on the fixed grid, made for this node) in ``node`` with exactly the
-    fixed node's geometry; the node's voxels are the image's own (no copy on the GUI thread)."""
+    fixed node's geometry; with ``share`` the node's voxels are the image's own (no copy on the GUI
+    thread), else a copy."""
     from . import volumes
 
-    volumes.update_volume_node_from_sitk(node, image, share=True)
+    volumes.update_volume_node_from_sitk(node, image, share=share)
     fixed_dims = tuple(fixed_volume.GetImageData().GetDimensions())
     if tuple(node.GetImageData().GetDimensions()) != fixed_dims:
         raise RuntimeError(
@@ -1050,8 +1086,9 @@ def _check_display(overlay: str, opacity: float, parameterNode=None) -> None:
     if overlay not in parameters.OVERLAY_CHOICES:
         raise InputNodeError(f"{label('overlay')} must be one of {', '.join(parameters.OVERLAY_CHOICES)}, got {overlay!r}; "
                              "choose one of them")
-    if not 0.0 <= opacity <= 1.0:
-        raise InputNodeError(f"{label('overlayOpacity')} must be in [0, 1], got {opacity}; set an opacity from 0 to 1")
+    if isinstance(opacity, bool) or not isinstance(opacity, numbers.Real) or not 0.0 <= opacity <= 1.0:
+        raise InputNodeError(f"{label('overlayOpacity')} must be a number in [0, 1], got {opacity!r}; set an opacity "
+                             "from 0 to 1")
 
 
 def _label_scores(metrics: Mapping[str, Any]) -> Tuple[Dict[int, float], Dict[int, float]]:

@@ -109,13 +109,15 @@ VALUE_PARAMETERS: Tuple[ValueParameter, ...] = (
 
 #: Node classes a mask may be: a segmentation (all its segments) or a label map (its nonzero voxels).
 MASK_CLASSES = ("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode")
-#: A label map is a scalar volume node, but no image to register or to write a map into.
-LABEL_MAP = ("vtkMRMLLabelMapVolumeNode",)
+#: Subclasses of vtkMRMLScalarVolumeNode that are no image to register or to write a map into:
+#: label maps (segment labels) and volumes of several values per voxel (vectors, tensors, DWI).
+NOT_SCALAR_IMAGE = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLTensorVolumeNode",
+                    "vtkMRMLDiffusionWeightedVolumeNode")
 
 NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
-    NodeParameter("fixedVolume", ("vtkMRMLScalarVolumeNode",), doc="fixed (reference) volume", excluded=LABEL_MAP),
+    NodeParameter("fixedVolume", ("vtkMRMLScalarVolumeNode",), doc="fixed (reference) volume", excluded=NOT_SCALAR_IMAGE),
     NodeParameter("movingVolume", ("vtkMRMLScalarVolumeNode",), doc="moving volume, warped onto the fixed one",
-                  excluded=LABEL_MAP),
+                  excluded=NOT_SCALAR_IMAGE),
     NodeParameter("fixedSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the fixed volume"),
     NodeParameter("movingSegmentation", ("vtkMRMLSegmentationNode",), doc="optional segmentation of the moving volume"),
     NodeParameter("fixedMask", MASK_CLASSES, doc="optional mask of the fixed volume: voxels used in the cost"),
@@ -124,9 +126,9 @@ NODE_PARAMETERS: Tuple[NodeParameter, ...] = (
                   doc="optional initial alignment; its FromParent side maps fixed to moving points"),
     NodeParameter("outputTransform", ("vtkMRMLGridTransformNode",), True, "displacement field (FromParent)"),
     NodeParameter("outputVolume", ("vtkMRMLScalarVolumeNode",), True, "moving volume resampled on the fixed grid",
-                  LABEL_MAP),
-    NodeParameter("outputEntropy", ("vtkMRMLScalarVolumeNode",), True, "entropy map (nats)", LABEL_MAP),
-    NodeParameter("outputJacobian", ("vtkMRMLScalarVolumeNode",), True, "Jacobian determinant map", LABEL_MAP),
+                  NOT_SCALAR_IMAGE),
+    NodeParameter("outputEntropy", ("vtkMRMLScalarVolumeNode",), True, "entropy map (nats)", NOT_SCALAR_IMAGE),
+    NodeParameter("outputJacobian", ("vtkMRMLScalarVolumeNode",), True, "Jacobian determinant map", NOT_SCALAR_IMAGE),
     NodeParameter("outputSegmentation", ("vtkMRMLSegmentationNode",), True, "moving segmentation warped to the fixed grid"),
     NodeParameter("outputDiceTable", ("vtkMRMLTableNode",), True, "Dice per segment"),
 )
@@ -170,22 +172,31 @@ FALSE_WORDS = ("false", "0", "no", "off")
 _KIND_WORDS = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
-def parse_value(parameter: ValueParameter, text: str) -> Any:
-    """The typed value of stored ``text``; the default when the text is empty (a parameter the
-    node does not hold yet). Raises :class:`InputNodeError` when the text is not a value of the
-    parameter's type (e.g. "abc" for an integer, "2,5" for a number, "maybe" for a switch)."""
-    if text is None or text == "":
-        return parameter.default
+def parse_value(parameter: ValueParameter, text: str, held: bool = False) -> Any:
+    """The typed value of stored ``text``: the default for a parameter the node does not hold yet
+    (``held`` False and the text empty). Raises :class:`InputNodeError` when a held parameter is
+    empty (e.g. a cleared theta schedule: the default is not taken in its place) or the text is
+    not a value of the parameter's type (e.g. "abc" for an integer, "2,5" for a number, "maybe"
+    for a switch). Text values are stripped of surrounding spaces."""
+    if text is None or text.strip() == "":
+        if not held:
+            return parameter.default
+        raise InputNodeError(f"parameter '{parameter.name}' of the {MODULE_NAME} parameter node is empty; "
+                             f"{_set_again(parameter)}")
     if parameter.kind is str:
-        return text
+        return text.strip()
     value = _read(parameter.kind, text.strip())
     if value is None:
         raise InputNodeError(
             f"parameter '{parameter.name}' of the {MODULE_NAME} parameter node holds {text!r}, which is not "
-            f"{_KIND_WORDS[parameter.kind]}; set it again in the module (or with parameters.set_value), "
-            f"e.g. to its default {format_value(parameter, parameter.default)}"
+            f"{_KIND_WORDS[parameter.kind]}; {_set_again(parameter)}"
         )
     return value
+
+
+def _set_again(parameter: ValueParameter) -> str:
+    return (f"set it again in the module (or with parameters.set_value), e.g. to its default "
+            f"{format_value(parameter, parameter.default)!r}")
 
 
 def _read(kind: type, text: str) -> Any:
@@ -205,7 +216,7 @@ def _read(kind: type, text: str) -> Any:
 def get_value(node, name: str) -> Any:
     """The typed value of parameter ``name`` in a parameter node (see :func:`parse_value`)."""
     parameter = VALUE_BY_NAME[name]
-    return parse_value(parameter, node.GetParameter(name))
+    return parse_value(parameter, node.GetParameter(name), name in node.GetParameterNames())
 
 
 def set_value(node, name: str, value: Any) -> None:
@@ -217,16 +228,17 @@ def set_value(node, name: str, value: Any) -> None:
 def get_values(node) -> Dict[str, Any]:
     """All value parameters of a node, typed, defaults filled in (raises :class:`InputNodeError`
     for an unreadable one, see :func:`parse_value`)."""
-    return {p.name: parse_value(p, node.GetParameter(p.name)) for p in VALUE_PARAMETERS}
+    held = set(node.GetParameterNames())
+    return {p.name: parse_value(p, node.GetParameter(p.name), p.name in held) for p in VALUE_PARAMETERS}
 
 
 def readable_values(node) -> Dict[str, Any]:
     """:func:`get_values` without the values whose stored text is unreadable: for showing the node
     (the GUI), which must not fail on a value that a registration then refuses with a clear error."""
-    values = {}
+    values, held = {}, set(node.GetParameterNames())
     for parameter in VALUE_PARAMETERS:
         try:
-            values[parameter.name] = parse_value(parameter, node.GetParameter(parameter.name))
+            values[parameter.name] = parse_value(parameter, node.GetParameter(parameter.name), parameter.name in held)
         except InputNodeError:
             continue
     return values
@@ -314,7 +326,7 @@ def parse_thetas(text: str) -> Tuple[float, ...]:
 def config_values(values: Mapping[str, Any]) -> Dict[str, Any]:
     """The :class:`voxelopt.RegistrationConfig` keyword arguments described by parameter values.
 
-    Raises ValueError for an unreadable theta schedule.
+    Raises ValueError for an unreadable theta schedule or a negative spacing (0: none).
     """
     out: Dict[str, Any] = {}
     pairs: Dict[str, list] = {}
@@ -328,6 +340,9 @@ def config_values(values: Mapping[str, Any]) -> Dict[str, Any]:
         if SCHEMA[parameter.config_field].shape == "list":
             value = parse_thetas(value)
         elif SCHEMA[parameter.config_field].optional and value is not None and value <= 0:
+            if value < 0:
+                raise ValueError(f"{parameter.name} is {value:g}; give a positive value, or 0 for none "
+                                 f"({SCHEMA[parameter.config_field].description()})")
             value = None  # 0 in the GUI means "the fixed image's grid"
         out[parameter.config_field] = value
     out.update({field: tuple(pair) for field, pair in pairs.items() if None not in pair})

@@ -6,6 +6,8 @@ volume's geometry and window. The warped segmentation's outlines over the fixed 
 Logic (see :func:`.segmentations.show_outlines`).
 """
 
+import numbers
+
 import numpy as np
 
 from .errors import InputNodeError
@@ -38,8 +40,8 @@ def checkerboard_volume(fixed_volume, warped_volume, square_mm: float = 20.0):
 
     Edges that continue across the squares show a good alignment. The fixed volume's window is copied.
     """
-    if not square_mm > 0:
-        raise ValueError(f"square_mm must be > 0, got {square_mm}")
+    if isinstance(square_mm, bool) or not isinstance(square_mm, numbers.Real) or not square_mm > 0:
+        raise ValueError(f"the checkerboard's square size must be a number of millimetres > 0, got {square_mm!r}")
     fixed, warped = _pair(fixed_volume, warped_volume)
     spacing_kji = np.array(fixed_volume.GetSpacing())[::-1]
     index = np.indices(fixed.shape, sparse=True)

@@ -393,16 +393,33 @@ def _dimensions_kji(volume_node) -> Tuple[int, int, int]:
     return k, j, i
 
 
-def segment_labels(segmentation_node) -> Tuple[sitk.Image, Dict[int, str], Dict[int, RGB]]:
-    """All segments as one label map on the segmentation's own geometry (labels 1..n in segment
-    order), with {label: name} and {label: colour}."""
-    ids = _segment_ids(segmentation_node)
+def segment_labels(segmentation_node, segment_ids: Optional[Sequence[str]] = None,
+                   ) -> Tuple[sitk.Image, Dict[int, str], Dict[int, RGB]]:
+    """The segments (``segment_ids``; default all) as one label map on the segmentation's own
+    geometry (labels 1..n in that order), with {label: name} and {label: colour}. Where segments
+    overlap, the later one keeps the voxels (see :func:`overlap_free_groups`)."""
+    ids = list(segment_ids) if segment_ids is not None else _segment_ids(segmentation_node)
     if not ids:
         raise InputNodeError(f"segmentation '{segmentation_node.GetName()}' has no segments")
     segmentation = segmentation_node.GetSegmentation()
     names = {label: segmentation.GetSegment(sid).GetName() for label, sid in enumerate(ids, start=1)}
     colors = {label: tuple(segmentation.GetSegment(sid).GetColor()) for label, sid in enumerate(ids, start=1)}
     return export_labelmap(segmentation_node, ids, None, segmentation_node.GetName()), names, colors
+
+
+def overlap_free_groups(segmentation_node) -> List[List[str]]:
+    """The segment ids in groups whose segments do not overlap, so that each group's label map
+    (:func:`segment_labels`) holds every voxel of its segments: one group of all segments when
+    none overlap (the usual case), else one group per binary labelmap layer (segments sharing a
+    layer never overlap), in the order of the layers' first segments."""
+    ids = _segment_ids(segmentation_node)
+    if not segment_overlaps(segmentation_node, ids):
+        return [ids] if ids else []
+    segmentation = segmentation_node.GetSegmentation()
+    layers: Dict[int, List[str]] = {}
+    for sid in ids:
+        layers.setdefault(segmentation.GetLayerIndex(sid), []).append(sid)
+    return list(layers.values())
 
 
 def labelmaps_for_registration(
@@ -416,7 +433,8 @@ def labelmaps_for_registration(
     """Label maps of the two segmentations, matched by segment name (exports reused from
     ``cache`` while unchanged, see :class:`ExportCache`). With a ``warnings`` list, a warning is
     added to it for each matched segment that overlapping segments cut or hide in a label map
-    (see :func:`overlap_warnings`).
+    (see :func:`overlap_warnings`), and for each name a segmentation holds twice
+    (:func:`duplicate_name_warnings`).
 
     Returns:
         (fixed_labels or None, moving_labels or None, names {label: segment name},
@@ -425,7 +443,8 @@ def labelmaps_for_registration(
         are on the fixed volume's grid, the moving labels on the moving volume's grid.
 
     Raises:
-        InputNodeError: empty segmentations, or two segmentations with no segment name in common.
+        InputNodeError: empty segmentations, two segmentations with no segment name in common, or
+            a label map without a labelled voxel (the segments used are empty on the volume's grid).
     """
     names: Dict[int, str] = {}
     colors: Dict[int, RGB] = {}
@@ -443,6 +462,7 @@ def labelmaps_for_registration(
             label_of_name.setdefault(_key(segment.GetName()), label)
         moving_labels = _export_and_warn(moving_segmentation, ids, moving_volume, "moving", cache, warnings,
                                          "the moving segmentation's")
+        _require_voxels(moving_labels, moving_segmentation, "moving", [names[label] for label in sorted(names)])
     if fixed_segmentation is not None:
         segmentation = fixed_segmentation.GetSegmentation()
         ids = _segment_ids(fixed_segmentation)
@@ -470,7 +490,40 @@ def labelmaps_for_registration(
             ordered = [by_label.get(label) for label in range(1, max(by_label) + 1)]
             order = "the moving segmentation's"
         fixed_labels = _export_with_gaps(fixed_segmentation, ordered, fixed_volume, cache, warnings, order)
+        _require_voxels(fixed_labels, fixed_segmentation, "fixed",
+                        [segmentation.GetSegment(sid).GetName() for sid in ordered if sid is not None])
+    if warnings is not None and fixed_segmentation is not None and moving_segmentation is not None:
+        for role, node in (("moving", moving_segmentation), ("fixed", fixed_segmentation)):
+            warnings.extend(duplicate_name_warnings(role, node))
     return fixed_labels, moving_labels, names, colors
+
+
+def _require_voxels(labels: sitk.Image, segmentation_node, role: str, used: Sequence[str]) -> None:
+    """Refuse a label map without a labelled voxel, naming the node and the segments it was made of
+    (``used``): the engine would refuse it only after the features are computed, without names."""
+    from voxelopt import voxels
+
+    if not np.any(voxels.view(labels)):
+        raise InputNodeError(
+            f"{role} segmentation '{segmentation_node.GetName()}': the segments used ({', '.join(used)}) have no "
+            f"voxel on the {role} volume's grid (empty, or outside the {role} volume), so nothing could be scored; "
+            "paint them, or choose the segmentation that belongs to this volume"
+        )
+
+
+def duplicate_name_warnings(role: str, segmentation_node) -> List[str]:
+    """A warning per segment name that ``segmentation_node`` (None: none) holds more than once
+    (names compared as matched: case and surrounding spaces ignored): only the first of them is
+    matched with the other segmentation's segment of that name."""
+    if segmentation_node is None:
+        return []
+    seen: Dict[str, List[str]] = {}
+    for name in segment_names(segmentation_node):
+        seen.setdefault(_key(name), []).append(name)
+    return [f"{role} segmentation '{segmentation_node.GetName()}' has {len(same)} segments named "
+            f"{' and '.join(repr(name) for name in same)} (names are matched ignoring case and surrounding spaces): "
+            "only the first is matched and scored; rename the others to score them"
+            for same in seen.values() if len(same) > 1]
 
 
 def unmatched_segments(fixed_segmentation, moving_segmentation) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -589,17 +642,20 @@ def update_segmentation_from_labels(
     names: Mapping[int, str],
     colors: Optional[Mapping[int, RGB]] = None,
     reference_volume=None,
+    replace: bool = True,
 ) -> None:
     """Replace the segments of ``segmentation_node`` by one segment per label of ``labels`` (LPS image).
 
     Segments are named ``names[label]`` (or "Label N") and coloured ``colors[label]``. Only the
     box holding the labelled voxels is handed to Slicer's import, as an extent of the label
     map's own voxel grid (so no voxel moves): the import's time grows with the map it is given.
+    ``replace`` False: the new segments are added after the existing ones, in a labelmap layer of
+    their own (so they may overlap them).
     """
     from voxelopt import voxels
 
     _import_labels(segmentation_node, voxels.view(labels), sitk_ijk_to_ras_matrix(labels), names, colors,
-                   reference_volume)
+                   reference_volume, replace)
 
 
 def add_segmentation_from_array(
@@ -618,10 +674,10 @@ def add_segmentation_from_array(
 
 
 def _import_labels(segmentation_node, labels_kji: np.ndarray, ijk_to_ras: np.ndarray, names, colors,
-                   reference_volume) -> None:
-    """The segments of ``segmentation_node`` replaced by the labels of a (K, J, I) array whose voxel
-    (k, j, i) lies at ``ijk_to_ras @ (i, j, k, 1)`` (RAS mm), through Slicer's own label map import
-    (one segment per label, all sharing one labelmap layer)."""
+                   reference_volume, replace: bool = True) -> None:
+    """The segments of ``segmentation_node`` replaced (``replace`` False: followed) by the labels of
+    a (K, J, I) array whose voxel (k, j, i) lies at ``ijk_to_ras @ (i, j, k, 1)`` (RAS mm), through
+    Slicer's own label map import (one segment per label, all sharing one labelmap layer)."""
     from voxelopt.extent import nonzero_extent
 
     extent = nonzero_extent(labels_kji)
@@ -640,17 +696,21 @@ def _import_labels(segmentation_node, labels_kji: np.ndarray, ijk_to_ras: np.nda
         # conversion parameters: removing them one by one first separates each from the shared
         # labelmap layer (a copy of the layer per segment: 1 s for 8 organs at 512x512x600).
         old = segmentation_node.GetSegmentation()
-        segmentation = slicer.vtkSegmentation()
-        if old is not None:
-            segmentation.CopyConversionParameters(old)
-        segmentation_node.SetAndObserveSegmentation(segmentation)
+        if replace or old is None:
+            segmentation = slicer.vtkSegmentation()
+            if old is not None:
+                segmentation.CopyConversionParameters(old)
+            segmentation_node.SetAndObserveSegmentation(segmentation)
+        else:
+            segmentation = old
         if reference_volume is not None:
             segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
         if extent is None:
             return  # no label: no segment
+        existing = set(_segment_ids(segmentation_node))
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(image, segmentation_node, "", ""):
             raise RuntimeError(f"could not import label map into segmentation '{segmentation_node.GetName()}'")
-        for sid in _segment_ids(segmentation_node):
+        for sid in (new_id for new_id in _segment_ids(segmentation_node) if new_id not in existing):
             segment = segmentation.GetSegment(sid)
             label = int(segment.GetLabelValue())
             segment.SetName(names.get(label, f"Label {label}"))

@@ -321,6 +321,14 @@ def same_geometry(node_a, node_b, atol: float = 1e-4) -> bool:
     return tuple(dims_a) == tuple(dims_b) and np.allclose(ijk_to_ras_matrix(node_a), ijk_to_ras_matrix(node_b), atol=atol)
 
 
+def node_on_image_grid(node, image: sitk.Image, atol: float = 1e-4) -> bool:
+    """True when a volume node's voxel grid is that of a SimpleITK image (the same dimensions and
+    IJK -> RAS matrix within ``atol`` mm), e.g. the copy the engine registered."""
+    data = node.GetImageData()
+    return (data is not None and tuple(data.GetDimensions()) == tuple(image.GetSize())
+            and np.allclose(ijk_to_ras_matrix(node), sitk_ijk_to_ras_matrix(image), atol=atol))
+
+
 def set_volume_array(node, array: np.ndarray, origin: np.ndarray, spacing: np.ndarray, direction: np.ndarray,
                      owner: Optional[object] = None) -> None:
     """Set a volume node's voxels from a (K, J, I) array and its RAS geometry (see

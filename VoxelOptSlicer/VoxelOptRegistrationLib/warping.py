@@ -23,7 +23,8 @@ from vtkmodules.util import numpy_support
 import slicer
 
 from .errors import InputNodeError
-from .segmentations import segment_labels, update_segmentation_from_labels
+from .segmentations import overlap_free_groups, segment_labels, update_segmentation_from_labels
+from .transaction import remove_node
 from .transforms import INTERPOLATION_ATTRIBUTE, set_registration_references
 from .volumes import ROLE_ATTRIBUTE, parent_transform_check, sitk_ijk_to_ras_matrix, sitk_on_node_grid, vtk_matrix
 
@@ -70,18 +71,29 @@ def warp_nodes(transform_node, nodes: Sequence, fixed_volume) -> List:
         fixed_volume: the fixed volume; warped volumes are resampled onto its grid (linear).
 
     Returns:
-        The new nodes, in the order of ``nodes``; none has a storage node (see the module doc).
+        The new nodes, in the order of ``nodes``, under no transform (they are in the fixed space
+        already); none has a storage node (see the module doc). Overlapping segments of a
+        segmentation stay overlapping segments of its copy.
 
     Raises:
-        InputNodeError: an unsupported node, or a node under another transform (see
-            :func:`.volumes.parent_transform_check`); no node is created then.
+        InputNodeError: an unsupported node, a node under another transform (see
+            :func:`.volumes.parent_transform_check`) or a segmentation without segments; no node
+            is created then, and a failure while warping removes the copies already made.
     """
     _grid_of(transform_node)
     for node in nodes:
         if not any(node.IsA(c) for c in WARPABLE_CLASSES):
             raise InputNodeError(f"'{node.GetName()}' is a {node.GetClassName()}; VoxelOpt warps {', '.join(WARPABLE_CLASSES)}")
         parent_transform_check(node)
-    return [_warp_one(transform_node, node, fixed_volume) for node in nodes]
+        if node.IsA("vtkMRMLSegmentationNode") and node.GetSegmentation().GetNumberOfSegments() == 0:
+            raise InputNodeError(f"segmentation '{node.GetName()}' has no segments: there is nothing to warp")
+    made: List = []  # every node added so far, removed again if a later one fails
+    try:
+        return [_warp_one(transform_node, node, fixed_volume, made) for node in nodes]
+    except BaseException:
+        for copy in reversed(made):
+            remove_node(copy.GetScene(), copy)
+        raise
 
 
 def _reslice(image, moving_ras_to_ijk, transform_node, fixed_volume, labels: bool):
@@ -113,30 +125,34 @@ def _reslice(image, moving_ras_to_ijk, transform_node, fixed_volume, labels: boo
     return reslice.GetOutput()
 
 
-def _resample(volume_node, transform_node, fixed_volume, name: str):
+def _resample(volume_node, transform_node, fixed_volume, name: str, made: List):
     """A new volume node (of ``volume_node``'s class) holding ``volume_node``'s stored voxels (its
     parent transform is not applied) resampled onto the fixed grid (:func:`_reslice`; label maps
-    nearest neighbour). The node is made as by Slicer's ``ResampleVolumeToReferenceVolume``, which
-    fills with 0 and would apply the parent transform."""
+    nearest neighbour), under no transform, appended to ``made``. The node is made as by Slicer's
+    ``ResampleVolumeToReferenceVolume``, which fills with 0 and would apply the parent transform."""
     moving_ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(moving_ras_to_ijk)
     image = _reslice(volume_node.GetImageData(), moving_ras_to_ijk, transform_node, fixed_volume,
                      volume_node.IsA("vtkMRMLLabelMapVolumeNode"))
     # a copy of the node with a copy of its display node (window, colours), no storage node, no voxels
     warped = slicer.vtkSlicerVolumesLogic.CloneVolumeWithoutImageData(volume_node.GetScene(), volume_node, name)
+    made.append(warped)
+    warped.SetAndObserveTransformNodeID(None)  # the clone keeps the original's parent: the copy is warped already
     warped.CopyOrientation(fixed_volume)
     warped.SetAndObserveImageData(image)
     return warped
 
 
-def _warp_one(transform_node, node, fixed_volume):
+def _warp_one(transform_node, node, fixed_volume, made: List):
+    """The warped copy of one node (see :func:`warp_nodes`); each node added is appended to ``made``."""
     scene = node.GetScene()
     name = scene.GenerateUniqueName(f"{node.GetName()} warped")
     if node.IsA("vtkMRMLScalarVolumeNode"):
-        return _resample(node, transform_node, fixed_volume, name)
+        return _resample(node, transform_node, fixed_volume, name, made)
     if node.IsA("vtkMRMLSegmentationNode"):
-        return _warp_segmentation(transform_node, node, fixed_volume, name)
+        return _warp_segmentation(transform_node, node, fixed_volume, name, made)
     warped = scene.AddNewNodeByClass(node.GetClassName(), name)
+    made.append(warped)
     warped.Copy(node)
     warped.SetName(name)
     warped.RemoveAllDisplayNodeIDs()  # Copy shares the original's display nodes: give the copy its own
@@ -147,16 +163,30 @@ def _warp_one(transform_node, node, fixed_volume):
     return warped
 
 
-def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: str):
+def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: str, made: List):
+    """A new segmentation of the segments resampled onto the fixed grid (nearest neighbour), one
+    label map per group of segments that do not overlap (:func:`.segmentations.overlap_free_groups`),
+    so that overlapping segments keep all their voxels."""
     scene = segmentation_node.GetScene()
     parent_id = segmentation_node.GetTransformNodeID()
     segmentation_node.SetAndObserveTransformNodeID(None)  # exported as stored, not through its (VoxelOpt) parent
     try:
-        labels, names, colors = segment_labels(segmentation_node)
+        groups = [segment_labels(segmentation_node, ids) for ids in overlap_free_groups(segmentation_node)]
     finally:
         segmentation_node.SetAndObserveTransformNodeID(parent_id)
-    # the label map through the field as vtkImageData, without temporary nodes (a label map node's
-    # display node wants the scene's "Labels" colour table, which a bare scene does not have)
+    warped = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    made.append(warped)
+    warped.CreateDefaultDisplayNodes()
+    for index, (labels, names, colors) in enumerate(groups):
+        update_segmentation_from_labels(warped, _warped_labels(labels, transform_node, fixed_volume), names, colors,
+                                        fixed_volume, replace=index == 0)
+    return warped
+
+
+def _warped_labels(labels, transform_node, fixed_volume):
+    """A label map (SimpleITK, its own grid) resampled onto the fixed volume's grid through the
+    field: the label map as vtkImageData, without temporary nodes (a label map node's display node
+    wants the scene's "Labels" colour table, which a bare scene does not have)."""
     from voxelopt import voxels
 
     label_image = vtk.vtkImageData()
@@ -167,8 +197,4 @@ def _warp_segmentation(transform_node, segmentation_node, fixed_volume, name: st
     resliced = _reslice(label_image, labels_ras_to_ijk, transform_node, fixed_volume, labels=True)
     i, j, k = resliced.GetDimensions()
     warped_array = numpy_support.vtk_to_numpy(resliced.GetPointData().GetScalars()).reshape(k, j, i)
-    warped_labels = sitk_on_node_grid(warped_array, fixed_volume, "warped segmentation")
-    warped = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    warped.CreateDefaultDisplayNodes()
-    update_segmentation_from_labels(warped, warped_labels, names, colors, fixed_volume)
-    return warped
+    return sitk_on_node_grid(warped_array, fixed_volume, "warped segmentation")
