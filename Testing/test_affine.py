@@ -285,3 +285,22 @@ def test_concurrent_estimates_restore_the_thread_setting(phantom_case):
         worker.join()
     assert len(results) == 3 and results[0] == results[1] == results[2]
     assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads
+
+
+@pytest.mark.parametrize("shape", [(30, 20, 22), (31, 21, 23)])
+def test_centre_of_mass_does_not_depend_on_how_the_image_is_stored(shape):
+    """The ``com`` start reads every 2nd voxel: each read voxel must stand for its block's centre,
+    else the centre moves by half a voxel towards index 0 (a body reaching the image's edge, as CT
+    does along z, then gives another start when the same image is stored flipped)."""
+    from voxelopt.inputs import _centre_of_mass
+
+    uniform = sitk.GetImageFromArray(np.zeros(shape, np.float32))  # 0 HU everywhere: the centre is the grid's
+    uniform.SetSpacing((0.8, 0.9, 2.5))
+    uniform.SetOrigin((10.0, -20.0, 30.0))
+    uniform.SetDirection(oblique_direction())
+    exact = np.asarray(uniform.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in uniform.GetSize()]))
+    np.testing.assert_allclose(_centre_of_mass(uniform, (-1000.0, 1000.0)), exact, atol=1e-6)
+    body, _ = phantom(size=shape[::-1], spacing=(0.8, 0.9, 2.5))  # a body that fills the slices along z
+    flipped = sitk.Flip(body, [False, False, True])  # the same physical image, stored the other way round
+    gap = np.abs(_centre_of_mass(body, (-1000.0, 1000.0)) - _centre_of_mass(flipped, (-1000.0, 1000.0)))
+    assert gap.max() < 0.1 * 2.5

@@ -252,8 +252,8 @@ def _bad_file(tmp_path, kind):
         ("nan", [], r"moving image \S*nan\.mha contains 2 NaN or infinite voxel"),  # the file is named
         ("tiny", ["--preset", "paper"], "too small"),
         ("far", ["--init", "none"], "do not overlap"),
-        (None, ["--alpha", "-1"], "alpha must be > 0"),
-        (None, ["--beta", "-1"], "beta must be > 0"),
+        (None, ["--alpha", "-1"], "alpha must be in \\(0, 100\\] voxels"),
+        (None, ["--beta", "-1"], "beta must be in \\(0, 1e\\+06\\]"),
         (None, ["--thetas", ""], "thetas must not be empty"),
         (None, ["--k", "0"], "k must be from 1 to 3"),
         (None, ["--levels", "0"], "levels must be"),
@@ -577,7 +577,7 @@ def test_import_help_and_argument_errors_do_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     exits = [line for line in out.stdout.splitlines() if line.startswith("exit ")]
     assert exits == ["exit 2", "exit 2", "exit 2", "exit 2", "exit 2", "exit 0", "exit 0"], out.stdout + out.stderr
-    assert "error: alpha must be > 0" in out.stderr and "error: fixed image file not found" in out.stderr
+    assert "error: alpha must be in (0, 100] voxels" in out.stderr and "error: fixed image file not found" in out.stderr
     assert "error: unknown feature type bogus; available: mind, obelisk" in out.stderr
     assert "error: give --field (a displacement field" in out.stderr
     assert out.stdout.strip().splitlines()[-1] == "torch imported: False"
@@ -789,3 +789,11 @@ def test_an_option_without_effect_in_the_run_is_a_warning_naming_when_it_applies
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config_from_options(parser.parse_args(["--refine-weight", "2", "--sigma-mode", "code", "--sigma-range", "0.2", "0.4"]))
+
+
+@pytest.mark.parametrize("seed", ["-1", "1.5"])
+def test_demo_refuses_a_seed_numpy_cannot_take(tmp_path, seed):
+    out = subprocess.run([sys.executable, "-m", "voxelopt.cli", "demo", "--out-dir", str(tmp_path / "d"), "--seed", seed],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"argument --seed: expected a whole number >= 0, got '{seed}'" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "d").exists()

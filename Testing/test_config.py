@@ -85,7 +85,11 @@ def test_when_parameters_apply():
         ({"levels": 2.5}, "levels"),
         ({"smoothing_passes": 0}, "smoothing_passes"),
         ({"mind_radius": 6}, "mind_radius must be from 0 to 5 voxels"),
-        ({"refine_weight": 0.0}, "refine_weight must be > 0"),
+        ({"refine_weight": 0.0}, "refine_weight must be in \\(0, 1e\\+06\\]"),
+        ({"beta": 1e39}, "beta must be in \\(0, 1e\\+06\\]"),  # beyond float32: a NaN field
+        ({"thetas": (50.0, 1e-45)}, "every value of thetas must be from 1e-06 to 1e\\+06"),
+        ({"fixed_sigma": 1e39}, "fixed_sigma must be in \\(0, 100\\] voxels"),
+        ({"alpha": 1e3}, "alpha must be in \\(0, 100\\] voxels"),
         ({"fixed_sigma": float("nan")}, "fixed_sigma must be a number"),
         ({"adaptive": 1}, "adaptive must be True or False"),
         ({"features": " "}, "features must be a non-empty name"),

@@ -942,3 +942,28 @@ def test_register_holds_the_views_stable_for_the_whole_operation(pair):
     register(pair.fixed, pair.moving, SMALL, progress=lambda fraction, message: seen.append(voxels._operations))
     assert seen and min(seen) >= 1
     assert voxels._operations == 0
+
+
+def test_features_that_are_not_finite_are_an_error_not_a_nan_field(pair, monkeypatch):
+    """A broken network (TorchScript model or weights) that returns NaN: the solver would make a NaN
+    field of it, written as a file that readers take for the identity."""
+    from voxelopt.features.base import FeatureExtractor
+
+    plain = FeatureExtractor.extract_resized
+
+    def broken(self, image, device, shape):
+        features = plain(self, image, device, shape)
+        features[0, 0, 1, 2, 3] = float("nan")
+        return features
+
+    monkeypatch.setattr(FeatureExtractor, "extract_resized", broken)
+    with pytest.raises(ConfigError, match="the fixed image's 'mind' features hold NaN or Inf values"):
+        register(pair.fixed, pair.moving, SMALL)
+
+
+def test_output_image_refuses_an_unknown_name(pair):
+    result = register(pair.fixed, pair.moving, SMALL)
+    assert result.output_image("entropy").GetSize() == result.entropy.GetSize()
+    for key in ("field", "Entropy", "warped_labels", "labels"):  # labels: none were given
+        with pytest.raises(InputError, match="unknown output image|needs moving labels"):
+            result.output_image(key)

@@ -7,8 +7,10 @@ Quick start::
                                config=voxelopt.RegistrationConfig.preset("paper"))
     result.save("out/")            # field.nii.gz, warped.nii.gz, entropy.nii.gz, ...
 
-The field is in LPS millimetres on the fixed grid, resampling direction:
-``warped(x) = moving(x + field(x))`` (see :mod:`voxelopt.geometry`).
+The field is in LPS millimetres, resampling direction: ``warped(x) = moving(x + field(x))``
+(see :mod:`voxelopt.geometry`). It is kept on the solver's working grid (the fixed image's box at
+the feature spacing and working scale; ``result.field_image("fixed")`` samples it on the fixed
+grid); warped images are on the fixed grid.
 
 ``import voxelopt`` is light: the configuration and the errors are imported at once, the compute
 names (``register``, ``FeatureCache``, ...) on first use (PEP 562), so torch is imported only

@@ -58,6 +58,17 @@ def _optional_float(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _seed(text: str) -> int:
+    """A random seed: a whole number >= 0 (numpy's generators take no negative seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _option_help(spec: Parameter) -> str:
     """The help of a schema parameter: meaning, range, when it applies, preset values."""
     parts = [spec.description()]
@@ -349,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "after, checkerboard, difference, organ outlines (with labels), in radiological orientation")
     p.add_argument("--feature-cache", metavar="DIR", help="keep features, the affine alignment and the scores "
                    "before registration on disk in DIR and reuse them across runs")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
     add_registration_options(p)
     p.set_defaults(func=cmd_register)
 
@@ -382,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="register a generated abdominal phantom pair (no downloads)")
     p.add_argument("--out-dir", default="voxelopt-demo", help="output directory (default: ./voxelopt-demo)")
-    p.add_argument("--seed", type=int, default=0, help="phantom and deformation seed (default: 0)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--seed", type=_seed, default=0, help="phantom and deformation seed, >= 0 (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but warnings and errors")
     add_registration_options(p)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -262,31 +262,32 @@ class RegistrationConfig:
         int, "search radius at the finest level, which has 8x the voxels of the next and so most of the search's "
         "cost (0: k)", "solver", unit="voxels", minimum=0, maximum=3))
     beta: float = _param(10.0, Parameter(
-        float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True))
+        float, "softmax sharpness of the displacement entropy", "solver", minimum=0.0, exclusive_minimum=True,
+        maximum=1e6))
     sigma_mode: str = _param("paper", Parameter(
         str, "entropy-to-sigma mapping: 'paper' (sigma = alpha * ln(E / max E + 1)) or 'code' (the official "
         "code: min-max normalised entropy, log2, mapped to sigma_range)", "solver", choices=("paper", "code"),
         applies=lambda c: c.adaptive, applies_text="with adaptive message passing"))
     alpha: float = _param(1.5, Parameter(
         float, "blurring strength cap of the paper's sigma form", "solver", unit="voxels", minimum=0.0,
-        exclusive_minimum=True,
+        exclusive_minimum=True, maximum=100.0,
         applies=lambda c: c.adaptive and c.sigma_mode == "paper", applies_text="with adaptive message passing and sigma_mode 'paper'"))
     sigma_range: Tuple[float, float] = _param((0.1, 0.5), Parameter(
         float, "sigma range (low, high) of the official code's sigma form", "solver", unit="voxels", shape="pair",
-        minimum=0.0, exclusive_minimum=True, ordered="<=",
+        minimum=0.0, exclusive_minimum=True, maximum=100.0, ordered="<=",
         applies=lambda c: c.adaptive and c.sigma_mode == "code", applies_text="with adaptive message passing and sigma_mode 'code'"))
     adaptive: bool = _param(True, Parameter(
         bool, "voxel-adaptive message passing (off: fixed_sigma everywhere, the paper's ablation)", "solver"))
     fixed_sigma: float = _param(0.5, Parameter(
         float, "sigma of the non-adaptive message passing", "solver", unit="voxels", minimum=0.0,
-        exclusive_minimum=True, applies=lambda c: not c.adaptive, applies_text="without adaptive message passing"))
+        exclusive_minimum=True, maximum=100.0, applies=lambda c: not c.adaptive, applies_text="without adaptive message passing"))
     filter_cost: bool = _param(True, Parameter(
         bool, "pre-filter the cost volume with the message passing (paper: on)", "solver"))
     smoothing_passes: int = _param(3, Parameter(
         int, "how many times each filtering applies the 3-tap separable filter", "solver", minimum=1))
     thetas: Tuple[float, ...] = _param((50.0, 5.0, 0.5), Parameter(
         float, "coupling schedule of the coordinate descent, one iteration per value", "solver", shape="list",
-        minimum=0.0, exclusive_minimum=True, presets={"paper": (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)}))
+        minimum=1e-6, maximum=1e6, presets={"paper": (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)}))
     ss_steps: int = _param(5, Parameter(
         int, "scaling-and-squaring steps per level (0: add the residual, no integration)", "solver",
         minimum=0, maximum=20, presets={"paper": 7}))
@@ -296,7 +297,7 @@ class RegistrationConfig:
         presets={"paper": 0, "fast": 0}))
     refine_weight: float = _param(1.25, Parameter(
         float, "damping of the refinement's steps relative to the features' mean curvature (larger: smaller, "
-        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True,
+        "smoother steps)", "solver", minimum=0.0, exclusive_minimum=True, maximum=1e6,
         applies=lambda c: c.refine_iterations > 0, applies_text="with refine_iterations > 0"))
     refine_scale: float = _param(0.5, Parameter(
         float, "the refinement runs on the working grid scaled by this factor (1: the working grid itself, 8x the "

@@ -213,15 +213,28 @@ def initial_translation(fixed: sitk.Image, moving: sitk.Image, mode: str,
 
 
 def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarray:
-    step = 2  # every 2nd voxel per axis is plenty for a centre of mass
+    """The intensity-weighted centre (LPS mm) of ``image``'s voxels windowed to ``window`` (HU).
+
+    Every 2nd voxel per axis is read (plenty for a centre of mass); each stands for the block of
+    up to 2 voxels per axis that starts at it, at that block's centre and weighted by its voxel
+    count, so the estimate has no half-voxel bias towards index 0 (it does not depend on the way
+    the image is stored: flipped or with an odd number of slices).
+    """
+    step = 2
     weights = window_hu(voxels.view(image)[::step, ::step, ::step].astype(np.float32), window)
-    total = weights.sum()
     grid = Grid.from_image(image)
-    if total <= 0:
+    if weights.sum() <= 0:
         return grid.center()
-    zyx = [np.arange(0, n, step) for n in grid.shape]
-    index_zyx = [float((weights.sum(axis=tuple(a for a in range(3) if a != axis)) * zyx[axis]).sum() / total)
-                 for axis in range(3)]
+    centres, counts = [], []
+    for n in grid.shape:  # z, y, x
+        starts = np.arange(0, n, step)
+        ends = np.minimum(starts + step, n)
+        centres.append((starts + ends - 1) / 2.0)
+        counts.append((ends - starts).astype(np.float64))
+    weighted = weights * counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    total = float(weighted.sum(dtype=np.float64))
+    index_zyx = [float((weighted.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.float64)
+                        * centres[axis]).sum() / total) for axis in range(3)]
     index_ijk = np.asarray(index_zyx[::-1])
     return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
 

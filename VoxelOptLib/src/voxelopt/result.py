@@ -264,6 +264,9 @@ class RegistrationResult:
         ``full_size`` the entropy and Jacobian maps are resampled onto the fixed grid (trilinear)."""
         from .outputs import resample_map
 
+        if key not in ("warped", "labels", "entropy", "jacobian"):
+            raise InputError(f"unknown output image {key!r}; choose 'warped', 'labels', 'entropy' or 'jacobian' (the "
+                             "field: field_image())")
         if key == "labels" and self.warped_labels is None:
             raise InputError("the 'labels' output needs moving labels")
         if key == "warped":

@@ -16,6 +16,7 @@ import torch
 
 from .cache import FeatureCache
 from .digest import Digest, image_digest
+from .errors import ConfigError
 from .config import RegistrationConfig
 from .features import FeatureExtractor
 from .geometry import resample_image, tensor_to_image
@@ -53,7 +54,12 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
         default = 0.0 if continued else float(voxels.view(image).min())
         on_grid = resample_image(image, feature_grid, initial, sitk.sitkLinear, default, sitk.sitkFloat32,
                                  extrapolate=continued)
-        return extractor.extract_resized(on_grid, device, working_grid.shape)
+        features = extractor.extract_resized(on_grid, device, working_grid.shape)
+        if not bool(torch.isfinite(features).all()):  # the solver would turn them into a NaN field
+            raise ConfigError(f"the {which} image's '{extractor.name}' features hold NaN or Inf values, so there is "
+                              "nothing to register with: a network model or weights that compute them so are broken; "
+                              "choose other features or weights (image values beyond float32's range do it too)")
+        return features
 
     if cache is None:
         return compute()
@@ -149,6 +155,9 @@ def solved_outputs(
     labels the warped labels and their scores before and after; with ``warp_moving`` the warped
     moving image too (``"warped"``, else None), ``"warp_seconds"`` its warp's wall time.
     ``progress(fraction, message)`` through the warps."""
+    if not bool(torch.isfinite(solved.field).all()):  # never written: readers take a NaN field for the identity
+        raise ConfigError("the registration's field holds NaN or Inf values: the parameters are beyond the range in "
+                          "which the solver's float32 arithmetic holds (e.g. extreme thetas, beta or sigmas)")
     field = GridField.from_solver(solved.field, prepared.working_grid, prepared.field_grid, prepared.initial)
     jacobian = field.jacobian()
     metrics: Dict[str, object] = dict(jacobian_statistics(jacobian.cpu().numpy()))
