@@ -666,11 +666,10 @@ class RegistrationLogic:
                 grid changed, during the run.
         """
         from .transaction import SceneTransaction
+        from .volumes import node_on_image_grid
 
         _check_display(overlay, overlayOpacity)
         start = time.perf_counter()
-        from .volumes import node_on_image_grid
-
         inputs = request.engineInputs
         for role, node, image in (("fixed volume", request.fixedVolume, inputs.fixed_image),
                                   ("moving volume", request.movingVolume, inputs.moving_image)):

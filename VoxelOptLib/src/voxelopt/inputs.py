@@ -223,17 +223,17 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
     step = 2
     weights = window_hu(voxels.view(image)[::step, ::step, ::step].astype(np.float32), window)
     grid = Grid.from_image(image)
-    if weights.sum() <= 0:
-        return grid.center()
-    centres, counts = [], []
-    for n in grid.shape:  # z, y, x
+    centres = []
+    for axis, n in enumerate(grid.shape):  # z, y, x
         starts = np.arange(0, n, step)
         ends = np.minimum(starts + step, n)
         centres.append((starts + ends - 1) / 2.0)
-        counts.append((ends - starts).astype(np.float64))
-    weighted = weights * counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
-    total = float(weighted.sum(dtype=np.float64))
-    index_zyx = [float((weighted.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.float64)
+        counts = np.expand_dims((ends - starts).astype(np.float32), tuple(a for a in range(3) if a != axis))
+        weights *= counts  # in place: no second copy of the samples (the counts, 1 or 2, are exact)
+    total = float(weights.sum(dtype=np.float64))
+    if total <= 0:
+        return grid.center()
+    index_zyx = [float((weights.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.float64)
                         * centres[axis]).sum() / total) for axis in range(3)]
     index_ijk = np.asarray(index_zyx[::-1])
     return np.asarray(grid.origin) + grid.index_to_physical @ index_ijk
