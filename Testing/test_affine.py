@@ -180,6 +180,12 @@ def test_bad_inputs_are_reported(phantom_case):
         estimate_affine(fixed, moving, fixed_mask=empty)
     with pytest.raises(InputError, match="not linear"):
         estimate_affine(fixed, moving, initial=sitk.BSplineTransform(3))
+    tiny = sitk.Image(fixed.GetSize(), sitk.sitkUInt8)
+    tiny.CopyInformation(fixed)
+    centre = [n // 2 for n in fixed.GetSize()]
+    tiny[centre] = 1  # one voxel: nothing of it, or one voxel, at the 4 mm analysis spacing
+    with pytest.raises(InputError, match="fixed mask is too small|fixed image has 1 voxel"):
+        estimate_affine(fixed, moving, fixed_mask=tiny)
 
 
 # ====================================================================== transform files
@@ -228,6 +234,8 @@ def test_read_initial_transform_reads_matlab_files(tmp_path, kind):
 def test_read_initial_transform_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_initial_transform(tmp_path / "missing.tfm")
+    with pytest.raises(InputError, match="is a folder; give the transform file"):
+        read_initial_transform(tmp_path)
     garbage = tmp_path / "garbage.tfm"
     garbage.write_text("this is not a transform\n")
     with pytest.raises(InputError, match="cannot read initial transform"):

@@ -198,6 +198,21 @@ def test_outputs_subsets_and_stale_files_of_an_earlier_run(files, tmp_path, caps
     assert {p.name for p in out.iterdir()} == {"metrics.json", "notes.txt"}  # errors wrote nothing
 
 
+def test_output_options_that_shape_no_written_file_are_warnings(files, tmp_path, capsys):
+    out = tmp_path / "subset"
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "warped,metrics",
+                        "--field-format", "h5", "--field-grid", "fixed", "--full-size-maps", *FAST], capsys)
+    assert code == 0 and {p.name for p in out.iterdir()} == {"warped.nii.gz", "metrics.json"}
+    for option in ("--field-format h5", "--field-grid fixed", "--full-size-maps"):
+        assert f"warning: {option} has no effect: --outputs warped,metrics" in err
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "field",
+                        "--image-format", "nrrd", "--field-format", "h5", *FAST], capsys)
+    assert code == 0 and "warning: --image-format nrrd has no effect" in err and "--field-format" not in err
+    code, _, err = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--outputs", "jacobian",
+                        "--full-size-maps", *FAST], capsys)
+    assert code == 0 and "warning" not in err
+
+
 def test_other_output_formats(files, tmp_path, capsys):
     out = tmp_path / "formats"
     code, _, _ = run(["register", files["fixed"], files["moving"], "--out-dir", out, "--image-format", "nrrd",
@@ -423,7 +438,7 @@ def test_an_output_never_replaces_or_removes_an_input_of_the_run(files, tmp_path
     code, _, err = run(["evaluate", "--fixed-labels", chain / "warped_labels.nii.gz", "--moving-labels",
                         files["moving_labels"], "--warped-labels", files["moving_labels"],
                         "--out", chain / "warped_labels.nii.gz"], capsys)
-    assert code == 2 and "would replace it" in err
+    assert code == 2 and "--out" in err and "is one of the inputs" in err and "give another file name" in err
     assert {p.name: p.read_bytes() for p in chain.iterdir()} == before
     # the library: files register() read are kept by save(), as are those the caller names
     result = register(str(files["fixed"]), str(chain / "warped.nii.gz"), RegistrationConfig.preset("paper", levels=3))

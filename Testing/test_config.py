@@ -84,6 +84,7 @@ def test_when_parameters_apply():
         ({"ss_steps": -1}, "ss_steps"),
         ({"levels": 2.5}, "levels"),
         ({"smoothing_passes": 0}, "smoothing_passes"),
+        ({"smoothing_passes": 10 ** 6}, "smoothing_passes must be from 1 to 20"),
         ({"mind_radius": 6}, "mind_radius must be from 0 to 5 voxels"),
         ({"refine_weight": 0.0}, "refine_weight must be in \\(0, 1e\\+06\\]"),
         ({"beta": 1e39}, "beta must be in \\(0, 1e\\+06\\]"),  # beyond float32: a NaN field

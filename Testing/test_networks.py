@@ -369,6 +369,28 @@ def test_torchscript_bad_inputs(tmp_path):
         ex.extract(sitk.Image(8, 8, sitk.sitkFloat32), CPU)
 
 
+class _Raises(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] > 0:
+            raise RuntimeError("this model only takes 2-D slices")
+        return x
+
+
+class _Empty(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :0]
+
+
+@pytest.mark.parametrize("model, message", [(_Raises, "the model failed on an input of shape.*only takes 2-D slices"),
+                                            (_Empty, "non-empty float tensor")])
+def test_torchscript_model_that_fails_is_a_weights_error(tmp_path, model, message):
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(model()), str(path))
+    image, _ = _ramp_image()
+    with pytest.raises(W.WeightsError, match=message):
+        TorchScriptExtractor(str(path)).extract(image, CPU)
+
+
 # ---------------------------------------------------------------------------------------- weights
 KNOWN = "obeliskhybrid_tcia_fold1.pth"
 

@@ -920,6 +920,10 @@ def test_result_warp_takes_any_image_like_and_refuses_other_images(pair, tmp_pat
     elsewhere.SetOrigin(tuple(np.asarray(pair.moving.GetOrigin()) + 1000.0))  # an image of another space
     with pytest.raises(InputError, match="image to warp does not overlap the region the field maps the fixed grid to"):
         result.warp(elsewhere)
+    holes = sitk.Cast(pair.moving, sitk.sitkFloat32)
+    holes[3, 4, 5] = float("nan")  # trilinear sampling would spread it over its neighbours
+    with pytest.raises(InputError, match="image to warp contains 1 NaN or infinite voxel"):
+        result.warp(holes)
     corner = pair.moving[:8, :8, :8]  # a part of the moving space is warped, outside it the background
     assert sitk.GetArrayFromImage(result.warp(corner)).shape == sitk.GetArrayFromImage(result.warped).shape
 
@@ -959,6 +963,40 @@ def test_features_that_are_not_finite_are_an_error_not_a_nan_field(pair, monkeyp
     monkeypatch.setattr(FeatureExtractor, "extract_resized", broken)
     with pytest.raises(ConfigError, match="the fixed image's 'mind' features hold NaN or Inf values"):
         register(pair.fixed, pair.moving, SMALL)
+
+
+def test_an_image_stored_in_metres_is_named_as_such(pair):
+    """A scan whose spacing is in metres is a fraction of a millimetre across: the error about the
+    too small grid says so, and a run that gets further warns first."""
+    fixed, moving = (sitk.Image(image) for image in (pair.fixed, pair.moving))
+    for image in (fixed, moving):
+        image.SetSpacing([s / 1000 for s in image.GetSpacing()])
+        image.SetOrigin([o / 1000 for o in image.GetOrigin()])
+    with pytest.raises(InputError, match=r"too small.*The fixed image is only 0.192 x 0.168 x 0.144 mm across "
+                                         r"\(spacing 0.003 x 0.003 x 0.003\): is its spacing in metres"):
+        register(fixed, moving)
+    assert voxelopt.inputs.input_warnings(pair.fixed, pair.moving, (-800.0, 500.0)) == []
+    notes = voxelopt.inputs.input_warnings(fixed, pair.moving, (-800.0, 500.0))
+    assert len(notes) == 1 and notes[0].startswith("the fixed image is only 0.192 x")
+
+
+def test_output_options_of_the_wrong_type_are_input_errors(pair, tmp_path):
+    """``labels="no"`` or ``full_size_maps="no"`` would count as true; a number is no list of
+    outputs; None is no format: each is an InputError naming the argument, and nothing is written."""
+    result = register(pair.fixed, pair.moving, SMALL)
+    with pytest.raises(InputError, match="labels must be True or False, got 'no'"):
+        result.warp(pair.moving, labels="no")
+    with pytest.raises(InputError, match="full_size must be True or False"):
+        result.output_image("jacobian", full_size=1)
+    out = tmp_path / "out"
+    for kwargs, message in (({"outputs": 5}, "outputs must be output names"),
+                            ({"outputs": ["field", 3]}, "outputs must be output names"),
+                            ({"image_format": None}, "the image format must be a name such as 'nii.gz', got None"),
+                            ({"full_size_maps": "no"}, "full_size_maps must be True or False")):
+        with pytest.raises(InputError, match=message):
+            result.save(out, **kwargs)
+    assert not out.exists()
+    assert result.warp(pair.moving, labels=np.bool_(False)).GetSize() == pair.fixed.GetSize()
 
 
 def test_output_image_refuses_an_unknown_name(pair):

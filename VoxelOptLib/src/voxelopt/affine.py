@@ -26,6 +26,8 @@ from . import voxels
 
 #: Voxel size (mm) of the images the affine metric is computed on (the finest level).
 ANALYSIS_SPACING_MM = 4.0
+#: The fewest voxels (at the analysis spacing) of each image's region that the alignment takes.
+MIN_REGION_VOXELS = 8
 #: At most this many voxels of the fixed mask are sampled by the metric at each level (a regular
 #: grid with ITK's seeded jitter); smaller masks are sampled entirely. Chosen with
 #: ``benchmarks/affine_init.py`` (mean Dice after the alignment on 8 development pairs: 0.371 with
@@ -271,6 +273,10 @@ def _mask_on(mask: sitk.Image, reference: sitk.Image, what: str) -> sitk.Image:
     check_image(mask, what)
     on_grid = sitk.Resample(sitk.Cast(mask != 0, sitk.sitkUInt8), reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     if not np.any(voxels.view(on_grid)):
+        if np.any(voxels.view(mask)):
+            raise InputError(f"the {what} is too small for the affine alignment: none of its voxels is left at the "
+                             f"{ANALYSIS_SPACING_MM:g} mm analysis spacing inside the image (a larger mask, or init "
+                             "'com' or 'none')")
         raise InputError(f"the {what} is empty (no non-zero voxel inside the image)")
     return on_grid
 
@@ -278,7 +284,11 @@ def _mask_on(mask: sitk.Image, reference: sitk.Image, what: str) -> sitk.Image:
 def _require_contrast(windowed: sitk.Image, region: sitk.Image, what: str) -> None:
     """Refuse an image that is uniform inside its region: mutual information has nothing to align."""
     values = voxels.view(windowed)[voxels.view(region) > 0]
-    if values.size == 0 or float(values.max()) - float(values.min()) <= 1e-6:
+    if values.size < MIN_REGION_VOXELS:
+        raise InputError(f"the {what} image has {values.size} voxel(s) of {ANALYSIS_SPACING_MM:g} mm inside its mask and "
+                         f"scanned region: too few for an affine alignment (at least {MIN_REGION_VOXELS}; a larger "
+                         "mask, or init 'com' or 'none')")
+    if float(values.max()) - float(values.min()) <= 1e-6:
         raise InputError(f"the {what} image is uniform inside the HU window within its scanned region: an affine "
                          "alignment has nothing to match (use init 'com' or 'none')")
 
@@ -350,6 +360,8 @@ def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
     Raises :class:`InputError` when the file is missing, unreadable or not a 3-D linear transform.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"initial transform {path} is a folder; give the transform file (.tfm, .txt, .h5, .hdf5 or .mat)")
     if not path.is_file():
         raise InputError(f"initial transform file not found: {path}")
     try:

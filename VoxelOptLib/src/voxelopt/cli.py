@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 from . import __version__
@@ -189,12 +189,31 @@ def _checked_overview(path: str) -> Path:
     return overview
 
 
+def _warn_unused_output_options(args: argparse.Namespace, outputs: Optional[Tuple[str, ...]]) -> None:
+    """An :class:`InputWarning` for each output option that shapes no file of ``outputs`` (None:
+    all), e.g. ``--field-format h5`` with ``--outputs warped``: the run goes on."""
+    if outputs is None:
+        return
+    unused = []
+    if "field" not in outputs:
+        unused += [f"--field-format {args.field_format}"] if args.field_format != "nii.gz" else []
+        unused += [f"--field-grid {args.field_grid}"] if args.field_grid != "working" else []
+    if not set(outputs) & {"warped", "labels", "entropy", "jacobian"} and args.image_format != "nii.gz":
+        unused.append(f"--image-format {args.image_format}")
+    if not set(outputs) & {"entropy", "jacobian"} and args.full_size_maps:
+        unused.append("--full-size-maps")
+    for option in unused:
+        warnings.warn(f"{option} has no effect: --outputs {','.join(outputs)} writes no file it applies to",
+                      InputWarning)
+
+
 # ============================================================================ subcommands
 def cmd_register(args: argparse.Namespace) -> int:
     config = config_from_options(args)
     outputs = check_outputs(args.outputs, bool(args.moving_labels))
     image_format = check_format(args.image_format, IMAGE_FORMATS, "image")
     field_format = check_format(args.field_format, FIELD_FORMATS, "field")
+    _warn_unused_output_options(args, outputs)
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir)
     inputs = [args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask,
@@ -255,7 +274,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if Path(args.out).is_dir():
             raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")
         check_output_dir(Path(args.out).parent, "--out folder")
-        check_output_targets(Path(args.out).parent, [Path(args.out).name], (), inputs)
+        for source in filter(None, inputs):
+            if Path(args.out).is_file() and Path(source).exists() and os.path.samefile(args.out, source):
+                raise InputError(f"--out {args.out} is one of the inputs ({source}): writing the metrics there "
+                                 "would replace it; give another file name")
     from .evaluation import evaluate_field, evaluate_labels  # torch: only once the arguments are good
     from .io import json_safe, read_field, read_image
 

@@ -284,7 +284,7 @@ class RegistrationConfig:
     filter_cost: bool = _param(True, Parameter(
         bool, "pre-filter the cost volume with the message passing (paper: on)", "solver"))
     smoothing_passes: int = _param(3, Parameter(
-        int, "how many times each filtering applies the 3-tap separable filter", "solver", minimum=1))
+        int, "how many times each filtering applies the 3-tap separable filter", "solver", minimum=1, maximum=20))
     thetas: Tuple[float, ...] = _param((50.0, 5.0, 0.5), Parameter(
         float, "coupling schedule of the coordinate descent, one iteration per value", "solver", shape="list",
         minimum=1e-6, maximum=1e6, presets={"paper": (150.0, 50.0, 15.0, 5.0, 1.5, 0.5)}))

@@ -24,7 +24,7 @@ from .features import make_extractor
 from .geometry import image_to_tensor, resample_image, resize_volume
 from .io import ImageLike, PathLike
 from .errors import InputWarning
-from .inputs import intensity_warnings, prepare
+from .inputs import input_warnings, prepare
 from .stages import working_features
 from .solver import cost_volume, displacement_entropy, label_offsets
 
@@ -44,7 +44,7 @@ def entropy_distributions(fixed: ImageLike, moving: ImageLike, feature_types: Se
     # grids and alignment do not depend on the features; one level: only the working grid is used,
     # so an image too small for the preset's pyramid can still be measured
     prepared = prepare(fixed, moving, config.replace(levels=1))
-    for note in intensity_warnings(prepared.fixed, prepared.moving, config.hu_window):  # as register() warns
+    for note in input_warnings(prepared.fixed, prepared.moving, config.hu_window):  # as register() warns
         warnings.warn(note, InputWarning, stacklevel=2)
     offsets = label_offsets(config.search_radius(finest=True), device)  # the working grid is the finest level
     top = math.log(offsets.shape[0])

@@ -37,3 +37,11 @@ def itk_message(error: Exception) -> str:
     (the lines before give ITK's source file and line)."""
     text = str(error).strip()
     return text.splitlines()[-1] if text else "unknown error"
+
+
+def require_flag(value: object, what: str) -> bool:
+    """``value`` if it is True or False (numpy's bools too), else :class:`InputError` naming
+    ``what``: an option such as ``labels="no"`` would otherwise count as true."""
+    if type(value).__name__ not in ("bool", "bool_"):
+        raise InputError(f"{what} must be True or False, got {value!r}")
+    return bool(value)

@@ -26,6 +26,8 @@ FIELD_GRIDS = ("working", "fixed")
 
 def check_format(fmt: str, allowed: Tuple[str, ...], what: str) -> str:
     """``fmt`` without a leading dot, or :class:`InputError` naming the allowed formats."""
+    if not isinstance(fmt, str):
+        raise InputError(f"the {what} format must be a name such as {allowed[0]!r}, got {fmt!r}")
     fmt = fmt.lstrip(".")
     if fmt not in allowed:
         raise InputError(f"unknown {what} format {fmt!r}; choose one of {', '.join(allowed)}")
@@ -38,7 +40,13 @@ def check_outputs(outputs: Union[None, str, Iterable[str]], with_labels: bool) -
     for an unknown name, none at all, or ``"labels"`` without moving labels (``with_labels``)."""
     if outputs is None:
         return None
-    names = [n.strip() for n in outputs.split(",")] if isinstance(outputs, str) else [str(n).strip() for n in outputs]
+    if isinstance(outputs, str):
+        names = [n.strip() for n in outputs.split(",")]
+    elif isinstance(outputs, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in outputs):
+        names = [n.strip() for n in outputs]
+    else:
+        raise InputError(f"outputs must be output names (a list, or one comma-separated text) from "
+                         f"{', '.join(OUTPUTS)}; got {outputs!r}")
     names = [n for n in names if n]
     unknown = sorted(set(names) - set(OUTPUTS))
     if not names:

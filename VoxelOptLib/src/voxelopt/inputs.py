@@ -221,7 +221,8 @@ def _centre_of_mass(image: sitk.Image, window: Tuple[float, float]) -> np.ndarra
     the image is stored: flipped or with an odd number of slices).
     """
     step = 2
-    weights = window_hu(voxels.view(image)[::step, ::step, ::step].astype(np.float32), window)
+    with np.errstate(over="ignore"):  # float64 voxels beyond float32 become +-inf, which the window clips
+        weights = window_hu(voxels.view(image)[::step, ::step, ::step].astype(np.float32), window)
     grid = Grid.from_image(image)
     centres = []
     for axis, n in enumerate(grid.shape):  # z, y, x
@@ -252,6 +253,28 @@ class CheckedPair:
     moving_use: Optional[np.ndarray]
 
 
+#: An image smaller than this (mm) along every axis cannot be an abdominal scan in millimetres.
+SMALLEST_SCAN_MM = 30.0
+
+
+def _units_note(image: sitk.Image, what: str) -> str:
+    """Why ``image`` is probably not in millimetres ("" when it may be): smaller than
+    :data:`SMALLEST_SCAN_MM` along every axis, as a scan stored in metres or centimetres is."""
+    extent = [n * s for n, s in zip(image.GetSize(), image.GetSpacing())]
+    if max(extent) >= SMALLEST_SCAN_MM:
+        return ""
+    return (f"the {what} is only {' x '.join(f'{e:.3g}' for e in extent)} mm across (spacing "
+            f"{' x '.join(f'{s:.3g}' for s in image.GetSpacing())}): is its spacing in metres or centimetres? "
+            "Spacing is read in millimetres (ITK's convention); rescale the spacing and origin")
+
+
+def input_warnings(fixed: sitk.Image, moving: sitk.Image, window: Tuple[float, float]) -> List[str]:
+    """Every warning about the images themselves: :func:`intensity_warnings`, and an image too
+    small to be in millimetres."""
+    notes = intensity_warnings(fixed, moving, window)
+    return notes + [note for note in (_units_note(fixed, "fixed image"), _units_note(moving, "moving image")) if note]
+
+
 def check_inputs(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig,
                  fixed_mask: Optional[ImageLike] = None, moving_mask: Optional[ImageLike] = None) -> CheckedPair:
     """Check the images and the user masks (see :func:`voxelopt.masks.user_mask`) and build the grids.
@@ -266,7 +289,11 @@ def check_inputs(fixed: ImageLike, moving: ImageLike, config: RegistrationConfig
     fixed_grid = Grid.from_image(fixed_image)
     feature_grid = fixed_grid.with_spacing(config.feature_spacing) if config.feature_spacing else fixed_grid
     working_grid = feature_grid.scaled(config.working_scale)
-    level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
+    try:
+        level_shapes(working_grid.shape, config.levels)  # fail fast if the image is too small
+    except InputError as error:
+        note = _units_note(fixed_image, "fixed image")
+        raise InputError(f"{error}. {note[0].upper()}{note[1:]}" if note else str(error)) from None
     return CheckedPair(fixed_image, moving_image, fixed_grid, feature_grid, working_grid,
                        user_mask(fixed_mask, fixed_image, "fixed mask"), user_mask(moving_mask, moving_image, "moving mask"))
 

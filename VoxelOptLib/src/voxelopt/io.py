@@ -370,7 +370,8 @@ def read_field(path: PathLike) -> sitk.Image:
     path = Path(path)
     if path.suffix in (".h5", ".hdf5", ".tfm"):
         if not path.is_file():
-            raise InputError(f"displacement field file not found: {path}")
+            raise InputError(f"displacement field file not found: {path}" if not path.exists() else
+                             f"displacement field path is not a file: {path}")
         try:
             transform = sitk.ReadTransform(str(path))
         except RuntimeError:

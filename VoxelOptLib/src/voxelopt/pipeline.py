@@ -35,7 +35,7 @@ from .allocator import release_free_memory
 from .config import DEFAULT_PRESET, RegistrationConfig
 from .digest import DigestMemo
 from .errors import ConfigError, InputWarning, RegistrationCancelled
-from .inputs import align, check_inputs, checked_labels, intensity_warnings
+from .inputs import align, check_inputs, checked_labels, input_warnings
 from .io import ImageLike, PathLike
 from .result import RegistrationResult
 
@@ -173,7 +173,7 @@ def register(
         checked = check_inputs(fixed, moving, config, fixed_mask, moving_mask)
         fixed_lab = checked_labels(fixed_labels, checked.fixed, "fixed labels")
         moving_lab = checked_labels(moving_labels, checked.moving, "moving labels")
-        notes = intensity_warnings(checked.fixed, checked.moving, config.hu_window)
+        notes = input_warnings(checked.fixed, checked.moving, config.hu_window)
         if fixed_lab is not None and moving_lab is None:
             notes.append("fixed labels were given without moving labels: nothing is scored (Dice and HD95 compare "
                          "the warped moving labels with the fixed labels)")

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from . import voxels
 from .allocator import release_free_memory
 from .config import RegistrationConfig
-from .errors import InputError
+from .errors import InputError, require_flag
 from .geometry import Grid, check_image
 from .formats import (FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs,
                       every_output_file_name, output_file_names)
@@ -108,8 +108,9 @@ class RegistrationResult:
         """
         from .outputs import GridField, warp_image
 
+        labels = require_flag(labels, "labels")
         image = as_image(image, "image to warp")
-        check_image(image, "image to warp", scalar=False)
+        check_image(image, "image to warp", values=True, scalar=False)
         if image.GetPixelID() not in _WARPABLE_PIXEL_TYPES:
             raise InputError(f"image to warp has {image.GetPixelIDTypeAsString()} voxels; integer or real voxels "
                              "(one or several components) can be warped")
@@ -232,6 +233,7 @@ class RegistrationResult:
         image_format = check_format(image_format, IMAGE_FORMATS, "image")
         field_format = check_format(field_format, FIELD_FORMATS, "field")
         wanted = self._wanted_outputs(outputs)
+        full_size_maps = require_flag(full_size_maps, "full_size_maps")
         if field_grid not in FIELD_GRIDS:
             raise InputError(f"unknown field grid {field_grid!r}; choose one of {', '.join(FIELD_GRIDS)}")
         names = output_file_names(wanted, image_format, field_format)
@@ -269,6 +271,7 @@ class RegistrationResult:
                              "field: field_image())")
         if key == "labels" and self.warped_labels is None:
             raise InputError("the 'labels' output needs moving labels")
+        full_size = require_flag(full_size, "full_size")
         if key == "warped":
             return self.warped
         if key == "labels":

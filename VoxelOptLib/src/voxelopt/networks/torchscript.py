@@ -102,13 +102,22 @@ class TorchScriptExtractor(FeatureExtractor):
         x = network_volume(image, grid, device)
         if self.meta["hu_window"] is not None:
             x = window_hu(x, self.meta["hu_window"])
-        with torch.inference_mode():
-            y = self.model(device)(x)
+        try:
+            with torch.inference_mode():
+                y = self.model(device)(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # the user's program failed
+            # TorchScript's message is the interpreter's trace; its last line is the model's own error
+            last_line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1].strip()
+            raise WeightsError(f"{self.path}: the model failed on an input of shape {tuple(x.shape)}: "
+                               f"{last_line}") from exc
         if not isinstance(y, torch.Tensor):
             raise WeightsError(f"{self.path}: the model returned {type(y).__name__}, expected a tensor")
         if y.dim() == 5 and y.shape[0] == 1:
             y = y[0]
-        if y.dim() != 4 or y.shape[0] < 1 or not torch.is_floating_point(y):
-            raise WeightsError(f"{self.path}: the model must return a float tensor (1, C, m0, m1, m2), got {tuple(y.shape)}")
+        if y.dim() != 4 or y.numel() == 0 or not torch.is_floating_point(y):
+            raise WeightsError(f"{self.path}: the model must return a non-empty float tensor (1, C, m0, m1, m2), got "
+                               f"{y.dtype} {tuple(y.shape)}")
         # Output voxels span the padded input (the image's box, padded).
         return features_to_image(y.float(), grid.with_size(y.shape[1:]), image)
