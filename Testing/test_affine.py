@@ -236,6 +236,13 @@ def test_read_initial_transform_errors(tmp_path):
         read_initial_transform(tmp_path / "missing.tfm")
     with pytest.raises(InputError, match="is a folder; give the transform file"):
         read_initial_transform(tmp_path)
+    two = tmp_path / "two.tfm"  # two transforms one after the other, not a composite: ITK would read the first
+    sitk.WriteTransform(sitk.TranslationTransform(3, (5.0, 0.0, -6.0)), str(tmp_path / "a.tfm"))
+    sitk.WriteTransform(sitk.Euler3DTransform(), str(tmp_path / "b.tfm"))
+    second = (tmp_path / "b.tfm").read_text().split("\n", 1)[1].replace("#Transform 0", "#Transform 1")
+    two.write_text((tmp_path / "a.tfm").read_text() + second)
+    with pytest.raises(InputError, match="holds 2 transforms one after the other"):
+        read_initial_transform(two)
     garbage = tmp_path / "garbage.tfm"
     garbage.write_text("this is not a transform\n")
     with pytest.raises(InputError, match="cannot read initial transform"):

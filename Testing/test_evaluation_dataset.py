@@ -13,6 +13,7 @@ import subprocess
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,12 +113,22 @@ def test_subject_list_gives_all_ordered_pairs_moving_first(data):
     ("id,image\nA,data/p1_fixed.nii.gz\nA,data/p1_moving.nii.gz\n", "occurs twice"),
     ("fixed,moving,fixed_labels,moving_labels\ndata/p1_fixed.nii.gz,data/p1_moving.nii.gz,data/p1_fixed_labels.nii.gz,\n",
      "give both fixed_labels and moving_labels"),
+    ("id,image,label\nA,data/p1_fixed.nii.gz,data/p1_fixed_labels.nii.gz\nB,data/p1_moving.nii.gz,x\n",
+     "column 'label' is not one the evaluation reads; did you mean 'labels'"),
 ])
 def test_bad_csv_is_a_clear_error(data, text, message):
     path = data["root"] / "bad.csv"
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         read_pairs(str(path))
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(data):
+    """Excel's "CSV UTF-8" starts with a BOM: it is no part of the first column's name."""
+    text = "id,image,labels\nA,data/p1_fixed.nii.gz,\nB,data/p1_moving.nii.gz,\n"
+    path = data["root"] / "bom.csv"
+    path.write_bytes("\ufeff".encode("utf-8") + text.encode("utf-8"))
+    assert [p.pair_id for p in read_pairs(str(path))] == ["B<-A", "A<-B"]
 
 
 # ============================================================================ protocols
@@ -152,6 +163,23 @@ def test_protocols_on_an_exact_translation():
     unmoved = evaluate_field(zero, fixed_labels, moving_labels, "full", gt_field=field)
     assert unmoved["dice_mean"] == pytest.approx(full["dice_initial_mean"])
     assert unmoved["disp_error_mm_mean"] == pytest.approx(6.0, abs=1e-5)
+
+
+def test_a_ground_truth_field_that_does_not_cover_the_fixed_image_is_an_error():
+    pair = phantom_pair(size=SIZE, spacing=SPACING, seed=4)
+    field = _constant_field(pair.fixed_labels, (3.0, 0.0, 0.0))
+    for protocol in ("full", "half"):
+        with pytest.raises(InputError, match="ground-truth field does not cover the fixed image"):
+            evaluate_field(field, pair.fixed_labels, pair.moving_labels, protocol, gt_field=field[:10, :10, :10])
+
+
+def test_the_mean_row_counts_the_pairs_with_something_to_score():
+    rows = [{"pair_id": "a", "method": "m", "protocol": "full", "status": "ok", "dice_mean": 0.5, "sdlogj": 0.1},
+            {"pair_id": "b", "method": "m", "protocol": "full", "status": "ok", "dice_mean": None, "sdlogj": 0.3},
+            {"pair_id": "c", "method": "m", "protocol": "full", "status": "failed"}]
+    mean = report.mean_rows(rows)
+    assert (mean["n_pairs"], mean["n_scored"], mean["dice_mean"]) == (2, 1, 0.5)
+    assert mean["sdlogj"] == pytest.approx(0.2)
 
 
 def test_unknown_protocol_is_an_error(serial_run):
@@ -328,6 +356,39 @@ def test_cli_evaluate_dataset(data, tmp_path, capsys):
     assert [(r["pair_id"], r["protocol"]) for r in rows] == [("S1<-S0", "full"), ("MEAN", "full")]
     report = (tmp_path / "results.md").read_text()  # the default's own affine stage, from the common com start
     assert "Initial alignment: com" in report and "- VoxelOpt: its own affine stage (init 'affine')" in report
+
+
+def test_cli_output_folders_that_cannot_take_the_results_are_refused_before_any_pair(data, tmp_path, capsys):
+    """A pairs CSV kept as OUT_DIR/results.csv would be replaced by the results; an output folder
+    that is a file, or a file where the records go, would fail after the pairs ran."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pairs_csv = out / "results.csv"
+    pairs_csv.write_text(data["subjects_csv"].read_text().replace("data/", str(data["root"] / "data") + "/"))
+    before = pairs_csv.read_text()
+    options = ["--max-pairs", "1", "--protocol", "full", "--levels", "3", "--feature-spacing", "none", "--device", "cpu",
+               "--quiet"]
+    for command in ("dataset", "ablation"):
+        code = main([command, str(pairs_csv), "--out-dir", str(out), *options])
+        err = capsys.readouterr().err
+        assert code == 2 and "is one of this run's inputs" in err and "Traceback" not in err, err
+    assert pairs_csv.read_text() == before and sorted(p.name for p in out.iterdir()) == ["results.csv"]
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "records").write_text("")
+    for folder, message in ((tmp_path / "a_file", "exists and is not a directory"),
+                            (tmp_path / "other", "records is a file, where the per-pair records go")):
+        code = main(["dataset", str(data["subjects_csv"]), "--out-dir", str(folder), *options])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None or __import__("torch").cuda.is_available(),
+                    reason="needs a machine without CUDA")
+def test_cli_a_device_this_machine_lacks_is_refused_before_any_pair(data, tmp_path, capsys):
+    code = main(["dataset", str(data["subjects_csv"]), "--out-dir", str(tmp_path / "out"), "--device", "cuda",
+                 "--quiet"])
+    assert code == 2 and "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_the_common_start_of_an_affine_run_is_the_centres_of_mass():
@@ -572,7 +633,12 @@ def development_script(monkeypatch):
 
     monkeypatch.setattr(script, "voxelopt_eval", lambda *args: calls["commands"].append(args) or 0)
     monkeypatch.setattr(script, "make_pseudoct", make_pseudoct)
+    monkeypatch.setattr(script, "get_peer", _peers_usable_except(()))  # as if installed
     return script, calls
+
+
+def _peers_usable_except(missing):
+    return lambda kind: SimpleNamespace(available=lambda: (kind not in missing, f"{kind} is not usable (not installed)"))
 
 
 @pytest.fixture()
@@ -586,6 +652,16 @@ def fake_shared(tmp_path):
         (shared / name).parent.mkdir(parents=True, exist_ok=True)
         (shared / name).write_text("")
     return shared
+
+
+def test_development_script_refuses_a_peer_not_usable_here_before_any_work(development_script, fake_shared, tmp_path,
+                                                                           capsys, monkeypatch):
+    script, calls = development_script
+    monkeypatch.setattr(script, "get_peer", _peers_usable_except({"elastix"}))
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "work"), "--shared", str(fake_shared), "--skip", "pseudoct,ablation"])
+    assert "elastix is not usable" in capsys.readouterr().err
+    assert calls["commands"] == [] and not (tmp_path / "work").exists()
 
 
 def test_development_script_real_ct_has_both_pairs_and_makes_no_pseudoct(development_script, fake_shared, tmp_path):

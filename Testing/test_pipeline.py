@@ -468,6 +468,21 @@ def test_disk_cache_survives_a_new_process_and_replaces_bad_files(pair, tmp_path
     register(pair.fixed, pair.moving, SMALL, cache=third)
     assert (third.disk_hits, third.misses) == (1, 3)
     assert not list(tmp_path.glob("*.part"))
+    # files that read as tensors but are not this entry's usable features are recomputed too:
+    # the fixed and moving files swapped, a tensor of another shape, a NaN tensor
+    fixed_bytes, moving_bytes = (path.read_bytes() for path in files)
+    stored = torch.load(files[0], weights_only=True)
+    for damage in ("swapped", "shape", "nan"):
+        if damage == "swapped":
+            files[0].write_bytes(moving_bytes)
+            files[1].write_bytes(fixed_bytes)
+        else:
+            tensor = stored["tensor"][:, :, :4] if damage == "shape" else stored["tensor"] * float("nan")
+            torch.save({"key": stored["key"], "tensor": tensor}, files[0])
+        cache = FeatureCache(directory=tmp_path)
+        rerun = register(pair.fixed, pair.moving, SMALL, cache=cache)
+        assert (cache.disk_hits, cache.misses) == ((0, 4) if damage == "swapped" else (1, 3)), damage
+        assert np.array_equal(sitk.GetArrayFromImage(rerun.field), sitk.GetArrayFromImage(reference.field)), damage
 
 
 def test_disk_cache_keeps_the_alignment_and_the_scores_before_registration(pair, tmp_path, monkeypatch):
@@ -963,6 +978,16 @@ def test_features_that_are_not_finite_are_an_error_not_a_nan_field(pair, monkeyp
     monkeypatch.setattr(FeatureExtractor, "extract_resized", broken)
     with pytest.raises(ConfigError, match="the fixed image's 'mind' features hold NaN or Inf values"):
         register(pair.fixed, pair.moving, SMALL)
+
+
+@pytest.mark.parametrize("which", ["fixed", "moving"])
+def test_a_single_slice_is_refused_before_any_work(pair, which):
+    """One thick slice passed the grid checks and failed after the registration (the Jacobian)."""
+    thin = sitk.Image(pair.fixed[:, :, 20:21])
+    thin.SetSpacing((3.0, 3.0, 8.0))
+    fixed, moving = (thin, pair.moving) if which == "fixed" else (pair.fixed, thin)
+    with pytest.raises(InputError, match=f"{which} image is a single slice \\(size 64 x 56 x 1\\)"):
+        register(fixed, moving)
 
 
 def test_an_image_stored_in_metres_is_named_as_such(pair):

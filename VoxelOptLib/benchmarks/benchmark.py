@@ -38,7 +38,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, machine_line, make_pseudoct
+from development_pairs import DEFAULT_SHARED as SHARED, btcv_labels, machine_line, make_pseudoct, positive_int
 from voxelopt.config import DEFAULT_PRESET, RegistrationConfig
 
 NATIVE = {"native300": ((512, 512, 300), (0.8, 0.8, 1.0)), "native600": ((512, 512, 600), (0.8, 0.8, 0.5)),
@@ -115,7 +115,7 @@ def estimated_peak_gb(paths: List[Path], extra: List[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="paper,native300,native600")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=positive_int, default=2)
     parser.add_argument("--preset", default=None, help="a preset (default: the default parameters)")
     args = parser.parse_args()
     extra = ["--preset", args.preset] if args.preset else []

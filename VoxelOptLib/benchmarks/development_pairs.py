@@ -141,6 +141,17 @@ def pseudoct_pairs(shared: Path, work: Path, pairs: Sequence[Tuple[int, int]]) -
     return [(f"case{f:04d} <- case{m:04d}", made[f][0], made[m][0], made[f][1], made[m][1]) for f, m in pairs]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--repeat``, ``--threads``)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {number}")
+    return number
+
+
 def chosen_names(parser: argparse.ArgumentParser, text: str, known: Iterable[str], what: str) -> List[str]:
     """The names in the comma-separated ``text``, each one of ``known`` (else ``parser.error``
     naming the unknown ``what``)."""

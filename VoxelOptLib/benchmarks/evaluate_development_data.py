@@ -48,7 +48,7 @@ from typing import List, Optional, Sequence
 from development_pairs import DEFAULT_SHARED, chosen_names, make_pseudoct
 from voxelopt.config import DEFAULT_PRESET, PRESETS, SCHEMA, RegistrationConfig
 from voxelopt.errors import ConfigError
-from voxelopt_eval.peers import parse_peer_list
+from voxelopt_eval.peers import get_peer, parse_peer_list
 
 SUBJECTS = range(17, 24)
 STEPS = ("real", "pseudoct", "ablation")
@@ -146,7 +146,10 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if value < least:
             parser.error(f"{option} must be >= {least}, got {value}")
     try:
-        parse_peer_list(args.peers)
+        for kind in parse_peer_list(args.peers):  # usable here? (the steps run the peers on this machine)
+            usable, reason = get_peer(kind).available()
+            if not usable:
+                raise ConfigError(f"{reason} (give --peers '' to run without the peers)")
         args.config = RegistrationConfig.preset(args.preset or DEFAULT_PRESET,
                                                 **({"init": args.init} if args.init else {}))
     except ConfigError as error:
@@ -156,6 +159,8 @@ def parse_options(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if missing:
         parser.error(f"missing in --shared {args.shared}, needed by step(s) {', '.join(args.steps)}: {', '.join(missing)}")
     args.work_dir = Path(args.work_dir).resolve()
+    if args.work_dir.exists() and not args.work_dir.is_dir():
+        parser.error(f"WORK_DIR {args.work_dir} is a file; give a folder (made when missing)")
     return args
 
 

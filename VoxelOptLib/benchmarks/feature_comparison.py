@@ -108,6 +108,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    missing = [str(args.data / name) for name in ("A_img.nii.gz", "Adef_img.nii.gz") if not (args.data / name).is_file()]
+    if missing:
+        parser.error(f"missing in --data: {', '.join(missing)}")
     torch.set_num_threads(args.threads)
     register_variants(args.models)
 

@@ -38,7 +38,7 @@ import SimpleITK as sitk
 import torch
 
 from benchmark import run_register
-from development_pairs import DEFAULT_SHARED, btcv_labels, chosen_names, make_pseudoct
+from development_pairs import DEFAULT_SHARED, btcv_labels, chosen_names, make_pseudoct, positive_int
 from voxelopt import RegistrationConfig, register
 from voxelopt.io import read_images
 
@@ -110,7 +110,7 @@ def main() -> None:
                         help="folder with tools/make_pseudoct.py, data/btcv_labels/ and (for accurate) models/")
     parser.add_argument("--cases", default="paper,1mm")
     parser.add_argument("--presets", default="abdomen,accurate")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--cpu", action="store_true", help="also the same rows on the CPU")
     parser.add_argument("--work", type=Path, default=None, help="folder for the pseudo-CT (default: a temporary one)")

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 
 from development_pairs import (DEFAULT_SHARED as SHARED, add_keep_freed_memory_option, apply_keep_freed_memory,
-                               btcv_labels, machine_line, make_pseudoct)
+                               btcv_labels, machine_line, make_pseudoct, positive_int)
 from voxelopt.config import RegistrationConfig
 from voxelopt.features import make_extractor
 
@@ -62,7 +62,7 @@ def seconds(extractor, image: sitk.Image, device: torch.device, repeat: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--extractors", default="obelisk,pdd,mind")
     parser.add_argument("--models", default=str(SHARED / "models"))

@@ -30,7 +30,12 @@ PAIRS = [("0002", "0001"), ("0004", "0003"), ("0006", "0005"), ("0003", "0006")]
 
 
 def main() -> None:
-    variants = [json.loads(a) for a in sys.argv[1:]] or [{}]
+    try:
+        variants = [json.loads(a) for a in sys.argv[1:]] or [{}]
+    except ValueError as error:
+        sys.exit(f"parameter_study.py: each argument is a JSON object of config fields, e.g. '{{\"alpha\": 2}}': {error}")
+    if not all(isinstance(v, dict) for v in variants):
+        sys.exit("parameter_study.py: each argument is a JSON object of config fields, e.g. '{\"alpha\": 2}'")
     ct = SHARED / "data" / "totalseg_ct"
     read = lambda p: sitk.ReadImage(str(p))  # noqa: E731
     fixed, moving = read(ct / "Adef_img.nii.gz"), read(ct / "A_img.nii.gz")

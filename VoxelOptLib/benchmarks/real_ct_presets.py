@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from development_pairs import DEFAULT_SHARED, preset_config
+from development_pairs import DEFAULT_SHARED, chosen_names, positive_int, preset_config
 
 
 def value(text: str):
@@ -40,9 +40,15 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--presets", default="abdomen,accurate,fast,paper")
     parser.add_argument("--inits", default="none")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--extra", nargs="*", default=[], help="further config fields, NAME=VALUE")
     args = parser.parse_args()
+    from voxelopt.config import PRESETS, SCHEMA
+
+    presets = chosen_names(parser, args.presets, PRESETS, "preset")
+    inits = chosen_names(parser, args.inits, SCHEMA["init"].choices, "init")
+    if any("=" not in item for item in args.extra):
+        parser.error(f"--extra takes NAME=VALUE items, got {[item for item in args.extra if '=' not in item]}")
 
     import torch
 
@@ -59,8 +65,8 @@ def main() -> None:
     print("| pair | preset | init | Dice before -> after | SDlogJ | folding % | error in body mm (before) | register() s |")
     print("|---|---|---|---|---|---|---|---|")
     for pair, (fixed, fixed_lab, truth) in pairs.items():
-        for preset in args.presets.split(","):
-            for init in args.inits.split(","):
+        for preset in presets:
+            for init in inits:
                 config = preset_config(preset, args.shared, init=init, device="cpu", **extra)
                 start = time.perf_counter()
                 result = voxelopt.register(fixed, a, config, fixed_lab, a_lab)

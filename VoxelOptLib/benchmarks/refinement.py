@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 import voxelopt
-from development_pairs import DEFAULT_SHARED as SHARED
+from development_pairs import DEFAULT_SHARED as SHARED, positive_int
 from voxelopt.device import make_clock, resolve_device
 from voxelopt.solver.refine import refine_field
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=defaults.refine_weight)
     parser.add_argument("--scale", type=float, default=defaults.refine_scale)
     parser.add_argument("--preset", default="paper")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)

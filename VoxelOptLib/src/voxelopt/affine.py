@@ -110,6 +110,7 @@ def estimate_affine(
     # the centres of mass of corresponding regions: both masks, else both scanned regions (the
     # centre of one image's organs against the other's whole body would start tens of mm off)
     both_masked = fixed_mask is not None and moving_mask is not None
+    masked = fixed_mask is not None or moving_mask is not None
     centre = _centre_of_mass(fixed_small, fixed_region if both_masked else fixed_scanned)
     if initial is None:
         start = sitk.AffineTransform(3)
@@ -124,12 +125,13 @@ def estimate_affine(
         rigid.SetCenter(centre)
         rigid.SetMatrix(_nearest_rotation(np.asarray(start.GetMatrix()).reshape(3, 3)).ravel().tolist())
         rigid.SetTranslation(start.GetTranslation())
-        rigid = _register(fixed_small, moving_small, fixed_region, moving_region, rigid, RIGID_ITERATIONS)
+        rigid = _register(fixed_small, moving_small, fixed_region, moving_region, rigid, RIGID_ITERATIONS, masked)
         start = sitk.AffineTransform(3)
         start.SetCenter(centre)
         start.SetMatrix(rigid.GetMatrix())
         start.SetTranslation(rigid.GetTranslation())
-    affine = _register(fixed_small, moving_small, fixed_region, moving_region, sitk.AffineTransform(start), ITERATIONS)
+    affine = _register(fixed_small, moving_small, fixed_region, moving_region, sitk.AffineTransform(start), ITERATIONS,
+                       masked)
     # a thin slab constrains the affine part little: one that mirrors or scales beyond any anatomy
     # is dropped for the rigid estimate it started from
     return affine if plausible_linear(np.asarray(affine.GetMatrix()).reshape(3, 3)) else start
@@ -162,7 +164,7 @@ def linear_problem(matrix: np.ndarray) -> Optional[str]:
 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, moving_region: sitk.Image,
-              transform: sitk.Transform, iterations: int) -> sitk.Transform:
+              transform: sitk.Transform, iterations: int, masked: bool = False) -> sitk.Transform:
     in_region = int(np.count_nonzero(voxels.view(fixed_region)))
     with _one_thread():  # the metric takes its thread count from the global default, not from the method
         method = sitk.ImageRegistrationMethod()
@@ -183,7 +185,10 @@ def _register(fixed: sitk.Image, moving: sitk.Image, fixed_region: sitk.Image, m
         try:
             method.Execute(fixed, moving)
         except RuntimeError as error:
-            raise InputError(f"affine alignment failed (do the images overlap?): {itk_message(error)}") from None
+            hint = (f"do the images overlap? With masks, are they thick enough for the first level at "
+                    f"{2 * ANALYSIS_SPACING_MM:g} mm (the fixed one holds {in_region} voxels of "
+                    f"{ANALYSIS_SPACING_MM:g} mm)? Else use init 'com' or 'none'" if masked else "do the images overlap?")
+            raise InputError(f"affine alignment failed ({hint}): {itk_message(error)}") from None
     return transform
 
 
@@ -348,6 +353,22 @@ def linear_to_affine(transform: sitk.Transform, what: str = "transform") -> sitk
     return affine
 
 
+def _refuse_several_transforms(path: Path) -> None:
+    """InputError for an ITK text transform file that lists several transforms one after the
+    other (not as one composite): SimpleITK would read the first and drop the rest silently."""
+    if path.suffix.lower() not in (".tfm", ".txt"):
+        return
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            kinds = [line.split(":", 1)[1].strip() for line in handle if line.startswith("Transform:")]
+    except OSError:
+        return  # the reader reports it
+    if len(kinds) > 1 and not kinds[0].startswith("CompositeTransform"):
+        raise InputError(f"initial transform {path} holds {len(kinds)} transforms one after the other "
+                         f"({', '.join(kinds)}); only the first would be used: give one transform, or their "
+                         "composition as one CompositeTransform")
+
+
 def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
     """Read an ITK linear transform file (.tfm, .txt, .h5/.hdf5, .mat) as one affine transform.
 
@@ -364,6 +385,7 @@ def read_initial_transform(path: PathLike) -> sitk.AffineTransform:
         raise InputError(f"initial transform {path} is a folder; give the transform file (.tfm, .txt, .h5, .hdf5 or .mat)")
     if not path.is_file():
         raise InputError(f"initial transform file not found: {path}")
+    _refuse_several_transforms(path)
     try:
         transform = sitk.ReadTransform(str(path))
     except RuntimeError as error:

@@ -5,7 +5,7 @@ Entries are keyed by a digest of the image content and geometry, the grid, the i
 translation, the feature extractor's cache key and the device, so a key can only match when the
 features would be identical. In memory, least recently used entries are dropped beyond
 ``max_items``. With a ``directory`` every feature is also kept on disk (one ``.pt`` file holding a
-plain tensor, read back with ``weights_only=True``), and so are the small values asked for
+plain tensor and the name of its entry, read back with ``weights_only=True`` and checked), and so are the small values asked for
 ``on_disk`` (the affine matrix, the scores before registration: one ``.json`` file each, keyed
 also by the versions of the library and of SimpleITK), so they survive between processes (``voxelopt register
 --feature-cache DIR``). Nothing on disk is unpickled.
@@ -72,8 +72,12 @@ class FeatureCache:
         self.constant_images.add(image)
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], torch.Tensor],
-                       device: Optional[torch.device] = None) -> torch.Tensor:
-        """The cached tensor for ``key`` (moved to ``device`` when read from disk), or ``compute()``."""
+                       device: Optional[torch.device] = None,
+                       valid: Optional[Callable[[torch.Tensor], bool]] = None) -> torch.Tensor:
+        """The cached tensor for ``key`` (moved to ``device`` when read from disk), or ``compute()``.
+
+        A file on disk is used only when it names ``key`` and its tensor passes ``valid``;
+        otherwise (damaged, edited, copied from another entry) it is recomputed and replaced."""
         with self._lock:
             if key in self._items:
                 self.hits += 1
@@ -82,10 +86,13 @@ class FeatureCache:
         path = self._path(key)
         if path is not None and path.is_file():
             try:
-                value = torch.load(path, map_location="cpu", weights_only=True)
+                stored = torch.load(path, map_location="cpu", weights_only=True)
             except Exception:  # an unreadable or foreign file is recomputed and replaced
-                value = None
-            if isinstance(value, torch.Tensor):
+                stored = None
+            # the file must say it holds this key's tensor (a file copied or renamed from another
+            # entry holds another image's features), and the tensor must be usable
+            value = stored.get("tensor") if isinstance(stored, dict) and stored.get("key") == path.stem else None
+            if isinstance(value, torch.Tensor) and (valid is None or valid(value)):
                 with self._lock:
                     self.hits += 1
                     self.disk_hits += 1
@@ -94,7 +101,7 @@ class FeatureCache:
             self.misses += 1
         value = compute()
         if path is not None:
-            self._write(path, value)
+            self._write(path, {"key": path.stem, "tensor": value.detach().cpu().contiguous()})
         return self._remember(key, value)
 
     def get_or_compute_value(self, key: Hashable, compute: Callable[[], Any], keep: Optional[int] = None,
@@ -149,9 +156,13 @@ class FeatureCache:
         return value
 
     def _path(self, key: Hashable) -> Optional[Path]:
+        """A tensor's file: keyed also by this library's version (another version may compute the
+        features otherwise)."""
         if self.directory is None:
             return None
-        return self.directory / (hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest() + ".pt")
+        from . import __version__
+
+        return self.directory / (hashlib.blake2b(repr((__version__, key)).encode(), digest_size=16).hexdigest() + ".pt")
 
     def _value_path(self, key: Hashable) -> Optional[Path]:
         """A value's file: keyed also by the versions of this library and of SimpleITK (another
@@ -168,8 +179,8 @@ class FeatureCache:
                                  + ".json")
 
     @staticmethod
-    def _write(path: Path, value: torch.Tensor) -> None:
-        _write_atomically(path, lambda temporary: torch.save(value.detach().cpu().contiguous(), temporary))
+    def _write(path: Path, value: Dict[str, Any]) -> None:
+        _write_atomically(path, lambda temporary: torch.save(value, temporary))
 
     @staticmethod
     def _write_text(path: Path, text: str) -> None:

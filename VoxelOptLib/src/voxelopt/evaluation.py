@@ -95,8 +95,8 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
         label_grid = Grid.from_image(fixed_labels)
         if not field_grid.covers(label_grid):  # ITK would read no displacement (0) there: "after" = "before"
             raise InputError("the displacement field does not cover the fixed labels' grid: give the field of this "
-                             f"registration, on the fixed image's box (field box {_box_text(field_grid)}, fixed "
-                             f"labels' box {_box_text(label_grid)}, LPS mm)")
+                             f"registration, on the fixed image's box (field box {box_text(field_grid)}, fixed "
+                             f"labels' box {box_text(label_grid)}, LPS mm)")
     grid = evaluation_grid(field_grid, scale)
     d = resize_volume(image_to_mm_field(field, _CPU), grid.shape)
     metrics: Dict[str, Any] = {"grid_size": list(grid.size), "grid_spacing_mm": [round(v, 6) for v in grid.spacing]}
@@ -114,7 +114,7 @@ def evaluate_field(fixed_labels: Optional[sitk.Image], moving_labels: Optional[s
     return metrics
 
 
-def _box_text(grid: Grid) -> str:
+def box_text(grid: Grid) -> str:
     """The physical extent of ``grid``'s voxel centres along x, y, z (LPS mm) for a message."""
     corners = grid.corners()
     return " x ".join(f"[{lo:.0f}, {hi:.0f}]" for lo, hi in zip(corners.min(axis=0), corners.max(axis=0)))

@@ -77,6 +77,9 @@ def checked_image(image: ImageLike, what: str) -> sitk.Image:
     """A scalar 3-D image with a usable geometry and finite voxels (its pixel type is kept)."""
     image = as_image(image, what)
     check_image(image, what, values=True)
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{what} is a single slice (size {' x '.join(map(str, image.GetSize()))}): VoxelOpt registers "
+                         "3-D volumes of at least 2 voxels along each axis")
     if image.GetPixelID() not in _INTEGER_TYPES + (sitk.sitkFloat32, sitk.sitkFloat64):
         raise InputError(f"{what} has an unsupported pixel type {image.GetPixelIDTypeAsString()}; need integer or float voxels")
     return image

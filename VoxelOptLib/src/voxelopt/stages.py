@@ -65,7 +65,10 @@ def working_features(prepared: Union[CheckedPair, PreparedPair], which: str, ext
         return compute()
     key = ("features", digest(image), feature_grid, working_grid, _alignment_key(initial), extractor.cache_key(),
            str(device), continued)
-    return cache.get_or_compute(key, compute, device)
+    expected = tuple(working_grid.shape)
+    return cache.get_or_compute(key, compute, device, valid=lambda features: (
+        features.dim() == 5 and tuple(features.shape[2:]) == expected and features.is_floating_point()
+        and bool(torch.isfinite(features).all())))
 
 
 class CostMasks(NamedTuple):

@@ -21,6 +21,9 @@ from .pairs import PairSpec
 from .report import PROTOCOL_TEXT, _atomic_write, _fmt, summarize
 from .runner import EvaluationRun, run_evaluation
 
+#: The files :func:`run_ablation` writes into the output folder besides ``results.*``.
+ABLATION_FILES = ("ablation.csv", "ablation.md")
+
 
 def ablation_variants(base: RegistrationConfig, features: Sequence[str] = ("raw", "mind"),
                       ks: Sequence[int] = (1, 2), adaptive: Sequence[bool] = (True, False),
@@ -69,13 +72,13 @@ def run_ablation(pairs: Sequence[PairSpec], out_dir: str, base: Optional[Registr
     if protocol not in PROTOCOL_TEXT:
         raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOL_TEXT)}")
     methods = ablation_variants(base, features, ks)
-    run = run_evaluation(pairs, methods, out_dir, protocols=(protocol,), title="VoxelOpt ablation", **run_options)
+    run = run_evaluation(pairs, methods, out_dir, protocols=(protocol,), title="VoxelOpt ablation",
+                         also_written=ABLATION_FILES, **run_options)
     means = summarize(run.records, protocol)
     rows = [_row(m.name, m, means[m.name]) for m in methods]
     out = Path(out_dir)
     paths = dict(run.paths)
-    paths["ablation_csv"] = out / "ablation.csv"
-    paths["ablation_md"] = out / "ablation.md"
+    paths["ablation_csv"], paths["ablation_md"] = (out / name for name in ABLATION_FILES)
 
     def write_csv(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -101,6 +101,10 @@ def _split_init(args: argparse.Namespace) -> Tuple[RegistrationConfig, InitialAl
     keep theirs in their standard pipelines (ConvexAdam has none).
     """
     config = config_from_options(args)
+    if getattr(args, "scheduler", None) is None:  # pairs run here: a device this machine lacks fails every pair
+        from voxelopt.device import resolve_device
+
+        resolve_device(config.device)
     window = tuple(config.hu_window)
     if config.init not in COMMON_MODES:  # VoxelOpt's own stage, from the centres of mass
         return config, InitialAlignment("com", window)
@@ -135,13 +139,13 @@ def dataset_command(args: argparse.Namespace) -> int:
         # Peers are slow: all methods on the first N pairs (OUT_DIR/with_peers), VoxelOpt on every pair (OUT_DIR).
         code = 0
         if methods:
-            code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, **options), args.quiet)
+            code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, inputs=[args.pairs], **options), args.quiet)
         if args.peer_pairs > 0:
             subset = run_evaluation(pairs[: args.peer_pairs], methods + peer_methods, Path(args.out_dir) / "with_peers",
-                                    protocols, title=title + f" (first {args.peer_pairs} pairs)", **options)
+                                    protocols, title=title + f" (first {args.peer_pairs} pairs)", inputs=[args.pairs], **options)
             code = max(code, _print(subset, args.quiet))
         return code
-    run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, **options)
+    run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, inputs=[args.pairs], **options)
     return _print(run, args.quiet)
 
 
@@ -155,7 +159,7 @@ def ablation_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ablation-k must be comma-separated integers, got {args.ablation_k!r}") from None
     run, paths = run_ablation(_pairs(args), args.out_dir, config, features, ks, args.protocol,
                               workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
-                              threads=args.threads, progress=not args.quiet, init=init)
+                              threads=args.threads, progress=not args.quiet, init=init, inputs=[args.pairs])
     if not args.quiet:
         print(Path(paths["ablation_md"]).read_text(encoding="utf-8"))
     return _print(run, args.quiet)

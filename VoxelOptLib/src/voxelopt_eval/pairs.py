@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import re
@@ -125,7 +126,7 @@ def read_pairs(csv_path: str, check_files: bool = True) -> List[PairSpec]:
     if not path.is_file():
         raise InputError(f"pairs file {path} does not exist")
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel) is no part of a name
             reader = csv.DictReader(handle)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
@@ -133,6 +134,7 @@ def read_pairs(csv_path: str, check_files: bool = True) -> List[PairSpec]:
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"cannot read pairs file {path}: {error}") from None
     base = path.parent.resolve()
+    _check_no_misspelled_column(header, path)
     if set(PAIR_COLUMNS) <= set(header):
         pairs = [_pair_from_row(row, n, base, check_files) for n, row in enumerate(rows, start=2)]
     elif set(SUBJECT_COLUMNS) <= set(header) or "image" in header:
@@ -148,6 +150,22 @@ def read_pairs(csv_path: str, check_files: bool = True) -> List[PairSpec]:
         raise InputError(f"{path} lists no pairs")
     _check_unique([p.pair_id for p in pairs], path)
     return pairs
+
+
+#: Every column the two layouts read; other columns are the user's own and are ignored.
+KNOWN_COLUMNS = PAIR_COLUMNS + ("gt_field", "id") + SUBJECT_COLUMNS
+
+
+def _check_no_misspelled_column(header: Sequence[str], path: Path) -> None:
+    """InputError for a column that is not read but is close to a known one the header lacks
+    (``label`` for ``labels``): it would be ignored, and its files silently not used."""
+    for column in header:
+        if column in KNOWN_COLUMNS:
+            continue
+        close = [c for c in difflib.get_close_matches(column.lower(), KNOWN_COLUMNS, n=3, cutoff=0.75) if c not in header]
+        if close:
+            raise InputError(f"{path}: column {column!r} is not one the evaluation reads; did you mean {close[0]!r}? "
+                             f"(columns read: {', '.join(KNOWN_COLUMNS)}; other columns are ignored)")
 
 
 def _pair_from_row(row: Dict[str, str], n: int, base: Path, check: bool) -> PairSpec:

@@ -12,6 +12,11 @@ from that field only, so all methods are scored by the same code:
   with nearest neighbour, and the moving labels are warped there. HD95 uses the half grid's
   spacing (4 mm). The engine solves at this grid (``working_scale`` 0.5), so for VoxelOpt the
   field evaluated here is its solver's field, trilinearly upsampled to 2 mm and averaged back.
+  Its label maps have half the resolution, so an exact field scores below 100 % wherever the
+  moving labels sit off the half grid's lattice: moved by an odd number of fixed voxels, or on
+  a grid offset from the fixed one as after a common ``centers``/``com`` start (the moving
+  grid moves with it). This is the official protocol's resolution limit, the same for every
+  method; ``"full"`` has no such loss.
 
 The field is scored by :func:`voxelopt.evaluation.evaluate_field` (the code of ``voxelopt
 evaluate``) with the metrics of :mod:`voxelopt.metrics`: Dice and HD95 (mm) over the labels
@@ -33,7 +38,7 @@ import SimpleITK as sitk
 import torch
 
 from voxelopt.errors import InputError
-from voxelopt.evaluation import evaluation_grid, evaluation_grid_labels
+from voxelopt.evaluation import box_text, evaluation_grid, evaluation_grid_labels
 from voxelopt.evaluation import evaluate_field as evaluate_field_at_scale
 from voxelopt.geometry import Grid, image_to_mm_field, resize_volume
 
@@ -102,8 +107,14 @@ def evaluate_field(
 
 
 def _field_on(field: sitk.Image, grid: Grid) -> sitk.Image:
+    """The ground-truth ``field`` on the evaluation ``grid`` (linear); InputError when it does
+    not cover that grid (outside its box it would read as zero displacement)."""
     if field.GetNumberOfComponentsPerPixel() != 3:
         raise InputError("the ground-truth field must have 3 components (x, y, z mm)")
+    if not Grid.from_image(field).covers(grid):
+        raise InputError(f"the ground-truth field does not cover the fixed image (field box "
+                         f"{box_text(Grid.from_image(field))}, fixed box {box_text(grid)}, LPS mm): outside its box it "
+                         "would count as no displacement; give it on the fixed grid or on one covering it")
     if Grid.from_image(field).same_as(grid):
         return field
     field = sitk.Cast(field, sitk.sitkVectorFloat64)

@@ -2,7 +2,8 @@
 
 ``results.csv`` has one row per (pair, method, protocol) plus one ``MEAN`` row per (method,
 protocol), averaged over the pairs that finished (failed pairs are listed with their error and
-left out of the means; ``n_pairs`` says how many entered). Columns: Dice as a fraction in
+left out of the means; ``n_pairs`` says how many entered, ``n_scored`` how many of them had a
+label in both label maps and so entered the Dice and HD95 means). Columns: Dice as a fraction in
 [0, 1] (``dice_mean``, ``dice_initial_mean``, ``dice_<label>``), HD95 in mm, ``sdlogj``
 (Learn2Reg, log(J + 3)), ``sdlogj_plain``, ``folding_percent``, ``disp_error_mm_*`` when a
 ground-truth field was given, and seconds: ``time_total_s`` end to end, ``time_<stage>_s``
@@ -26,14 +27,18 @@ from .alignment import InitialAlignment
 from .methods import MethodSpec, threads_used
 from .runner import method_stages
 
-BASE_COLUMNS = ["pair_id", "method", "protocol", "status", "n_pairs", "dice_initial_mean", "dice_mean",
+BASE_COLUMNS = ["pair_id", "method", "protocol", "status", "n_pairs", "n_scored", "dice_initial_mean", "dice_mean",
                 "hd95_mm_initial_mean", "hd95_mm_mean", "sdlogj", "sdlogj_plain", "folding_percent", "jacobian_min",
                 "disp_error_mm_mean", "disp_error_mm_labels", "gt_disp_mm_mean", "time_total_s"]
-METRIC_KEYS = BASE_COLUMNS[5:16]
+METRIC_KEYS = BASE_COLUMNS[6:17]
+
+#: The files :func:`write_results` writes into the output folder.
+RESULT_FILES = ("results.csv", "results.md")
 
 PROTOCOL_TEXT = {
-    "half": "official protocol: field, labels and Jacobian at half the fixed grid (96x80x128 at 4 mm for the 2 mm paper grid)",
-    "full": "full resolution: field and labels on the fixed grid (2 mm)",
+    "half": "official protocol: field, labels and Jacobian at half the fixed grid's voxels per axis (96x80x128 at 4 mm "
+            "for the paper's 2 mm grid)",
+    "full": "full resolution: field and labels on the fixed grid",
 }
 
 
@@ -62,7 +67,8 @@ def mean_rows(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     prefixes = ("time_", "dice_", "hd95", "sdlogj", "folding", "jacobian", "disp_", "gt_")
     keys = list(dict.fromkeys(k for r in ok for k in r if k.startswith(prefixes)))
     out: Dict[str, Any] = {"pair_id": "MEAN", "method": rows[0]["method"], "protocol": rows[0]["protocol"],
-                           "status": "mean", "n_pairs": len(ok)}
+                           "status": "mean", "n_pairs": len(ok),
+                           "n_scored": sum(1 for r in ok if r.get("dice_mean") is not None)}
     for key in keys:
         values = [float(r[key]) for r in ok if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
@@ -91,9 +97,9 @@ def write_results(out_dir: Path, records: Sequence[Dict[str, Any]], methods: Seq
     columns = list(BASE_COLUMNS)
     extra = sorted({k for r in rows for k in r if k not in columns and k != "error"}, key=_column_order)
     columns += extra + ["error"]
-    csv_path = Path(out_dir) / "results.csv"
+    csv_path = Path(out_dir) / RESULT_FILES[0]
     _atomic_write(csv_path, lambda handle: _write_csv(handle, rows, columns))
-    md_path = Path(out_dir) / "results.md"
+    md_path = Path(out_dir) / RESULT_FILES[1]
     text = markdown(records, methods, protocols, title, init)
     _atomic_write(md_path, lambda handle: handle.write(text))
     return {"results_csv": csv_path, "results_md": md_path}
@@ -159,7 +165,8 @@ def markdown(records: Sequence[Dict[str, Any]], methods: Sequence[MethodSpec], p
             row = summary.get(method.name)
             if row is None:
                 continue
-            cells = [method.name, f"{row['n_pairs']}/{len(pairs)}", _fmt(row.get("dice_initial_mean"), 1, 100),
+            scored = "" if row["n_scored"] in (0, row["n_pairs"]) else f" (Dice, HD95: {row['n_scored']})"
+            cells = [method.name, f"{row['n_pairs']}/{len(pairs)}{scored}", _fmt(row.get("dice_initial_mean"), 1, 100),
                      _fmt(row.get("dice_mean"), 1, 100), _fmt(row.get("hd95_mm_initial_mean")),
                      _fmt(row.get("hd95_mm_mean")), _fmt(row.get("sdlogj"), 3), _fmt(row.get("sdlogj_plain"), 3),
                      _fmt(row.get("folding_percent"), 3)]

@@ -36,6 +36,7 @@ import SimpleITK as sitk
 from voxelopt.errors import ConfigError, InputError
 from voxelopt.inputs import checked_image, checked_labels
 from voxelopt.io import json_safe
+from voxelopt.output_dir import check_output_dir, check_output_targets
 
 from .alignment import COMMON_MODES, InitialAlignment, relative_to_alignment, shifted
 from .methods import VOXELOPT, MethodOutput, MethodSpec, load_voxelopt, run_voxelopt, voxelopt_stages, voxelopt_version
@@ -280,6 +281,22 @@ def _result_or_failure(job: Job, get: Callable[[], Dict[str, Any]]) -> Dict[str,
                 "error": f"worker failed: {type(error).__name__}: {error}"}
 
 
+def _check_out_dir(out: Path, pairs: Sequence[PairSpec], inputs: Sequence[Union[str, Path]],
+                   also_written: Sequence[str]) -> None:
+    """InputError, before any pair runs, for an output folder that cannot take the results: not
+    writable, a file, a folder where a results file goes, a file where the records go, or a
+    results file that is one of the run's inputs (a pairs CSV named ``results.csv`` in it)."""
+    from .report import RESULT_FILES
+
+    check_output_dir(out)
+    if (out / "records").exists() and not (out / "records").is_dir():
+        raise InputError(f"{out / 'records'} is a file, where the per-pair records go: remove it or choose another "
+                         "output directory")
+    files = [path for pair in pairs for path in (pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels,
+                                                  pair.gt_field)]
+    check_output_targets(out, [*RESULT_FILES, *also_written], (), [*inputs, *files])
+
+
 # ============================================================================ entry point
 def run_evaluation(
     pairs: Sequence[PairSpec],
@@ -293,6 +310,8 @@ def run_evaluation(
     progress: bool = True,
     title: str = "Evaluation",
     init: InitialAlignment = InitialAlignment(),
+    inputs: Sequence[Union[str, Path]] = (),
+    also_written: Sequence[str] = (),
 ) -> EvaluationRun:
     """Register every pair with every method, evaluate, and write ``results.csv``/``results.md``.
 
@@ -311,6 +330,9 @@ def run_evaluation(
         title: heading of ``results.md``.
         init: the common initial alignment, applied to the moving image and labels before every
             method (VoxelOpt specs must then have ``init == "none"``).
+        inputs: files besides the pairs' that the run must not replace (the pairs CSV).
+        also_written: names of files the caller writes into ``out_dir`` after the run (checked
+            before it like ``results.csv``: not a folder, not an input).
 
     Returns:
         An :class:`EvaluationRun`. Failed jobs are in the tables and in ``failed``.
@@ -350,6 +372,7 @@ def run_evaluation(
         raise ConfigError(f"threads per pair must be an integer from 1 to {most}"
                           f"{'' if scheduler is not None else ' (4x the cores of this machine)'}, got {threads!r}")
     out = Path(out_dir)
+    _check_out_dir(out, pairs, inputs, also_written)
     out.mkdir(parents=True, exist_ok=True)
 
     jobs = [Job(pair, method, protocols, threads, init) for pair in pairs for method in methods]
