@@ -93,8 +93,8 @@ def test_a_mirrored_or_overscaled_estimate_falls_back_to_the_rigid_one(phantom_c
     rigid_results = []
     register = affine._register
 
-    def mirrored_affine(fixed_small, moving_small, fixed_region, moving_region, transform, iterations):
-        out = register(fixed_small, moving_small, fixed_region, moving_region, transform, iterations)
+    def mirrored_affine(fixed_small, moving_small, fixed_region, moving_region, transform, iterations, masked=False):
+        out = register(fixed_small, moving_small, fixed_region, moving_region, transform, iterations, masked)
         if isinstance(out, sitk.Euler3DTransform):
             rigid_results.append(np.asarray(out.GetMatrix()))
         else:

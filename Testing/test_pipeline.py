@@ -256,7 +256,10 @@ def test_the_moving_image_warped_in_the_outputs_stage_is_the_one_warped_on_deman
 def test_a_moving_image_too_small_to_overlap_says_to_swap_the_images():
     fixed, moving = translated_pair([0.0, 0.0, 0.0], shape=(36, 40, 44))
     thin = fixed[:, :, 18:19]  # one of its 36 slices: no alignment puts 5 % of the fixed image inside it
-    with pytest.raises(InputError, match=r"box is only 2\.\d% of the fixed image's: register the other way round"):
+    thin.SetSpacing((2.0, 2.0, 1.0))
+    thin = sitk.Resample(thin, [thin.GetSize()[0], thin.GetSize()[1], 2], sitk.Transform(), sitk.sitkNearestNeighbor,
+                         thin.GetOrigin(), (2.0, 2.0, 1.0), thin.GetDirection())  # two 1 mm slices: 2 mm of 72
+    with pytest.raises(InputError, match=r"box is only \d\.\d% of the fixed image's: register the other way round"):
         register(fixed, thin, SMALL.replace(init="com"))
     far = sitk.Image(moving)
     far.SetOrigin((150.0, -90.0, 60.0))  # as large as the fixed image, elsewhere: the alignment hint
@@ -439,7 +442,8 @@ def nan_image():
         (lambda: sitk.Image([20, 20], sitk.sitkFloat32), "must be a 3-D image"),
         (lambda: sitk.Image([20, 20, 20], sitk.sitkVectorFloat32, 3), "must be a scalar image"),
         (nan_image, "NaN or infinite"),
-        (lambda: make_image(np.zeros((1, 40, 40), np.float32), (2.0, 2.0, 2.0)), "too small"),
+        (lambda: make_image(np.zeros((1, 40, 40), np.float32), (2.0, 2.0, 2.0)), "is a single slice"),
+        (lambda: make_image(np.zeros((2, 40, 40), np.float32), (2.0, 2.0, 2.0)), "too small"),
     ],
 )
 def test_bad_inputs_are_rejected_clearly(make, message):
