@@ -290,9 +290,9 @@ def _require_contrast(windowed: sitk.Image, region: sitk.Image, what: str) -> No
     """Refuse an image that is uniform inside its region: mutual information has nothing to align."""
     values = voxels.view(windowed)[voxels.view(region) > 0]
     if values.size < MIN_REGION_VOXELS:
-        raise InputError(f"the {what} image has {values.size} voxel(s) of {ANALYSIS_SPACING_MM:g} mm inside its mask and "
-                         f"scanned region: too few for an affine alignment (at least {MIN_REGION_VOXELS}; a larger "
-                         "mask, or init 'com' or 'none')")
+        raise InputError(f"the {what} image has {values.size} voxel(s) of {ANALYSIS_SPACING_MM:g} mm in its scanned "
+                         f"region (within its mask, if one is given): too few for an affine alignment (at least "
+                         f"{MIN_REGION_VOXELS}; a larger mask, or init 'com' or 'none')")
     if float(values.max()) - float(values.min()) <= 1e-6:
         raise InputError(f"the {what} image is uniform inside the HU window within its scanned region: an affine "
                          "alignment has nothing to match (use init 'com' or 'none')")

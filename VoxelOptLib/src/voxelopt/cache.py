@@ -4,10 +4,11 @@ feature extraction, the affine alignment and the scores before registration.
 Entries are keyed by a digest of the image content and geometry, the grid, the initial
 translation, the feature extractor's cache key and the device, so a key can only match when the
 features would be identical. In memory, least recently used entries are dropped beyond
-``max_items``. With a ``directory`` every feature is also kept on disk (one ``.pt`` file holding a
-plain tensor and the name of its entry, read back with ``weights_only=True`` and checked), and so are the small values asked for
-``on_disk`` (the affine matrix, the scores before registration: one ``.json`` file each, keyed
-also by the versions of the library and of SimpleITK), so they survive between processes (``voxelopt register
+``max_items``. With a ``directory`` every feature is also kept on disk (one ``.pt`` file per
+library version holding a plain tensor and the name of its entry, read back with
+``weights_only=True`` and checked), and so are the small values asked for ``on_disk`` (the affine
+matrix, the scores before registration: one ``.json`` file each, keyed also by the versions of
+the library and of SimpleITK), so they survive between processes (``voxelopt register
 --feature-cache DIR``). Nothing on disk is unpickled.
 """
 

@@ -123,7 +123,7 @@ def dataset_command(args: argparse.Namespace) -> int:
     pairs = _pairs(args)
     peers = parse_peer_list(args.peers)
     options = dict(workers=args.workers, scheduler=args.scheduler, resume=not args.no_resume,
-                   threads=args.threads, progress=not args.quiet, init=init)
+                   threads=args.threads, progress=not args.quiet, init=init, inputs=[args.pairs])
     methods = [] if args.no_voxelopt else [voxelopt_spec(config)]
     peer_methods = [peer_spec(kind, config.hu_window) for kind in peers]
     if not methods and not peer_methods:
@@ -139,13 +139,13 @@ def dataset_command(args: argparse.Namespace) -> int:
         # Peers are slow: all methods on the first N pairs (OUT_DIR/with_peers), VoxelOpt on every pair (OUT_DIR).
         code = 0
         if methods:
-            code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, inputs=[args.pairs], **options), args.quiet)
+            code = _print(run_evaluation(pairs, methods, Path(args.out_dir), protocols, title=title, **options), args.quiet)
         if args.peer_pairs > 0:
             subset = run_evaluation(pairs[: args.peer_pairs], methods + peer_methods, Path(args.out_dir) / "with_peers",
-                                    protocols, title=title + f" (first {args.peer_pairs} pairs)", inputs=[args.pairs], **options)
+                                    protocols, title=title + f" (first {args.peer_pairs} pairs)", **options)
             code = max(code, _print(subset, args.quiet))
         return code
-    run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, inputs=[args.pairs], **options)
+    run = run_evaluation(pairs, methods + peer_methods, Path(args.out_dir), protocols, title=title, **options)
     return _print(run, args.quiet)
 
 
