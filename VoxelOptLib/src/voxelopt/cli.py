@@ -31,7 +31,7 @@ from .config import DEFAULT_PRESET, PRESET_DESCRIPTIONS, SCHEMA, Parameter, Regi
 from .errors import InputError, InputWarning, VoxelOptError
 from .formats import (FIELD_FORMATS, FIELD_GRIDS, IMAGE_FORMATS, OUTPUTS, check_format, check_outputs,
                       every_output_file_name, output_file_names)
-from .output_dir import atomic_output_dir, check_output_dir, check_output_targets
+from .output_dir import atomic_output_dir, check_output_dir, check_output_targets, input_at
 
 
 # ============================================================================ parameters
@@ -274,10 +274,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if Path(args.out).is_dir():
             raise InputError(f"--out {args.out} is a folder; give a file name (e.g. metrics.json)")
         check_output_dir(Path(args.out).parent, "--out folder")
-        for source in filter(None, inputs):
-            if Path(args.out).is_file() and Path(source).exists() and os.path.samefile(args.out, source):
-                raise InputError(f"--out {args.out} is one of the inputs ({source}): writing the metrics there "
-                                 "would replace it; give another file name")
+        source = input_at(args.out, inputs)
+        if source is not None:
+            raise InputError(f"--out {args.out} is one of the inputs ({source}): writing the metrics there "
+                             "would replace it; give another file name")
     from .evaluation import evaluate_field, evaluate_labels  # torch: only once the arguments are good
     from .io import json_safe, read_field, read_image
 

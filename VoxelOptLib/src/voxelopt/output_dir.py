@@ -77,19 +77,29 @@ def check_output_targets(out_dir: PathLike, written: Iterable[str], removed: Ite
         if (out_dir / name).is_dir():
             raise InputError(f"{out_dir / name} is a folder, where the output {name} would be written: "
                              "remove it or choose another output directory")
-    sources = [Path(source) for source in inputs if source]
+    inputs = list(inputs)
     for name in dict.fromkeys(written + list(removed)):
         target = out_dir / name
-        if not target.is_file():
-            continue
-        for source in sources:
-            if source.exists() and os.path.samefile(target, source):
-                fate = "replace it" if name in written else (
-                    "remove it (a file named like an output that this run does not write is taken for an "
-                    "earlier run's)")
-                given = "" if str(source) == str(target) else f" ({source})"
-                raise InputError(f"{target} is one of this run's inputs{given}: writing the outputs to {out_dir} "
-                                 f"would {fate}; choose another output directory")
+        source = input_at(target, inputs)
+        if source is not None:
+            fate = "replace it" if name in written else (
+                "remove it (a file named like an output that this run does not write is taken for an "
+                "earlier run's)")
+            given = "" if str(source) == str(target) else f" ({source})"
+            raise InputError(f"{target} is one of this run's inputs{given}: writing the outputs to {out_dir} "
+                             f"would {fate}; choose another output directory")
+
+
+def input_at(target: PathLike, inputs: Iterable[Optional[PathLike]]) -> Optional[Path]:
+    """The path among ``inputs`` (None entries skipped) that is the existing file ``target``
+    itself (the same file, under any name or link), or None."""
+    target = Path(target)
+    if not target.is_file():
+        return None
+    for source in (Path(source) for source in inputs if source):
+        if source.exists() and os.path.samefile(target, source):
+            return source
+    return None
 
 
 @contextlib.contextmanager
